@@ -1,0 +1,19 @@
+//! The coldstream domain model and its incremental dataflows.
+//!
+//! Everything here is a pure function: events in, view changes out. The
+//! crate does no I/O and knows nothing of tokio, gRPC or Parquet; the
+//! binary wires it to the event log and the sinks. Every view lives in
+//! `views/` beside a plain batch reference implementation that the tests
+//! compare it with.
+
+pub mod event;
+#[cfg(test)]
+mod fleet_gen;
+pub mod harness;
+pub mod views;
+
+pub use event::{Event, EventKind, Payload, Temperature};
+
+/// The logical time of every dataflow: the ingest time of a log record, in
+/// milliseconds since the Unix epoch.
+pub type Time = u64;

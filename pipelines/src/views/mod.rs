@@ -1,0 +1,6 @@
+//! The views of DOMAIN.md, one file each, every dataflow beside its batch
+//! reference implementation.
+
+pub mod inventory;
+
+pub use inventory::{inventory, inventory_reference, InventoryKey};

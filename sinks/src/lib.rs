@@ -1,0 +1,6 @@
+//! Where results go: Parquet logs that analysts query (`events/`,
+//! `rejected/`, `views/<view>/`), written exactly once.
+
+pub mod parquet;
+
+pub use parquet::{ParquetConfig, SinkError};

@@ -1,0 +1,332 @@
+//! `events/` and `rejected/`: the raw archive of the log, partitioned by
+//! day (`dt=YYYY-MM-DD`: the event date for events, the receive date for
+//! rejections).
+//!
+//! Rows are buffered in log order and flushed as one file per table and
+//! day, all named after the log range `first..end` they cover. Files of
+//! one range are committed before the next range starts, so after a crash
+//! only the last range can be incomplete: [`EventArchive::open`] reports it,
+//! the caller reads that range from the log again, and [`EventArchive::flush`]
+//! writes the files that are missing and skips those that exist.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    TimestampMillisecondBuilder, UInt64Builder,
+};
+use arrow::record_batch::RecordBatch;
+use chrono::DateTime;
+use coldstream_pipelines::{Event, Payload};
+
+use super::{list_parts, part_name, schema, write_part, ParquetConfig, SinkError};
+
+/// A rejected event as the dead letter keeps it.
+#[derive(Clone, Debug)]
+pub struct RejectedRow {
+    /// When the gateway received it (ms since the epoch).
+    pub received_ms: u64,
+    /// Who sent it: the authenticated principal.
+    pub principal: String,
+    /// The source it claimed, if any.
+    pub source_id: Option<String>,
+    /// Its seq, if any.
+    pub seq: Option<u64>,
+    /// Its event time, if any (µs since the epoch).
+    pub event_time_us: Option<i64>,
+    /// Its payload kind, if known.
+    pub kind: Option<String>,
+    /// The machine-readable reason.
+    pub reason_code: String,
+    /// The human-readable reason.
+    pub reason: String,
+    /// The event as received, in text form.
+    pub event: String,
+}
+
+/// The day partition of a timestamp in microseconds.
+fn day_of_us(us: i64) -> String {
+    DateTime::from_timestamp_micros(us).map_or_else(|| "1970-01-01".to_owned(), |t| t.format("%Y-%m-%d").to_string())
+}
+
+/// The buffering, crash-safe writer of `events/` and `rejected/`.
+pub struct EventArchive {
+    events_dir: PathBuf,
+    rejected_dir: PathBuf,
+    config: ParquetConfig,
+    events: Vec<(u64, Event)>,
+    rejected: Vec<RejectedRow>,
+    first_offset: Option<u64>,
+    buffered_bytes: usize,
+    oldest: Option<Instant>,
+}
+
+impl EventArchive {
+    /// Opens the archive under the data directory `root`. Returns it with the
+    /// last committed range `(first, end)`, if any: the caller re-reads that
+    /// range from the log and flushes it again before going on from `end`.
+    pub fn open(root: &Path, config: ParquetConfig) -> Result<(Self, Option<(u64, u64)>), SinkError> {
+        let events_dir = root.join("events");
+        let rejected_dir = root.join("rejected");
+        let last = list_parts(&events_dir)?
+            .into_iter()
+            .chain(list_parts(&rejected_dir)?)
+            .map(|(_, from, to)| (from, to))
+            .max();
+        let archive = EventArchive {
+            events_dir,
+            rejected_dir,
+            config,
+            events: Vec::new(),
+            rejected: Vec::new(),
+            first_offset: None,
+            buffered_bytes: 0,
+            oldest: None,
+        };
+        Ok((archive, last))
+    }
+
+    fn note(&mut self, offset: u64, bytes: usize) {
+        self.first_offset.get_or_insert(offset);
+        self.oldest.get_or_insert_with(Instant::now);
+        self.buffered_bytes += bytes;
+    }
+
+    /// Buffers an accepted event read at `offset` with its ingest time.
+    pub fn push_event(&mut self, offset: u64, ingest_ms: u64, event: Event) {
+        self.note(offset, 160 + event.source_id.len());
+        self.events.push((ingest_ms, event));
+    }
+
+    /// Buffers a rejected event read at `offset`.
+    pub fn push_rejected(&mut self, offset: u64, row: RejectedRow) {
+        self.note(offset, 200 + row.event.len() + row.reason.len());
+        self.rejected.push(row);
+    }
+
+    /// Whether the buffer is big or old enough to be written.
+    pub fn is_due(&self) -> bool {
+        self.buffered_bytes >= self.config.roll_bytes
+            || self.oldest.is_some_and(|t| t.elapsed() >= self.config.roll_age)
+    }
+
+    /// Whether anything is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.first_offset.is_none()
+    }
+
+    /// Writes everything buffered as the range `first..end_offset`, where
+    /// `end_offset` is the offset after the last buffered record. Returns
+    /// the number of files written.
+    pub fn flush(&mut self, end_offset: u64) -> Result<usize, SinkError> {
+        let Some(first) = self.first_offset else { return Ok(0) };
+        let name = part_name(first, end_offset);
+        let mut written = 0;
+        let mut by_day: BTreeMap<String, Vec<&(u64, Event)>> = BTreeMap::new();
+        for row in &self.events {
+            by_day.entry(day_of_us(row.1.event_time)).or_default().push(row);
+        }
+        for (day, rows) in by_day {
+            let batch = events_batch(&rows)?;
+            written += usize::from(write_part(&self.events_dir.join(format!("dt={day}")), &name, &batch, &self.config)?);
+        }
+        let mut by_day: BTreeMap<String, Vec<&RejectedRow>> = BTreeMap::new();
+        for row in &self.rejected {
+            by_day.entry(day_of_us(row.received_ms as i64 * 1000)).or_default().push(row);
+        }
+        for (day, rows) in by_day {
+            let batch = rejected_batch(&rows)?;
+            written += usize::from(write_part(&self.rejected_dir.join(format!("dt={day}")), &name, &batch, &self.config)?);
+        }
+        self.events.clear();
+        self.rejected.clear();
+        self.first_offset = None;
+        self.buffered_bytes = 0;
+        self.oldest = None;
+        Ok(written)
+    }
+}
+
+/// Payload columns, null where the kind has none.
+#[derive(Default)]
+struct PayloadColumns {
+    session_id: StringBuilder,
+    sku: StringBuilder,
+    qty: Int64Builder,
+    amount_cents: Int64Builder,
+    price_cents: Int64Builder,
+    temperature_c: Float32Builder,
+    door_open: BooleanBuilder,
+    order_id: StringBuilder,
+    reason: StringBuilder,
+    par: Int64Builder,
+    min: Int64Builder,
+    perishable: BooleanBuilder,
+    region: StringBuilder,
+    site: StringBuilder,
+}
+
+/// The payload's fields, by column.
+#[derive(Default)]
+struct Fields<'a> {
+    session_id: Option<&'a str>,
+    sku: Option<&'a str>,
+    qty: Option<i64>,
+    amount_cents: Option<i64>,
+    price_cents: Option<i64>,
+    temperature_c: Option<f32>,
+    door_open: Option<bool>,
+    order_id: Option<&'a str>,
+    reason: Option<&'a str>,
+    par: Option<i64>,
+    min: Option<i64>,
+    perishable: Option<bool>,
+    region: Option<&'a str>,
+    site: Option<&'a str>,
+}
+
+fn fields(payload: &Payload) -> Fields<'_> {
+    match payload {
+        Payload::Telemetry { temperature_c, door_open } => {
+            Fields { temperature_c: Some(temperature_c.0), door_open: Some(*door_open), ..Fields::default() }
+        }
+        Payload::DoorOpened { session_id } | Payload::DoorClosed { session_id } => {
+            Fields { session_id: Some(session_id), ..Fields::default() }
+        }
+        Payload::ItemTaken { session_id, sku, qty } | Payload::ItemReturned { session_id, sku, qty } => {
+            Fields { session_id: Some(session_id), sku: Some(sku), qty: Some(*qty), ..Fields::default() }
+        }
+        Payload::PaymentAuthorized { session_id, amount_cents } | Payload::PaymentCaptured { session_id, amount_cents } => {
+            Fields { session_id: Some(session_id), amount_cents: Some(*amount_cents), ..Fields::default() }
+        }
+        Payload::PaymentDeclined { session_id, reason } => {
+            Fields { session_id: Some(session_id), reason: Some(reason), ..Fields::default() }
+        }
+        Payload::RestockDelivered { order_id, sku, qty } => {
+            Fields { order_id: Some(order_id), sku: Some(sku), qty: Some(*qty), ..Fields::default() }
+        }
+        Payload::StockCounted { sku, qty } => Fields { sku: Some(sku), qty: Some(*qty), ..Fields::default() },
+        Payload::PriceChanged { sku, price_cents, .. } => {
+            Fields { sku: Some(sku), price_cents: Some(*price_cents), ..Fields::default() }
+        }
+        Payload::FridgeRegistered { region, site, .. } => {
+            Fields { region: Some(region), site: Some(site), ..Fields::default() }
+        }
+        Payload::PlanogramSet { sku, par, min, perishable, .. } => Fields {
+            sku: Some(sku),
+            par: Some(*par),
+            min: Some(*min),
+            perishable: Some(*perishable),
+            ..Fields::default()
+        },
+    }
+}
+
+impl PayloadColumns {
+    fn push(&mut self, f: Fields<'_>) {
+        self.session_id.append_option(f.session_id);
+        self.sku.append_option(f.sku);
+        self.qty.append_option(f.qty);
+        self.amount_cents.append_option(f.amount_cents);
+        self.price_cents.append_option(f.price_cents);
+        self.temperature_c.append_option(f.temperature_c);
+        self.door_open.append_option(f.door_open);
+        self.order_id.append_option(f.order_id);
+        self.reason.append_option(f.reason);
+        self.par.append_option(f.par);
+        self.min.append_option(f.min);
+        self.perishable.append_option(f.perishable);
+        self.region.append_option(f.region);
+        self.site.append_option(f.site);
+    }
+
+    fn finish(mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.session_id.finish()),
+            Arc::new(self.sku.finish()),
+            Arc::new(self.qty.finish()),
+            Arc::new(self.amount_cents.finish()),
+            Arc::new(self.price_cents.finish()),
+            Arc::new(self.temperature_c.finish()),
+            Arc::new(self.door_open.finish()),
+            Arc::new(self.order_id.finish()),
+            Arc::new(self.reason.finish()),
+            Arc::new(self.par.finish()),
+            Arc::new(self.min.finish()),
+            Arc::new(self.perishable.finish()),
+            Arc::new(self.region.finish()),
+            Arc::new(self.site.finish()),
+        ]
+    }
+}
+
+/// Events as a batch of the `events/` schema.
+pub fn events_batch(rows: &[&(u64, Event)]) -> Result<RecordBatch, SinkError> {
+    let mut source_id = StringBuilder::new();
+    let mut seq = UInt64Builder::with_capacity(rows.len());
+    let mut fridge_id = StringBuilder::new();
+    let mut event_time = TimestampMicrosecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
+    let mut ingest_time = TimestampMillisecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
+    let mut kind = StringBuilder::new();
+    let mut payload = PayloadColumns::default();
+    for (ingest_ms, event) in rows.iter().map(|r| (&r.0, &r.1)) {
+        source_id.append_value(&event.source_id);
+        seq.append_value(event.seq);
+        fridge_id.append_option(event.fridge_id());
+        event_time.append_value(event.event_time);
+        ingest_time.append_value(*ingest_ms as i64);
+        kind.append_value(event.kind().as_str());
+        payload.push(fields(&event.payload));
+    }
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(source_id.finish()),
+        Arc::new(seq.finish()),
+        Arc::new(fridge_id.finish()),
+        Arc::new(event_time.finish()),
+        Arc::new(ingest_time.finish()),
+        Arc::new(kind.finish()),
+    ];
+    columns.extend(payload.finish());
+    RecordBatch::try_new(Arc::clone(&schema::EVENTS), columns)
+        .map_err(|source| SinkError::Arrow { table: "events".into(), source })
+}
+
+/// Rejections as a batch of the `rejected/` schema.
+pub fn rejected_batch(rows: &[&RejectedRow]) -> Result<RecordBatch, SinkError> {
+    let mut received_at = TimestampMillisecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
+    let mut principal = StringBuilder::new();
+    let mut source_id = StringBuilder::new();
+    let mut seq = UInt64Builder::with_capacity(rows.len());
+    let mut event_time = TimestampMicrosecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
+    let mut kind = StringBuilder::new();
+    let mut reason_code = StringBuilder::new();
+    let mut reason = StringBuilder::new();
+    let mut event = StringBuilder::new();
+    for row in rows {
+        received_at.append_value(row.received_ms as i64);
+        principal.append_value(&row.principal);
+        source_id.append_option(row.source_id.as_deref());
+        seq.append_option(row.seq);
+        event_time.append_option(row.event_time_us);
+        kind.append_option(row.kind.as_deref());
+        reason_code.append_value(&row.reason_code);
+        reason.append_value(&row.reason);
+        event.append_value(&row.event);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(received_at.finish()),
+        Arc::new(principal.finish()),
+        Arc::new(source_id.finish()),
+        Arc::new(seq.finish()),
+        Arc::new(event_time.finish()),
+        Arc::new(kind.finish()),
+        Arc::new(reason_code.finish()),
+        Arc::new(reason.finish()),
+        Arc::new(event.finish()),
+    ];
+    RecordBatch::try_new(Arc::clone(&schema::REJECTED), columns)
+        .map_err(|source| SinkError::Arrow { table: "rejected".into(), source })
+}

@@ -1,0 +1,176 @@
+//! The Parquet sink: the public, analyst-facing record of what happened.
+//!
+//! Files are ZSTD-compressed and appear atomically: each is written under a
+//! hidden temporary name, fsynced, renamed into place, and the folder is
+//! fsynced, so a reader never sees half a file. Each file's name records
+//! what it covers — a range of log offsets for `events/` and `rejected/`, a
+//! range of logical times for `views/` — and that is how a restart knows
+//! where to resume: it neither loses nor repeats rows.
+
+pub mod archive;
+pub mod changelog;
+pub mod schema;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+pub use archive::{EventArchive, RejectedRow};
+pub use changelog::{ChangeRow, Changelog};
+
+/// Settings of the Parquet sink.
+#[derive(Clone, Debug)]
+pub struct ParquetConfig {
+    /// A file is closed once its rows reach about this many bytes in memory.
+    pub roll_bytes: usize,
+    /// A file is closed once its oldest row has waited this long.
+    pub roll_age: Duration,
+    /// ZSTD compression level (1 to 22).
+    pub zstd_level: i32,
+}
+
+impl Default for ParquetConfig {
+    fn default() -> Self {
+        ParquetConfig { roll_bytes: 64 << 20, roll_age: Duration::from_secs(30), zstd_level: 3 }
+    }
+}
+
+/// What can go wrong writing Parquet.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the file.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Encoding Parquet failed.
+    #[error("writing {file}: {source}")]
+    Parquet {
+        /// The file.
+        file: String,
+        /// The underlying error.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// Building a record batch failed.
+    #[error("building rows for {table}: {source}")]
+    Arrow {
+        /// The table.
+        table: String,
+        /// The underlying error.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    /// The configuration is not usable.
+    #[error("parquet settings: {0}")]
+    Config(String),
+}
+
+impl SinkError {
+    /// Whether trying again later may succeed (a full disk may be freed).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Io { .. })
+    }
+
+    fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        SinkError::Io { context: context.into(), source }
+    }
+}
+
+/// `part-<from>-<to>.parquet`: the name of a file covering `from..to`.
+pub fn part_name(from: u64, to: u64) -> String {
+    format!("part-{from:020}-{to:020}.parquet")
+}
+
+/// The range a part file covers, from its name.
+pub fn parse_part_name(name: &str) -> Option<(u64, u64)> {
+    let range = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    let (from, to) = range.split_once('-')?;
+    Some((from.parse().ok()?, to.parse().ok()?))
+}
+
+/// Every part file below `dir` (one level of partition folders deep), with
+/// its range. Leftover temporary files from a crash are removed.
+pub fn list_parts(dir: &Path) -> Result<Vec<(PathBuf, u64, u64)>, SinkError> {
+    let mut parts = Vec::new();
+    if !dir.exists() {
+        return Ok(parts);
+    }
+    let mut folders = vec![dir.to_path_buf()];
+    let read = |folder: &Path| std::fs::read_dir(folder).map_err(|e| SinkError::io(format!("listing {}", folder.display()), e));
+    for entry in read(dir)? {
+        let entry = entry.map_err(|e| SinkError::io(format!("listing {}", dir.display()), e))?;
+        if entry.path().is_dir() {
+            folders.push(entry.path());
+        }
+    }
+    for folder in folders {
+        for entry in read(&folder)? {
+            let entry = entry.map_err(|e| SinkError::io(format!("listing {}", folder.display()), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                std::fs::remove_file(entry.path())
+                    .map_err(|e| SinkError::io(format!("removing {}", entry.path().display()), e))?;
+            } else if let Some((from, to)) = parse_part_name(&name) {
+                parts.push((entry.path(), from, to));
+            }
+        }
+    }
+    Ok(parts)
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), SinkError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| SinkError::io(format!("fsync of {}", dir.display()), e))
+}
+
+/// Writes `batch` to `dir/name` atomically. Returns false, writing nothing,
+/// if the file already exists (it was committed before a crash and its
+/// content is the same, since it is derived from the same log range).
+pub fn write_part(dir: &Path, name: &str, batch: &RecordBatch, config: &ParquetConfig) -> Result<bool, SinkError> {
+    let path = dir.join(name);
+    if path.exists() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| SinkError::io(format!("creating {}", dir.display()), e))?;
+    let temporary = dir.join(format!(".{name}.tmp"));
+    let file = File::create(&temporary).map_err(|e| SinkError::io(format!("creating {}", temporary.display()), e))?;
+    let level = ZstdLevel::try_new(config.zstd_level).map_err(|e| SinkError::Config(e.to_string()))?;
+    let properties = WriterProperties::builder().set_compression(Compression::ZSTD(level)).build();
+    let parquet_error = |source| SinkError::Parquet { file: temporary.display().to_string(), source };
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(parquet_error)?;
+    writer.write(batch).map_err(parquet_error)?;
+    let file = writer.into_inner().map_err(parquet_error)?;
+    file.sync_all().map_err(|e| SinkError::io(format!("fsync of {}", temporary.display()), e))?;
+    drop(file);
+    std::fs::rename(&temporary, &path).map_err(|e| SinkError::io(format!("renaming to {}", path.display()), e))?;
+    fsync_dir(dir)?;
+    Ok(true)
+}
+
+/// An empty batch of `schema`, for tables with no rows yet.
+pub fn empty(schema: &SchemaRef) -> RecordBatch {
+    RecordBatch::new_empty(Arc::clone(schema))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_names_round_trip_and_sort_by_range() {
+        assert_eq!(parse_part_name(&part_name(7, 42)), Some((7, 42)));
+        assert!(part_name(9, 10) < part_name(10, 11));
+        assert_eq!(parse_part_name(".part-1-2.parquet.tmp"), None);
+    }
+}

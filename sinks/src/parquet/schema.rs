@@ -1,0 +1,67 @@
+//! The column layout of every Parquet table: a public interface, documented
+//! in the README. Columns are only ever added.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+fn utc(unit: TimeUnit) -> DataType {
+    DataType::Timestamp(unit, Some("UTC".into()))
+}
+
+/// `events/`: every accepted event, one wide table.
+pub static EVENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("source_id", DataType::Utf8, false),
+        Field::new("seq", DataType::UInt64, false),
+        Field::new("fridge_id", DataType::Utf8, true),
+        Field::new("event_time", utc(TimeUnit::Microsecond), false),
+        Field::new("ingest_time", utc(TimeUnit::Millisecond), false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("session_id", DataType::Utf8, true),
+        Field::new("sku", DataType::Utf8, true),
+        Field::new("qty", DataType::Int64, true),
+        Field::new("amount_cents", DataType::Int64, true),
+        Field::new("price_cents", DataType::Int64, true),
+        Field::new("temperature_c", DataType::Float32, true),
+        Field::new("door_open", DataType::Boolean, true),
+        Field::new("order_id", DataType::Utf8, true),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("par", DataType::Int64, true),
+        Field::new("min", DataType::Int64, true),
+        Field::new("perishable", DataType::Boolean, true),
+        Field::new("region", DataType::Utf8, true),
+        Field::new("site", DataType::Utf8, true),
+    ]))
+});
+
+/// `rejected/`: the dead letter — what was received, when, from whom, and why.
+pub static REJECTED: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("received_at", utc(TimeUnit::Millisecond), false),
+        Field::new("principal", DataType::Utf8, false),
+        Field::new("source_id", DataType::Utf8, true),
+        Field::new("seq", DataType::UInt64, true),
+        Field::new("event_time", utc(TimeUnit::Microsecond), true),
+        Field::new("kind", DataType::Utf8, true),
+        Field::new("reason_code", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("event", DataType::Utf8, false),
+    ]))
+});
+
+/// The two columns every view changelog ends with.
+pub fn change_columns() -> [Field; 2] {
+    [Field::new("time", utc(TimeUnit::Millisecond), false), Field::new("diff", DataType::Int64, false)]
+}
+
+/// `views/inventory/`: changes to `inventory(fridge_id, sku) → on_hand`.
+pub static INVENTORY: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![
+        Field::new("fridge_id", DataType::Utf8, false),
+        Field::new("sku", DataType::Utf8, false),
+        Field::new("on_hand", DataType::Int64, false),
+    ];
+    fields.extend(change_columns());
+    Arc::new(Schema::new(fields))
+});

@@ -1,0 +1,17 @@
+//! Compiles the gRPC contract in `proto/` with protox, so no system
+//! `protoc` is needed.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let files = ["coldstream/v1/gateway.proto", "coldstream/v1/log.proto"];
+    for file in files {
+        println!("cargo:rerun-if-changed=../proto/{file}");
+    }
+    let descriptors = protox::compile(files, ["../proto"])?;
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("coldstream_descriptor.bin"))
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,400 @@
+//! The embedded event log: segment files in a directory.
+//!
+//! Each segment is named by the offset of its first record
+//! (`00000000000000000000.log`). A record is framed as
+//! `len: u32 | crc32c: u32 | ingest_ms: u64 | payload`, little-endian, the
+//! CRC covering the ingest time and the payload. [`EmbeddedLog::sync`]
+//! flushes and fsyncs the active segment (group commit: the writer appends
+//! many records, then syncs once). On open, a torn tail (a last record cut
+//! short by a crash, or one whose CRC does not match) is truncated, and
+//! everything before it is kept.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{EventLog, LogError, LogReader, OpenReader, Record, MAX_RECORD_BYTES};
+
+const HEADER_BYTES: usize = 16;
+
+/// Settings of the embedded log.
+#[derive(Clone, Debug)]
+pub struct EmbeddedConfig {
+    /// A segment is closed and a new one started once it reaches this size.
+    pub segment_bytes: u64,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig { segment_bytes: 128 << 20 }
+    }
+}
+
+/// The writer of an embedded log.
+pub struct EmbeddedLog {
+    dir: PathBuf,
+    config: EmbeddedConfig,
+    active: BufWriter<File>,
+    active_path: PathBuf,
+    active_bytes: u64,
+    end_offset: u64,
+    last_ingest_ms: Option<u64>,
+    shared: Arc<Shared>,
+    failed: Option<String>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    durable: AtomicU64,
+    /// Ingest time of the last durable record plus one; 0 for an empty log.
+    durable_ingest: AtomicU64,
+    wakers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+}
+
+fn segment_name(base: u64) -> String {
+    format!("{base:020}.log")
+}
+
+/// The base offsets of the segments in `dir`, ascending.
+fn segments(dir: &Path) -> Result<Vec<u64>, LogError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| LogError::io(format!("listing {}", dir.display()), e))?;
+    let mut bases = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| LogError::io(format!("listing {}", dir.display()), e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(stem) = name.strip_suffix(".log")
+            && let Ok(base) = stem.parse::<u64>()
+        {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::io(format!("fsync of directory {}", dir.display()), e))
+}
+
+/// Outcome of reading one frame.
+enum Frame {
+    Record(Record, u64),
+    End,
+    Torn(String),
+}
+
+fn read_frame(reader: &mut impl Read) -> std::io::Result<Frame> {
+    let mut header = [0u8; HEADER_BYTES];
+    let mut filled = 0;
+    while filled < HEADER_BYTES {
+        let n = reader.read(&mut header[filled..])?;
+        if n == 0 {
+            return Ok(if filled == 0 { Frame::End } else { Frame::Torn("header cut short".into()) });
+        }
+        filled += n;
+    }
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4-byte slice")) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4-byte slice"));
+    let ingest_ms = u64::from_le_bytes(header[8..16].try_into().expect("8-byte slice"));
+    if len > MAX_RECORD_BYTES {
+        return Ok(Frame::Torn(format!("length {len} over the limit")));
+    }
+    let mut payload = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        let n = reader.read(&mut payload[got..])?;
+        if n == 0 {
+            return Ok(Frame::Torn("payload cut short".into()));
+        }
+        got += n;
+    }
+    let actual = crc32c::crc32c_append(crc32c::crc32c(&header[8..16]), &payload);
+    if actual != crc {
+        return Ok(Frame::Torn(format!("crc {actual:08x} does not match {crc:08x}")));
+    }
+    Ok(Frame::Record(Record { ingest_ms, payload }, (HEADER_BYTES + len) as u64))
+}
+
+fn encode_frame(out: &mut impl Write, ingest_ms: u64, payload: &[u8]) -> std::io::Result<()> {
+    let time = ingest_ms.to_le_bytes();
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&time), payload);
+    out.write_all(&(payload.len() as u32).to_le_bytes())?;
+    out.write_all(&crc.to_le_bytes())?;
+    out.write_all(&time)?;
+    out.write_all(payload)
+}
+
+/// Scans a segment: its valid length, record count and last ingest time,
+/// and why it stops early, if it does.
+fn scan(path: &Path) -> Result<(u64, u64, Option<u64>, Option<String>), LogError> {
+    let file = File::open(path).map_err(|e| LogError::io(format!("opening {}", path.display()), e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let (mut valid, mut count, mut last) = (0u64, 0u64, None);
+    loop {
+        match read_frame(&mut reader).map_err(|e| LogError::io(format!("reading {}", path.display()), e))? {
+            Frame::Record(record, bytes) => {
+                valid += bytes;
+                count += 1;
+                last = Some(record.ingest_ms);
+            }
+            Frame::End => return Ok((valid, count, last, None)),
+            Frame::Torn(reason) => return Ok((valid, count, last, Some(reason))),
+        }
+    }
+}
+
+impl EmbeddedLog {
+    /// Opens the log in `dir`, creating it if needed, and truncates a torn tail.
+    pub fn open(dir: impl AsRef<Path>, config: EmbeddedConfig) -> Result<Self, LogError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| LogError::io(format!("creating {}", dir.display()), e))?;
+        let mut bases = segments(&dir)?;
+        if bases.is_empty() {
+            File::create(dir.join(segment_name(0)))
+                .map_err(|e| LogError::io(format!("creating the first segment in {}", dir.display()), e))?;
+            fsync_dir(&dir)?;
+            bases.push(0);
+        }
+        // Closed segments were fsynced before the next one was created;
+        // only the active one can have a torn tail.
+        for window in bases.windows(2) {
+            let path = dir.join(segment_name(window[0]));
+            let (_, count, _, torn) = scan(&path)?;
+            if let Some(reason) = torn.filter(|_| window[0] + count != window[1]) {
+                return Err(LogError::Corrupt { file: path.display().to_string(), position: 0, reason });
+            }
+        }
+        let base = *bases.last().expect("at least one segment exists");
+        let active_path = dir.join(segment_name(base));
+        let (valid, count, mut last_ingest_ms, torn) = scan(&active_path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&active_path)
+            .map_err(|e| LogError::io(format!("opening {}", active_path.display()), e))?;
+        if let Some(reason) = torn {
+            let len = file.metadata().map_err(|e| LogError::io("stat of the active segment", e))?.len();
+            tracing::warn!(
+                segment = %active_path.display(),
+                kept_bytes = valid,
+                dropped_bytes = len - valid,
+                %reason,
+                "truncating a torn tail left by a crash"
+            );
+            file.set_len(valid).map_err(|e| LogError::io(format!("truncating {}", active_path.display()), e))?;
+            file.sync_all().map_err(|e| LogError::io(format!("fsync of {}", active_path.display()), e))?;
+        }
+        if last_ingest_ms.is_none() && bases.len() > 1 {
+            last_ingest_ms = scan(&dir.join(segment_name(bases[bases.len() - 2])))?.2;
+        }
+        let mut file = file;
+        file.seek(SeekFrom::Start(valid)).map_err(|e| LogError::io("seeking to the end of the log", e))?;
+        let end_offset = base + count;
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            durable: AtomicU64::new(end_offset),
+            durable_ingest: AtomicU64::new(last_ingest_ms.map_or(0, |t| t + 1)),
+            wakers: Mutex::new(Vec::new()),
+        });
+        Ok(EmbeddedLog {
+            dir,
+            config,
+            active: BufWriter::with_capacity(1 << 20, file),
+            active_path,
+            active_bytes: valid,
+            end_offset,
+            last_ingest_ms,
+            shared,
+            failed: None,
+        })
+    }
+
+    fn fail<T>(&mut self, error: LogError) -> Result<T, LogError> {
+        self.failed = Some(error.to_string());
+        Err(error)
+    }
+
+    fn roll(&mut self) -> Result<(), LogError> {
+        self.sync()?;
+        let path = self.dir.join(segment_name(self.end_offset));
+        let file = match File::create(&path) {
+            Ok(file) => file,
+            Err(e) => return self.fail(LogError::io(format!("creating {}", path.display()), e)),
+        };
+        if let Err(e) = fsync_dir(&self.dir) {
+            return self.fail(e);
+        }
+        self.active = BufWriter::with_capacity(1 << 20, file);
+        self.active_path = path;
+        self.active_bytes = 0;
+        Ok(())
+    }
+}
+
+impl EventLog for EmbeddedLog {
+    fn append(&mut self, ingest_ms: u64, payloads: &[Vec<u8>]) -> Result<u64, LogError> {
+        if let Some(reason) = &self.failed {
+            return Err(LogError::Failed(reason.clone()));
+        }
+        if let Some(too_large) = payloads.iter().find(|p| p.len() > MAX_RECORD_BYTES) {
+            return Err(LogError::TooLarge(too_large.len()));
+        }
+        if self.active_bytes >= self.config.segment_bytes {
+            self.roll()?;
+        }
+        // Times never decrease, and each commit's time is above the last
+        // commit's, so a reader at a commit boundary knows the time is complete.
+        let unsynced = self.end_offset > self.shared.durable.load(Ordering::Acquire);
+        let floor = match self.last_ingest_ms {
+            Some(last) if unsynced => last,
+            Some(last) => last + 1,
+            None => 0,
+        };
+        let ingest_ms = ingest_ms.max(floor);
+        let first = self.end_offset;
+        for payload in payloads {
+            if let Err(e) = encode_frame(&mut self.active, ingest_ms, payload) {
+                return self.fail(LogError::io(format!("writing {}", self.active_path.display()), e));
+            }
+            self.active_bytes += (HEADER_BYTES + payload.len()) as u64;
+            self.end_offset += 1;
+        }
+        if !payloads.is_empty() {
+            self.last_ingest_ms = Some(ingest_ms);
+        }
+        Ok(first)
+    }
+
+    fn sync(&mut self) -> Result<(), LogError> {
+        if let Some(reason) = &self.failed {
+            return Err(LogError::Failed(reason.clone()));
+        }
+        if self.shared.durable.load(Ordering::Acquire) == self.end_offset {
+            return Ok(());
+        }
+        if let Err(e) = self.active.flush().and_then(|_| self.active.get_ref().sync_data()) {
+            return self.fail(LogError::io(format!("fsync of {}", self.active_path.display()), e));
+        }
+        self.shared.durable_ingest.store(self.last_ingest_ms.map_or(0, |t| t + 1), Ordering::Release);
+        self.shared.durable.store(self.end_offset, Ordering::Release);
+        for wake in self.shared.wakers.lock().expect("wakers are never poisoned").iter() {
+            wake();
+        }
+        Ok(())
+    }
+
+    fn end_offset(&self) -> u64 {
+        self.end_offset
+    }
+
+    fn last_ingest_ms(&self) -> Option<u64> {
+        self.last_ingest_ms
+    }
+
+    fn readers(&self) -> Arc<dyn OpenReader> {
+        Arc::new(EmbeddedReaders(Arc::clone(&self.shared)))
+    }
+}
+
+/// Opens readers of an embedded log.
+struct EmbeddedReaders(Arc<Shared>);
+
+impl OpenReader for EmbeddedReaders {
+    fn open(&self, offset: u64) -> Result<Box<dyn LogReader>, LogError> {
+        let durable = self.durable_offset();
+        if offset > durable {
+            return Err(LogError::OutOfRange { requested: offset, end: durable });
+        }
+        let bases = segments(&self.0.dir)?;
+        let base = bases.iter().copied().filter(|&b| b <= offset).max().unwrap_or(0);
+        let mut reader = EmbeddedReader { shared: Arc::clone(&self.0), file: None, position: base };
+        reader.open_segment(base)?;
+        let mut skipped = Vec::new();
+        while reader.position < offset {
+            skipped.clear();
+            let want = (offset - reader.position).min(4096) as usize;
+            if reader.read(want, &mut skipped)? == 0 {
+                return Err(LogError::OutOfRange { requested: offset, end: reader.position });
+            }
+        }
+        Ok(Box::new(reader))
+    }
+
+    fn durable_offset(&self) -> u64 {
+        self.0.durable.load(Ordering::Acquire)
+    }
+
+    fn durable_ingest_ms(&self) -> Option<u64> {
+        self.0.durable_ingest.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    fn subscribe(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        self.0.wakers.lock().expect("wakers are never poisoned").push(wake);
+    }
+}
+
+struct EmbeddedReader {
+    shared: Arc<Shared>,
+    file: Option<(PathBuf, BufReader<File>)>,
+    position: u64,
+}
+
+impl EmbeddedReader {
+    fn open_segment(&mut self, base: u64) -> Result<(), LogError> {
+        let path = self.shared.dir.join(segment_name(base));
+        let file = File::open(&path).map_err(|e| LogError::io(format!("opening {}", path.display()), e))?;
+        self.file = Some((path, BufReader::with_capacity(1 << 20, file)));
+        Ok(())
+    }
+}
+
+impl LogReader for EmbeddedReader {
+    fn read(&mut self, max: usize, out: &mut Vec<(u64, Record)>) -> Result<usize, LogError> {
+        let durable = self.shared.durable.load(Ordering::Acquire);
+        let mut read = 0;
+        while read < max && self.position < durable {
+            let Some((path, file)) = self.file.as_mut() else {
+                self.open_segment(self.position)?;
+                continue;
+            };
+            let frame = read_frame(file).map_err(|e| LogError::io(format!("reading {}", path.display()), e))?;
+            match frame {
+                Frame::Record(record, _) => {
+                    out.push((self.position, record));
+                    self.position += 1;
+                    read += 1;
+                }
+                // Every durable record is whole: the end of this segment
+                // means the next one starts here.
+                Frame::End => {
+                    let next = self.shared.dir.join(segment_name(self.position));
+                    if !next.exists() {
+                        return Err(LogError::Corrupt {
+                            file: path.display().to_string(),
+                            position: self.position,
+                            reason: format!("ends before durable offset {durable} and no segment follows"),
+                        });
+                    }
+                    self.open_segment(self.position)?;
+                }
+                Frame::Torn(reason) => {
+                    return Err(LogError::Corrupt {
+                        file: path.display().to_string(),
+                        position: self.position,
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(read)
+    }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
+}

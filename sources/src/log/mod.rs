@@ -1,0 +1,117 @@
+//! The event log: the backbone every consumer reads.
+//!
+//! A log is an append-only sequence of records, each with an offset (its
+//! position, from 0) and the ingest time at which it was appended, which
+//! becomes its logical time in the dataflows. Appends become durable, and
+//! visible to readers, only at [`EventLog::sync`]. Ingest times never
+//! decrease along the log, and the records of one sync (a commit) have a
+//! time strictly above every earlier commit's: a reader that has read up to
+//! a commit boundary knows that every later record has a later time, which
+//! is what lets the dataflows' frontiers advance.
+//!
+//! Implementations: [`embedded`] (segment files in the data directory, the
+//! default). Every implementation passes the [`conformance`] suite.
+
+pub mod conformance;
+pub mod embedded;
+
+use std::sync::Arc;
+
+/// One record of the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Milliseconds since the Unix epoch at which the record was appended.
+    pub ingest_ms: u64,
+    /// The encoded `coldstream.v1.LogEntry`.
+    pub payload: Vec<u8>,
+}
+
+/// What can go wrong with a log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The operating system refused a read, write or fsync.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the file.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record that should be intact is not.
+    #[error("corrupt log segment {file} at byte {position}: {reason}; move the data directory aside and run `coldstream rebuild`")]
+    Corrupt {
+        /// The segment file.
+        file: String,
+        /// Where the bad record starts.
+        position: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An earlier write or fsync failed; the log accepts nothing more until it is reopened.
+    #[error("the log failed earlier and must be reopened: {0}")]
+    Failed(String),
+    /// A record is larger than the log accepts.
+    #[error("record of {0} bytes is larger than the limit of {MAX_RECORD_BYTES} bytes")]
+    TooLarge(usize),
+    /// An offset that the log does not hold.
+    #[error("offset {requested} is not in the log (it ends at {end})")]
+    OutOfRange {
+        /// The offset asked for.
+        requested: u64,
+        /// The log's end offset.
+        end: u64,
+    },
+}
+
+impl LogError {
+    /// Whether trying the same operation again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LogError::Io { .. })
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        LogError::Io { context: context.into(), source }
+    }
+}
+
+/// The largest record a log accepts.
+pub const MAX_RECORD_BYTES: usize = 16 << 20;
+
+/// The writing side of a log. There is one writer per log.
+pub trait EventLog: Send {
+    /// Appends records that share one ingest time, raised if needed so that
+    /// times never decrease and each commit's time is above the previous
+    /// commit's; returns the offset of the first. Not durable, and not
+    /// visible to readers, until [`EventLog::sync`].
+    fn append(&mut self, ingest_ms: u64, payloads: &[Vec<u8>]) -> Result<u64, LogError>;
+    /// Makes every appended record durable and visible to readers.
+    fn sync(&mut self) -> Result<(), LogError>;
+    /// The offset the next appended record will get.
+    fn end_offset(&self) -> u64;
+    /// The ingest time of the last record, if any.
+    fn last_ingest_ms(&self) -> Option<u64>;
+    /// A handle for opening readers, from any thread.
+    fn readers(&self) -> Arc<dyn OpenReader>;
+}
+
+/// Opens readers of a log and tells them when new records are durable.
+pub trait OpenReader: Send + Sync {
+    /// A reader positioned at `offset`.
+    fn open(&self, offset: u64) -> Result<Box<dyn LogReader>, LogError>;
+    /// The offset up to which records are durable (exclusive).
+    fn durable_offset(&self) -> u64;
+    /// The ingest time of the last durable record, if any.
+    fn durable_ingest_ms(&self) -> Option<u64>;
+    /// Calls `wake` after every sync that made new records durable.
+    fn subscribe(&self, wake: Box<dyn Fn() + Send + Sync>);
+}
+
+/// Reads durable records in offset order.
+pub trait LogReader: Send {
+    /// Appends up to `max` durable records to `out`, each with its offset;
+    /// returns how many. Returns 0 when the reader is at the durable end.
+    fn read(&mut self, max: usize, out: &mut Vec<(u64, Record)>) -> Result<usize, LogError>;
+    /// The offset of the next record this reader returns.
+    fn position(&self) -> u64;
+}

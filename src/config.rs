@@ -1,0 +1,284 @@
+//! The server's configuration: one TOML file, every field documented.
+//! `coldstream config default` prints [`DEFAULT_TOML`], a complete example.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration of `coldstream run`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the event log, Parquet files and state live.
+    pub data_dir: PathBuf,
+    /// The gRPC address fridges and the back office connect to.
+    pub listen: SocketAddr,
+    /// Timely worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Authentication of fridges and back-office clients.
+    pub auth: AuthConfig,
+    /// The gRPC gateway.
+    pub gateway: GatewaySection,
+    /// The embedded event log.
+    pub log: LogSection,
+    /// The Parquet sink.
+    pub parquet: ParquetSection,
+}
+
+/// Authentication.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The fleet secret that tokens are derived from. `COLDSTREAM_SECRET`
+    /// overrides it; the built-in development secret is refused by `run`
+    /// unless `allow_dev_secret` is set.
+    pub secret: String,
+    /// Accept the built-in development secret (for local trials only).
+    pub allow_dev_secret: bool,
+}
+
+/// The gRPC gateway.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// Events in one batch, at most.
+    pub max_batch_events: usize,
+    /// Unacknowledged batches per connection, at most.
+    pub max_in_flight_batches: usize,
+    /// Batches waiting for the log writer, at most; when full, acks slow down.
+    pub queue_batches: usize,
+    /// Records in one group commit (one fsync), at most.
+    pub max_commit_records: usize,
+}
+
+/// The embedded event log.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Size at which a log segment is closed and a new one started, in MiB.
+    pub segment_mb: u64,
+}
+
+/// The Parquet sink.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParquetSection {
+    /// Close a file once its buffered rows reach this many MiB.
+    pub roll_mb: usize,
+    /// Close a file once its oldest row has waited this many seconds.
+    pub roll_seconds: u64,
+    /// ZSTD level, 1 to 22.
+    pub zstd_level: i32,
+}
+
+/// The development secret, for demos and tests on loopback.
+pub const DEV_SECRET: &str = "coldstream-dev-secret";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./coldstream-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            workers: 0,
+            auth: AuthConfig::default(),
+            gateway: GatewaySection::default(),
+            log: LogSection::default(),
+            parquet: ParquetSection::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { secret: DEV_SECRET.to_owned(), allow_dev_secret: false }
+    }
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        let defaults = coldstream_sources::gateway::GatewayConfig::default();
+        let ingest = coldstream_sources::ingest::IngestConfig::default();
+        GatewaySection {
+            max_batch_events: defaults.max_batch_events,
+            max_in_flight_batches: defaults.max_in_flight_batches,
+            queue_batches: ingest.queue_batches,
+            max_commit_records: ingest.max_commit_records,
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { segment_mb: 128 }
+    }
+}
+
+impl Default for ParquetSection {
+    fn default() -> Self {
+        ParquetSection { roll_mb: 64, roll_seconds: 30, zstd_level: 3 }
+    }
+}
+
+/// A configuration that cannot be used, with the reason in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong, with its location.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks configuration text.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().replace('\n', " ").split_whitespace().collect::<Vec<_>>().join(" "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks value ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("gateway.max_batch_events", self.gateway.max_batch_events),
+            ("gateway.max_in_flight_batches", self.gateway.max_in_flight_batches),
+            ("gateway.queue_batches", self.gateway.queue_batches),
+            ("gateway.max_commit_records", self.gateway.max_commit_records),
+            ("parquet.roll_mb", self.parquet.roll_mb),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        if self.log.segment_mb == 0 {
+            return Err(ConfigError::Invalid("log.segment_mb must be at least 1".into()));
+        }
+        if !(1..=22).contains(&self.parquet.zstd_level) {
+            return Err(ConfigError::Invalid(format!("parquet.zstd_level {} is not in 1..=22", self.parquet.zstd_level)));
+        }
+        if self.auth.secret.len() < 16 {
+            return Err(ConfigError::Invalid("auth.secret must be at least 16 characters".into()));
+        }
+        Ok(())
+    }
+
+    /// The number of worker threads to start.
+    pub fn worker_threads(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.workers
+        }
+    }
+
+    /// The Parquet sink's settings.
+    pub fn parquet(&self) -> coldstream_sinks::ParquetConfig {
+        coldstream_sinks::ParquetConfig {
+            roll_bytes: self.parquet.roll_mb << 20,
+            roll_age: Duration::from_secs(self.parquet.roll_seconds),
+            zstd_level: self.parquet.zstd_level,
+        }
+    }
+}
+
+/// A complete configuration with every default, commented.
+pub const DEFAULT_TOML: &str = r#"# coldstream configuration (coldstream run --config FILE).
+# Every key is optional; the values shown are the defaults.
+
+# Where the event log, Parquet files and state live.
+data_dir = "./coldstream-data"
+# The gRPC address fridges and the back office connect to.
+listen = "127.0.0.1:50051"
+# Timely worker threads; 0 means one per core.
+workers = 0
+
+[auth]
+# The fleet secret tokens are derived from (a fridge's token is the hex
+# HMAC-SHA256 of its id; `coldstream token` prints them). At least 16
+# characters. COLDSTREAM_SECRET overrides it.
+secret = "coldstream-dev-secret"
+# Accept the built-in development secret above (local trials only).
+allow_dev_secret = false
+
+[gateway]
+# Events in one batch, at most; a larger batch is refused whole.
+max_batch_events = 10000
+# Unacknowledged batches per connection, at most.
+max_in_flight_batches = 8
+# Batches waiting for the log writer, at most; when full, acks slow down.
+queue_batches = 1024
+# Records in one group commit (one fsync), at most.
+max_commit_records = 50000
+
+[log]
+# Size at which a log segment is closed and a new one started, in MiB.
+segment_mb = 128
+
+[parquet]
+# Close a file once its buffered rows reach this many MiB.
+roll_mb = 64
+# Close a file once its oldest row has waited this many seconds.
+roll_seconds = 30
+# ZSTD compression level, 1 to 22.
+zstd_level = 3
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_default_parses_to_the_defaults() {
+        let parsed = Config::parse(DEFAULT_TOML, "default").expect("the default parses");
+        let defaults = Config::default();
+        assert_eq!(parsed.listen, defaults.listen);
+        assert_eq!(parsed.gateway.queue_batches, defaults.gateway.queue_batches);
+        assert_eq!(parsed.parquet.roll_seconds, defaults.parquet.roll_seconds);
+        assert_eq!(parsed.log.segment_mb, defaults.log.segment_mb);
+    }
+
+    #[test]
+    fn a_snippet_overrides_only_what_it_names() {
+        let config = Config::parse("workers = 3\n[parquet]\nroll_seconds = 5\n", "snippet").expect("valid");
+        assert_eq!(config.workers, 3);
+        assert_eq!(config.parquet.roll_seconds, 5);
+        assert_eq!(config.parquet.zstd_level, 3);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_one_line_errors() {
+        let unknown = Config::parse("[gateway]\nmax_batch = 3\n", "c.toml").expect_err("unknown key");
+        assert!(unknown.to_string().contains("max_batch"), "{unknown}");
+        assert!(!unknown.to_string().contains('\n'));
+        let bad = Config::parse("[parquet]\nzstd_level = 40\n", "c.toml").expect_err("out of range");
+        assert!(bad.to_string().contains("zstd_level"));
+    }
+}

@@ -1,0 +1,11 @@
+//! coldstream's server side: configuration, the pipeline server that wires
+//! the gateway, the event log, the timely workers and the sinks together,
+//! the fleet simulator, and SQL over the Parquet logs. The command line in
+//! `main.rs` is a thin layer over these.
+
+pub mod config;
+pub mod demo;
+pub mod query;
+pub mod runtime;
+pub mod server;
+pub mod simulate;

@@ -1,0 +1,252 @@
+//! The `coldstream` command line.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use coldstream_sources::auth::{Principal, Tokens};
+
+use coldstream::config::{self, Config};
+use coldstream::{demo, query, server, simulate};
+
+/// Stream processing for fleets of smart fridges.
+#[derive(Parser)]
+#[command(name = "coldstream", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The whole system on one machine: server, simulated fleet, report.
+    Demo {
+        /// Where the demo's data goes (replaced if it holds an earlier demo).
+        #[arg(long, default_value = "./coldstream-data/demo")]
+        data: PathBuf,
+        /// Fridge events to simulate.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Simulated fridges.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        fridges: u64,
+        /// Seed of the simulated fleet.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Timely worker threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+    },
+    /// The long-running pipeline server.
+    Run {
+        /// A TOML configuration file (`coldstream config default` prints one).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `data_dir`.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Overrides `listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Overrides `workers`.
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// A fleet of simulated fridges streaming to a gateway over gRPC.
+    Simulate {
+        /// The gateway.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// Simulated fridges.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        fridges: u64,
+        /// Fridge events to send in all.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Events per second for the whole fleet, or `max`.
+        #[arg(long, default_value = "max")]
+        rate: String,
+        /// Seed of the simulated fleet.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Event time of the first event (RFC 3339); by default early
+        /// enough that the history ends before now.
+        #[arg(long)]
+        start: Option<String>,
+        /// Events per batch, at most.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Share of events made invalid on purpose (0 to 1).
+        #[arg(long, default_value_t = 0.0005)]
+        bad_rate: f64,
+        /// The fleet secret (or COLDSTREAM_SECRET).
+        #[arg(long)]
+        secret: Option<String>,
+    },
+    /// SQL over the Parquet logs (DataFusion).
+    Query {
+        /// The data directory.
+        #[arg(long, default_value = "./coldstream-data/demo")]
+        data: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = query::Format::Table)]
+        format: query::Format,
+        /// Read the SQL from a file (`-` for standard input).
+        #[arg(short = 'f', long = "file", conflicts_with = "sql")]
+        file: Option<PathBuf>,
+        /// The SQL statement.
+        sql: Option<String>,
+    },
+    /// Prints the bearer token of a fridge or back-office client.
+    Token {
+        /// A fridge id.
+        #[arg(long, conflicts_with = "back_office", required_unless_present = "back_office")]
+        fridge: Option<String>,
+        /// A back-office client id.
+        #[arg(long)]
+        back_office: Option<String>,
+        /// The fleet secret (or COLDSTREAM_SECRET).
+        #[arg(long)]
+        secret: Option<String>,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Prints a complete configuration with every default, commented.
+    Default,
+}
+
+fn secret(flag: Option<String>) -> String {
+    flag.or_else(|| std::env::var("COLDSTREAM_SECRET").ok()).unwrap_or_else(|| config::DEV_SECRET.to_owned())
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COLDSTREAM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = run(cli) {
+        let chain: Vec<String> = error.chain().map(|e| e.to_string()).collect();
+        eprintln!("error: {}", chain.join(": ").split_whitespace().collect::<Vec<_>>().join(" "));
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo { data, events, fridges, seed, workers } => {
+            init_logging("warn");
+            let spec = demo::DemoSpec { data_dir: data, events, fridges: fridges as usize, seed, workers };
+            runtime()?.block_on(demo::run(spec))?;
+        }
+        Command::Run { config, data, listen, workers } => {
+            init_logging("info");
+            let mut config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            if let Some(data) = data {
+                config.data_dir = data;
+            }
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            if let Some(workers) = workers {
+                config.workers = workers;
+            }
+            let secret_from_env = std::env::var("COLDSTREAM_SECRET").is_ok();
+            if config.auth.secret == config::DEV_SECRET && !secret_from_env && !config.auth.allow_dev_secret {
+                bail!(
+                    "no fleet secret: set auth.secret in the config or COLDSTREAM_SECRET (or auth.allow_dev_secret = true for a local trial)"
+                );
+            }
+            runtime()?.block_on(async move {
+                let server = server::Server::start(&config).await?;
+                // Scripts and tests read the bound address from this line.
+                println!("coldstream listening on {}", server.addr());
+                tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+                tracing::info!("shutting down: draining the log into every sink");
+                server.shutdown().await?;
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Simulate { target, fridges, events, rate, seed, start, batch, bad_rate, secret: flag } => {
+            init_logging("warn");
+            let rate = match rate.as_str() {
+                "max" => None,
+                text => match text.parse::<f64>() {
+                    Ok(r) if r > 0.0 && r.is_finite() => Some(r),
+                    _ => bail!("--rate must be a positive number of events per second or `max`, not {text:?}"),
+                },
+            };
+            if !(0.0..=1.0).contains(&bad_rate) {
+                bail!("--bad-rate must be between 0 and 1");
+            }
+            let fridges = fridges as usize;
+            let start_us = match start {
+                Some(text) => chrono::DateTime::parse_from_rfc3339(&text)
+                    .with_context(|| format!("--start {text:?} is not an RFC 3339 time"))?
+                    .timestamp_micros(),
+                None => simulate::FleetSpec::start_before(chrono::Utc::now().timestamp_micros(), fridges, events),
+            };
+            let spec = simulate::FleetSpec { seed, fridges, events, start_us, bad_rate };
+            let run_spec = simulate::RunSpec {
+                target,
+                secret: secret(flag),
+                rate,
+                batch,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let summary = runtime()?.block_on(simulate::run(simulate::Fleet::new(&spec), &run_spec, events))?;
+            println!("{summary}");
+        }
+        Command::Query { data, format, file, sql } => {
+            init_logging("warn");
+            let sql = match (file, sql) {
+                (Some(path), _) if path.as_os_str() == "-" => {
+                    let mut text = String::new();
+                    std::io::stdin().read_to_string(&mut text).context("reading SQL from standard input")?;
+                    text
+                }
+                (Some(path), _) => {
+                    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
+                }
+                (None, Some(sql)) => sql,
+                (None, None) => bail!("give a SQL statement or -f FILE"),
+            };
+            let output = runtime()?.block_on(async {
+                let ctx = query::context(&data).await.map_err(|e| anyhow::anyhow!(query::one_line(&e)))?;
+                let batches = query::run(&ctx, &sql).await.map_err(|e| anyhow::anyhow!(query::one_line(&e)))?;
+                query::render(&batches, format).map_err(|e| anyhow::anyhow!(query::one_line(&e)))
+            })?;
+            print!("{output}");
+            if !output.ends_with('\n') {
+                println!();
+            }
+        }
+        Command::Token { fridge, back_office, secret: flag } => {
+            let principal = match (fridge, back_office) {
+                (Some(id), _) => Principal::Fridge(id),
+                (None, Some(id)) => Principal::BackOffice(id),
+                (None, None) => bail!("give --fridge ID or --back-office ID"),
+            };
+            println!("{}", Tokens::new(secret(flag)).issue(&principal));
+        }
+        Command::Config { action: ConfigAction::Default } => print!("{}", config::DEFAULT_TOML),
+    }
+    Ok(())
+}

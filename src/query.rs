@@ -1,0 +1,105 @@
+//! `coldstream query`: SQL over the Parquet logs, through DataFusion.
+//!
+//! Tables: `events` and `rejected` (partitioned by `dt`), one changelog per
+//! view (`inventory`), and the current state of each view (`inventory_now`),
+//! derived from its changelog by summing the diffs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use coldstream_sinks::parquet::{list_parts, schema};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::ListingOptions;
+use datafusion::datasource::MemTable;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::prelude::SessionContext;
+
+/// The current-state views, as SQL over the changelogs.
+const NOW_VIEWS: &[(&str, &str)] = &[(
+    "inventory_now",
+    "SELECT fridge_id, sku, on_hand FROM inventory \
+     GROUP BY fridge_id, sku, on_hand HAVING SUM(diff) > 0",
+)];
+
+/// How query results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// An aligned text table.
+    Table,
+    /// CSV with a header row.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+}
+
+async fn register(ctx: &SessionContext, name: &str, dir: &Path, file_schema: SchemaRef, partitioned: bool) -> Result<()> {
+    let has_files = !list_parts(dir).map_err(|e| DataFusionError::External(Box::new(e)))?.is_empty();
+    if !has_files {
+        let mut fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        if partitioned {
+            fields.push(Field::new("dt", DataType::Utf8, false));
+        }
+        let table = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]])?;
+        ctx.register_table(name, Arc::new(table))?;
+        return Ok(());
+    }
+    let mut options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    if partitioned {
+        options = options.with_table_partition_cols(vec![("dt".into(), DataType::Utf8)]);
+    }
+    let location = format!("{}/", dir.display());
+    ctx.register_listing_table(name, &location, options, Some(file_schema), None).await
+}
+
+/// A session with every coldstream table of `data_dir` registered.
+pub async fn context(data_dir: &Path) -> Result<SessionContext> {
+    if !data_dir.is_dir() {
+        return Err(DataFusionError::Plan(format!(
+            "{} is not a coldstream data directory (run `coldstream demo` or `coldstream run` first, or pass --data)",
+            data_dir.display()
+        )));
+    }
+    let ctx = SessionContext::new();
+    register(&ctx, "events", &data_dir.join("events"), Arc::clone(&schema::EVENTS), true).await?;
+    register(&ctx, "rejected", &data_dir.join("rejected"), Arc::clone(&schema::REJECTED), true).await?;
+    register(&ctx, "inventory", &data_dir.join("views/inventory"), Arc::clone(&schema::INVENTORY), false).await?;
+    for (name, sql) in NOW_VIEWS {
+        let view = ctx.sql(sql).await?.into_view();
+        ctx.register_table(*name, view)?;
+    }
+    Ok(ctx)
+}
+
+/// Runs one SQL statement.
+pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    ctx.sql(sql).await?.collect().await
+}
+
+/// Renders batches in `format`.
+pub fn render(batches: &[RecordBatch], format: Format) -> Result<String> {
+    let bytes = match format {
+        Format::Table => return Ok(arrow::util::pretty::pretty_format_batches(batches)?.to_string()),
+        Format::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(Vec::new());
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            writer.into_inner()
+        }
+        Format::Json => {
+            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            let refs: Vec<&RecordBatch> = batches.iter().collect();
+            writer.write_batches(&refs)?;
+            writer.finish()?;
+            writer.into_inner()
+        }
+    };
+    String::from_utf8(bytes).map_err(|e| DataFusionError::Execution(e.to_string()))
+}
+
+/// A DataFusion error on one line, for the command line.
+pub fn one_line(error: &DataFusionError) -> String {
+    error.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,345 @@
+//! The pipeline server: gateway, log writer, timely workers and sinks,
+//! wired together and stopped in order.
+//!
+//! Shutdown order: the gateway stops taking calls; the log writer finishes
+//! its last commit; the archiver and the workers read the log to its
+//! durable end; the sinks write what they buffered. After a crash instead,
+//! each consumer resumes from what its files say it covered.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use coldstream_pipelines::views::InventoryKey;
+use coldstream_sinks::parquet::{Changelog, EventArchive, RejectedRow};
+use coldstream_sinks::{ParquetConfig, SinkError};
+use coldstream_sources::auth::Tokens;
+use coldstream_sources::gateway::{bind, Gateway, GatewayConfig, GatewayError};
+use coldstream_sources::ingest::{Ingest, IngestConfig};
+use coldstream_sources::log::embedded::{EmbeddedConfig, EmbeddedLog};
+use coldstream_sources::log::{EventLog, LogError, OpenReader};
+use coldstream_sources::proto::{log_entry::Entry, LogEntry, RejectReason};
+use prost::Message;
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::runtime::{RuntimeError, ViewMessage, Workers};
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The event log.
+    #[error("event log: {0}")]
+    Log(#[from] LogError),
+    /// A Parquet sink.
+    #[error("parquet sink: {0}")]
+    Sink(#[from] SinkError),
+    /// The gRPC gateway.
+    #[error("{0}")]
+    Gateway(#[from] GatewayError),
+    /// The timely workers.
+    #[error("{0}")]
+    Runtime(#[from] RuntimeError),
+    /// A thread could not be started.
+    #[error("starting thread {name}: {source}")]
+    Thread {
+        /// The thread's name.
+        name: &'static str,
+        /// The reason.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How far each consumer of the log has got.
+#[derive(Default)]
+pub struct Progress {
+    /// Offset up to which `events/` and `rejected/` hold the log (in files or buffered).
+    pub archived: AtomicU64,
+    /// Logical time before which every view change has reached its sink.
+    pub views: AtomicU64,
+}
+
+/// A point-in-time view of the server's progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Records durable in the log.
+    pub durable_offset: u64,
+    /// Ingest time of the last durable record.
+    pub last_ingest_ms: Option<u64>,
+    /// Records read by the archiver.
+    pub archived_offset: u64,
+    /// The views' frontier.
+    pub views_frontier: u64,
+}
+
+impl Status {
+    /// Whether every consumer has processed every durable record.
+    pub fn caught_up(&self) -> bool {
+        self.archived_offset >= self.durable_offset
+            && self.last_ingest_ms.is_none_or(|last| self.views_frontier > last)
+    }
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    readers: Arc<dyn OpenReader>,
+    progress: Arc<Progress>,
+    shutdown: Option<oneshot::Sender<()>>,
+    gateway: tokio::task::JoinHandle<Result<(), GatewayError>>,
+    writer: JoinHandle<()>,
+    stop_archiver: Arc<AtomicBool>,
+    archiver: JoinHandle<Result<(), ServerError>>,
+    workers: Workers,
+    view_sink: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Server {
+    /// Opens the data directory and starts every part; returns once the
+    /// gateway is listening.
+    pub async fn start(config: &Config) -> Result<Server, ServerError> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| LogError::Io { context: format!("creating {}", data_dir.display()), source: e })?;
+        let log = EmbeddedLog::open(
+            data_dir.join("log"),
+            EmbeddedConfig { segment_bytes: config.log.segment_mb << 20 },
+        )?;
+        let readers = log.readers();
+        let last_ingest = log.last_ingest_ms();
+        let (ingest, writer) = Ingest::start(
+            Box::new(log),
+            IngestConfig { queue_batches: config.gateway.queue_batches, max_commit_records: config.gateway.max_commit_records },
+        )?;
+        let progress = Arc::new(Progress::default());
+
+        let parquet = config.parquet();
+        let (archive, resume) = EventArchive::open(&data_dir, parquet.clone())?;
+        let stop_archiver = Arc::new(AtomicBool::new(false));
+        let archiver = {
+            let (readers, progress, stop) = (Arc::clone(&readers), Arc::clone(&progress), Arc::clone(&stop_archiver));
+            spawn("archiver", move || archive_log(readers.as_ref(), archive, resume, &progress, &stop))?
+        };
+
+        let changelog = Changelog::<(InventoryKey, i64)>::open(&data_dir, parquet.clone())?;
+        tracing::info!(views_covered_ms = changelog.covered(), ?last_ingest, "views resume");
+        let (changes, view_messages) = sync_channel(256);
+        let view_sink = {
+            let progress = Arc::clone(&progress);
+            spawn("view-sink", move || sink_views(view_messages, changelog, &progress))?
+        };
+        let workers = Workers::start(config.worker_threads(), Arc::clone(&readers), changes)?;
+
+        let listener = bind(config.listen).await?;
+        let addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
+        let secret = std::env::var("COLDSTREAM_SECRET").unwrap_or_else(|_| config.auth.secret.clone());
+        let gateway = Gateway::new(
+            ingest,
+            Tokens::new(secret),
+            GatewayConfig {
+                max_batch_events: config.gateway.max_batch_events,
+                max_in_flight_batches: config.gateway.max_in_flight_batches,
+            },
+        );
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let gateway = tokio::spawn(gateway.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        tracing::info!(%addr, data_dir = %data_dir.display(), workers = config.worker_threads(), "coldstream is listening");
+        Ok(Server {
+            addr,
+            data_dir,
+            readers,
+            progress,
+            shutdown: Some(shutdown),
+            gateway,
+            writer,
+            stop_archiver,
+            archiver,
+            workers,
+            view_sink,
+        })
+    }
+
+    /// The address the gateway listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// How far every consumer has got.
+    pub fn status(&self) -> Status {
+        Status {
+            durable_offset: self.readers.durable_offset(),
+            last_ingest_ms: self.readers.durable_ingest_ms(),
+            archived_offset: self.progress.archived.load(Ordering::Acquire),
+            views_frontier: self.progress.views.load(Ordering::Acquire),
+        }
+    }
+
+    /// Waits until every consumer has processed every durable record.
+    pub async fn caught_up(&self, timeout: Duration) -> Result<Status, Status> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            if status.caught_up() {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops taking calls, drains the log into every view and sink, and
+    /// writes what is buffered.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match tokio::time::timeout(Duration::from_secs(5), &mut self.gateway).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(join)) => tracing::error!(%join, "the gateway task failed"),
+            Err(_) => {
+                tracing::warn!("connections still open after 5 s; closing them");
+                self.gateway.abort();
+            }
+        }
+        let (writer, workers, archiver, view_sink, stop_archiver) =
+            (self.writer, self.workers, self.archiver, self.view_sink, self.stop_archiver);
+        tokio::task::spawn_blocking(move || {
+            // Connections that are still open keep the writer alive; the
+            // log is consistent at every commit, so it need not be joined.
+            drop(writer);
+            stop_archiver.store(true, Ordering::SeqCst);
+            workers.stop();
+            let archived = archiver.join().unwrap_or_else(|_| Ok(()));
+            let viewed = view_sink.join().unwrap_or_else(|_| Ok(()));
+            archived.and(viewed)
+        })
+        .await
+        .unwrap_or(Ok(()))
+    }
+}
+
+fn spawn<T: Send + 'static>(
+    name: &'static str,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, ServerError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(body)
+        .map_err(|source| ServerError::Thread { name, source })
+}
+
+/// The dead-letter row of a rejected log entry.
+fn rejected_row(received_ms: u64, rejected: coldstream_sources::proto::RejectedEvent) -> RejectedRow {
+    let event = rejected.event.unwrap_or_default();
+    let code = RejectReason::try_from(rejected.code).unwrap_or(RejectReason::Unspecified);
+    RejectedRow {
+        received_ms,
+        principal: rejected.principal,
+        source_id: Some(event.source_id.clone()).filter(|s| !s.is_empty()),
+        seq: Some(event.seq).filter(|&s| s > 0),
+        event_time_us: Some(event.event_time_us).filter(|&t| t != 0),
+        kind: coldstream_sources::convert::wire_kind(&event).map(str::to_owned),
+        reason_code: code.as_str_name().trim_start_matches("REJECT_REASON_").to_ascii_lowercase(),
+        reason: rejected.message,
+        event: format!("{event:?}"),
+    }
+}
+
+/// Tails the log into `events/` and `rejected/`.
+fn archive_log(
+    readers: &dyn OpenReader,
+    mut archive: EventArchive,
+    resume: Option<(u64, u64)>,
+    progress: &Progress,
+    stop: &AtomicBool,
+) -> Result<(), ServerError> {
+    let this = std::thread::current();
+    readers.subscribe(Box::new(move || this.unpark()));
+    let (start, redo_until) = match resume {
+        Some((first, end)) => (first, Some(end)),
+        None => (0, None),
+    };
+    let mut reader = readers.open(start.min(readers.durable_offset()))?;
+    let mut records = Vec::with_capacity(4096);
+    loop {
+        records.clear();
+        let limit = match redo_until {
+            Some(end) if reader.position() < end => (end - reader.position()).min(4096) as usize,
+            _ => 4096,
+        };
+        let read = reader.read(limit, &mut records)?;
+        for (offset, record) in records.drain(..) {
+            match LogEntry::decode(record.payload.as_slice()) {
+                Ok(LogEntry { entry: Some(Entry::Accepted(wire)) }) => match coldstream_sources::convert::decode(&wire) {
+                    Ok(event) => archive.push_event(offset, record.ingest_ms, event),
+                    Err(rejection) => tracing::warn!(offset, reason = %rejection.message, "undecodable event in the log"),
+                },
+                Ok(LogEntry { entry: Some(Entry::Rejected(rejected)) }) => {
+                    archive.push_rejected(offset, rejected_row(record.ingest_ms, rejected))
+                }
+                Ok(LogEntry { entry: None }) => tracing::warn!(offset, "empty log entry"),
+                Err(error) => tracing::warn!(offset, %error, "undecodable log record"),
+            }
+        }
+        let position = reader.position();
+        // The range left incomplete by a crash is rewritten exactly as it was.
+        if redo_until == Some(position) {
+            archive.flush(position)?;
+        } else if archive.is_due() {
+            archive.flush(position)?;
+        }
+        progress.archived.store(position, Ordering::Release);
+        if read == 0 {
+            if stop.load(Ordering::SeqCst) && position >= readers.durable_offset() {
+                archive.flush(position)?;
+                return Ok(());
+            }
+            std::thread::park_timeout(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Writes view changes to their changelogs as the frontier passes them.
+fn sink_views(
+    messages: Receiver<ViewMessage>,
+    mut inventory: Changelog<(InventoryKey, i64)>,
+    progress: &Progress,
+) -> Result<(), ServerError> {
+    let resume_at = inventory.covered();
+    for message in messages {
+        match message {
+            ViewMessage::Inventory(changes) => {
+                for (row, time, diff) in changes {
+                    inventory.push(row, time, diff as i64);
+                }
+            }
+            ViewMessage::Frontier(frontier) => {
+                inventory.advance(frontier, false)?;
+                if frontier >= resume_at {
+                    progress.views.store(frontier, Ordering::Release);
+                }
+            }
+            ViewMessage::Closed(frontier) => {
+                inventory.advance(frontier, true)?;
+                progress.views.store(frontier, Ordering::Release);
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

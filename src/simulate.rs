@@ -1,0 +1,471 @@
+//! `coldstream simulate`: a fleet of simulated fridges over real gRPC.
+//!
+//! The fleet is deterministic for a seed and a start time: the back office
+//! registers the fridges and sets planograms and prices, then every fridge
+//! produces its own stream in event-time order — telemetry every 30 s,
+//! customer sessions (door, takes, returns, payment, a few declines),
+//! restock deliveries when stock runs low, and occasional audits. A small
+//! share of events is deliberately invalid, to exercise the dead letter.
+//!
+//! [`Fleet`] is a pure generator (also used by tests and benches);
+//! [`run`] drives it against a gateway, one stream per fridge.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use coldstream_pipelines::event::{DAY_US, HOUR_US, MINUTE_US};
+use coldstream_pipelines::{Event, Payload, Temperature};
+use coldstream_sources::auth::{Principal, Tokens};
+use coldstream_sources::client::{self, ClientError, Delivered, Fridge};
+use coldstream_sources::convert::encode;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// The back-office client id the simulator publishes as.
+pub const BACK_OFFICE: &str = "erp";
+
+/// The product catalogue: `(sku, price_cents, perishable)`.
+const CATALOGUE: &[(&str, i64, bool)] = &[
+    ("cola-330", 180, false),
+    ("water-500", 120, false),
+    ("juice-orange", 290, true),
+    ("sandwich-ham", 450, true),
+    ("sandwich-veggie", 420, true),
+    ("salad-caesar", 590, true),
+    ("yoghurt-berry", 210, true),
+    ("chocolate-bar", 150, false),
+    ("crisps-salted", 160, false),
+    ("apple", 90, true),
+    ("protein-bar", 250, false),
+    ("cold-brew", 340, false),
+    ("wrap-chicken", 520, true),
+    ("sushi-box", 790, true),
+    ("iced-tea", 230, false),
+    ("nuts-mix", 270, false),
+];
+
+const REGIONS: &[&str] = &["eu-west", "eu-north", "us-east"];
+
+/// What the fleet looks like.
+#[derive(Clone, Debug)]
+pub struct FleetSpec {
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Number of fridges.
+    pub fridges: usize,
+    /// Fridge events in total, spread evenly over the fridges.
+    pub events: u64,
+    /// Event time of the first event (µs since the epoch).
+    pub start_us: i64,
+    /// Share of fridge events made invalid on purpose.
+    pub bad_rate: f64,
+}
+
+impl FleetSpec {
+    /// Roughly 165 events per fridge-hour: a start early enough that the
+    /// simulated history ends about an hour before `now_us`.
+    pub fn start_before(now_us: i64, fridges: usize, events: u64) -> i64 {
+        let hours = events as f64 / fridges.max(1) as f64 / 165.0;
+        let start = now_us - ((hours * 1.2 + 1.0) * HOUR_US as f64) as i64;
+        start - start.rem_euclid(MINUTE_US)
+    }
+}
+
+/// The fridge id of fridge number `i`.
+pub fn fridge_id(i: usize) -> String {
+    format!("FR-{:06}", i + 1)
+}
+
+/// One fridge's simulation state.
+pub struct SimFridge {
+    id: String,
+    rng: SmallRng,
+    clock: i64,
+    seq: u64,
+    remaining: u64,
+    bad_rate: f64,
+    next_telemetry: i64,
+    next_session: i64,
+    next_audit: i64,
+    sessions: u64,
+    orders: u64,
+    excursion_until: i64,
+    /// `sku → (on_hand, par, min, price)`.
+    shelf: BTreeMap<String, (i64, i64, i64, i64)>,
+    restock_at: Option<i64>,
+    queue: std::collections::VecDeque<(i64, Payload)>,
+}
+
+impl SimFridge {
+    fn payloads_to_events(&mut self, limit: usize) -> Vec<Event> {
+        let mut out = Vec::with_capacity(limit);
+        while out.len() < limit && self.remaining > 0 {
+            if self.queue.is_empty() {
+                self.plan_next();
+            }
+            let Some((time, payload)) = self.queue.pop_front() else { break };
+            self.seq += 1;
+            self.remaining -= 1;
+            out.push(Event { source_id: self.id.clone(), seq: self.seq, event_time: time, payload });
+        }
+        out
+    }
+
+    /// Queues what happens next, in event-time order.
+    fn plan_next(&mut self) {
+        let next = self.next_telemetry.min(self.next_session).min(self.next_audit).min(self.restock_at.unwrap_or(i64::MAX));
+        self.clock = next;
+        if Some(next) == self.restock_at {
+            self.restock_at = None;
+            self.orders += 1;
+            let order_id = format!("{}-PO{:05}", self.id, self.orders);
+            for (sku, (on_hand, par, _, _)) in self.shelf.iter_mut() {
+                if *on_hand < *par {
+                    let qty = *par - *on_hand;
+                    *on_hand = *par;
+                    self.queue.push_back((next, Payload::RestockDelivered { order_id: order_id.clone(), sku: sku.clone(), qty }));
+                }
+            }
+            if self.queue.is_empty() {
+                self.plan_next();
+            }
+        } else if next == self.next_telemetry {
+            self.next_telemetry += 30_000_000;
+            if self.excursion_until < next && self.rng.random_bool(0.0004) {
+                // A compressor failure: a warm run of 20 to 60 minutes.
+                self.excursion_until = next + self.rng.random_range(20..60) * MINUTE_US;
+            }
+            let temperature = if next < self.excursion_until {
+                self.rng.random_range(6.0..9.5)
+            } else {
+                self.rng.random_range(2.5..4.8)
+            };
+            self.queue.push_back((next, Payload::Telemetry { temperature_c: Temperature(temperature), door_open: false }));
+        } else if next == self.next_audit {
+            self.next_audit += DAY_US;
+            let skus: Vec<String> = self.shelf.keys().cloned().collect();
+            let sku = skus[self.rng.random_range(0..skus.len())].clone();
+            let entry = self.shelf.get_mut(&sku).expect("the sku was just picked from the shelf");
+            // Shrinkage: an audit sometimes finds one fewer.
+            if entry.0 > 0 && self.rng.random_bool(0.3) {
+                entry.0 -= 1;
+            }
+            self.queue.push_back((next, Payload::StockCounted { sku, qty: entry.0.max(0) }));
+        } else {
+            self.next_session += (self.rng.random_range(2.0..14.0) * MINUTE_US as f64) as i64;
+            self.session(next);
+        }
+    }
+
+    fn session(&mut self, start: i64) {
+        self.sessions += 1;
+        let session_id = format!("S{:07}", self.sessions);
+        let mut t = start;
+        self.queue.push_back((t, Payload::DoorOpened { session_id: session_id.clone() }));
+        t += 1_000_000;
+        self.queue.push_back((t, Payload::PaymentAuthorized { session_id: session_id.clone(), amount_cents: 2_000 }));
+        let stocked: Vec<String> = self.shelf.iter().filter(|(_, s)| s.0 > 0).map(|(k, _)| k.clone()).collect();
+        let mut basket: BTreeMap<String, i64> = BTreeMap::new();
+        if !stocked.is_empty() {
+            for _ in 0..self.rng.random_range(1..=3) {
+                let sku = stocked[self.rng.random_range(0..stocked.len())].clone();
+                let qty = self.rng.random_range(1..=2);
+                t += self.rng.random_range(2..9) * 1_000_000;
+                self.queue.push_back((t, Payload::ItemTaken { session_id: session_id.clone(), sku: sku.clone(), qty }));
+                *basket.entry(sku).or_insert(0) += qty;
+            }
+            if self.rng.random_bool(0.1)
+                && let Some((sku, qty)) = basket.iter_mut().next()
+            {
+                t += 3_000_000;
+                self.queue.push_back((t, Payload::ItemReturned { session_id: session_id.clone(), sku: sku.clone(), qty: 1 }));
+                *qty -= 1;
+            }
+        }
+        t += self.rng.random_range(3..20) * 1_000_000;
+        self.queue.push_back((t, Payload::DoorClosed { session_id: session_id.clone() }));
+        let mut expected = 0;
+        for (sku, qty) in &basket {
+            let entry = self.shelf.get_mut(sku).expect("basket skus come from the shelf");
+            entry.0 -= qty;
+            expected += qty * entry.3;
+        }
+        t += 2_000_000;
+        if expected > 0 {
+            if self.rng.random_bool(0.03) {
+                self.queue.push_back((t, Payload::PaymentDeclined { session_id, reason: "insufficient_funds".into() }));
+            } else {
+                self.queue.push_back((t, Payload::PaymentCaptured { session_id, amount_cents: expected }));
+            }
+        }
+        if self.restock_at.is_none() && self.shelf.values().any(|(on_hand, _, min, _)| on_hand <= min) {
+            self.restock_at = Some(t + self.rng.random_range(2..8) * HOUR_US);
+        }
+    }
+}
+
+/// A deterministic fleet.
+pub struct Fleet {
+    /// The back office's events, to publish before any fridge event.
+    pub back_office: Vec<Event>,
+    /// The fridges.
+    pub fridges: Vec<SimFridge>,
+}
+
+impl Fleet {
+    /// Builds the fleet of `spec`.
+    pub fn new(spec: &FleetSpec) -> Fleet {
+        let mut back_office = Vec::new();
+        let setup_time = spec.start_us - HOUR_US;
+        let mut seq = 0u64;
+        let mut push = |payload: Payload, back_office: &mut Vec<Event>| {
+            seq += 1;
+            back_office.push(Event { source_id: BACK_OFFICE.into(), seq, event_time: setup_time, payload });
+        };
+        for (sku, price, _) in CATALOGUE {
+            push(Payload::PriceChanged { sku: (*sku).into(), price_cents: *price, fridge_id: None }, &mut back_office);
+        }
+        let per_fridge = spec.events / spec.fridges.max(1) as u64;
+        let extra = spec.events % spec.fridges.max(1) as u64;
+        let mut fridges = Vec::with_capacity(spec.fridges);
+        for i in 0..spec.fridges {
+            let id = fridge_id(i);
+            let mut rng = SmallRng::seed_from_u64(spec.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            push(
+                Payload::FridgeRegistered {
+                    fridge_id: id.clone(),
+                    region: REGIONS[i % REGIONS.len()].into(),
+                    site: format!("site-{:04}", i / 2 + 1),
+                },
+                &mut back_office,
+            );
+            let mut shelf = BTreeMap::new();
+            let carried = rng.random_range(6..=10);
+            let offset = rng.random_range(0..CATALOGUE.len());
+            for k in 0..carried {
+                let (sku, price, perishable) = CATALOGUE[(offset + k * 3) % CATALOGUE.len()];
+                let par = rng.random_range(8..=24);
+                let min = rng.random_range(2..=5);
+                // Fridges on some sites charge a premium for one product.
+                let price = if i % 7 == 3 && k == 0 {
+                    push(
+                        Payload::PriceChanged { sku: sku.into(), price_cents: price + 30, fridge_id: Some(id.clone()) },
+                        &mut back_office,
+                    );
+                    price + 30
+                } else {
+                    price
+                };
+                push(
+                    Payload::PlanogramSet { fridge_id: id.clone(), sku: sku.into(), par, min, perishable },
+                    &mut back_office,
+                );
+                shelf.insert(sku.to_owned(), (par, par, min, price));
+            }
+            let initial: Vec<(i64, Payload)> = shelf
+                .iter()
+                .map(|(sku, (on_hand, ..))| (spec.start_us, Payload::StockCounted { sku: sku.clone(), qty: *on_hand }))
+                .collect();
+            let start_jitter = rng.random_range(0..30) * 1_000_000;
+            fridges.push(SimFridge {
+                id,
+                clock: spec.start_us,
+                seq: 0,
+                remaining: per_fridge + u64::from((i as u64) < extra),
+                bad_rate: spec.bad_rate,
+                next_telemetry: spec.start_us + start_jitter,
+                next_session: spec.start_us + start_jitter + 3 * MINUTE_US,
+                next_audit: spec.start_us + DAY_US / 2 + start_jitter * 100,
+                sessions: 0,
+                orders: 0,
+                excursion_until: 0,
+                shelf,
+                restock_at: None,
+                queue: initial.into(),
+                rng,
+            });
+        }
+        Fleet { back_office, fridges }
+    }
+
+    /// Every fridge event, fridge by fridge (for tests and fixtures).
+    pub fn all_events(mut self) -> Vec<Event> {
+        let mut all = self.back_office;
+        for fridge in &mut self.fridges {
+            loop {
+                let batch = fridge.payloads_to_events(1024);
+                if batch.is_empty() {
+                    break;
+                }
+                all.extend(batch);
+            }
+        }
+        all
+    }
+}
+
+impl SimFridge {
+    /// The next batch of this fridge's events on the wire, some made
+    /// invalid on purpose; `None` when the fridge has sent all its events.
+    pub fn next_batch(&mut self, limit: usize) -> Option<Vec<coldstream_sources::proto::Event>> {
+        let events = self.payloads_to_events(limit);
+        if events.is_empty() {
+            return None;
+        }
+        let mut wire: Vec<_> = events.iter().map(encode).collect();
+        for event in &mut wire {
+            if self.bad_rate > 0.0 && self.rng.random_bool(self.bad_rate) {
+                spoil(event, &mut self.rng);
+            }
+        }
+        Some(wire)
+    }
+
+    /// The fridge's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Makes an event invalid the way real devices do.
+fn spoil(event: &mut coldstream_sources::proto::Event, rng: &mut SmallRng) {
+    use coldstream_sources::proto::event::Payload as Wire;
+    match rng.random_range(0..3) {
+        0 => event.payload = None,
+        1 => event.event_time_us += 3_600_000_000 * 24 * 365,
+        _ => {
+            event.payload = Some(Wire::ItemTaken(coldstream_sources::proto::ItemTaken {
+                session_id: "S-glitch".into(),
+                sku: "cola-330".into(),
+                qty: Some(0),
+            }))
+        }
+    }
+}
+
+/// How to drive the fleet.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    /// The gateway, e.g. `http://127.0.0.1:50051`.
+    pub target: String,
+    /// The fleet secret, to derive tokens.
+    pub secret: String,
+    /// Events per second for the whole fleet; `None` for as fast as possible.
+    pub rate: Option<f64>,
+    /// Events per batch, at most.
+    pub batch: usize,
+    /// Draw a progress bar.
+    pub progress: bool,
+}
+
+/// What a run did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Summary {
+    /// Fridge and back-office events sent.
+    pub sent: u64,
+    /// What the gateway answered.
+    pub delivered: Delivered,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// Acknowledged events (accepted, duplicate or rejected) per second.
+    pub fn events_per_second(&self) -> f64 {
+        let acked = self.delivered.accepted + self.delivered.duplicates + self.delivered.rejected;
+        acked as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sent {}, accepted {}, duplicates {}, rejected {}, reconnects {}, in {:.1} s ({:.0} events/s)",
+            self.sent,
+            self.delivered.accepted,
+            self.delivered.duplicates,
+            self.delivered.rejected,
+            self.delivered.reconnects,
+            self.elapsed.as_secs_f64(),
+            self.events_per_second()
+        )
+    }
+}
+
+/// Drives `fleet` against a gateway until every event is acknowledged.
+pub async fn run(fleet: Fleet, spec: &RunSpec, total_events: u64) -> Result<Summary, ClientError> {
+    let started = Instant::now();
+    let tokens = Tokens::new(&spec.secret);
+    let mut summary = Summary::default();
+    let channel = client::channel(&spec.target).await?;
+    for chunk in fleet.back_office.chunks(500) {
+        let token = tokens.issue(&Principal::BackOffice(BACK_OFFICE.into()));
+        let ack = client::publish(channel.clone(), BACK_OFFICE, &token, chunk.iter().map(encode).collect()).await?;
+        summary.sent += chunk.len() as u64;
+        summary.delivered.accepted += ack.accepted.len() as u64;
+        summary.delivered.duplicates += ack.duplicates.len() as u64;
+        summary.delivered.rejected += ack.rejected.len() as u64;
+    }
+    let bar = if spec.progress {
+        let bar = indicatif::ProgressBar::new(total_events);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let per_fridge_rate = spec.rate.map(|r| r / fleet.fridges.len().max(1) as f64);
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut sim in fleet.fridges {
+        let token = tokens.issue(&Principal::Fridge(sim.id().to_owned()));
+        let mut fridge = Fridge::new(spec.target.clone(), sim.id().to_owned(), token);
+        let bar = bar.clone();
+        let batch = spec.batch.max(1);
+        tasks.spawn(async move {
+            let began = Instant::now();
+            let mut sent = 0u64;
+            loop {
+                // Pace to the rate: never ahead of `sent / rate` seconds.
+                let limit = match per_fridge_rate {
+                    Some(rate) => {
+                        let due = (began.elapsed().as_secs_f64() * rate) as u64;
+                        if due <= sent {
+                            let wait = (sent + 1) as f64 / rate - began.elapsed().as_secs_f64();
+                            tokio::time::sleep(Duration::from_secs_f64(wait.max(0.001))).await;
+                            continue;
+                        }
+                        ((due - sent) as usize).min(batch)
+                    }
+                    None => batch,
+                };
+                let Some(events) = sim.next_batch(limit) else { break };
+                let count = events.len() as u64;
+                fridge.send(events).await?;
+                sent += count;
+                bar.inc(count);
+            }
+            Ok::<(u64, Delivered), ClientError>((sent, fridge.delivered))
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok((sent, delivered))) => {
+                summary.sent += sent;
+                summary.delivered.add(delivered);
+            }
+            Ok(Err(error)) => {
+                tasks.abort_all();
+                return Err(error);
+            }
+            Err(join) => {
+                tracing::error!(%join, "a simulated fridge failed");
+            }
+        }
+    }
+    bar.finish_and_clear();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}

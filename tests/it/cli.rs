@@ -1,0 +1,41 @@
+//! The command line: bad arguments and bad queries are one-line errors.
+
+use crate::support::binary;
+
+fn stderr_of(args: &[&str]) -> String {
+    let output = binary().args(args).output().unwrap();
+    assert!(!output.status.success(), "{args:?} should fail");
+    String::from_utf8(output.stderr).unwrap()
+}
+
+#[test]
+fn a_bad_query_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let message = stderr_of(&["query", "--data", data, "SELEC nonsense"]);
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+    assert!(message.starts_with("error:"), "{message}");
+    let message = stderr_of(&["query", "--data", data, "SELECT * FROM no_such_table"]);
+    assert!(message.contains("no_such_table"), "{message}");
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+}
+
+#[test]
+fn bad_arguments_and_configs_are_one_line_errors() {
+    let message = stderr_of(&["simulate", "--rate", "fast"]);
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[parquet]\nroll_secs = 3\n").unwrap();
+    let message = stderr_of(&["run", "--config", config.to_str().unwrap()]);
+    assert!(message.contains("roll_secs"), "{message}");
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+}
+
+#[test]
+fn the_default_config_is_printed_and_parses() {
+    let output = binary().args(["config", "default"]).output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    coldstream::config::Config::parse(&text, "printed").unwrap();
+}

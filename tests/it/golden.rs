@@ -1,0 +1,77 @@
+//! Golden SQL: every `queries/*.sql` run over a fixed fixture must print
+//! exactly `queries/expected/<name>.csv`. After an intended change,
+//! regenerate the expected files with
+//! `COLDSTREAM_BLESS=1 cargo test --test it golden` and review the diff.
+
+use std::path::{Path, PathBuf};
+
+use coldstream::simulate::{Fleet, FleetSpec};
+use coldstream_pipelines::harness::run_view;
+use coldstream_pipelines::views::{inventory, InventoryKey};
+use coldstream_sinks::parquet::{Changelog, EventArchive};
+use coldstream_sinks::ParquetConfig;
+
+use crate::support::query_csv;
+
+/// 4 fridges, 3000 events from 2026-03-01 00:00 UTC, archived and viewed as
+/// the server would, arriving in batches of 100 at 1 ms apart.
+fn fixture(dir: &Path) {
+    let spec = FleetSpec { seed: 42, fridges: 4, events: 3000, start_us: 1_772_323_200_000_000, bad_rate: 0.0 };
+    let events = Fleet::new(&spec).all_events();
+    let config = ParquetConfig::default();
+    let (mut archive, resume) = EventArchive::open(dir, config.clone()).unwrap();
+    assert!(resume.is_none());
+    let mut arrivals = Vec::new();
+    for (batch, chunk) in events.chunks(100).enumerate() {
+        let time = 1_000 + batch as u64;
+        for (i, event) in chunk.iter().enumerate() {
+            archive.push_event((batch * 100 + i) as u64, time, event.clone());
+        }
+        arrivals.push((time, chunk.to_vec()));
+    }
+    archive.flush(events.len() as u64).unwrap();
+    let mut changelog = Changelog::<(InventoryKey, i64)>::open(dir, config).unwrap();
+    let end = arrivals.last().unwrap().0 + 1;
+    for (row, time, diff) in run_view(1, arrivals, inventory) {
+        changelog.push(row, time, diff as i64);
+    }
+    changelog.advance(end, true).unwrap();
+}
+
+fn queries() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("queries"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_queries_match_their_expected_output() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path());
+    let bless = std::env::var_os("COLDSTREAM_BLESS").is_some();
+    let files = queries();
+    assert!(files.len() >= 2, "queries/ should hold the canned queries");
+    let mut failures = Vec::new();
+    for file in files {
+        let sql = std::fs::read_to_string(&file).unwrap();
+        let actual = query_csv(dir.path(), &sql).await;
+        let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+        let expected_path = file.parent().unwrap().join("expected").join(format!("{stem}.csv"));
+        if bless {
+            std::fs::create_dir_all(expected_path.parent().unwrap()).unwrap();
+            std::fs::write(&expected_path, &actual).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|_| panic!("{} is missing; run with COLDSTREAM_BLESS=1", expected_path.display()));
+        if actual != expected {
+            failures.push(format!("{stem}:\n--- expected\n{expected}--- actual\n{actual}"));
+        }
+        assert!(actual.lines().count() > 1, "{stem} returned no rows on the fixture");
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

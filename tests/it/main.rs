@@ -1,0 +1,9 @@
+//! coldstream's integration tests: real servers on loopback ports, real
+//! files, real Parquet read back through DataFusion. One test binary.
+
+mod cli;
+mod durability;
+mod gateway;
+mod golden;
+mod log;
+mod support;

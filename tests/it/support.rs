@@ -1,0 +1,112 @@
+//! Helpers shared by the integration tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use coldstream::config::{Config, DEV_SECRET};
+use coldstream::query;
+use coldstream::server::Server;
+use coldstream_pipelines::Event;
+use coldstream_sources::auth::{Principal, Tokens};
+use coldstream_sources::client::Session;
+
+/// A server configuration for tests: loopback, an ephemeral port, 2 workers.
+pub fn config(dir: &Path) -> Config {
+    let mut config = Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        workers: 2,
+        ..Config::default()
+    };
+    config.parquet.roll_seconds = 1;
+    config
+}
+
+/// Starts a server in this process.
+pub async fn start(dir: &Path) -> Server {
+    Server::start(&config(dir)).await.unwrap()
+}
+
+/// The token of a fridge under the development secret.
+pub fn fridge_token(fridge_id: &str) -> String {
+    Tokens::new(DEV_SECRET).issue(&Principal::Fridge(fridge_id.into()))
+}
+
+/// Opens a stream as `fridge_id` with its correct token.
+pub async fn session(addr: &str, fridge_id: &str) -> Session {
+    let channel = coldstream_sources::client::channel(addr).await.unwrap();
+    Session::open(channel, fridge_id, &fridge_token(fridge_id)).await.unwrap()
+}
+
+/// A fridge event at `minute` minutes past a fixed recent hour.
+pub fn event(fridge_id: &str, seq: u64, minute: i64, payload: coldstream_pipelines::Payload) -> Event {
+    let base = chrono::Utc::now().timestamp_micros() / 3_600_000_000 * 3_600_000_000 - 3_600_000_000;
+    Event { source_id: fridge_id.into(), seq, event_time: base + minute * 60_000_000, payload }
+}
+
+/// Runs SQL over a data directory and returns CSV.
+pub async fn query_csv(dir: &Path, sql: &str) -> String {
+    let ctx = query::context(dir).await.unwrap();
+    let batches = query::run(&ctx, sql).await.unwrap();
+    query::render(&batches, query::Format::Csv).unwrap()
+}
+
+/// The `coldstream` binary.
+pub fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_coldstream"))
+}
+
+/// A `coldstream run` process on an ephemeral loopback port.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl ServerProcess {
+    pub fn start(dir: &Path) -> ServerProcess {
+        let mut child = binary()
+            .args(["run", "--listen", "127.0.0.1:0", "--workers", "2", "--data"])
+            .arg(dir)
+            .env("COLDSTREAM_SECRET", DEV_SECRET)
+            .env("COLDSTREAM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("coldstream listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}"));
+        ServerProcess { addr: format!("http://{addr}"), child }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGINT: the server drains the log into every sink and exits.
+    pub fn stop(mut self) {
+        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        for _ in 0..600 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "the server exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.child.kill().unwrap();
+        panic!("the server did not stop within 60 s of SIGINT");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
