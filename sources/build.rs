@@ -10,8 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed=../proto/{file}");
     }
     let descriptors = protox::compile(files, ["../proto"])?;
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out_dir.join("coldstream_descriptor.bin"))
-        .compile_fds(descriptors)?;
+    // The encoded descriptors serve gRPC reflection.
+    std::fs::write(out_dir.join("coldstream_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }

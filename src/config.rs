@@ -182,7 +182,10 @@ impl Config {
             return Err(ConfigError::Invalid("log.segment_mb must be at least 1".into()));
         }
         if !(1..=22).contains(&self.parquet.zstd_level) {
-            return Err(ConfigError::Invalid(format!("parquet.zstd_level {} is not in 1..=22", self.parquet.zstd_level)));
+            return Err(ConfigError::Invalid(format!(
+                "parquet.zstd_level {} is not in 1..=22",
+                self.parquet.zstd_level
+            )));
         }
         if self.auth.secret.len() < 16 {
             return Err(ConfigError::Invalid("auth.secret must be at least 16 characters".into()));
@@ -192,11 +195,7 @@ impl Config {
 
     /// The number of worker threads to start.
     pub fn worker_threads(&self) -> usize {
-        if self.workers == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            self.workers
-        }
+        if self.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { self.workers }
     }
 
     /// The Parquet sink's settings.

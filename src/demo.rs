@@ -128,7 +128,12 @@ pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
     let dir = spec.data_dir.display();
     println!("data: {dir}/log (event log), {dir}/events, {dir}/rejected, {dir}/views/inventory (Parquet)");
 
-    show(&spec.data_dir, "Accepted events by kind:", "SELECT kind, COUNT(*) AS events FROM events GROUP BY kind ORDER BY events DESC").await?;
+    show(
+        &spec.data_dir,
+        "Accepted events by kind:",
+        "SELECT kind, COUNT(*) AS events FROM events GROUP BY kind ORDER BY events DESC",
+    )
+    .await?;
     show(&spec.data_dir, "Rejected events by reason:", "SELECT reason_code, COUNT(*) AS events, MIN(reason) AS example FROM rejected GROUP BY reason_code ORDER BY events DESC").await?;
     show(
         &spec.data_dir,

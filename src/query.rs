@@ -10,9 +10,9 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use coldstream_sinks::parquet::{list_parts, schema};
+use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
-use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::prelude::SessionContext;
 
@@ -34,7 +34,13 @@ pub enum Format {
     Json,
 }
 
-async fn register(ctx: &SessionContext, name: &str, dir: &Path, file_schema: SchemaRef, partitioned: bool) -> Result<()> {
+async fn register(
+    ctx: &SessionContext,
+    name: &str,
+    dir: &Path,
+    file_schema: SchemaRef,
+    partitioned: bool,
+) -> Result<()> {
     let has_files = !list_parts(dir).map_err(|e| DataFusionError::External(Box::new(e)))?.is_empty();
     if !has_files {
         let mut fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();

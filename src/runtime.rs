@@ -11,22 +11,22 @@
 //! changes go to the view sink over a bounded channel, followed by the
 //! frontier reported by worker 0, so the sink knows when a time is final.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
 use std::time::Duration;
 
-use coldstream_pipelines::views::{inventory, InventoryKey};
+use coldstream_pipelines::views::{InventoryKey, inventory};
 use coldstream_pipelines::{Event, Time};
 use coldstream_sources::log::{LogReader, OpenReader};
-use coldstream_sources::proto::{log_entry::Entry, LogEntry};
-use differential_dataflow::collection::VecCollection;
+use coldstream_sources::proto::{LogEntry, log_entry::Entry};
 use differential_dataflow::AsCollection;
+use differential_dataflow::collection::VecCollection;
 use prost::Message;
-use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::Scope;
-use timely::scheduling::SyncActivator;
 use timely::WorkerConfig;
+use timely::dataflow::Scope;
+use timely::dataflow::operators::generic::operator::source;
+use timely::scheduling::SyncActivator;
 
 /// Records a source reads before yielding to the other operators.
 const READ_BATCH: usize = 8192;
@@ -56,7 +56,7 @@ pub enum RuntimeError {
 pub struct Workers {
     stop: Arc<AtomicBool>,
     sources: Arc<std::sync::Mutex<Vec<SyncActivator>>>,
-    guards: timely::execute::WorkerGuards<()>,
+    guards: timely::communication::WorkerGuards<()>,
 }
 
 impl Workers {

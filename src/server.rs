@@ -8,21 +8,21 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use coldstream_pipelines::views::InventoryKey;
+use coldstream_sinks::SinkError;
 use coldstream_sinks::parquet::{Changelog, EventArchive, RejectedRow};
-use coldstream_sinks::{ParquetConfig, SinkError};
 use coldstream_sources::auth::Tokens;
-use coldstream_sources::gateway::{bind, Gateway, GatewayConfig, GatewayError};
+use coldstream_sources::gateway::{Gateway, GatewayConfig, GatewayError, bind};
 use coldstream_sources::ingest::{Ingest, IngestConfig};
 use coldstream_sources::log::embedded::{EmbeddedConfig, EmbeddedLog};
 use coldstream_sources::log::{EventLog, LogError, OpenReader};
-use coldstream_sources::proto::{log_entry::Entry, LogEntry, RejectReason};
+use coldstream_sources::proto::{LogEntry, RejectReason, log_entry::Entry};
 use prost::Message;
 use tokio::sync::oneshot;
 
@@ -80,8 +80,7 @@ pub struct Status {
 impl Status {
     /// Whether every consumer has processed every durable record.
     pub fn caught_up(&self) -> bool {
-        self.archived_offset >= self.durable_offset
-            && self.last_ingest_ms.is_none_or(|last| self.views_frontier > last)
+        self.archived_offset >= self.durable_offset && self.last_ingest_ms.is_none_or(|last| self.views_frontier > last)
     }
 }
 
@@ -107,15 +106,16 @@ impl Server {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .map_err(|e| LogError::Io { context: format!("creating {}", data_dir.display()), source: e })?;
-        let log = EmbeddedLog::open(
-            data_dir.join("log"),
-            EmbeddedConfig { segment_bytes: config.log.segment_mb << 20 },
-        )?;
+        let log =
+            EmbeddedLog::open(data_dir.join("log"), EmbeddedConfig { segment_bytes: config.log.segment_mb << 20 })?;
         let readers = log.readers();
         let last_ingest = log.last_ingest_ms();
         let (ingest, writer) = Ingest::start(
             Box::new(log),
-            IngestConfig { queue_batches: config.gateway.queue_batches, max_commit_records: config.gateway.max_commit_records },
+            IngestConfig {
+                queue_batches: config.gateway.queue_batches,
+                max_commit_records: config.gateway.max_commit_records,
+            },
         )?;
         let progress = Arc::new(Progress::default());
 
@@ -237,10 +237,7 @@ fn spawn<T: Send + 'static>(
     name: &'static str,
     body: impl FnOnce() -> T + Send + 'static,
 ) -> Result<JoinHandle<T>, ServerError> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(body)
-        .map_err(|source| ServerError::Thread { name, source })
+    std::thread::Builder::new().name(name.into()).spawn(body).map_err(|source| ServerError::Thread { name, source })
 }
 
 /// The dead-letter row of a rejected log entry.
@@ -285,9 +282,12 @@ fn archive_log(
         let read = reader.read(limit, &mut records)?;
         for (offset, record) in records.drain(..) {
             match LogEntry::decode(record.payload.as_slice()) {
-                Ok(LogEntry { entry: Some(Entry::Accepted(wire)) }) => match coldstream_sources::convert::decode(&wire) {
+                Ok(LogEntry { entry: Some(Entry::Accepted(wire)) }) => match coldstream_sources::convert::decode(&wire)
+                {
                     Ok(event) => archive.push_event(offset, record.ingest_ms, event),
-                    Err(rejection) => tracing::warn!(offset, reason = %rejection.message, "undecodable event in the log"),
+                    Err(rejection) => {
+                        tracing::warn!(offset, reason = %rejection.message, "undecodable event in the log")
+                    }
                 },
                 Ok(LogEntry { entry: Some(Entry::Rejected(rejected)) }) => {
                     archive.push_rejected(offset, rejected_row(record.ingest_ms, rejected))
@@ -298,9 +298,7 @@ fn archive_log(
         }
         let position = reader.position();
         // The range left incomplete by a crash is rewritten exactly as it was.
-        if redo_until == Some(position) {
-            archive.flush(position)?;
-        } else if archive.is_due() {
+        if redo_until == Some(position) || archive.is_due() {
             archive.flush(position)?;
         }
         progress.archived.store(position, Ordering::Release);

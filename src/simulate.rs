@@ -113,7 +113,8 @@ impl SimFridge {
 
     /// Queues what happens next, in event-time order.
     fn plan_next(&mut self) {
-        let next = self.next_telemetry.min(self.next_session).min(self.next_audit).min(self.restock_at.unwrap_or(i64::MAX));
+        let next =
+            self.next_telemetry.min(self.next_session).min(self.next_audit).min(self.restock_at.unwrap_or(i64::MAX));
         self.clock = next;
         if Some(next) == self.restock_at {
             self.restock_at = None;
@@ -123,7 +124,10 @@ impl SimFridge {
                 if *on_hand < *par {
                     let qty = *par - *on_hand;
                     *on_hand = *par;
-                    self.queue.push_back((next, Payload::RestockDelivered { order_id: order_id.clone(), sku: sku.clone(), qty }));
+                    self.queue.push_back((
+                        next,
+                        Payload::RestockDelivered { order_id: order_id.clone(), sku: sku.clone(), qty },
+                    ));
                 }
             }
             if self.queue.is_empty() {
@@ -140,7 +144,8 @@ impl SimFridge {
             } else {
                 self.rng.random_range(2.5..4.8)
             };
-            self.queue.push_back((next, Payload::Telemetry { temperature_c: Temperature(temperature), door_open: false }));
+            self.queue
+                .push_back((next, Payload::Telemetry { temperature_c: Temperature(temperature), door_open: false }));
         } else if next == self.next_audit {
             self.next_audit += DAY_US;
             let skus: Vec<String> = self.shelf.keys().cloned().collect();
@@ -178,7 +183,8 @@ impl SimFridge {
                 && let Some((sku, qty)) = basket.iter_mut().next()
             {
                 t += 3_000_000;
-                self.queue.push_back((t, Payload::ItemReturned { session_id: session_id.clone(), sku: sku.clone(), qty: 1 }));
+                self.queue
+                    .push_back((t, Payload::ItemReturned { session_id: session_id.clone(), sku: sku.clone(), qty: 1 }));
                 *qty -= 1;
             }
         }

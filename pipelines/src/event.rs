@@ -103,10 +103,7 @@ impl EventKind {
 
     /// Whether events of this kind come from the back office rather than a fridge.
     pub fn is_back_office(self) -> bool {
-        matches!(
-            self,
-            EventKind::PriceChanged | EventKind::FridgeRegistered | EventKind::PlanogramSet
-        )
+        matches!(self, EventKind::PriceChanged | EventKind::FridgeRegistered | EventKind::PlanogramSet)
     }
 }
 
@@ -137,9 +134,7 @@ impl Event {
     pub fn fridge_id(&self) -> Option<&str> {
         match &self.payload {
             Payload::PriceChanged { fridge_id, .. } => fridge_id.as_deref(),
-            Payload::FridgeRegistered { fridge_id, .. } | Payload::PlanogramSet { fridge_id, .. } => {
-                Some(fridge_id)
-            }
+            Payload::FridgeRegistered { fridge_id, .. } | Payload::PlanogramSet { fridge_id, .. } => Some(fridge_id),
             _ => Some(&self.source_id),
         }
     }

@@ -13,37 +13,33 @@ fn fridge_payload() -> impl Strategy<Value = Payload> {
     let session = (0u8..4).prop_map(|s| format!("s{s}"));
     prop_oneof![
         (sku.clone(), 0i64..40).prop_map(|(sku, qty)| Payload::StockCounted { sku, qty }),
-        (sku.clone(), 1i64..20).prop_map(|(sku, qty)| Payload::RestockDelivered {
-            order_id: "o1".into(),
+        (sku.clone(), 1i64..20).prop_map(|(sku, qty)| Payload::RestockDelivered { order_id: "o1".into(), sku, qty }),
+        (session.clone(), sku.clone(), 1i64..4).prop_map(|(session_id, sku, qty)| Payload::ItemTaken {
+            session_id,
             sku,
             qty
         }),
-        (session.clone(), sku.clone(), 1i64..4)
-            .prop_map(|(session_id, sku, qty)| Payload::ItemTaken { session_id, sku, qty }),
-        (session, sku, 1i64..3)
-            .prop_map(|(session_id, sku, qty)| Payload::ItemReturned { session_id, sku, qty }),
+        (session, sku, 1i64..3).prop_map(|(session_id, sku, qty)| Payload::ItemReturned { session_id, sku, qty }),
     ]
 }
 
 /// A fleet's history: events with few distinct event times, so that ties
 /// between counts and movements are common.
 pub fn history(max_events: usize) -> impl Strategy<Value = Vec<Event>> {
-    prop::collection::vec((0..FRIDGES.len(), 0i64..30, fridge_payload()), 0..max_events).prop_map(
-        |raw| {
-            let mut seqs = [0u64; FRIDGES.len()];
-            raw.into_iter()
-                .map(|(fridge, minute, payload)| {
-                    seqs[fridge] += 1;
-                    Event {
-                        source_id: FRIDGES[fridge].to_owned(),
-                        seq: seqs[fridge],
-                        event_time: 1_700_000_000_000_000 + minute * crate::event::MINUTE_US,
-                        payload,
-                    }
-                })
-                .collect()
-        },
-    )
+    prop::collection::vec((0..FRIDGES.len(), 0i64..30, fridge_payload()), 0..max_events).prop_map(|raw| {
+        let mut seqs = [0u64; FRIDGES.len()];
+        raw.into_iter()
+            .map(|(fridge, minute, payload)| {
+                seqs[fridge] += 1;
+                Event {
+                    source_id: FRIDGES[fridge].to_owned(),
+                    seq: seqs[fridge],
+                    event_time: 1_700_000_000_000_000 + minute * crate::event::MINUTE_US,
+                    payload,
+                }
+            })
+            .collect()
+    })
 }
 
 /// The history shuffled into a random arrival order and cut into batches,

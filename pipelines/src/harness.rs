@@ -3,18 +3,24 @@
 //! workers. Used by the equivalence tests and the benches.
 
 use std::collections::BTreeMap;
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 
-use differential_dataflow::collection::VecCollection;
-use differential_dataflow::input::Input;
 use differential_dataflow::ExchangeData;
+use differential_dataflow::collection::VecCollection;
 use differential_dataflow::hashable::Hashable;
+use differential_dataflow::input::Input;
 
 use crate::{Event, Time};
 
 /// A view under test: a function from the event collection to its output.
-pub trait View<D>: Fn(VecCollection<'_, Time, Event>) -> VecCollection<'_, Time, D> + Send + Sync + 'static {}
-impl<D, F> View<D> for F where F: Fn(VecCollection<'_, Time, Event>) -> VecCollection<'_, Time, D> + Send + Sync + 'static {}
+pub trait View<D: 'static>:
+    Fn(VecCollection<'_, Time, Event>) -> VecCollection<'_, Time, D> + Send + Sync + 'static
+{
+}
+impl<D: 'static, F> View<D> for F where
+    F: Fn(VecCollection<'_, Time, Event>) -> VecCollection<'_, Time, D> + Send + Sync + 'static
+{
+}
 
 /// Feeds `arrivals` (each a batch of events arriving at one logical time, in
 /// increasing time order) into `view` on `workers` worker threads and returns
@@ -69,10 +75,7 @@ pub fn consolidate<D: Ord>(changes: Vec<(D, Time, isize)>) -> Vec<(D, Time, isiz
     for (data, time, diff) in changes {
         *sums.entry((time, data)).or_insert(0) += diff;
     }
-    sums.into_iter()
-        .filter(|(_, diff)| *diff != 0)
-        .map(|((time, data), diff)| (data, time, diff))
-        .collect()
+    sums.into_iter().filter(|(_, diff)| *diff != 0).map(|((time, data), diff)| (data, time, diff)).collect()
 }
 
 /// The state after every change: each record with its final multiplicity.

@@ -17,8 +17,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status, Streaming};
 
 use crate::proto::{
-    fridge_gateway_client::FridgeGatewayClient, fridge_message, gateway_message, Ack, Event, EventBatch,
-    FridgeMessage, GatewayMessage, Hello, PublishRequest,
+    Ack, Event, EventBatch, FridgeMessage, GatewayMessage, Hello, PublishRequest,
+    fridge_gateway_client::FridgeGatewayClient, fridge_message, gateway_message,
 };
 
 /// Why a client call failed.
@@ -89,16 +89,15 @@ impl Session {
     /// Says hello as `fridge_id` and waits for `Welcome`.
     pub async fn open(channel: Channel, fridge_id: &str, token: &str) -> Result<Session, ClientError> {
         let (outbound, receiver) = mpsc::channel(16);
-        let hello = FridgeMessage { kind: Some(fridge_message::Kind::Hello(Hello { fridge_id: fridge_id.to_owned() })) };
+        let hello =
+            FridgeMessage { kind: Some(fridge_message::Kind::Hello(Hello { fridge_id: fridge_id.to_owned() })) };
         outbound.send(hello).await.map_err(|_| ClientError::Protocol("stream closed before Hello"))?;
         let mut client = FridgeGatewayClient::new(channel);
         let mut inbound = client.stream(authorized(ReceiverStream::new(receiver), token)?).await?.into_inner();
         match inbound.message().await? {
-            Some(GatewayMessage { kind: Some(gateway_message::Kind::Welcome(welcome)) }) => Ok(Session {
-                outbound,
-                inbound,
-                highest_durable_seq: welcome.highest_durable_seq,
-            }),
+            Some(GatewayMessage { kind: Some(gateway_message::Kind::Welcome(welcome)) }) => {
+                Ok(Session { outbound, inbound, highest_durable_seq: welcome.highest_durable_seq })
+            }
             _ => Err(ClientError::Protocol("the gateway did not answer Hello with Welcome")),
         }
     }

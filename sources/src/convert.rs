@@ -10,7 +10,7 @@
 use coldstream_pipelines::{Event, Payload, Temperature};
 
 use crate::auth::Principal;
-use crate::proto::{self, event::Payload as Wire, RejectReason};
+use crate::proto::{self, RejectReason, event::Payload as Wire};
 
 /// Why an event was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,11 +37,7 @@ fn malformed(message: impl Into<String>) -> Rejection {
 }
 
 fn text(value: &str, field: &str) -> Result<String, Rejection> {
-    if value.trim().is_empty() {
-        Err(malformed(format!("{field} is missing")))
-    } else {
-        Ok(value.to_owned())
-    }
+    if value.trim().is_empty() { Err(malformed(format!("{field} is missing"))) } else { Ok(value.to_owned()) }
 }
 
 fn present<T: Copy>(value: Option<T>, field: &str) -> Result<T, Rejection> {
@@ -91,10 +87,9 @@ pub fn decode(event: &proto::Event) -> Result<Event, Rejection> {
             session_id: text(&p.session_id, "session_id")?,
             amount_cents: present(p.amount_cents, "amount_cents")?,
         },
-        Wire::PaymentDeclined(p) => Payload::PaymentDeclined {
-            session_id: text(&p.session_id, "session_id")?,
-            reason: p.reason.clone(),
-        },
+        Wire::PaymentDeclined(p) => {
+            Payload::PaymentDeclined { session_id: text(&p.session_id, "session_id")?, reason: p.reason.clone() }
+        }
         Wire::RestockDelivered(p) => Payload::RestockDelivered {
             order_id: text(&p.order_id, "order_id")?,
             sku: text(&p.sku, "sku")?,
@@ -198,36 +193,30 @@ fn check_ranges(payload: &Payload) -> Result<(), Rejection> {
 /// build events in the domain model).
 pub fn encode(event: &Event) -> proto::Event {
     let payload = match &event.payload {
-        Payload::Telemetry { temperature_c, door_open } => Wire::Telemetry(proto::Telemetry {
-            temperature_c: Some(temperature_c.0),
-            door_open: Some(*door_open),
-        }),
+        Payload::Telemetry { temperature_c, door_open } => {
+            Wire::Telemetry(proto::Telemetry { temperature_c: Some(temperature_c.0), door_open: Some(*door_open) })
+        }
         Payload::DoorOpened { session_id } => Wire::DoorOpened(proto::DoorOpened { session_id: session_id.clone() }),
-        Payload::ItemTaken { session_id, sku, qty } => Wire::ItemTaken(proto::ItemTaken {
-            session_id: session_id.clone(),
-            sku: sku.clone(),
-            qty: Some(*qty),
-        }),
+        Payload::ItemTaken { session_id, sku, qty } => {
+            Wire::ItemTaken(proto::ItemTaken { session_id: session_id.clone(), sku: sku.clone(), qty: Some(*qty) })
+        }
         Payload::ItemReturned { session_id, sku, qty } => Wire::ItemReturned(proto::ItemReturned {
             session_id: session_id.clone(),
             sku: sku.clone(),
             qty: Some(*qty),
         }),
         Payload::DoorClosed { session_id } => Wire::DoorClosed(proto::DoorClosed { session_id: session_id.clone() }),
-        Payload::PaymentAuthorized { session_id, amount_cents } => {
-            Wire::PaymentAuthorized(proto::PaymentAuthorized {
-                session_id: session_id.clone(),
-                amount_cents: Some(*amount_cents),
-            })
-        }
+        Payload::PaymentAuthorized { session_id, amount_cents } => Wire::PaymentAuthorized(proto::PaymentAuthorized {
+            session_id: session_id.clone(),
+            amount_cents: Some(*amount_cents),
+        }),
         Payload::PaymentCaptured { session_id, amount_cents } => Wire::PaymentCaptured(proto::PaymentCaptured {
             session_id: session_id.clone(),
             amount_cents: Some(*amount_cents),
         }),
-        Payload::PaymentDeclined { session_id, reason } => Wire::PaymentDeclined(proto::PaymentDeclined {
-            session_id: session_id.clone(),
-            reason: reason.clone(),
-        }),
+        Payload::PaymentDeclined { session_id, reason } => {
+            Wire::PaymentDeclined(proto::PaymentDeclined { session_id: session_id.clone(), reason: reason.clone() })
+        }
         Payload::RestockDelivered { order_id, sku, qty } => Wire::RestockDelivered(proto::RestockDelivered {
             order_id: order_id.clone(),
             sku: sku.clone(),

@@ -11,19 +11,19 @@
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures::stream::FuturesOrdered;
 use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{bearer, Principal, Tokens};
+use crate::auth::{Principal, Tokens, bearer};
 use crate::convert::accept;
 use crate::ingest::{Candidate, Ingest, IngestError, Outcome, Pending};
 use crate::proto::{
-    self, fridge_gateway_server::FridgeGateway, fridge_gateway_server::FridgeGatewayServer, fridge_message,
-    gateway_message, Ack, FridgeMessage, GatewayMessage, PublishRequest, RejectedEvent, Rejection, Welcome,
+    self, Ack, FridgeMessage, GatewayMessage, PublishRequest, RejectedEvent, Rejection, Welcome,
+    fridge_gateway_server::FridgeGateway, fridge_gateway_server::FridgeGatewayServer, fridge_message, gateway_message,
 };
 
 /// Settings of the gateway.
@@ -75,7 +75,12 @@ impl Gateway {
     }
 
     /// Checks a batch and queues it; the returned future yields its ack.
-    async fn submit(&self, principal: &Principal, batch_id: u64, events: Vec<proto::Event>) -> Result<AckFuture, Status> {
+    async fn submit(
+        &self,
+        principal: &Principal,
+        batch_id: u64,
+        events: Vec<proto::Event>,
+    ) -> Result<AckFuture, Status> {
         if events.len() > self.config.max_batch_events {
             return Err(Status::invalid_argument(format!(
                 "a batch holds at most {} events, this one {}",
@@ -177,11 +182,9 @@ impl AckFuture {
             match (outcome, reason) {
                 (Outcome::Appended, _) => ack.accepted.push(seq),
                 (Outcome::Duplicate, _) => ack.duplicates.push(seq),
-                (Outcome::DeadLettered, Some(reason)) => ack.rejected.push(Rejection {
-                    seq,
-                    code: reason.code as i32,
-                    message: reason.message,
-                }),
+                (Outcome::DeadLettered, Some(reason)) => {
+                    ack.rejected.push(Rejection { seq, code: reason.code as i32, message: reason.message })
+                }
                 (Outcome::DeadLettered, None) => unreachable!("only rejected candidates are dead-lettered"),
             }
         }

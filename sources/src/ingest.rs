@@ -18,7 +18,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::log::{EventLog, LogError, OpenReader};
-use crate::proto::{self, log_entry::Entry, LogEntry};
+use crate::proto::{self, LogEntry, log_entry::Entry};
 
 /// A record offered for appending.
 #[derive(Debug)]

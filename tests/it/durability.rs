@@ -8,7 +8,7 @@ use coldstream_pipelines::{Event, Payload};
 use coldstream_sources::client::Fridge;
 use coldstream_sources::convert::encode;
 
-use crate::support::{event, fridge_token, query_csv, session, start, ServerProcess};
+use crate::support::{ServerProcess, event, fridge_token, query_csv, session, start};
 
 /// A deterministic mix of counts, restocks, takes and returns for one fridge.
 fn history(fridge: &str, count: u64) -> Vec<Event> {
@@ -62,7 +62,11 @@ async fn every_acked_event_survives_sigkill_exactly_once() {
 
     let total = acked.len();
     assert_eq!(
-        query_csv(dir.path(), "SELECT COUNT(*) AS n, COUNT(DISTINCT source_id || '/' || CAST(seq AS VARCHAR)) AS distinct_n FROM events").await,
+        query_csv(
+            dir.path(),
+            "SELECT COUNT(*) AS n, COUNT(DISTINCT source_id || '/' || CAST(seq AS VARCHAR)) AS distinct_n FROM events"
+        )
+        .await,
         format!("n,distinct_n\n{total},{total}\n")
     );
     assert_eq!(

@@ -29,7 +29,14 @@ async fn round_trip_with_rejections_kept_in_the_dead_letter() {
     other_fridge.source_id = "FR-000002".into();
     let mut no_payload = taken("FR-000001", 6, 1);
     no_payload.payload = None;
-    let batch = vec![counted, taken("FR-000001", 2, 3), taken("FR-000001", 3, 0), taken("FR-000001", 4, 2), other_fridge, no_payload];
+    let batch = vec![
+        counted,
+        taken("FR-000001", 2, 3),
+        taken("FR-000001", 3, 0),
+        taken("FR-000001", 4, 2),
+        other_fridge,
+        no_payload,
+    ];
     fridge.send(7, batch).await.unwrap();
     let ack = fridge.ack().await.unwrap();
     assert_eq!(ack.batch_id, 7);

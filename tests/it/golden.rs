@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use coldstream::simulate::{Fleet, FleetSpec};
 use coldstream_pipelines::harness::run_view;
-use coldstream_pipelines::views::{inventory, InventoryKey};
-use coldstream_sinks::parquet::{Changelog, EventArchive};
+use coldstream_pipelines::views::{InventoryKey, inventory};
 use coldstream_sinks::ParquetConfig;
+use coldstream_sinks::parquet::{Changelog, EventArchive};
 
 use crate::support::query_csv;
 

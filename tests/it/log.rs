@@ -3,7 +3,7 @@
 use std::fs::OpenOptions;
 
 use coldstream_sources::log::embedded::{EmbeddedConfig, EmbeddedLog};
-use coldstream_sources::log::{conformance, EventLog, LogError};
+use coldstream_sources::log::{EventLog, LogError, conformance};
 
 #[test]
 fn embedded_log_passes_the_conformance_suite() {

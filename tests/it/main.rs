@@ -1,6 +1,8 @@
 //! coldstream's integration tests: real servers on loopback ports, real
 //! files, real Parquet read back through DataFusion. One test binary.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod cli;
 mod durability;
 mod gateway;

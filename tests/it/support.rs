@@ -14,12 +14,8 @@ use coldstream_sources::client::Session;
 
 /// A server configuration for tests: loopback, an ephemeral port, 2 workers.
 pub fn config(dir: &Path) -> Config {
-    let mut config = Config {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        workers: 2,
-        ..Config::default()
-    };
+    let mut config =
+        Config { data_dir: dir.to_path_buf(), listen: "127.0.0.1:0".parse().unwrap(), workers: 2, ..Config::default() };
     config.parquet.roll_seconds = 1;
     config
 }
@@ -78,7 +74,8 @@ impl ServerProcess {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("coldstream listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}"));
+        let addr =
+            line.trim().strip_prefix("coldstream listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}"));
         ServerProcess { addr: format!("http://{addr}"), child }
     }
 

@@ -32,26 +32,23 @@ fn movement(event: &Event) -> Option<(InventoryKey, Movement)> {
 
 fn count(event: &Event) -> Option<(InventoryKey, Count)> {
     match &event.payload {
-        Payload::StockCounted { sku, qty } => Some((
-            (event.source_id.clone(), sku.clone()),
-            (event.event_time, event.seq, *qty),
-        )),
+        Payload::StockCounted { sku, qty } => {
+            Some(((event.source_id.clone(), sku.clone()), (event.event_time, event.seq, *qty)))
+        }
         _ => None,
     }
 }
 
 /// The on-hand stock of every `(fridge, sku)` that has seen a movement or a
 /// count, maintained incrementally.
-pub fn inventory<'s>(
-    events: VecCollection<'s, Time, Event>,
-) -> VecCollection<'s, Time, (InventoryKey, i64)> {
+pub fn inventory<'s>(events: VecCollection<'s, Time, Event>) -> VecCollection<'s, Time, (InventoryKey, i64)> {
     let counts = events.clone().flat_map(|event| count(&event));
     let movements = events.flat_map(|event| movement(&event));
 
     // The latest count of each key: values arrive sorted, so the last wins.
     let latest = counts.reduce_named("LatestCount", |_key, input, output| {
         if let Some((count, _)) = input.last() {
-            output.push(((*count).clone(), 1));
+            output.push((**count, 1));
         }
     });
 
@@ -62,9 +59,7 @@ pub fn inventory<'s>(
         })
         .filter(|(_, moved_at, counted_at, _)| moved_at > counted_at)
         .map(|(key, _, _, delta)| (key, delta));
-    let uncounted = movements
-        .antijoin(latest.clone().map(|(key, _)| key))
-        .map(|(key, (_, delta))| (key, delta));
+    let uncounted = movements.antijoin(latest.clone().map(|(key, _)| key)).map(|(key, (_, delta))| (key, delta));
     let base = latest.map(|(key, (_, _, qty))| (key, qty));
 
     // Sum through the difference type. The first component counts the
@@ -120,12 +115,7 @@ mod tests {
     }
 
     fn event(seq: u64, minute: i64, payload: Payload) -> Event {
-        Event {
-            source_id: "FR-1".into(),
-            seq,
-            event_time: minute * crate::event::MINUTE_US,
-            payload,
-        }
+        Event { source_id: "FR-1".into(), seq, event_time: minute * crate::event::MINUTE_US, payload }
     }
 
     #[test]

@@ -3,4 +3,4 @@
 
 pub mod inventory;
 
-pub use inventory::{inventory, inventory_reference, InventoryKey};
+pub use inventory::{InventoryKey, inventory, inventory_reference};

@@ -22,7 +22,7 @@ use arrow::record_batch::RecordBatch;
 use chrono::DateTime;
 use coldstream_pipelines::{Event, Payload};
 
-use super::{list_parts, part_name, schema, write_part, ParquetConfig, SinkError};
+use super::{ParquetConfig, SinkError, list_parts, part_name, schema, write_part};
 
 /// A rejected event as the dead letter keeps it.
 #[derive(Clone, Debug)]
@@ -131,7 +131,8 @@ impl EventArchive {
         }
         for (day, rows) in by_day {
             let batch = events_batch(&rows)?;
-            written += usize::from(write_part(&self.events_dir.join(format!("dt={day}")), &name, &batch, &self.config)?);
+            written +=
+                usize::from(write_part(&self.events_dir.join(format!("dt={day}")), &name, &batch, &self.config)?);
         }
         let mut by_day: BTreeMap<String, Vec<&RejectedRow>> = BTreeMap::new();
         for row in &self.rejected {
@@ -139,7 +140,8 @@ impl EventArchive {
         }
         for (day, rows) in by_day {
             let batch = rejected_batch(&rows)?;
-            written += usize::from(write_part(&self.rejected_dir.join(format!("dt={day}")), &name, &batch, &self.config)?);
+            written +=
+                usize::from(write_part(&self.rejected_dir.join(format!("dt={day}")), &name, &batch, &self.config)?);
         }
         self.events.clear();
         self.rejected.clear();
@@ -199,7 +201,8 @@ fn fields(payload: &Payload) -> Fields<'_> {
         Payload::ItemTaken { session_id, sku, qty } | Payload::ItemReturned { session_id, sku, qty } => {
             Fields { session_id: Some(session_id), sku: Some(sku), qty: Some(*qty), ..Fields::default() }
         }
-        Payload::PaymentAuthorized { session_id, amount_cents } | Payload::PaymentCaptured { session_id, amount_cents } => {
+        Payload::PaymentAuthorized { session_id, amount_cents }
+        | Payload::PaymentCaptured { session_id, amount_cents } => {
             Fields { session_id: Some(session_id), amount_cents: Some(*amount_cents), ..Fields::default() }
         }
         Payload::PaymentDeclined { session_id, reason } => {

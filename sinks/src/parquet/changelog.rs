@@ -16,7 +16,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use coldstream_pipelines::views::InventoryKey;
 
-use super::{list_parts, part_name, schema, write_part, ParquetConfig, SinkError};
+use super::{ParquetConfig, SinkError, list_parts, part_name, schema, write_part};
 
 /// A view row type that has a Parquet changelog.
 pub trait ChangeRow: Sized {

@@ -108,7 +108,9 @@ pub fn list_parts(dir: &Path) -> Result<Vec<(PathBuf, u64, u64)>, SinkError> {
         return Ok(parts);
     }
     let mut folders = vec![dir.to_path_buf()];
-    let read = |folder: &Path| std::fs::read_dir(folder).map_err(|e| SinkError::io(format!("listing {}", folder.display()), e));
+    let read = |folder: &Path| {
+        std::fs::read_dir(folder).map_err(|e| SinkError::io(format!("listing {}", folder.display()), e))
+    };
     for entry in read(dir)? {
         let entry = entry.map_err(|e| SinkError::io(format!("listing {}", dir.display()), e))?;
         if entry.path().is_dir() {

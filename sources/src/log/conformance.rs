@@ -4,16 +4,19 @@
 //! The factory opens the log named `name`, creating it if needed; opening the
 //! same name again must reopen the same log.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{EventLog, LogError, Record};
 
 /// Opens (or reopens) the log with the given name.
 pub type Factory<'a> = &'a dyn Fn(&str) -> Result<Box<dyn EventLog>, LogError>;
 
+/// One check of the suite.
+pub type Check = fn(Factory<'_>);
+
 /// Every check of the suite, by name, for reporting.
-pub const CHECKS: &[(&str, fn(Factory<'_>))] = &[
+pub const CHECKS: &[(&str, Check)] = &[
     ("records_read_back_in_order_with_their_ingest_times", records_read_back_in_order),
     ("unsynced_records_are_invisible", unsynced_records_are_invisible),
     ("reopen_keeps_synced_records", reopen_keeps_synced_records),

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{EventLog, LogError, LogReader, OpenReader, Record, MAX_RECORD_BYTES};
+use super::{EventLog, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Record};
 
 const HEADER_BYTES: usize = 16;
 

@@ -39,7 +39,9 @@ pub enum LogError {
         source: std::io::Error,
     },
     /// A record that should be intact is not.
-    #[error("corrupt log segment {file} at byte {position}: {reason}; move the data directory aside and run `coldstream rebuild`")]
+    #[error(
+        "corrupt log segment {file} at byte {position}: {reason}; move the data directory aside and run `coldstream rebuild`"
+    )]
     Corrupt {
         /// The segment file.
         file: String,
