@@ -8,4 +8,5 @@ mod durability;
 mod gateway;
 mod golden;
 mod log;
+mod other_engine;
 mod support;

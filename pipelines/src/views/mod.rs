@@ -2,5 +2,9 @@
 //! reference implementation.
 
 pub mod inventory;
+pub mod sessions;
 
 pub use inventory::{InventoryKey, inventory, inventory_reference};
+pub use sessions::{
+    RevenueKey, SessionKey, SessionRow, SessionStatus, revenue, revenue_reference, sessions, sessions_reference,
+};
