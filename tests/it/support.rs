@@ -36,9 +36,11 @@ pub async fn session(addr: &str, fridge_id: &str) -> Session {
     Session::open(channel, fridge_id, &fridge_token(fridge_id)).await.unwrap()
 }
 
-/// A fridge event at `minute` minutes past a fixed recent hour.
+/// A fridge event at `minute` minutes past an hour three hours ago, so that
+/// every test event (at most 180 minutes in) lies in the past.
 pub fn event(fridge_id: &str, seq: u64, minute: i64, payload: coldstream_pipelines::Payload) -> Event {
-    let base = chrono::Utc::now().timestamp_micros() / 3_600_000_000 * 3_600_000_000 - 3_600_000_000;
+    assert!(minute < 180, "test events must stay in the past");
+    let base = chrono::Utc::now().timestamp_micros() / 3_600_000_000 * 3_600_000_000 - 3 * 3_600_000_000;
     Event { source_id: fridge_id.into(), seq, event_time: base + minute * 60_000_000, payload }
 }
 
