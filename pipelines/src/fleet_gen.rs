@@ -45,22 +45,7 @@ pub fn history(max_events: usize) -> impl Strategy<Value = Vec<Event>> {
 /// The history shuffled into a random arrival order and cut into batches,
 /// each arriving at its own logical time.
 pub fn arrivals(max_events: usize) -> impl Strategy<Value = (Vec<Event>, Vec<(Time, Vec<Event>)>)> {
-    history(max_events)
-        .prop_flat_map(|events| {
-            let len = events.len();
-            (Just(events.clone()), Just(events).prop_shuffle(), prop::collection::vec(0..=len, 0..6))
-        })
-        .prop_map(|(events, shuffled, mut cuts)| {
-            cuts.push(shuffled.len());
-            cuts.sort_unstable();
-            let mut batches = Vec::new();
-            let mut start = 0;
-            for (i, cut) in cuts.into_iter().enumerate() {
-                batches.push((1_000 + i as Time * 7, shuffled[start..cut].to_vec()));
-                start = cut;
-            }
-            (events, batches)
-        })
+    shuffled(history(max_events))
 }
 
 /// A fridge or back-office event of the commerce views, before its seq.
