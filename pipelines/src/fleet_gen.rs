@@ -23,31 +23,6 @@ fn fridge_payload() -> impl Strategy<Value = Payload> {
     ]
 }
 
-/// A fleet's history: events with few distinct event times, so that ties
-/// between counts and movements are common.
-pub fn history(max_events: usize) -> impl Strategy<Value = Vec<Event>> {
-    prop::collection::vec((0..FRIDGES.len(), 0i64..30, fridge_payload()), 0..max_events).prop_map(|raw| {
-        let mut seqs = [0u64; FRIDGES.len()];
-        raw.into_iter()
-            .map(|(fridge, minute, payload)| {
-                seqs[fridge] += 1;
-                Event {
-                    source_id: FRIDGES[fridge].to_owned(),
-                    seq: seqs[fridge],
-                    event_time: 1_700_000_000_000_000 + minute * crate::event::MINUTE_US,
-                    payload,
-                }
-            })
-            .collect()
-    })
-}
-
-/// The history shuffled into a random arrival order and cut into batches,
-/// each arriving at its own logical time.
-pub fn arrivals(max_events: usize) -> impl Strategy<Value = (Vec<Event>, Vec<(Time, Vec<Event>)>)> {
-    shuffled(history(max_events))
-}
-
 /// A fridge or back-office event of the commerce views, before its seq.
 fn commerce_payload() -> impl Strategy<Value = (usize, Payload)> {
     let sku = prop::sample::select(&SKUS[..]).prop_map(str::to_owned);
@@ -98,15 +73,82 @@ pub fn shuffled(
             let len = events.len();
             (Just(events.clone()), Just(events).prop_shuffle(), prop::collection::vec(0..=len, 0..6))
         })
-        .prop_map(|(events, shuffled, mut cuts)| {
-            cuts.push(shuffled.len());
-            cuts.sort_unstable();
-            let mut batches = Vec::new();
-            let mut start = 0;
-            for (i, cut) in cuts.into_iter().enumerate() {
-                batches.push((1_000 + i as Time * 7, shuffled[start..cut].to_vec()));
-                start = cut;
-            }
-            (events, batches)
+        .prop_map(|(events, shuffled, cuts)| (events, batches(shuffled, cuts)))
+}
+
+/// Cuts the arriving events at `cuts` into batches, each arriving at its
+/// own logical time.
+fn batches(arriving: Vec<Event>, mut cuts: Vec<usize>) -> Vec<(Time, Vec<Event>)> {
+    cuts.push(arriving.len());
+    cuts.sort_unstable();
+    let mut batches = Vec::new();
+    let mut start = 0;
+    for (i, cut) in cuts.into_iter().enumerate() {
+        batches.push((1_000 + i as Time * 7, arriving[start..cut].to_vec()));
+        start = cut;
+    }
+    batches
+}
+
+/// Event times of the whole-fleet history: a few days, some a week apart
+/// (so the 7-day window matters), in 3-minute steps within two hours of
+/// each day (so 30-minute warm runs are common).
+fn fleet_time() -> impl Strategy<Value = i64> {
+    (prop::sample::select(&[0i64, 1, 6, 7, 8][..]), 0i64..40)
+        .prop_map(|(day, step)| 1_700_000_000_000_000 + day * crate::event::DAY_US + step * 3 * crate::event::MINUTE_US)
+}
+
+/// Any payload of the fleet (the back office is source `FRIDGES.len()`).
+fn fleet_payload() -> impl Strategy<Value = (usize, Payload)> {
+    let sku = prop::sample::select(&SKUS[..]).prop_map(str::to_owned);
+    let fridge = 0..FRIDGES.len();
+    let celsius = prop::sample::select(&[3.5f32, 5.0, 6.5, 9.0][..]);
+    prop_oneof![
+        6 => (fridge.clone(), celsius, any::<bool>()).prop_map(|(f, c, door_open)| (f, Payload::Telemetry { temperature_c: crate::Temperature(c), door_open })),
+        3 => commerce_payload(),
+        2 => (fridge.clone(), fridge_payload()).prop_map(|(f, payload)| (f, payload)),
+        2 => (fridge, sku, 0i64..12, 0i64..5, any::<bool>()).prop_map(|(f, sku, par, min, perishable)| (
+            FRIDGES.len(),
+            Payload::PlanogramSet { fridge_id: FRIDGES[f].to_owned(), sku, par, min, perishable },
+        )),
+    ]
+}
+
+/// A history of every kind of event over several days.
+pub fn fleet(max_events: usize) -> impl Strategy<Value = Vec<Event>> {
+    prop::collection::vec((fleet_time(), fleet_payload()), 0..max_events).prop_map(|raw| {
+        let mut seqs = [0u64; FRIDGES.len() + 1];
+        raw.into_iter()
+            .map(|(event_time, (source, payload))| {
+                seqs[source] += 1;
+                Event {
+                    source_id: FRIDGES.get(source).map_or("backoffice", |f| f).to_owned(),
+                    seq: seqs[source],
+                    event_time,
+                    payload,
+                }
+            })
+            .collect()
+    })
+}
+
+/// The history arriving roughly in event-time order, each event delayed by
+/// up to `max_delay_us` of event time behind the events sent after it, cut
+/// into batches: the way real fridges, some reconnecting late, deliver.
+pub fn late_by_at_most(
+    history: impl Strategy<Value = Vec<Event>>,
+    max_delay_us: i64,
+) -> impl Strategy<Value = (Vec<Event>, Vec<(Time, Vec<Event>)>)> {
+    history
+        .prop_flat_map(move |events| {
+            let len = events.len();
+            (Just(events), prop::collection::vec(0..=max_delay_us, len), prop::collection::vec(0..=len, 0..8))
+        })
+        .prop_map(|(events, delays, cuts)| {
+            let mut order: Vec<(i64, usize)> =
+                events.iter().zip(&delays).enumerate().map(|(i, (e, d))| (e.event_time + d, i)).collect();
+            order.sort_unstable();
+            let arriving: Vec<Event> = order.into_iter().map(|(_, i)| events[i].clone()).collect();
+            (events, batches(arriving, cuts))
         })
 }

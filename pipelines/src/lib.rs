@@ -10,6 +10,7 @@ pub mod event;
 #[cfg(test)]
 mod fleet_gen;
 pub mod harness;
+pub mod operators;
 pub mod views;
 
 pub use event::{Event, EventKind, Payload, Temperature};

@@ -1,16 +1,31 @@
-//! Cold chain: `excursions(fridge_id, start) → end, max_temperature_c`.
+//! Cold chain: `excursions(fridge_id, start) → end, max_temperature_c`, and
+//! the write-offs they cause.
 //!
 //! A fridge's telemetry, ordered by event time (then seq), splits into runs
 //! of consecutive readings above 5.0 °C; any reading at or below 5.0 °C ends
 //! a run. A run is an excursion once its last reading is at least 30
 //! minutes after its first. Late telemetry simply re-splits the runs, so an
 //! excursion can grow, shrink, split or vanish as a backlog arrives.
+//!
+//! From the first reading + 30 minutes, every perishable SKU of the fridge
+//! (by its current planogram) is written off: inventory treats the
+//! write-off as a StockCounted of 0 at that event time.
+//!
+//! State is bounded: each fridge keeps its readings only back to the last
+//! cool reading before `horizon` behind its latest reading. Excursions
+//! wholly before that point are final and forgotten by the operator (they
+//! stay in the output); a reading that arrives even later than that is
+//! still archived in `events/` but no longer changes excursions.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use differential_dataflow::collection::VecCollection;
 
 use crate::event::MINUTE_US;
+use crate::operators::{FridgeState, HeldRecords, by_fridge_in_time_order};
+use crate::views::inventory::InventoryKey;
+use crate::views::planogram::{Slot, SlotKey};
 use crate::{Event, Payload, Temperature, Time};
 
 /// Readings above this temperature (°C) are warm.
@@ -23,34 +38,39 @@ pub type ExcursionKey = (String, i64);
 /// `(last warm reading's event time, the run's highest temperature)`.
 pub type Excursion = (i64, Temperature);
 
-/// A telemetry reading: `(event_time, seq, temperature)`.
-type Reading = (i64, u64, Temperature);
+/// Where a reading sits in its fridge's order: `(event_time, seq)`.
+type Position = (i64, u64);
 
-fn reading(event: &Event) -> Option<(String, Reading)> {
+fn reading(event: &Event) -> Option<(String, (Position, Temperature))> {
     match &event.payload {
         Payload::Telemetry { temperature_c, .. } => {
-            Some((event.source_id.clone(), (event.event_time, event.seq, *temperature_c)))
+            Some((event.source_id.clone(), ((event.event_time, event.seq), *temperature_c)))
         }
         _ => None,
     }
 }
 
-/// Splits readings in (event time, seq) order into excursions.
-fn runs<'a>(readings: impl Iterator<Item = &'a Reading>) -> Vec<(i64, Excursion)> {
+fn warm(temperature: Temperature) -> bool {
+    temperature.0 > WARM_ABOVE_C
+}
+
+/// Splits readings in (event time, seq) order into excursions, each keyed
+/// by the position of its first reading.
+fn runs<'a>(readings: impl Iterator<Item = (&'a Position, &'a Temperature)>) -> Vec<(Position, Excursion)> {
     let mut found = Vec::new();
-    let mut current: Option<(i64, i64, Temperature)> = None;
-    let close = |run: Option<(i64, i64, Temperature)>, found: &mut Vec<(i64, Excursion)>| {
+    let mut current: Option<(Position, i64, Temperature)> = None;
+    let close = |run: Option<(Position, i64, Temperature)>, found: &mut Vec<(Position, Excursion)>| {
         if let Some((start, end, max)) = run
-            && end - start >= EXCURSION_AFTER_US
+            && end - start.0 >= EXCURSION_AFTER_US
         {
             found.push((start, (end, max)));
         }
     };
-    for &(time, _, temperature) in readings {
-        if temperature.0 > WARM_ABOVE_C {
+    for (&position, &temperature) in readings {
+        if warm(temperature) {
             current = Some(match current {
-                Some((start, _, max)) => (start, time, max.max(temperature)),
-                None => (time, time, temperature),
+                Some((start, _, max)) => (start, position.0, max.max(temperature)),
+                None => (position, position.0, temperature),
             });
         } else {
             close(current.take(), &mut found);
@@ -60,31 +80,127 @@ fn runs<'a>(readings: impl Iterator<Item = &'a Reading>) -> Vec<(i64, Excursion)
     found
 }
 
-/// Every excursion, maintained incrementally.
-pub fn excursions<'s>(events: VecCollection<'s, Time, Event>) -> VecCollection<'s, Time, (ExcursionKey, Excursion)> {
-    events
-        .flat_map(|event| reading(&event))
-        .reduce_named("Excursions", |_fridge, input, output| {
-            // Values arrive sorted by (event time, seq).
-            for (start, excursion) in runs(input.iter().map(|(reading, _)| *reading)) {
-                output.push(((start, excursion), 1));
+/// One fridge's telemetry within the horizon.
+struct Telemetry {
+    horizon_us: i64,
+    latest: i64,
+    /// Readings before this position are forgotten.
+    floor: Option<Position>,
+    readings: BTreeMap<Position, Temperature>,
+    /// The excursions currently in the output, by first reading.
+    found: BTreeMap<Position, Excursion>,
+}
+
+impl FridgeState for Telemetry {
+    type Input = (Position, Temperature);
+    type Output = (ExcursionKey, Excursion);
+
+    fn apply(
+        &mut self,
+        fridge: &str,
+        _time: Time,
+        inputs: &[(Self::Input, isize)],
+        out: &mut Vec<(Self::Output, isize)>,
+    ) {
+        let mut touched: Option<(Position, Position)> = None;
+        for &((position, temperature), _) in inputs {
+            if self.floor.is_some_and(|floor| position < floor) {
+                continue;
             }
-        })
-        .map(|(fridge, (start, excursion))| ((fridge, start), excursion))
+            self.readings.insert(position, temperature);
+            self.latest = self.latest.max(position.0);
+            touched = Some(touched.map_or((position, position), |(lo, hi)| (lo.min(position), hi.max(position))));
+        }
+        let Some((first, last)) = touched else { return };
+
+        // Only the runs between the cool readings around the new ones change.
+        let cool = |(_, t): &(&Position, &Temperature)| !warm(**t);
+        let lo = self.readings.range(..first).rev().find(cool).map(|(p, _)| *p);
+        let hi = self.readings.range((Bound::Excluded(last), Bound::Unbounded)).find(cool).map(|(p, _)| *p);
+        let range = (lo.map_or(Bound::Unbounded, Bound::Excluded), hi.map_or(Bound::Unbounded, Bound::Excluded));
+        let now: BTreeMap<Position, Excursion> = runs(self.readings.range(range)).into_iter().collect();
+        let before: Vec<(Position, Excursion)> = self.found.range(range).map(|(p, e)| (*p, *e)).collect();
+        for (start, excursion) in &before {
+            if now.get(start) != Some(excursion) {
+                out.push((((fridge.to_owned(), start.0), *excursion), -1));
+                self.found.remove(start);
+            }
+        }
+        for (start, excursion) in now {
+            if self.found.insert(start, excursion) != Some(excursion) {
+                out.push((((fridge.to_owned(), start.0), excursion), 1));
+            }
+        }
+
+        // Forget everything before the last cool reading behind the horizon.
+        let boundary = (self.latest.saturating_sub(self.horizon_us), 0);
+        if let Some(keep) = self.readings.range(..boundary).rev().find(cool).map(|(p, _)| *p)
+            && self.floor.is_none_or(|floor| keep > floor)
+        {
+            self.readings = self.readings.split_off(&keep);
+            self.found = self.found.split_off(&keep);
+            self.floor = Some(keep);
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.readings.len() + self.found.len()
+    }
+}
+
+/// Every excursion, maintained incrementally; readings more than
+/// `horizon_us` behind their fridge's latest reading are forgotten.
+pub fn excursions<'s>(
+    events: VecCollection<'s, Time, Event>,
+    horizon_us: i64,
+    held: HeldRecords,
+) -> VecCollection<'s, Time, (ExcursionKey, Excursion)> {
+    let readings = events.flat_map(|event| reading(&event));
+    let new_state = move || Telemetry {
+        horizon_us,
+        latest: i64::MIN,
+        floor: None,
+        readings: BTreeMap::new(),
+        found: BTreeMap::new(),
+    };
+    by_fridge_in_time_order(readings, "Excursions", new_state, held)
+}
+
+/// The write-offs: `((fridge, perishable sku), first reading + 30 min)`.
+pub fn write_offs<'s>(
+    excursions: VecCollection<'s, Time, (ExcursionKey, Excursion)>,
+    planogram: VecCollection<'s, Time, (SlotKey, Slot)>,
+) -> VecCollection<'s, Time, (InventoryKey, i64)> {
+    let perishable = planogram.flat_map(|((fridge, sku), slot)| slot.perishable.then_some((fridge, sku)));
+    excursions
+        .map(|((fridge, start), _)| (fridge, start + EXCURSION_AFTER_US))
+        .join_map(perishable, |fridge, &at, sku| ((fridge.clone(), sku.clone()), at))
 }
 
 /// The batch reference of [`excursions`].
 pub fn excursions_reference(events: &[Event]) -> BTreeMap<ExcursionKey, Excursion> {
-    let mut by_fridge: BTreeMap<String, Vec<Reading>> = BTreeMap::new();
-    for (fridge, r) in events.iter().filter_map(reading) {
-        by_fridge.entry(fridge).or_default().push(r);
+    let mut by_fridge: BTreeMap<String, BTreeMap<Position, Temperature>> = BTreeMap::new();
+    for (fridge, (position, temperature)) in events.iter().filter_map(reading) {
+        by_fridge.entry(fridge).or_default().insert(position, temperature);
     }
     let mut all = BTreeMap::new();
-    for (fridge, mut readings) in by_fridge {
-        readings.sort();
-        readings.dedup();
+    for (fridge, readings) in by_fridge {
         for (start, excursion) in runs(readings.iter()) {
-            all.insert((fridge.clone(), start), excursion);
+            all.insert((fridge.clone(), start.0), excursion);
+        }
+    }
+    all
+}
+
+/// The batch reference of [`write_offs`], one entry per write-off.
+pub fn write_offs_reference(events: &[Event]) -> Vec<(InventoryKey, i64)> {
+    let planogram = crate::views::planogram::planogram_reference(events);
+    let mut all = Vec::new();
+    for (fridge, start) in excursions_reference(events).into_keys() {
+        for ((owner, sku), slot) in &planogram {
+            if *owner == fridge && slot.perishable {
+                all.push(((fridge.clone(), sku.clone()), start + EXCURSION_AFTER_US));
+            }
         }
     }
     all
@@ -95,7 +211,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::event::{DAY_US, HOUR_US};
     use crate::harness::{final_state, run_view};
+    use crate::views::tests::{keyed, run_all};
+    use crate::views::{ViewConfig, inventory_reference};
 
     fn telemetry(seq: u64, minute: i64, celsius: f32) -> Event {
         Event {
@@ -107,7 +226,10 @@ mod tests {
     }
 
     fn by_dataflow(workers: usize, arrivals: Vec<(Time, Vec<Event>)>) -> BTreeMap<ExcursionKey, Excursion> {
-        final_state(&run_view(workers, arrivals, excursions)).into_keys().collect()
+        let view = run_view(workers, arrivals, |events: VecCollection<'_, Time, Event>| {
+            excursions(events, DAY_US, HeldRecords::default())
+        });
+        final_state(&view).into_keys().collect()
     }
 
     #[test]
@@ -120,6 +242,52 @@ mod tests {
         assert_eq!(by_dataflow(1, vec![(1, long)]), expected);
     }
 
+    /// Salad is perishable, cola is not; both start at 10.
+    fn shelf() -> Vec<Event> {
+        let plan = |seq, sku: &str, perishable| Event {
+            source_id: "bo".into(),
+            seq,
+            event_time: 0,
+            payload: Payload::PlanogramSet { fridge_id: "FR-1".into(), sku: sku.into(), par: 12, min: 3, perishable },
+        };
+        let count = |seq, sku: &str| Event {
+            source_id: "FR-1".into(),
+            seq,
+            event_time: MINUTE_US,
+            payload: Payload::StockCounted { sku: sku.into(), qty: 10 },
+        };
+        vec![plan(1, "salad", true), plan(2, "cola", false), count(1000, "salad"), count(1001, "cola")]
+    }
+
+    fn on_hand(events: &[Event]) -> (i64, i64) {
+        let stock = inventory_reference(events);
+        (stock[&("FR-1".to_owned(), "salad".to_owned())], stock[&("FR-1".to_owned(), "cola".to_owned())])
+    }
+
+    #[test]
+    fn a_29_minute_excursion_writes_nothing_off_and_a_30_minute_one_writes_off_the_perishables() {
+        let warm =
+            |minutes: i64| -> Vec<Event> { (0..=minutes).map(|m| telemetry(m as u64 + 1, 10 + m, 7.5)).collect() };
+        let mut short = shelf();
+        short.extend(warm(29));
+        assert_eq!(on_hand(&short), (10, 10));
+
+        let mut long = shelf();
+        long.extend(warm(30));
+        // A customer takes a salad after the write-off (minute 10 + 30): it counts against the 0.
+        long.push(Event {
+            source_id: "FR-1".into(),
+            seq: 500,
+            event_time: 45 * MINUTE_US,
+            payload: Payload::ItemTaken { session_id: "s".into(), sku: "salad".into(), qty: 1 },
+        });
+        assert_eq!(on_hand(&long), (-1, 10));
+        let mut reversed = long.clone();
+        reversed.reverse();
+        let state = keyed(&run_all(2, vec![(1, reversed)], ViewConfig::default(), |views| views.inventory));
+        assert_eq!(state, inventory_reference(&long));
+    }
+
     #[test]
     fn a_late_cool_reading_splits_an_excursion() {
         let warm: Vec<Event> = (0..=40).map(|m| telemetry(m as u64 + 1, m, 8.0)).collect();
@@ -130,6 +298,28 @@ mod tests {
         // 0..=19 and 21..=40 are both shorter than 30 minutes.
         assert!(excursions_reference(&all).is_empty());
         assert!(by_dataflow(2, arrivals).is_empty());
+    }
+
+    #[test]
+    fn telemetry_state_stays_bounded_over_many_days() {
+        // Ten days of a reading every minute, with a 40-minute warm spell each day at noon.
+        let readings: Vec<Event> = (0..10 * 24 * 60)
+            .map(|m| telemetry(m as u64 + 1, m, if (720..760).contains(&(m % 1440)) { 8.0 } else { 3.0 }))
+            .collect();
+        let held = HeldRecords::default();
+        let counter = held.clone();
+        let arrivals: Vec<(Time, Vec<Event>)> =
+            readings.chunks(60).enumerate().map(|(i, hour)| (i as Time + 1, hour.to_vec())).collect();
+        let found: BTreeMap<ExcursionKey, Excursion> =
+            final_state(&run_view(1, arrivals, move |events: VecCollection<'_, Time, Event>| {
+                excursions(events, 2 * HOUR_US, held.clone())
+            }))
+            .into_keys()
+            .collect();
+        assert_eq!(found, excursions_reference(&readings));
+        assert_eq!(found.len(), 10);
+        // About two hours of minute readings and no finished excursion, not ten days of them.
+        assert!(counter.get() <= 2 * 60 + 60 + 2, "{} records held", counter.get());
     }
 
     fn readings() -> impl Strategy<Value = Vec<Event>> {
@@ -151,7 +341,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
         #[test]
-        fn equals_the_reference((events, arrivals) in crate::fleet_gen::shuffled(readings()), workers in 1usize..=2) {
+        fn dense_telemetry_equals_the_reference((events, arrivals) in crate::fleet_gen::shuffled(readings()), workers in 1usize..=2) {
             prop_assert_eq!(by_dataflow(workers, arrivals), excursions_reference(&events));
         }
     }

@@ -1,12 +1,78 @@
 //! The views of DOMAIN.md, one file each, every dataflow beside its batch
-//! reference implementation.
+//! reference implementation, and [`all`], which builds every view from
+//! the event collection the way the server runs them.
 
+pub mod alerts;
 pub mod cold_chain;
 pub mod inventory;
+pub mod planogram;
+pub mod restock;
+pub mod sales_7d;
 pub mod sessions;
 
-pub use cold_chain::{Excursion, ExcursionKey, excursions, excursions_reference};
+use differential_dataflow::collection::VecCollection;
+
+pub use alerts::{Alert, alerts, alerts_reference};
+pub use cold_chain::{Excursion, ExcursionKey, excursions, excursions_reference, write_offs};
 pub use inventory::{InventoryKey, inventory, inventory_reference};
+pub use planogram::{Slot, SlotKey, planogram, planogram_reference};
+pub use restock::{RestockLine, order_id, restock_lines, restock_lines_reference, restock_orders};
+pub use sales_7d::{SALES_WINDOW_US, sales_7d, sales_7d_reference};
 pub use sessions::{
     RevenueKey, SessionKey, SessionRow, SessionStatus, revenue, revenue_reference, sessions, sessions_reference,
 };
+
+use crate::operators::HeldRecords;
+use crate::{Event, Time};
+
+/// Settings of the views.
+#[derive(Clone, Debug)]
+pub struct ViewConfig {
+    /// How far (µs) behind a fridge's latest reading telemetry is kept.
+    pub horizon_us: i64,
+    /// Lead time of a restock delivery, in days (the reorder point).
+    pub lead_time_days: i64,
+    /// Where the per-fridge operators report the records they hold.
+    pub held: HeldRecords,
+}
+
+impl Default for ViewConfig {
+    fn default() -> Self {
+        ViewConfig { horizon_us: 6 * crate::event::HOUR_US, lead_time_days: 2, held: HeldRecords::default() }
+    }
+}
+
+/// Every view of DOMAIN.md over one event collection.
+pub struct Views<'s> {
+    /// `inventory(fridge_id, sku) → on_hand`.
+    pub inventory: VecCollection<'s, Time, (InventoryKey, i64)>,
+    /// `sessions(fridge_id, session_id) → row`.
+    pub sessions: VecCollection<'s, Time, (SessionKey, SessionRow)>,
+    /// `revenue(fridge_id, hour) → (captured_cents, sessions, units)`.
+    pub revenue: VecCollection<'s, Time, (RevenueKey, (i64, i64, i64))>,
+    /// `sales_7d(fridge_id, sku) → units`.
+    pub sales_7d: VecCollection<'s, Time, (InventoryKey, i64)>,
+    /// `excursions(fridge_id, start) → (end, max_temperature_c)`.
+    pub excursions: VecCollection<'s, Time, (ExcursionKey, Excursion)>,
+    /// Lines of open restock orders, by `(fridge_id, sku)`.
+    pub restock_orders: VecCollection<'s, Time, (InventoryKey, RestockLine)>,
+    /// Raised alerts.
+    pub alerts: VecCollection<'s, Time, Alert>,
+}
+
+/// Builds every view from `events`.
+pub fn all<'s>(events: VecCollection<'s, Time, Event>, config: &ViewConfig) -> Views<'s> {
+    let slots = planogram(events.clone());
+    let excursions = excursions(events.clone(), config.horizon_us, config.held.clone());
+    let inventory = inventory(events.clone(), write_offs(excursions.clone(), slots.clone()));
+    let sessions = sessions(events.clone());
+    let revenue = revenue(sessions.clone(), events.clone());
+    let sales_7d = sales_7d(events, config.held.clone());
+    let lines = restock_lines(slots, inventory.clone(), sales_7d.clone(), config.lead_time_days);
+    let restock_orders = restock_orders(lines, config.held.clone());
+    let alerts = alerts(inventory.clone(), excursions.clone());
+    Views { inventory, sessions, revenue, sales_7d, excursions, restock_orders, alerts }
+}
+
+#[cfg(test)]
+mod tests;
