@@ -1,6 +1,6 @@
 //! Per-stage throughput on deterministic data: the embedded log's append
-//! (with an fsync per group commit, and without), and the inventory
-//! dataflow fed in arrival batches on 1 and 2 workers.
+//! (with an fsync per group commit, and without), and the dataflow of
+//! every view fed in arrival batches on 1 and 2 workers.
 //!
 //! `cargo bench --bench stages` prints one line per experiment with the
 //! machine it ran on. Numbers are events per second, best of 3 runs.
@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use coldstream::simulate::{Fleet, FleetSpec};
-use coldstream_pipelines::harness::run_view;
-use coldstream_pipelines::views::inventory;
+use coldstream_pipelines::harness::run_views;
+use coldstream_pipelines::views::ViewConfig;
 use coldstream_sources::convert::encode;
 use coldstream_sources::log::EventLog;
 use coldstream_sources::log::embedded::{EmbeddedConfig, EmbeddedLog};
@@ -30,16 +30,7 @@ fn report(name: &str, events: usize, took: Duration) {
 }
 
 fn main() {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    println!("machine: {cores} cores, {model}");
+    println!("machine: {}", coldstream::machine::describe());
     let spec = FleetSpec { seed: 1, fridges: 50, events: EVENTS, start_us: 1_772_323_200_000_000, bad_rate: 0.0 };
     let events = Fleet::new(&spec).all_events();
     println!("workload: {} events from 50 simulated fridges (seed 1)", events.len());
@@ -69,10 +60,10 @@ fn main() {
     for workers in [1, 2] {
         let took = best_of(3, || {
             let start = Instant::now();
-            let changes = run_view(workers, arrivals.clone(), inventory);
+            let changes = run_views(workers, arrivals.clone(), ViewConfig::default());
             assert!(!changes.is_empty());
             start.elapsed()
         });
-        report(&format!("inventory dataflow, {workers} worker(s), 5000-event batches"), events.len(), took);
+        report(&format!("every view, {workers} worker(s), 5000-event batches"), events.len(), took);
     }
 }

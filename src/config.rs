@@ -25,6 +25,25 @@ pub struct Config {
     pub log: LogSection,
     /// The Parquet sink.
     pub parquet: ParquetSection,
+    /// The views.
+    pub views: ViewsSection,
+}
+
+/// The views.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ViewsSection {
+    /// Telemetry is kept this many hours behind each fridge's latest
+    /// reading; a reading later than that no longer changes excursions.
+    pub horizon_hours: u64,
+    /// Days a restock delivery takes; sets the reorder point.
+    pub lead_time_days: i64,
+}
+
+impl Default for ViewsSection {
+    fn default() -> Self {
+        ViewsSection { horizon_hours: 6, lead_time_days: 2 }
+    }
 }
 
 /// Authentication.
@@ -86,6 +105,7 @@ impl Default for Config {
             gateway: GatewaySection::default(),
             log: LogSection::default(),
             parquet: ParquetSection::default(),
+            views: ViewsSection::default(),
         }
     }
 }
@@ -187,6 +207,18 @@ impl Config {
                 self.parquet.zstd_level
             )));
         }
+        if self.views.horizon_hours == 0 || self.views.horizon_hours > 24 * 365 {
+            return Err(ConfigError::Invalid(format!(
+                "views.horizon_hours {} is not in 1..=8760",
+                self.views.horizon_hours
+            )));
+        }
+        if !(0..=365).contains(&self.views.lead_time_days) {
+            return Err(ConfigError::Invalid(format!(
+                "views.lead_time_days {} is not in 0..=365",
+                self.views.lead_time_days
+            )));
+        }
         if self.auth.secret.len() < 16 {
             return Err(ConfigError::Invalid("auth.secret must be at least 16 characters".into()));
         }
@@ -196,6 +228,15 @@ impl Config {
     /// The number of worker threads to start.
     pub fn worker_threads(&self) -> usize {
         if self.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { self.workers }
+    }
+
+    /// The views' settings.
+    pub fn views(&self) -> coldstream_pipelines::views::ViewConfig {
+        coldstream_pipelines::views::ViewConfig {
+            horizon_us: self.views.horizon_hours as i64 * coldstream_pipelines::event::HOUR_US,
+            lead_time_days: self.views.lead_time_days,
+            held: Default::default(),
+        }
     }
 
     /// The Parquet sink's settings.
@@ -248,6 +289,15 @@ roll_mb = 64
 roll_seconds = 30
 # ZSTD compression level, 1 to 22.
 zstd_level = 3
+
+[views]
+# Telemetry is kept this many hours behind each fridge's latest reading
+# (1 to 8760); a reading that arrives later than that is archived in
+# events/ but no longer changes excursions. Other views keep everything.
+horizon_hours = 6
+# Days a restock delivery takes: reorder point = max(min,
+# ceil(sales_7d / 7 * lead_time_days)).
+lead_time_days = 2
 "#;
 
 #[cfg(test)]
@@ -262,6 +312,8 @@ mod tests {
         assert_eq!(parsed.gateway.queue_batches, defaults.gateway.queue_batches);
         assert_eq!(parsed.parquet.roll_seconds, defaults.parquet.roll_seconds);
         assert_eq!(parsed.log.segment_mb, defaults.log.segment_mb);
+        assert_eq!(parsed.views.horizon_hours, defaults.views.horizon_hours);
+        assert_eq!(parsed.views.lead_time_days, defaults.views.lead_time_days);
     }
 
     #[test]

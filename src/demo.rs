@@ -65,14 +65,6 @@ fn prepare(dir: &Path) -> Result<(), DemoError> {
     std::fs::write(dir.join(MARKER), b"made by coldstream demo; deleted by the next demo\n").map_err(io)
 }
 
-/// Peak resident memory of this process, in MiB (Linux).
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 async fn show(data_dir: &Path, title: &str, sql: &str) -> Result<(), DemoError> {
     let ctx = query::context(data_dir).await.map_err(|e| DemoError::Query(query::one_line(&e)))?;
     let batches = query::run(&ctx, sql).await.map_err(|e| DemoError::Query(query::one_line(&e)))?;
@@ -80,6 +72,38 @@ async fn show(data_dir: &Path, title: &str, sql: &str) -> Result<(), DemoError> 
     println!("\n{title}\n  $ coldstream query --data {} \"{sql}\"\n{table}", data_dir.display());
     Ok(())
 }
+
+/// A sample of each view, shown at the end of the demo.
+const VIEW_SAMPLES: &[(&str, &str)] = &[
+    (
+        "Lowest stock right now (inventory_now):",
+        "SELECT fridge_id, sku, on_hand FROM inventory_now ORDER BY on_hand, fridge_id, sku LIMIT 5",
+    ),
+    (
+        "Sessions by status (sessions_now):",
+        "SELECT status, COUNT(*) AS sessions, SUM(expected_cents) AS expected_cents, SUM(captured_cents) AS captured_cents \
+         FROM sessions_now GROUP BY status ORDER BY sessions DESC",
+    ),
+    (
+        "Busiest fridge-hours (revenue_now):",
+        "SELECT fridge_id, hour, captured_cents, sessions, units FROM revenue_now \
+         ORDER BY captured_cents DESC, fridge_id, hour LIMIT 5",
+    ),
+    (
+        "Best sellers over the last 7 days (sales_7d_now):",
+        "SELECT sku, SUM(units) AS units FROM sales_7d_now GROUP BY sku ORDER BY units DESC, sku LIMIT 5",
+    ),
+    (
+        "Cold-chain excursions (excursions_now):",
+        "SELECT fridge_id, start, \"end\", max_temperature_c FROM excursions_now ORDER BY start, fridge_id LIMIT 5",
+    ),
+    (
+        "Open restock orders (restock_orders_now):",
+        "SELECT order_id, opened_at, COUNT(*) AS lines, SUM(qty) AS units FROM restock_orders_now \
+         GROUP BY order_id, opened_at ORDER BY opened_at, order_id LIMIT 5",
+    ),
+    ("Alerts raised (alerts_now):", "SELECT type, COUNT(*) AS alerts FROM alerts_now GROUP BY type ORDER BY type"),
+];
 
 /// Runs the demo and prints its report.
 pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
@@ -122,11 +146,11 @@ pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
         accepted as f64 / end_to_end.as_secs_f64()
     );
     println!("log: {} records (accepted and dead-lettered)", status.durable_offset);
-    if let Some(peak) = peak_rss_mib() {
+    if let Some(peak) = crate::machine::peak_rss_mib() {
         println!("peak memory: {peak:.0} MiB resident");
     }
     let dir = spec.data_dir.display();
-    println!("data: {dir}/log (event log), {dir}/events, {dir}/rejected, {dir}/views/inventory (Parquet)");
+    println!("data: {dir}/log (event log), {dir}/events, {dir}/rejected, {dir}/views/<view> (Parquet)");
 
     show(
         &spec.data_dir,
@@ -135,12 +159,9 @@ pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
     )
     .await?;
     show(&spec.data_dir, "Rejected events by reason:", "SELECT reason_code, COUNT(*) AS events, MIN(reason) AS example FROM rejected GROUP BY reason_code ORDER BY events DESC").await?;
-    show(
-        &spec.data_dir,
-        "Lowest stock right now:",
-        "SELECT fridge_id, sku, on_hand FROM inventory_now ORDER BY on_hand, fridge_id, sku LIMIT 10",
-    )
-    .await?;
+    for (title, sql) in VIEW_SAMPLES {
+        show(&spec.data_dir, title, sql).await?;
+    }
     println!("\nTry: cargo run --release -- query --data {dir} \"SELECT COUNT(*) FROM events\"");
     Ok(())
 }

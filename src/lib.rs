@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod machine;
 pub mod query;
 pub mod runtime;
 pub mod server;

@@ -1,27 +1,33 @@
 //! `coldstream query`: SQL over the Parquet logs, through DataFusion.
 //!
 //! Tables: `events` and `rejected` (partitioned by `dt`), one changelog per
-//! view (`inventory`), and the current state of each view (`inventory_now`),
-//! derived from its changelog by summing the diffs.
+//! view (`inventory`, `sessions`, `revenue`, `sales_7d`, `excursions`,
+//! `restock_orders`, `alerts`), and the current state of each view
+//! (`<view>_now`), derived from its changelog by summing the diffs.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use coldstream_sinks::parquet::{list_parts, schema};
+use coldstream_sinks::parquet::{list_parts, schema, view_tables};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::prelude::SessionContext;
 
-/// The current-state views, as SQL over the changelogs.
-const NOW_VIEWS: &[(&str, &str)] = &[(
-    "inventory_now",
-    "SELECT fridge_id, sku, on_hand FROM inventory \
-     GROUP BY fridge_id, sku, on_hand HAVING SUM(diff) > 0",
-)];
+/// The current-state views: each changelog's records whose diffs sum
+/// above zero.
+const NOW_VIEWS: &[(&str, &str, &str)] = &[
+    ("inventory_now", "inventory", "fridge_id, sku, on_hand"),
+    ("sessions_now", "sessions", "fridge_id, session_id, status, expected_cents, captured_cents, units, closed_at"),
+    ("revenue_now", "revenue", "fridge_id, hour, captured_cents, sessions, units"),
+    ("sales_7d_now", "sales_7d", "fridge_id, sku, units"),
+    ("excursions_now", "excursions", "fridge_id, start, \"end\", max_temperature_c"),
+    ("restock_orders_now", "restock_orders", "fridge_id, order_id, opened_at, sku, qty"),
+    ("alerts_now", "alerts", "type, fridge_id, sku, excursion_start"),
+];
 
 /// How query results are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -70,9 +76,12 @@ pub async fn context(data_dir: &Path) -> Result<SessionContext> {
     let ctx = SessionContext::new();
     register(&ctx, "events", &data_dir.join("events"), Arc::clone(&schema::EVENTS), true).await?;
     register(&ctx, "rejected", &data_dir.join("rejected"), Arc::clone(&schema::REJECTED), true).await?;
-    register(&ctx, "inventory", &data_dir.join("views/inventory"), Arc::clone(&schema::INVENTORY), false).await?;
-    for (name, sql) in NOW_VIEWS {
-        let view = ctx.sql(sql).await?.into_view();
+    for (view, changelog) in view_tables() {
+        register(&ctx, view, &data_dir.join("views").join(view), changelog, false).await?;
+    }
+    for (name, changelog, columns) in NOW_VIEWS {
+        let sql = format!("SELECT {columns} FROM {changelog} GROUP BY {columns} HAVING SUM(diff) > 0");
+        let view = ctx.sql(&sql).await?.into_view();
         ctx.register_table(*name, view)?;
     }
     Ok(ctx)

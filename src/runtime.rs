@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
-use coldstream_pipelines::views::{InventoryKey, inventory};
+use coldstream_pipelines::views::{ViewBatch, ViewConfig};
 use coldstream_pipelines::{Event, Time};
 use coldstream_sources::log::{LogReader, OpenReader};
 use coldstream_sources::proto::{LogEntry, log_entry::Entry};
@@ -33,8 +33,8 @@ const READ_BATCH: usize = 8192;
 
 /// What the workers send to the view sink.
 pub enum ViewMessage {
-    /// Changes to `inventory`.
-    Inventory(Vec<((InventoryKey, i64), Time, isize)>),
+    /// Changes to one view.
+    Changes(ViewBatch),
     /// Every change before this time has been sent.
     Frontier(Time),
     /// The dataflow has stopped; every change before this time has been sent.
@@ -63,6 +63,7 @@ impl Workers {
     /// Starts `threads` workers reading the log from its start.
     pub fn start(
         threads: usize,
+        views: ViewConfig,
         readers: Arc<dyn OpenReader>,
         sink: SyncSender<ViewMessage>,
     ) -> Result<Workers, RuntimeError> {
@@ -95,14 +96,12 @@ impl Workers {
             let read_upto_source = Arc::clone(&read_upto);
             let source_list = Arc::clone(&source_list);
             let changes = sink.clone();
+            let views = views.clone();
             let probe = worker.dataflow::<Time, _, _>(move |scope| {
                 let events = log_source(scope, readers, reader, stop, read_upto_source, source_list);
-                let (probe, _) = inventory(events)
-                    .inspect_batch(move |_, changes_at| {
-                        let _ = changes.send(ViewMessage::Inventory(changes_at.to_vec()));
-                    })
-                    .probe();
-                probe
+                coldstream_pipelines::views::all(events, &views).deliver(move |batch| {
+                    let _ = changes.send(ViewMessage::Changes(batch));
+                })
             });
             let mut reported = None;
             while !probe.done() {

@@ -14,9 +14,8 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use coldstream_pipelines::views::InventoryKey;
 use coldstream_sinks::SinkError;
-use coldstream_sinks::parquet::{Changelog, EventArchive, RejectedRow};
+use coldstream_sinks::parquet::{EventArchive, RejectedRow, ViewChangelogs};
 use coldstream_sources::auth::Tokens;
 use coldstream_sources::gateway::{Gateway, GatewayConfig, GatewayError, bind};
 use coldstream_sources::ingest::{Ingest, IngestConfig};
@@ -127,14 +126,14 @@ impl Server {
             spawn("archiver", move || archive_log(readers.as_ref(), archive, resume, &progress, &stop))?
         };
 
-        let changelog = Changelog::<(InventoryKey, i64)>::open(&data_dir, parquet.clone())?;
+        let changelog = ViewChangelogs::open(&data_dir, parquet.clone())?;
         tracing::info!(views_covered_ms = changelog.covered(), ?last_ingest, "views resume");
         let (changes, view_messages) = sync_channel(256);
         let view_sink = {
             let progress = Arc::clone(&progress);
             spawn("view-sink", move || sink_views(view_messages, changelog, &progress))?
         };
-        let workers = Workers::start(config.worker_threads(), Arc::clone(&readers), changes)?;
+        let workers = Workers::start(config.worker_threads(), config.views(), Arc::clone(&readers), changes)?;
 
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
@@ -315,25 +314,21 @@ fn archive_log(
 /// Writes view changes to their changelogs as the frontier passes them.
 fn sink_views(
     messages: Receiver<ViewMessage>,
-    mut inventory: Changelog<(InventoryKey, i64)>,
+    mut changelogs: ViewChangelogs,
     progress: &Progress,
 ) -> Result<(), ServerError> {
-    let resume_at = inventory.covered();
+    let resume_at = changelogs.covered();
     for message in messages {
         match message {
-            ViewMessage::Inventory(changes) => {
-                for (row, time, diff) in changes {
-                    inventory.push(row, time, diff as i64);
-                }
-            }
+            ViewMessage::Changes(batch) => changelogs.push(batch),
             ViewMessage::Frontier(frontier) => {
-                inventory.advance(frontier, false)?;
+                changelogs.advance(frontier, false)?;
                 if frontier >= resume_at {
                     progress.views.store(frontier, Ordering::Release);
                 }
             }
             ViewMessage::Closed(frontier) => {
-                inventory.advance(frontier, true)?;
+                changelogs.advance(frontier, true)?;
                 progress.views.store(frontier, Ordering::Release);
                 return Ok(());
             }

@@ -3,8 +3,9 @@
 //! The fleet is deterministic for a seed and a start time: the back office
 //! registers the fridges and sets planograms and prices, then every fridge
 //! produces its own stream in event-time order — telemetry every 30 s,
-//! customer sessions (door, takes, returns, payment, a few declines),
-//! restock deliveries when stock runs low, and occasional audits. A small
+//! customer sessions (door, takes, returns, payment, a few declines and
+//! wrong amounts), restock deliveries when stock runs low, and occasional
+//! audits. A small
 //! share of events is deliberately invalid, to exercise the dead letter.
 //!
 //! [`Fleet`] is a pure generator (also used by tests and benches);
@@ -201,7 +202,14 @@ impl SimFridge {
             if self.rng.random_bool(0.03) {
                 self.queue.push_back((t, Payload::PaymentDeclined { session_id, reason: "insufficient_funds".into() }));
             } else {
-                self.queue.push_back((t, Payload::PaymentCaptured { session_id, amount_cents: expected }));
+                // Now and then a terminal charges a stale amount.
+                let amount_cents = if self.rng.random_bool(0.01) {
+                    let off = self.rng.random_range(1..=5) * 10;
+                    if self.rng.random_bool(0.5) { expected + off } else { (expected - off).max(0) }
+                } else {
+                    expected
+                };
+                self.queue.push_back((t, Payload::PaymentCaptured { session_id, amount_cents }));
             }
         }
         if self.restock_at.is_none() && self.shelf.values().any(|(on_hand, _, min, _)| on_hand <= min) {
@@ -325,6 +333,22 @@ impl SimFridge {
             }
         }
         Some(wire)
+    }
+
+    /// The fridge's next events with an event time before `until_us`, in
+    /// order (for benches that feed the dataflow directly).
+    pub fn events_until(&mut self, until_us: i64) -> Vec<Event> {
+        let mut out = Vec::new();
+        while self.remaining > 0 {
+            if self.queue.is_empty() {
+                self.plan_next();
+            }
+            match self.queue.front() {
+                Some((time, _)) if *time < until_us => out.extend(self.payloads_to_events(1)),
+                _ => break,
+            }
+        }
+        out
     }
 
     /// The fridge's id.

@@ -10,6 +10,7 @@ use differential_dataflow::collection::VecCollection;
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::input::Input;
 
+use crate::views::{ViewBatch, ViewConfig};
 use crate::{Event, Time};
 
 /// A view under test: a function from the event collection to its output.
@@ -49,24 +50,61 @@ where
                 .probe();
             (input, probe)
         });
-        let mut position = 0usize;
-        for (time, batch) in arrivals.iter() {
-            input.advance_to(*time);
-            for event in batch {
-                if position % peers == index {
-                    input.insert(event.clone());
-                }
-                position += 1;
-            }
-        }
-        let end = arrivals.last().map_or(1, |(time, _)| time + 1);
-        input.advance_to(end);
-        input.flush();
+        let end = feed(index, peers, &arrivals, &mut input);
         worker.step_while(|| probe.less_than(&end));
     })
     .expect("timely starts its worker threads");
     drop(guards);
     consolidate(receiver.into_iter().collect())
+}
+
+/// Feeds `arrivals` into every view (see [`crate::views::all`]) and returns
+/// every batch of output changes, in no particular order. Changes are not
+/// consolidated; the changelogs consolidate them when they write.
+pub fn run_views(workers: usize, arrivals: Vec<(Time, Vec<Event>)>, config: ViewConfig) -> Vec<ViewBatch> {
+    let arrivals = Arc::new(arrivals);
+    let (sender, receiver) = mpsc::channel();
+    let sender = std::sync::Mutex::new(sender);
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let sender = sender.lock().expect("no worker panics while holding the sender").clone();
+        let config = config.clone();
+        let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+            let (input, events) = scope.new_collection::<Event, isize>();
+            let probe = crate::views::all(events, &config).deliver(move |batch| {
+                let _ = sender.send(batch);
+            });
+            (input, probe)
+        });
+        let end = feed(worker.index(), worker.peers(), &arrivals, &mut input);
+        worker.step_while(|| probe.less_than(&end));
+    })
+    .expect("timely starts its worker threads");
+    drop(guards);
+    receiver.into_iter().collect()
+}
+
+/// Feeds this worker's share of `arrivals` and closes the input; returns
+/// the time before which everything has been fed.
+fn feed(
+    index: usize,
+    peers: usize,
+    arrivals: &[(Time, Vec<Event>)],
+    input: &mut differential_dataflow::input::InputSession<Time, Event, isize>,
+) -> Time {
+    let mut position = 0usize;
+    for (time, batch) in arrivals {
+        input.advance_to(*time);
+        for event in batch {
+            if position % peers == index {
+                input.insert(event.clone());
+            }
+            position += 1;
+        }
+    }
+    let end = arrivals.last().map_or(1, |(time, _)| time + 1);
+    input.advance_to(end);
+    input.flush();
+    end
 }
 
 /// Sums the diffs of equal `(data, time)` pairs, drops zeros, sorts by time.

@@ -58,6 +58,32 @@ impl HeldRecords {
         self.0.load(Ordering::Relaxed)
     }
 
+    /// Counts, from now on, the records held in every arrangement that
+    /// `worker` builds after this call (from differential's own logging:
+    /// batches created, merged and dropped).
+    pub fn track_arrangements(&self, worker: &mut timely::worker::Worker) {
+        use differential_dataflow::logging::{DifferentialEvent, DifferentialEventBuilder};
+        let held = self.clone();
+        if let Some(mut registry) = worker.log_register() {
+            registry.insert::<DifferentialEventBuilder, _>(
+                "differential/arrange",
+                move |_time, events: &mut Option<Vec<(std::time::Duration, DifferentialEvent)>>| {
+                    for (_, event) in events.iter().flatten() {
+                        let delta = match event {
+                            DifferentialEvent::Batch(batch) => batch.length as i64,
+                            DifferentialEvent::Merge(merge) => merge
+                                .complete
+                                .map_or(0, |done| done as i64 - merge.length1 as i64 - merge.length2 as i64),
+                            DifferentialEvent::Drop(drop) => -(drop.length as i64),
+                            _ => 0,
+                        };
+                        held.add(delta);
+                    }
+                },
+            );
+        }
+    }
+
     fn add(&self, delta: i64) {
         if delta != 0 {
             self.0.fetch_add(delta, Ordering::Relaxed);

@@ -6,18 +6,20 @@
 use std::path::{Path, PathBuf};
 
 use coldstream::simulate::{Fleet, FleetSpec};
-use coldstream_pipelines::harness::run_view;
-use coldstream_pipelines::views::{InventoryKey, inventory};
+use coldstream_pipelines::harness::run_views;
+use coldstream_pipelines::views::ViewConfig;
 use coldstream_sinks::ParquetConfig;
-use coldstream_sinks::parquet::{Changelog, EventArchive};
+use coldstream_sinks::parquet::{EventArchive, ViewChangelogs};
 
 use crate::support::query_csv;
 
-/// 4 fridges, 3000 events from 2026-03-01 00:00 UTC, archived and viewed as
-/// the server would, arriving in batches of 100 at 1 ms apart.
+/// 6 fridges, 24,000 events from 2026-03-01 00:00 UTC (about a day and a
+/// half each), archived and viewed as the server would, arriving in event
+/// time order in batches of 100 at 1 ms apart.
 fn fixture(dir: &Path) {
-    let spec = FleetSpec { seed: 42, fridges: 4, events: 3000, start_us: 1_772_323_200_000_000, bad_rate: 0.0 };
-    let events = Fleet::new(&spec).all_events();
+    let spec = FleetSpec { seed: 42, fridges: 6, events: 24_000, start_us: 1_772_323_200_000_000, bad_rate: 0.0 };
+    let mut events = Fleet::new(&spec).all_events();
+    events.sort_by_key(|event| event.event_time);
     let config = ParquetConfig::default();
     let (mut archive, resume) = EventArchive::open(dir, config.clone()).unwrap();
     assert!(resume.is_none());
@@ -30,12 +32,12 @@ fn fixture(dir: &Path) {
         arrivals.push((time, chunk.to_vec()));
     }
     archive.flush(events.len() as u64).unwrap();
-    let mut changelog = Changelog::<(InventoryKey, i64)>::open(dir, config).unwrap();
+    let mut changelogs = ViewChangelogs::open(dir, config).unwrap();
     let end = arrivals.last().unwrap().0 + 1;
-    for (row, time, diff) in run_view(1, arrivals, inventory) {
-        changelog.push(row, time, diff as i64);
+    for batch in run_views(2, arrivals, ViewConfig::default()) {
+        changelogs.push(batch);
     }
-    changelog.advance(end, true).unwrap();
+    changelogs.advance(end, true).unwrap();
 }
 
 fn queries() -> Vec<PathBuf> {

@@ -9,4 +9,5 @@ mod gateway;
 mod golden;
 mod log;
 mod other_engine;
+mod replay;
 mod support;

@@ -1,6 +1,7 @@
 //! The Parquet files are a public interface: another engine (DuckDB, from
-//! PyPI) reads them and recomputes inventory from `events/` alone, and gets
-//! exactly what `inventory_now` says. CI installs DuckDB; elsewhere the test
+//! PyPI) reads them and recomputes inventory, cold-chain write-offs
+//! included, from `events/` alone, and gets exactly what `inventory_now`
+//! says. CI installs DuckDB; elsewhere the test
 //! says it is skipped when DuckDB is missing.
 
 use std::process::Command;
@@ -11,17 +12,33 @@ use coldstream::simulate::{self, Fleet, FleetSpec, RunSpec};
 
 use crate::support::{query_csv, start};
 
-/// Inventory by DOMAIN.md's rule, written independently in DuckDB's SQL.
+/// Inventory by DOMAIN.md's rules (counts, movements, write-offs after
+/// 30-minute warm runs), written independently in DuckDB's SQL.
 const DUCKDB_INVENTORY: &str = r#"
 import sys, duckdb
 root = sys.argv[1]
 con = duckdb.connect()
 con.execute(f"CREATE VIEW ev AS SELECT * FROM read_parquet('{root}/events/*/*.parquet', hive_partitioning = true)")
 rows = con.execute("""
-WITH counts AS (
-  SELECT fridge_id, sku, event_time AS t, qty,
+WITH runs AS (
+  SELECT fridge_id, event_time AS t, temperature_c > 5.0 AS warm,
+         sum(CASE WHEN temperature_c > 5.0 THEN 0 ELSE 1 END)
+           OVER (PARTITION BY fridge_id ORDER BY event_time, seq ROWS UNBOUNDED PRECEDING) AS run
+  FROM ev WHERE kind = 'telemetry'),
+excursions AS (
+  SELECT fridge_id, min(t) AS first_t FROM runs WHERE warm
+  GROUP BY fridge_id, run HAVING max(t) - min(t) >= INTERVAL 30 MINUTE),
+plan AS (
+  SELECT fridge_id, sku, perishable,
          row_number() OVER (PARTITION BY fridge_id, sku ORDER BY event_time DESC, seq DESC) AS rn
-  FROM ev WHERE kind = 'stock_counted'),
+  FROM ev WHERE kind = 'planogram_set'),
+write_offs AS (
+  SELECT x.fridge_id, p.sku, x.first_t + INTERVAL 30 MINUTE AS t, 0 AS seq, 0 AS qty
+  FROM excursions x JOIN plan p ON p.fridge_id = x.fridge_id AND p.rn = 1 AND p.perishable),
+counts AS (
+  SELECT fridge_id, sku, t, qty, row_number() OVER (PARTITION BY fridge_id, sku ORDER BY t DESC, seq DESC) AS rn
+  FROM (SELECT fridge_id, sku, event_time AS t, seq, qty FROM ev WHERE kind = 'stock_counted'
+        UNION ALL SELECT fridge_id, sku, t, seq, qty FROM write_offs)),
 latest AS (SELECT fridge_id, sku, t, qty FROM counts WHERE rn = 1),
 moves AS (
   SELECT fridge_id, sku, event_time AS t, CASE kind WHEN 'item_taken' THEN -qty ELSE qty END AS delta

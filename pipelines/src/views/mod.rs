@@ -11,6 +11,7 @@ pub mod sales_7d;
 pub mod sessions;
 
 use differential_dataflow::collection::VecCollection;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
 pub use alerts::{Alert, alerts, alerts_reference};
 pub use cold_chain::{Excursion, ExcursionKey, excursions, excursions_reference, write_offs};
@@ -58,6 +59,44 @@ pub struct Views<'s> {
     pub restock_orders: VecCollection<'s, Time, (InventoryKey, RestockLine)>,
     /// Raised alerts.
     pub alerts: VecCollection<'s, Time, Alert>,
+}
+
+/// A batch of output changes of one view, `(record, logical time, diff)`.
+#[derive(Clone, Debug)]
+#[allow(missing_docs)] // one variant per view of [`Views`]
+pub enum ViewBatch {
+    Inventory(Vec<((InventoryKey, i64), Time, isize)>),
+    Sessions(Vec<((SessionKey, SessionRow), Time, isize)>),
+    Revenue(Vec<((RevenueKey, (i64, i64, i64)), Time, isize)>),
+    Sales7d(Vec<((InventoryKey, i64), Time, isize)>),
+    Excursions(Vec<((ExcursionKey, Excursion), Time, isize)>),
+    RestockOrders(Vec<((InventoryKey, RestockLine), Time, isize)>),
+    Alerts(Vec<(Alert, Time, isize)>),
+}
+
+impl Views<'_> {
+    /// Hands every batch of output changes to `send`, and returns one probe
+    /// over all the outputs: a time is final in every view once the probe
+    /// has passed it.
+    pub fn deliver(self, send: impl Fn(ViewBatch) + Clone + 'static) -> ProbeHandle<Time> {
+        let probe = ProbeHandle::new();
+        macro_rules! deliver {
+            ($collection:expr, $variant:ident) => {{
+                let send = send.clone();
+                $collection
+                    .inspect_batch(move |_, changes| send(ViewBatch::$variant(changes.to_vec())))
+                    .probe_with(&probe);
+            }};
+        }
+        deliver!(self.inventory, Inventory);
+        deliver!(self.sessions, Sessions);
+        deliver!(self.revenue, Revenue);
+        deliver!(self.sales_7d, Sales7d);
+        deliver!(self.excursions, Excursions);
+        deliver!(self.restock_orders, RestockOrders);
+        deliver!(self.alerts, Alerts);
+        probe
+    }
 }
 
 /// Builds every view from `events`.

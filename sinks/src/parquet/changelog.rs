@@ -1,68 +1,138 @@
 //! `views/<view>/`: every change to a view as `(columns…, time, diff)`.
 //!
 //! Changes are buffered until the dataflow's frontier passes their logical
-//! time (they are final then), and written as `part-<from>-<to>.parquet`
-//! holding every change with `from <= time < to`. On restart the highest
-//! `to` is where the view resumes: replaying the log reproduces the same
-//! changes at the same times, and those below it are dropped, so no change
-//! is written twice.
+//! time (they are final then), consolidated, and written as
+//! `part-<from>-<to>.parquet` holding every change with `from <= time <
+//! to`. On restart the highest `to` is where the view resumes: replaying
+//! the log reproduces the same changes at the same times, and those below
+//! it are dropped, so no change is written twice.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMillisecondBuilder};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{
+    ArrayRef, BooleanArray, Float32Array, Int64Array, StringArray, TimestampMicrosecondArray, TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-use coldstream_pipelines::views::InventoryKey;
 
 use super::{ParquetConfig, SinkError, list_parts, part_name, schema, write_part};
 
-/// A view row type that has a Parquet changelog.
-pub trait ChangeRow: Sized {
-    /// The view's name: its folder under `views/` and its SQL table.
-    const VIEW: &'static str;
-    /// The changelog's columns (the row's, then `time` and `diff`).
-    fn schema() -> SchemaRef;
-    /// Changes as a batch of [`ChangeRow::schema`].
-    fn batch(changes: &[(Self, u64, i64)]) -> Result<RecordBatch, SinkError>;
+/// One value of a changelog row; the column's type says how it is stored
+/// (an `Int` in a timestamp column is its count of the column's unit).
+#[derive(Clone, Copy, Debug)]
+pub enum Cell<'a> {
+    /// A string, or null.
+    Str(Option<&'a str>),
+    /// An integer or timestamp, or null.
+    Int(Option<i64>),
+    /// A float, or null.
+    Float(Option<f32>),
+    /// A boolean, or null.
+    Bool(Option<bool>),
 }
 
-impl ChangeRow for (InventoryKey, i64) {
-    const VIEW: &'static str = "inventory";
+/// A view record that has a Parquet changelog.
+pub trait ChangeRow: Ord + Clone + Send + 'static {
+    /// The view's name: its folder under `views/` and its SQL table.
+    const VIEW: &'static str;
+    /// The record's columns (the changelog adds `time` and `diff`).
+    fn columns() -> Vec<Field>;
+    /// The record's values, one per column.
+    fn cells<'a>(&'a self, out: &mut Vec<Cell<'a>>);
+}
 
-    fn schema() -> SchemaRef {
-        Arc::clone(&schema::INVENTORY)
-    }
+/// The changelog's full schema: the row's columns, then `time` and `diff`.
+pub fn changelog_schema<R: ChangeRow>() -> SchemaRef {
+    let mut fields = R::columns();
+    fields.extend(schema::change_columns());
+    Arc::new(Schema::new(fields))
+}
 
-    fn batch(changes: &[(Self, u64, i64)]) -> Result<RecordBatch, SinkError> {
-        let mut fridge_id = StringBuilder::new();
-        let mut sku = StringBuilder::new();
-        let mut on_hand = Int64Builder::with_capacity(changes.len());
-        let mut time = TimestampMillisecondBuilder::with_capacity(changes.len()).with_timezone("UTC");
-        let mut diff = Int64Builder::with_capacity(changes.len());
-        for (((fridge, item), count), at, change) in changes {
-            fridge_id.append_value(fridge);
-            sku.append_value(item);
-            on_hand.append_value(*count);
-            time.append_value(*at as i64);
-            diff.append_value(*change);
+/// Builds one column from the cells at `index` of every row.
+fn column(field: &Field, rows: &[Vec<Cell<'_>>], index: usize) -> Result<ArrayRef, ArrowError> {
+    let mismatch = || ArrowError::SchemaError(format!("a value of column {} does not fit its type", field.name()));
+    let ints = || -> Result<Vec<Option<i64>>, ArrowError> {
+        rows.iter().map(|row| if let Cell::Int(v) = row[index] { Ok(v) } else { Err(mismatch()) }).collect()
+    };
+    Ok(match field.data_type() {
+        DataType::Utf8 => Arc::new(
+            rows.iter()
+                .map(|row| if let Cell::Str(v) = row[index] { Ok(v) } else { Err(mismatch()) })
+                .collect::<Result<StringArray, _>>()?,
+        ),
+        DataType::Int64 => Arc::new(Int64Array::from(ints()?)),
+        DataType::Float32 => Arc::new(
+            rows.iter()
+                .map(|row| if let Cell::Float(v) = row[index] { Ok(v) } else { Err(mismatch()) })
+                .collect::<Result<Float32Array, _>>()?,
+        ),
+        DataType::Boolean => Arc::new(
+            rows.iter()
+                .map(|row| if let Cell::Bool(v) = row[index] { Ok(v) } else { Err(mismatch()) })
+                .collect::<Result<BooleanArray, _>>()?,
+        ),
+        DataType::Timestamp(TimeUnit::Microsecond, zone) => {
+            Arc::new(TimestampMicrosecondArray::from(ints()?).with_timezone_opt(zone.clone()))
         }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(fridge_id.finish()),
-            Arc::new(sku.finish()),
-            Arc::new(on_hand.finish()),
-            Arc::new(time.finish()),
-            Arc::new(diff.finish()),
-        ];
-        RecordBatch::try_new(Self::schema(), columns)
-            .map_err(|source| SinkError::Arrow { table: Self::VIEW.into(), source })
+        DataType::Timestamp(TimeUnit::Millisecond, zone) => {
+            Arc::new(TimestampMillisecondArray::from(ints()?).with_timezone_opt(zone.clone()))
+        }
+        other => return Err(ArrowError::SchemaError(format!("column type {other} is not supported"))),
+    })
+}
+
+/// Changes as a batch of [`changelog_schema`].
+pub fn changes_batch<R: ChangeRow>(schema: &SchemaRef, changes: &[(R, u64, i64)]) -> Result<RecordBatch, SinkError> {
+    let rows: Vec<Vec<Cell<'_>>> = changes
+        .iter()
+        .map(|(row, time, diff)| {
+            let mut cells = Vec::with_capacity(schema.fields().len());
+            row.cells(&mut cells);
+            cells.push(Cell::Int(Some(*time as i64)));
+            cells.push(Cell::Int(Some(*diff)));
+            cells
+        })
+        .collect();
+    let arrow_error = |source| SinkError::Arrow { table: R::VIEW.into(), source };
+    let columns = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(index, field)| column(field, &rows, index))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(arrow_error)?;
+    RecordBatch::try_new(Arc::clone(schema), columns).map_err(arrow_error)
+}
+
+/// Sorts changes by time, then record, summing the diffs of equal pairs
+/// and dropping those that sum to zero.
+fn consolidate<R: Ord>(mut changes: Vec<(R, u64, i64)>) -> Vec<(R, u64, i64)> {
+    changes.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    let mut net: Vec<(R, u64, i64)> = Vec::with_capacity(changes.len());
+    for (row, time, diff) in changes {
+        match net.last_mut() {
+            Some(last) if last.1 == time && last.0 == row => last.2 += diff,
+            _ => {
+                if net.last().is_some_and(|last| last.2 == 0) {
+                    net.pop();
+                }
+                net.push((row, time, diff));
+            }
+        }
     }
+    if net.last().is_some_and(|last| last.2 == 0) {
+        net.pop();
+    }
+    net
 }
 
 /// The crash-safe changelog writer of one view.
 pub struct Changelog<R: ChangeRow> {
     dir: PathBuf,
+    schema: SchemaRef,
     config: ParquetConfig,
     covered: u64,
     buffer: Vec<(R, u64, i64)>,
@@ -74,7 +144,7 @@ impl<R: ChangeRow> Changelog<R> {
     pub fn open(root: &Path, config: ParquetConfig) -> Result<Self, SinkError> {
         let dir = root.join("views").join(R::VIEW);
         let covered = list_parts(&dir)?.into_iter().map(|(_, _, to)| to).max().unwrap_or(0);
-        Ok(Changelog { dir, config, covered, buffer: Vec::new(), oldest: None })
+        Ok(Changelog { dir, schema: changelog_schema::<R>(), config, covered, buffer: Vec::new(), oldest: None })
     }
 
     /// Every change before this logical time is already in a file.
@@ -105,9 +175,12 @@ impl<R: ChangeRow> Changelog<R> {
         }
         let (ready, later): (Vec<_>, Vec<_>) = self.buffer.drain(..).partition(|(_, time, _)| *time < frontier);
         self.buffer = later;
+        // Workers may split one change into parts that cancel; the file
+        // holds the net change of each record at each time.
+        let ready = consolidate(ready);
         let mut written = false;
         if !ready.is_empty() {
-            let batch = R::batch(&ready)?;
+            let batch = changes_batch(&self.schema, &ready)?;
             written = write_part(&self.dir, &part_name(self.covered, frontier), &batch, &self.config)?;
         }
         self.covered = frontier;

@@ -10,6 +10,7 @@
 pub mod archive;
 pub mod changelog;
 pub mod schema;
+pub mod views;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 pub use archive::{EventArchive, RejectedRow};
-pub use changelog::{ChangeRow, Changelog};
+pub use changelog::{Cell, ChangeRow, Changelog, changelog_schema};
+pub use views::{ViewChangelogs, view_tables};
 
 /// Settings of the Parquet sink.
 #[derive(Clone, Debug)]

@@ -5,7 +5,8 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-fn utc(unit: TimeUnit) -> DataType {
+/// A UTC timestamp of `unit`.
+pub fn utc(unit: TimeUnit) -> DataType {
     DataType::Timestamp(unit, Some("UTC".into()))
 }
 
@@ -54,14 +55,3 @@ pub static REJECTED: LazyLock<SchemaRef> = LazyLock::new(|| {
 pub fn change_columns() -> [Field; 2] {
     [Field::new("time", utc(TimeUnit::Millisecond), false), Field::new("diff", DataType::Int64, false)]
 }
-
-/// `views/inventory/`: changes to `inventory(fridge_id, sku) → on_hand`.
-pub static INVENTORY: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let mut fields = vec![
-        Field::new("fridge_id", DataType::Utf8, false),
-        Field::new("sku", DataType::Utf8, false),
-        Field::new("on_hand", DataType::Int64, false),
-    ];
-    fields.extend(change_columns());
-    Arc::new(Schema::new(fields))
-});

@@ -1,0 +1,83 @@
+//! Bounded state: a fixed fleet runs for many simulated days through every
+//! view, and after each day the records held in differential's
+//! arrangements, the records held by the per-fridge event-time operators
+//! and the process's resident memory are printed. State that depends on
+//! event time is kept only within its horizon, so the telemetry and sales
+//! columns level off; what still grows is the state of views that keep
+//! every session and movement by definition.
+//!
+//! `cargo bench --bench bounded_state -- [days] [fridges]` (default 30 days,
+//! 20 fridges; about 3,960 events per fridge per simulated day). Each hour
+//! of event time arrives as one logical time, fridges in order.
+
+use std::time::Instant;
+
+use coldstream::simulate::{Fleet, FleetSpec};
+use coldstream_pipelines::event::{DAY_US, HOUR_US};
+use coldstream_pipelines::operators::HeldRecords;
+use coldstream_pipelines::views::{ViewConfig, all};
+use coldstream_pipelines::{Event, Time};
+use differential_dataflow::input::Input;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let days: i64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(30);
+    let fridges: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20);
+    println!("machine: {}", coldstream::machine::describe());
+    println!("workload: {fridges} fridges, {days} simulated days, seed 7, 2 workers, default horizon (6 h)");
+    println!(
+        "{:>4} {:>11} {:>16} {:>16} {:>9} {:>8}",
+        "day", "events", "arranged records", "operator records", "RSS MiB", "secs"
+    );
+
+    let arranged = HeldRecords::default();
+    let operators = HeldRecords::default();
+    let started = Instant::now();
+    timely::execute(timely::Config::process(2), move |worker| {
+        arranged.track_arrangements(worker);
+        let config = ViewConfig { held: operators.clone(), ..ViewConfig::default() };
+        let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+            let (input, events) = scope.new_collection::<Event, isize>();
+            (input, all(events, &config).deliver(|_| ()))
+        });
+        let leader = worker.index() == 0;
+        let start_us = 1_767_225_600_000_000; // 2026-01-01 00:00 UTC
+        let spec =
+            FleetSpec { seed: 7, fridges, events: fridges as u64 * 200 * 24 * days as u64, start_us, bad_rate: 0.0 };
+        let mut fleet = leader.then(|| Fleet::new(&spec));
+        let mut fed = 0usize;
+        if let Some(fleet) = &fleet {
+            fed += fleet.back_office.len();
+            for event in &fleet.back_office {
+                input.insert(event.clone());
+            }
+        }
+        for hour in 0..days * 24 {
+            let time = hour as Time + 1;
+            input.advance_to(time);
+            if let Some(fleet) = &mut fleet {
+                for fridge in &mut fleet.fridges {
+                    for event in fridge.events_until(start_us + (hour + 1) * HOUR_US) {
+                        input.insert(event);
+                        fed += 1;
+                    }
+                }
+            }
+            input.advance_to(time + 1);
+            input.flush();
+            worker.step_while(|| probe.less_than(&(time + 1)));
+            if leader && (hour + 1) % 24 == 0 {
+                println!(
+                    "{:>4} {:>11} {:>16} {:>16} {:>9.0} {:>8.1}",
+                    (hour + 1) * HOUR_US / DAY_US,
+                    fed,
+                    arranged.get(),
+                    operators.get(),
+                    coldstream::machine::rss_mib().unwrap_or(f64::NAN),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    })
+    .expect("timely starts its workers");
+}
