@@ -91,6 +91,8 @@ pub struct SimFridge {
     sessions: u64,
     orders: u64,
     excursion_until: i64,
+    /// First reading of the current warm spell, until its perishables are written off.
+    warm_since: Option<i64>,
     /// `sku → (on_hand, par, min, price)`.
     shelf: BTreeMap<String, (i64, i64, i64, i64)>,
     restock_at: Option<i64>,
@@ -141,8 +143,22 @@ impl SimFridge {
                 self.excursion_until = next + self.rng.random_range(20..60) * MINUTE_US;
             }
             let temperature = if next < self.excursion_until {
+                let since = *self.warm_since.get_or_insert(next);
+                if next - since >= 30 * MINUTE_US {
+                    // Warm for 30 minutes: the perishables are spoiled and
+                    // locked away (the pipeline writes them off), and the
+                    // restocker is called.
+                    self.warm_since = Some(i64::MAX);
+                    for (sku, entry) in self.shelf.iter_mut() {
+                        if CATALOGUE.iter().any(|(name, _, perishable)| *perishable && name == sku) {
+                            entry.0 = 0;
+                        }
+                    }
+                    self.restock_at.get_or_insert(next + self.rng.random_range(2..8) * HOUR_US);
+                }
                 self.rng.random_range(6.0..9.5)
             } else {
+                self.warm_since = None;
                 self.rng.random_range(2.5..4.8)
             };
             self.queue
@@ -293,6 +309,7 @@ impl Fleet {
                 sessions: 0,
                 orders: 0,
                 excursion_until: 0,
+                warm_since: None,
                 shelf,
                 restock_at: None,
                 queue: initial.into(),

@@ -61,17 +61,20 @@ pub struct Views<'s> {
     pub alerts: VecCollection<'s, Time, Alert>,
 }
 
-/// A batch of output changes of one view, `(record, logical time, diff)`.
+/// Output changes: `(record, logical time, diff)`.
+pub type Changes<D> = Vec<(D, Time, isize)>;
+
+/// A batch of output changes of one view.
 #[derive(Clone, Debug)]
 #[allow(missing_docs)] // one variant per view of [`Views`]
 pub enum ViewBatch {
-    Inventory(Vec<((InventoryKey, i64), Time, isize)>),
-    Sessions(Vec<((SessionKey, SessionRow), Time, isize)>),
-    Revenue(Vec<((RevenueKey, (i64, i64, i64)), Time, isize)>),
-    Sales7d(Vec<((InventoryKey, i64), Time, isize)>),
-    Excursions(Vec<((ExcursionKey, Excursion), Time, isize)>),
-    RestockOrders(Vec<((InventoryKey, RestockLine), Time, isize)>),
-    Alerts(Vec<(Alert, Time, isize)>),
+    Inventory(Changes<(InventoryKey, i64)>),
+    Sessions(Changes<(SessionKey, SessionRow)>),
+    Revenue(Changes<(RevenueKey, (i64, i64, i64))>),
+    Sales7d(Changes<(InventoryKey, i64)>),
+    Excursions(Changes<(ExcursionKey, Excursion)>),
+    RestockOrders(Changes<(InventoryKey, RestockLine)>),
+    Alerts(Changes<Alert>),
 }
 
 impl Views<'_> {
