@@ -69,7 +69,8 @@ async fn show(data_dir: &Path, title: &str, sql: &str) -> Result<(), DemoError> 
     let ctx = query::context(data_dir).await.map_err(|e| DemoError::Query(query::one_line(&e)))?;
     let batches = query::run(&ctx, sql).await.map_err(|e| DemoError::Query(query::one_line(&e)))?;
     let table = query::render(&batches, Format::Table).map_err(|e| DemoError::Query(query::one_line(&e)))?;
-    println!("\n{title}\n  $ coldstream query --data {} \"{sql}\"\n{table}", data_dir.display());
+    let shell = sql.replace('"', "\\\"");
+    println!("\n{title}\n  $ coldstream query --data {} \"{shell}\"\n{table}", data_dir.display());
     Ok(())
 }
 

@@ -86,6 +86,8 @@ async fn duckdb_recomputes_the_same_inventory_from_the_parquet_events() {
     let by_duckdb = String::from_utf8(output.stdout).unwrap();
     let events_by_duckdb = String::from_utf8(output.stderr).unwrap();
     assert_eq!(events_by_duckdb.trim(), format!("events {}", summary.delivered.accepted));
+    let excursions = query_csv(dir.path(), "SELECT COUNT(*) AS n FROM excursions_now").await;
+    assert_ne!(excursions, "n\n0\n", "the fleet should have had a cold-chain excursion to write off");
     let ours = query_csv(dir.path(), "SELECT * FROM inventory_now ORDER BY fridge_id, sku").await;
     assert!(ours.lines().count() > 20, "{ours}");
     assert_eq!(ours, by_duckdb);
