@@ -10,8 +10,9 @@ pub mod restock;
 pub mod sales_7d;
 pub mod sessions;
 
-use differential_dataflow::collection::VecCollection;
+use differential_dataflow::collection::{AsCollection, VecCollection};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::vec::Partition;
 
 pub use alerts::{Alert, alerts, alerts_reference};
 pub use cold_chain::{Excursion, ExcursionKey, excursions, excursions_reference, write_offs};
@@ -102,14 +103,37 @@ impl Views<'_> {
     }
 }
 
+/// Which views read an event: telemetry (0), a customer session (1), stock
+/// (2), the back office (3).
+fn route(event: &Event) -> u64 {
+    match event.payload {
+        crate::Payload::Telemetry { .. } => 0,
+        crate::Payload::RestockDelivered { .. } | crate::Payload::StockCounted { .. } => 2,
+        _ if event.kind().is_back_office() => 3,
+        _ => 1,
+    }
+}
+
 /// Builds every view from `events`.
+///
+/// The events are first split by kind, so that each view receives (and
+/// copies) only the events it reads: telemetry, most of the traffic, goes
+/// to the cold chain and the sales clock only.
 pub fn all<'s>(events: VecCollection<'s, Time, Event>, config: &ViewConfig) -> Views<'s> {
-    let slots = planogram(events.clone());
-    let excursions = excursions(events.clone(), config.horizon_us, config.held.clone());
-    let inventory = inventory(events.clone(), write_offs(excursions.clone(), slots.clone()));
-    let sessions = sessions(events.clone());
-    let revenue = revenue(sessions.clone(), events.clone());
-    let sales_7d = sales_7d(events, config.held.clone());
+    let mut parts = events
+        .inner
+        .partition(4, |(event, time, diff)| (route(&event), (event, time, diff)))
+        .into_iter()
+        .map(|stream| stream.as_collection());
+    let mut next = || parts.next().expect("partition returns one stream per part");
+    let (telemetry, customers, stock, back_office) = (next(), next(), next(), next());
+
+    let slots = planogram(back_office.clone());
+    let excursions = excursions(telemetry.clone(), config.horizon_us, config.held.clone());
+    let inventory = inventory(customers.clone().concat(stock.clone()), write_offs(excursions.clone(), slots.clone()));
+    let sessions = sessions(customers.clone().concat(back_office));
+    let revenue = revenue(sessions.clone(), customers.clone());
+    let sales_7d = sales_7d(telemetry.concat(customers).concat(stock), config.held.clone());
     let lines = restock_lines(slots, inventory.clone(), sales_7d.clone(), config.lead_time_days);
     let restock_orders = restock_orders(lines, config.held.clone());
     let alerts = alerts(inventory.clone(), excursions.clone());
