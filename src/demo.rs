@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use datafusion::prelude::SessionContext;
+
 use crate::config::{Config, DEV_SECRET};
 use crate::query::{self, Format};
 use crate::server::Server;
@@ -65,9 +67,8 @@ fn prepare(dir: &Path) -> Result<(), DemoError> {
     std::fs::write(dir.join(MARKER), b"made by coldstream demo; deleted by the next demo\n").map_err(io)
 }
 
-async fn show(data_dir: &Path, title: &str, sql: &str) -> Result<(), DemoError> {
-    let ctx = query::context(data_dir).await.map_err(|e| DemoError::Query(query::one_line(&e)))?;
-    let batches = query::run(&ctx, sql).await.map_err(|e| DemoError::Query(query::one_line(&e)))?;
+async fn show(ctx: &SessionContext, data_dir: &Path, title: &str, sql: &str) -> Result<(), DemoError> {
+    let batches = query::run(ctx, sql).await.map_err(|e| DemoError::Query(query::one_line(&e)))?;
     let table = query::render(&batches, Format::Table).map_err(|e| DemoError::Query(query::one_line(&e)))?;
     let shell = sql.replace('"', "\\\"");
     println!("\n{title}\n  $ coldstream query --data {} \"{shell}\"\n{table}", data_dir.display());
@@ -153,15 +154,17 @@ pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
     let dir = spec.data_dir.display();
     println!("data: {dir}/log (event log), {dir}/events, {dir}/rejected, {dir}/views/<view> (Parquet)");
 
+    let ctx = query::context(&spec.data_dir).await.map_err(|e| DemoError::Query(query::one_line(&e)))?;
     show(
+        &ctx,
         &spec.data_dir,
         "Accepted events by kind:",
         "SELECT kind, COUNT(*) AS events FROM events GROUP BY kind ORDER BY events DESC",
     )
     .await?;
-    show(&spec.data_dir, "Rejected events by reason:", "SELECT reason_code, COUNT(*) AS events, MIN(reason) AS example FROM rejected GROUP BY reason_code ORDER BY events DESC").await?;
+    show(&ctx, &spec.data_dir, "Rejected events by reason:", "SELECT reason_code, COUNT(*) AS events, MIN(reason) AS example FROM rejected GROUP BY reason_code ORDER BY events DESC").await?;
     for (title, sql) in VIEW_SAMPLES {
-        show(&spec.data_dir, title, sql).await?;
+        show(&ctx, &spec.data_dir, title, sql).await?;
     }
     println!("\nTry: cargo run --release -- query --data {dir} \"SELECT COUNT(*) FROM events\"");
     Ok(())

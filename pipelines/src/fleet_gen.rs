@@ -48,20 +48,25 @@ fn commerce_payload() -> impl Strategy<Value = (usize, Payload)> {
 /// A history of sessions, payments and price changes (the back office is
 /// source index `FRIDGES.len()`).
 pub fn commerce(max_events: usize) -> impl Strategy<Value = Vec<Event>> {
-    prop::collection::vec((0i64..30, commerce_payload()), 0..max_events).prop_map(|raw| {
-        let mut seqs = [0u64; FRIDGES.len() + 1];
-        raw.into_iter()
-            .map(|(minute, (source, payload))| {
-                seqs[source] += 1;
-                Event {
-                    source_id: FRIDGES.get(source).map_or("backoffice", |f| f).to_owned(),
-                    seq: seqs[source],
-                    event_time: 1_700_000_000_000_000 + minute * crate::event::MINUTE_US,
-                    payload,
-                }
-            })
-            .collect()
-    })
+    let minute = (0i64..30).prop_map(|minute| 1_700_000_000_000_000 + minute * crate::event::MINUTE_US);
+    prop::collection::vec((minute, commerce_payload()), 0..max_events).prop_map(numbered)
+}
+
+/// Events from `(event_time, (source index, payload))`, each source's seqs
+/// counting up from 1 (the back office is source index `FRIDGES.len()`).
+fn numbered(raw: Vec<(i64, (usize, Payload))>) -> Vec<Event> {
+    let mut seqs = [0u64; FRIDGES.len() + 1];
+    raw.into_iter()
+        .map(|(event_time, (source, payload))| {
+            seqs[source] += 1;
+            Event {
+                source_id: FRIDGES.get(source).map_or("backoffice", |f| f).to_owned(),
+                seq: seqs[source],
+                event_time,
+                payload,
+            }
+        })
+        .collect()
 }
 
 /// Any history shuffled into a random arrival order and cut into batches.
@@ -106,7 +111,7 @@ fn fleet_payload() -> impl Strategy<Value = (usize, Payload)> {
     prop_oneof![
         6 => (fridge.clone(), celsius, any::<bool>()).prop_map(|(f, c, door_open)| (f, Payload::Telemetry { temperature_c: crate::Temperature(c), door_open })),
         3 => commerce_payload(),
-        2 => (fridge.clone(), fridge_payload()).prop_map(|(f, payload)| (f, payload)),
+        2 => (fridge.clone(), fridge_payload()),
         2 => (fridge, sku, 0i64..12, 0i64..5, any::<bool>()).prop_map(|(f, sku, par, min, perishable)| (
             FRIDGES.len(),
             Payload::PlanogramSet { fridge_id: FRIDGES[f].to_owned(), sku, par, min, perishable },
@@ -116,20 +121,7 @@ fn fleet_payload() -> impl Strategy<Value = (usize, Payload)> {
 
 /// A history of every kind of event over several days.
 pub fn fleet(max_events: usize) -> impl Strategy<Value = Vec<Event>> {
-    prop::collection::vec((fleet_time(), fleet_payload()), 0..max_events).prop_map(|raw| {
-        let mut seqs = [0u64; FRIDGES.len() + 1];
-        raw.into_iter()
-            .map(|(event_time, (source, payload))| {
-                seqs[source] += 1;
-                Event {
-                    source_id: FRIDGES.get(source).map_or("backoffice", |f| f).to_owned(),
-                    seq: seqs[source],
-                    event_time,
-                    payload,
-                }
-            })
-            .collect()
-    })
+    prop::collection::vec((fleet_time(), fleet_payload()), 0..max_events).prop_map(numbered)
 }
 
 /// The history arriving roughly in event-time order, each event delayed by
