@@ -11,6 +11,10 @@
 //! time by time, in time order, consolidated and sorted, so the output
 //! changes depend only on the input changes and their times: replaying the
 //! log reproduces them exactly.
+//!
+//! A view may also read a small table every fridge shares (the price list):
+//! its changes are broadcast to every worker and applied, at each logical
+//! time, before the fridges' own updates of that time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -21,10 +25,27 @@ use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{Data, ExchangeData};
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::{Capability, InputCapability};
 
 use crate::Time;
+
+/// A table every fridge of a [`by_fridge_in_time_order_with`] operator
+/// reads, kept whole on every worker.
+pub trait Shared: Default + 'static {
+    /// A change to the table.
+    type Change: ExchangeData;
+
+    /// Applies the consolidated changes of one logical time.
+    fn update(&mut self, changes: &[(Self::Change, isize)]);
+}
+
+/// No shared table.
+impl Shared for () {
+    type Change = ();
+
+    fn update(&mut self, _changes: &[((), isize)]) {}
+}
 
 /// A fridge's state in a [`by_fridge_in_time_order`] operator.
 pub trait FridgeState: 'static {
@@ -32,6 +53,8 @@ pub trait FridgeState: 'static {
     type Input: ExchangeData;
     /// The changes it produces.
     type Output: Data;
+    /// The table every fridge reads; `()` for none.
+    type Shared: Shared;
 
     /// Applies the consolidated changes of one logical time (sorted by
     /// input) and pushes the resulting output changes.
@@ -40,8 +63,21 @@ pub trait FridgeState: 'static {
         fridge: &str,
         time: Time,
         inputs: &[(Self::Input, isize)],
+        shared: &Self::Shared,
         out: &mut Vec<(Self::Output, isize)>,
     );
+
+    /// Reacts to `changes` of the shared table, already applied to
+    /// `shared`, at `time` (before this time's own inputs).
+    fn reshare(
+        &mut self,
+        _fridge: &str,
+        _time: Time,
+        _changes: &[(<Self::Shared as Shared>::Change, isize)],
+        _shared: &Self::Shared,
+        _out: &mut Vec<(Self::Output, isize)>,
+    ) {
+    }
 
     /// Records held, for the bounded-state measurements.
     fn held(&self) -> usize;
@@ -91,53 +127,101 @@ impl HeldRecords {
     }
 }
 
-/// The updates of one logical time, held until the frontier passes it.
-type Pending<I> = (Capability<Time>, Vec<((String, I), isize)>);
+/// The updates of one logical time, held until both input frontiers pass it:
+/// the fridges' updates and the shared table's changes.
+struct Pending<I, C> {
+    capability: Capability<Time>,
+    updates: Vec<((String, I), isize)>,
+    shared: Vec<(C, isize)>,
+}
+
+/// The pending updates of `time`, holding a capability for it.
+fn hold<'a, I, C>(
+    pending: &'a mut BTreeMap<Time, Pending<I, C>>,
+    capability: &InputCapability<Time>,
+    time: Time,
+) -> &'a mut Pending<I, C> {
+    pending.entry(time).or_insert_with(|| Pending {
+        capability: capability.delayed(&time, 0),
+        updates: Vec::new(),
+        shared: Vec::new(),
+    })
+}
 
 /// Runs `S` per fridge over `input`, whose records are `(fridge_id, input)`.
-pub fn by_fridge_in_time_order<'s, S: FridgeState>(
+pub fn by_fridge_in_time_order<'s, S: FridgeState<Shared = ()>>(
     input: VecCollection<'s, Time, (String, S::Input)>,
     name: &str,
     new_state: impl Fn() -> S + 'static,
     held: HeldRecords,
 ) -> VecCollection<'s, Time, S::Output> {
-    let exchange = Exchange::new(|((fridge, _), _, _): &((String, S::Input), Time, isize)| fridge.hashed());
+    let none = timely::dataflow::operators::generic::operator::empty(input.inner.scope()).as_collection();
+    by_fridge_in_time_order_with(input, none, name, new_state, held)
+}
+
+/// [`by_fridge_in_time_order`] with a shared table: `shared`'s changes
+/// reach every worker, and at each logical time they are applied (and every
+/// fridge told of them) before the fridges' own updates of that time.
+pub fn by_fridge_in_time_order_with<'s, S: FridgeState>(
+    input: VecCollection<'s, Time, (String, S::Input)>,
+    shared: VecCollection<'s, Time, <S::Shared as Shared>::Change>,
+    name: &str,
+    new_state: impl Fn() -> S + 'static,
+    held: HeldRecords,
+) -> VecCollection<'s, Time, S::Output> {
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::vec::Broadcast;
+
+    type Update<S> = ((String, <S as FridgeState>::Input), Time, isize);
+    let exchange = Exchange::new(|((fridge, _), _, _): &Update<S>| fridge.hashed());
     input
         .inner
-        .unary_frontier(exchange, name, move |_capability, _info| {
-            let mut pending: BTreeMap<Time, Pending<S::Input>> = BTreeMap::new();
+        .binary_frontier(shared.inner.broadcast(), exchange, Pipeline, name, move |_capability, _info| {
+            let mut pending: BTreeMap<Time, Pending<S::Input, <S::Shared as Shared>::Change>> = BTreeMap::new();
             let mut fridges: HashMap<String, S> = HashMap::new();
+            let mut table = S::Shared::default();
             let mut out = Vec::new();
-            move |(input, frontier), output| {
+            move |(input, frontier), (shared_input, shared_frontier), output| {
                 input.for_each(|capability, data| {
                     for ((fridge, value), time, diff) in data.drain(..) {
-                        pending
-                            .entry(time)
-                            .or_insert_with(|| (capability.delayed(&time, 0), Vec::new()))
-                            .1
-                            .push(((fridge, value), diff));
+                        hold(&mut pending, &capability, time).updates.push(((fridge, value), diff));
+                    }
+                });
+                shared_input.for_each(|capability, data| {
+                    for (change, time, diff) in data.drain(..) {
+                        hold(&mut pending, &capability, time).shared.push((change, diff));
                     }
                 });
                 while let Some(entry) = pending.first_entry() {
-                    if frontier.less_equal(entry.key()) {
+                    if frontier.less_equal(entry.key()) || shared_frontier.less_equal(entry.key()) {
                         break;
                     }
-                    let (time, (capability, mut updates)) = entry.remove_entry();
-                    consolidate(&mut updates);
+                    let (time, Pending { capability, mut updates, shared: mut changes }) = entry.remove_entry();
                     let mut session = output.session(&capability);
+                    let track = |state: &mut S, apply: &mut dyn FnMut(&mut S)| {
+                        let before = state.held() as i64;
+                        apply(state);
+                        held.add(state.held() as i64 - before);
+                    };
+                    consolidate(&mut changes);
+                    if !changes.is_empty() {
+                        table.update(&changes);
+                        for (fridge, state) in fridges.iter_mut() {
+                            track(state, &mut |state| state.reshare(fridge, time, &changes, &table, &mut out));
+                        }
+                    }
+                    consolidate(&mut updates);
                     let mut rest = updates.as_slice();
                     while let Some(((fridge, _), _)) = rest.first() {
                         let len = rest.iter().take_while(|((f, _), _)| f == fridge).count();
                         let inputs: Vec<(S::Input, isize)> =
                             rest[..len].iter().map(|((_, value), diff)| (value.clone(), *diff)).collect();
                         let state = fridges.entry(fridge.clone()).or_insert_with(&new_state);
-                        let before = state.held() as i64;
-                        state.apply(fridge, time, &inputs, &mut out);
-                        held.add(state.held() as i64 - before);
-                        for (change, diff) in out.drain(..) {
-                            session.give((change, time, diff));
-                        }
+                        track(state, &mut |state| state.apply(fridge, time, &inputs, &table, &mut out));
                         rest = &rest[len..];
+                    }
+                    for (change, diff) in out.drain(..) {
+                        session.give((change, time, diff));
                     }
                 }
             }

@@ -94,12 +94,14 @@ struct Telemetry {
 impl FridgeState for Telemetry {
     type Input = (Position, Temperature);
     type Output = (ExcursionKey, Excursion);
+    type Shared = ();
 
     fn apply(
         &mut self,
         fridge: &str,
         _time: Time,
         inputs: &[(Self::Input, isize)],
+        _shared: &(),
         out: &mut Vec<(Self::Output, isize)>,
     ) {
         let mut touched: Option<(Position, Position)> = None;

@@ -21,7 +21,7 @@ pub use planogram::{Slot, SlotKey, planogram, planogram_reference};
 pub use restock::{RestockLine, order_id, restock_lines, restock_lines_reference, restock_orders};
 pub use sales_7d::{SALES_WINDOW_US, sales_7d, sales_7d_reference};
 pub use sessions::{
-    RevenueKey, SessionKey, SessionRow, SessionStatus, revenue, revenue_reference, sessions, sessions_reference,
+    RevenueKey, SessionKey, SessionRow, SessionStatus, revenue_reference, sessions_and_revenue, sessions_reference,
 };
 
 use crate::operators::HeldRecords;
@@ -131,8 +131,8 @@ pub fn all<'s>(events: VecCollection<'s, Time, Event>, config: &ViewConfig) -> V
     let slots = planogram(back_office.clone());
     let excursions = excursions(telemetry.clone(), config.horizon_us, config.held.clone());
     let inventory = inventory(customers.clone().concat(stock.clone()), write_offs(excursions.clone(), slots.clone()));
-    let sessions = sessions(customers.clone().concat(back_office));
-    let revenue = revenue(sessions.clone(), customers.clone());
+    let (sessions, revenue) =
+        sessions_and_revenue(customers.clone().concat(back_office), config.horizon_us, config.held.clone());
     let sales_7d = sales_7d(telemetry.concat(customers).concat(stock), config.held.clone());
     let lines = restock_lines(slots, inventory.clone(), sales_7d.clone(), config.lead_time_days);
     let restock_orders = restock_orders(lines, config.held.clone());

@@ -78,12 +78,14 @@ struct Order {
 impl FridgeState for Order {
     type Input = (String, i64);
     type Output = (String, Time);
+    type Shared = ();
 
     fn apply(
         &mut self,
         fridge: &str,
         time: Time,
         inputs: &[(Self::Input, isize)],
+        _shared: &(),
         out: &mut Vec<(Self::Output, isize)>,
     ) {
         self.lines += inputs.iter().map(|(_, diff)| diff).sum::<isize>();

@@ -64,12 +64,14 @@ impl Window {
 impl FridgeState for Window {
     type Input = Sighting;
     type Output = (InventoryKey, i64);
+    type Shared = ();
 
     fn apply(
         &mut self,
         fridge: &str,
         _time: Time,
         inputs: &[(Self::Input, isize)],
+        _shared: &(),
         out: &mut Vec<(Self::Output, isize)>,
     ) {
         let Some(newest) = inputs.iter().map(|((at, _), _)| *at).max() else { return };

@@ -13,12 +13,13 @@
 //! expected is null), `awaiting_payment`, `unpaid` (declined), `settled`,
 //! `undercharged`, `overcharged` (captured vs expected).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use crate::event::HOUR_US;
+use crate::operators::{FridgeState, HeldRecords, Shared, by_fridge_in_time_order_with};
 use crate::{Event, Payload, Time};
 
 /// `(fridge_id, session_id)`.
@@ -71,93 +72,108 @@ impl SessionStatus {
 
 /// A payment result: `(event_time, seq, captured amount or None if declined)`.
 type PaymentResult = (i64, u64, Option<i64>);
-/// A price version: `(event_time, seq, price_cents)`.
-type PriceVersion = (i64, u64, i64);
 
-/// Everything a session's status depends on, as one tagged value.
+/// What one event tells its session.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Fact {
-    Seen,
-    Closed(i64, u64),
-    /// A basket line: sku, qty, price at close (None: unpriced).
-    Line(String, i64, Option<i64>),
-    Payment(PaymentResult),
+    /// DoorOpened or PaymentAuthorized: the session exists.
+    Named,
+    /// DoorClosed, with its seq.
+    Closed(u64),
+    /// Units of a SKU taken (positive) or returned (negative).
+    Item(String, i64),
+    /// A capture (`Some(amount)`) or a decline, with its seq.
+    Payment(u64, Option<i64>),
 }
 
-fn item(event: &Event) -> Option<((String, String, String), i64)> {
-    match &event.payload {
-        Payload::ItemTaken { session_id, sku, qty } => {
-            Some(((event.source_id.clone(), session_id.clone(), sku.clone()), *qty))
-        }
-        Payload::ItemReturned { session_id, sku, qty } => {
-            Some(((event.source_id.clone(), session_id.clone(), sku.clone()), -*qty))
-        }
-        _ => None,
-    }
-}
+/// `(session_id, event_time, fact)` of a session event, keyed by its fridge.
+type Sighting = (String, i64, Fact);
 
-fn session_of(event: &Event) -> Option<SessionKey> {
-    let id = match &event.payload {
-        Payload::DoorOpened { session_id }
-        | Payload::DoorClosed { session_id }
-        | Payload::ItemTaken { session_id, .. }
-        | Payload::ItemReturned { session_id, .. }
-        | Payload::PaymentAuthorized { session_id, .. }
-        | Payload::PaymentCaptured { session_id, .. }
-        | Payload::PaymentDeclined { session_id, .. } => session_id,
+fn sighting(event: &Event) -> Option<(String, Sighting)> {
+    let (session_id, fact) = match &event.payload {
+        Payload::DoorOpened { session_id } | Payload::PaymentAuthorized { session_id, .. } => (session_id, Fact::Named),
+        Payload::DoorClosed { session_id } => (session_id, Fact::Closed(event.seq)),
+        Payload::ItemTaken { session_id, sku, qty } => (session_id, Fact::Item(sku.clone(), *qty)),
+        Payload::ItemReturned { session_id, sku, qty } => (session_id, Fact::Item(sku.clone(), -*qty)),
+        Payload::PaymentCaptured { session_id, amount_cents } => {
+            (session_id, Fact::Payment(event.seq, Some(*amount_cents)))
+        }
+        Payload::PaymentDeclined { session_id, .. } => (session_id, Fact::Payment(event.seq, None)),
         _ => return None,
     };
-    Some((event.source_id.clone(), id.clone()))
+    Some((event.source_id.clone(), (session_id.clone(), event.event_time, fact)))
 }
 
-fn payment(event: &Event) -> Option<(SessionKey, PaymentResult)> {
-    let (session_id, amount) = match &event.payload {
-        Payload::PaymentCaptured { session_id, amount_cents } => (session_id, Some(*amount_cents)),
-        Payload::PaymentDeclined { session_id, .. } => (session_id, None),
-        _ => return None,
-    };
-    Some(((event.source_id.clone(), session_id.clone()), (event.event_time, event.seq, amount)))
-}
+/// A price change: `(sku, fridge of an override or None, (event_time, seq, cents))`.
+pub type PriceChange = (String, Option<String>, (i64, u64, i64));
 
-fn closed(event: &Event) -> Option<(SessionKey, (i64, u64))> {
-    match &event.payload {
-        Payload::DoorClosed { session_id } => {
-            Some(((event.source_id.clone(), session_id.clone()), (event.event_time, event.seq)))
-        }
-        _ => None,
-    }
-}
-
-/// `(fridge override or None, sku) → version`.
-fn price(event: &Event) -> Option<((Option<String>, String), PriceVersion)> {
+fn price(event: &Event) -> Option<PriceChange> {
     match &event.payload {
         Payload::PriceChanged { sku, price_cents, fridge_id } => {
-            Some(((fridge_id.clone(), sku.clone()), (event.event_time, event.seq, *price_cents)))
+            Some((sku.clone(), fridge_id.clone(), (event.event_time, event.seq, *price_cents)))
         }
         _ => None,
     }
 }
 
-/// Decides a session's row from its facts.
-fn decide(facts: &[&Fact]) -> SessionRow {
-    let mut closed_at: Option<(i64, u64)> = None;
-    let mut payment: Option<PaymentResult> = None;
-    let (mut units, mut expected, mut unpriced, mut items) = (0i64, 0i64, false, false);
-    for fact in facts {
-        match fact {
-            Fact::Seen => {}
-            Fact::Closed(t, seq) => closed_at = closed_at.max(Some((*t, *seq))),
-            Fact::Line(_, qty, price) => {
-                if *qty != 0 {
-                    items = true;
-                    units += qty;
-                    match price {
-                        Some(p) => expected += qty * p,
-                        None => unpriced = true,
-                    }
-                }
+/// Versions of one price, `(event_time, seq, cents)` with multiplicities.
+type Versions = BTreeMap<(i64, u64, i64), isize>;
+
+/// Every price version ever set, global and per fridge: a handful per SKU,
+/// kept whole so that a late price change can re-price the sessions it
+/// reaches.
+#[derive(Default)]
+pub struct PriceList {
+    /// `sku → (global versions, fridge → its own versions)`.
+    skus: HashMap<String, (Versions, HashMap<String, Versions>)>,
+}
+
+impl PriceList {
+    /// The price of `sku` in `fridge` in effect at `at`: the fridge's own
+    /// latest version at or before `at`, else the global one.
+    fn at(&self, fridge: &str, sku: &str, at: i64) -> Option<i64> {
+        let (global, own) = self.skus.get(sku)?;
+        let in_effect =
+            |versions: &Versions| versions.range(..=(at, u64::MAX, i64::MAX)).next_back().map(|(&(_, _, c), _)| c);
+        own.get(fridge).and_then(in_effect).or_else(|| in_effect(global))
+    }
+}
+
+impl Shared for PriceList {
+    type Change = PriceChange;
+
+    fn update(&mut self, changes: &[(PriceChange, isize)]) {
+        for ((sku, owner, version), diff) in changes {
+            let (global, own) = self.skus.entry(sku.clone()).or_default();
+            let versions = match owner {
+                Some(fridge) => own.entry(fridge.clone()).or_default(),
+                None => global,
+            };
+            let count = versions.entry(*version).or_insert(0);
+            *count += diff;
+            if *count == 0 {
+                versions.remove(version);
             }
-            Fact::Payment(result) => payment = payment.max(Some(*result)),
+        }
+    }
+}
+
+/// Decides a session's row from its latest close, its basket lines
+/// `(qty, price at the close)` and its counting payment result.
+fn decide(
+    closed_at: Option<(i64, u64)>,
+    lines: impl IntoIterator<Item = (i64, Option<i64>)>,
+    payment: Option<PaymentResult>,
+) -> SessionRow {
+    let (mut units, mut expected, mut unpriced, mut items) = (0i64, 0i64, false, false);
+    for (qty, price) in lines {
+        if qty != 0 {
+            items = true;
+            units += qty;
+            match price {
+                Some(p) => expected += qty * p,
+                None => unpriced = true,
+            }
         }
     }
     let captured_cents = payment.and_then(|(_, _, amount)| amount);
@@ -183,167 +199,294 @@ fn decide(facts: &[&Fact]) -> SessionRow {
     }
 }
 
-/// Every session, maintained incrementally.
-pub fn sessions<'s>(events: VecCollection<'s, Time, Event>) -> VecCollection<'s, Time, (SessionKey, SessionRow)> {
-    let seen = events.clone().flat_map(|e| session_of(&e)).distinct().map(|key| (key, Fact::Seen));
-    let closes = events.clone().flat_map(|e| closed(&e)).reduce_named("LatestClose", |_key, input, output| {
-        if let Some((close, _)) = input.last() {
-            output.push((**close, 1));
-        }
-    });
-    let payments = events.clone().flat_map(|e| payment(&e)).reduce_named("LatestPayment", |_key, input, output| {
-        if let Some((result, _)) = input.last() {
-            output.push((**result, 1));
-        }
-    });
-    // Basket lines: the difference type sums taken and returned units.
-    let lines = events
-        .clone()
-        .flat_map(|e| item(&e))
-        .explode(|(key, qty)| Some((key, qty as isize)))
-        .count()
-        .map(|(key, qty)| (key, qty as i64));
-    let prices = events.flat_map(|e| price(&e));
+/// One session's facts, as multisets so that any change can be undone.
+#[derive(Default)]
+struct Session {
+    /// Events naming the session: it exists while this is positive.
+    events: isize,
+    closes: BTreeMap<(i64, u64), isize>,
+    payments: BTreeMap<PaymentResult, isize>,
+    /// `sku → taken − returned`.
+    basket: BTreeMap<String, i64>,
+    /// The latest event time of the session.
+    last: i64,
+    /// The row and the revenue contribution currently in the output.
+    row: Option<SessionRow>,
+    earned: Option<Earned>,
+}
 
-    // Each line meets the prices of its SKU in effect at the close.
-    let lines_at_close = lines
-        .clone()
-        .map(|((fridge, session, sku), qty)| ((fridge.clone(), session.clone()), (sku, qty)))
-        .join_map(closes.clone(), |(fridge, session), (sku, qty), &(closed_at, _)| {
-            (sku.clone(), (fridge.clone(), session.clone(), *qty, closed_at))
-        });
-    let overrides = prices.clone().flat_map(|((owner, sku), version)| owner.map(|fridge| ((fridge, sku), version)));
-    let globals = prices.flat_map(|((owner, sku), version)| owner.is_none().then_some((sku, version)));
-    let by_override = lines_at_close
-        .clone()
-        .map(|(sku, (fridge, session, _, closed_at))| ((fridge, sku), (session, closed_at)))
-        .join_map(overrides, |(fridge, sku), (session, closed_at), &version| {
-            ((fridge.clone(), session.clone(), sku.clone()), (*closed_at, true, version))
-        });
-    let by_global = lines_at_close
-        .clone()
-        .map(|(sku, (fridge, session, _, closed_at))| (sku, (fridge, session, closed_at)))
-        .join_map(globals, |sku, (fridge, session, closed_at), &version| {
-            ((fridge.clone(), session.clone(), sku.clone()), (*closed_at, false, version))
-        });
-    // A fridge's own price beats the global one; then the latest in effect.
-    let candidates = by_override
-        .concat(by_global)
-        .filter(|(_, (closed_at, _, (priced_at, _, _)))| priced_at <= closed_at)
-        .map(|(line, (_, own, (priced_at, seq, cents)))| (line, (own, priced_at, seq, cents)));
-    let line_prices = candidates.reduce_named("PriceAtClose", |_line, input, output| {
-        if let Some(((_, _, _, cents), _)) = input.last() {
-            output.push((*cents, 1));
-        }
-    });
-    let priced_lines = lines_at_close
-        .map(|(sku, (fridge, session, qty, _))| ((fridge, session, sku), qty))
-        .join_map(line_prices.clone(), |line, qty, cents| (line.clone(), (*qty, Some(*cents))));
-    let unpriced_lines =
-        lines.clone().antijoin(line_prices.map(|(line, _)| line)).map(|(line, qty)| (line, (qty, None)));
-    let line_facts = priced_lines
-        .concat(unpriced_lines)
-        .map(|((fridge, session, sku), (qty, cents))| ((fridge, session), Fact::Line(sku, qty, cents)));
+/// A session's share of revenue: `(hour, cents, units)`.
+type Earned = (i64, i64, i64);
 
-    seen.concat(closes.map(|(key, (t, seq))| (key, Fact::Closed(t, seq))))
-        .concat(payments.map(|(key, result)| (key, Fact::Payment(result))))
-        .concat(line_facts)
-        .reduce_named("SessionStatus", |_key, input, output| {
-            let facts: Vec<&Fact> = input.iter().map(|(fact, _)| *fact).collect();
-            output.push((decide(&facts), 1));
-        })
+impl Session {
+    fn add(&mut self, at: i64, fact: &Fact, diff: isize) {
+        self.events += diff;
+        self.last = self.last.max(at);
+        match fact {
+            Fact::Named => {}
+            Fact::Closed(seq) => *self.closes.entry((at, *seq)).or_insert(0) += diff,
+            Fact::Item(sku, qty) => *self.basket.entry(sku.clone()).or_insert(0) += qty * diff as i64,
+            Fact::Payment(seq, amount) => *self.payments.entry((at, *seq, *amount)).or_insert(0) += diff,
+        }
+        self.closes.retain(|_, n| *n != 0);
+        self.payments.retain(|_, n| *n != 0);
+    }
+
+    /// The row and revenue share the facts give, at today's prices.
+    fn decide(&self, fridge: &str, prices: &PriceList) -> Option<(SessionRow, Option<Earned>)> {
+        if self.events <= 0 {
+            return None;
+        }
+        let closed_at = self.closes.keys().next_back().copied();
+        let payment = self.payments.keys().next_back().copied();
+        let lines = self.basket.iter().map(|(sku, &qty)| (qty, closed_at.and_then(|(t, _)| prices.at(fridge, sku, t))));
+        let row = decide(closed_at, lines, payment);
+        let earned = match payment {
+            Some((t, _, Some(cents))) => Some((t - t.rem_euclid(HOUR_US), cents, row.units)),
+            _ => None,
+        };
+        Some((row, earned))
+    }
 }
 
 /// `(fridge_id, hour start in µs)`.
 pub type RevenueKey = (String, i64);
 
-/// Captured cents, captured sessions and their units per fridge and UTC hour
-/// of the capture, from the sessions whose counting result is a capture.
-pub fn revenue<'s>(
-    sessions: VecCollection<'s, Time, (SessionKey, SessionRow)>,
-    events: VecCollection<'s, Time, Event>,
-) -> VecCollection<'s, Time, (RevenueKey, (i64, i64, i64))> {
-    let latest = events.flat_map(|e| payment(&e)).reduce_named("LatestPaymentForRevenue", |_key, input, output| {
-        if let Some((result, _)) = input.last() {
-            output.push((**result, 1));
-        }
-    });
-    latest
-        .flat_map(|(key, (t, _, amount))| amount.map(|cents| (key, (t, cents))))
-        .join_map(sessions.map(|(key, row)| (key, row.units)), |(fridge, _), &(t, cents), &units| {
-            ((fridge.clone(), t - t.rem_euclid(HOUR_US)), cents, units)
-        })
-        .explode(|(key, cents, units)| Some((key, (cents as isize, 1isize, units as isize))))
-        .count()
-        .map(|(key, (cents, sessions, units))| (key, (cents as i64, sessions as i64, units as i64)))
+/// A change of the sessions operator: a session row or a revenue row.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum SessionChange {
+    /// `sessions(fridge_id, session_id) → row`.
+    Session(SessionKey, SessionRow),
+    /// `revenue(fridge_id, hour) → (captured_cents, sessions, units)`.
+    Revenue(RevenueKey, (i64, i64, i64)),
 }
 
-/// The batch reference of [`sessions`].
-pub fn sessions_reference(events: &[Event]) -> BTreeMap<SessionKey, SessionRow> {
-    let mut facts: BTreeMap<SessionKey, Vec<Fact>> = BTreeMap::new();
-    let mut keys = BTreeSet::new();
-    let mut close: BTreeMap<SessionKey, (i64, u64)> = BTreeMap::new();
-    let mut lines: BTreeMap<(String, String, String), i64> = BTreeMap::new();
-    for event in events {
-        if let Some(key) = session_of(event) {
-            keys.insert(key);
+/// One fridge's sessions within the horizon, and the revenue hours they
+/// can still change.
+struct Sessions {
+    horizon_us: i64,
+    latest: i64,
+    /// Events before this time are beyond the horizon and not applied.
+    floor: i64,
+    sessions: HashMap<String, Session>,
+    /// `hour → (captured_cents, sessions, units)` as in the output.
+    revenue: BTreeMap<i64, (i64, i64, i64)>,
+}
+
+impl Sessions {
+    /// Re-decides `ids` and pushes the changes of their rows and hours.
+    fn refresh<'a>(
+        &mut self,
+        fridge: &str,
+        ids: impl IntoIterator<Item = &'a String>,
+        prices: &PriceList,
+        out: &mut Vec<(SessionChange, isize)>,
+    ) {
+        let mut hours: BTreeMap<i64, (i64, i64, i64)> = BTreeMap::new();
+        for id in ids {
+            let Some(session) = self.sessions.get_mut(id) else { continue };
+            let now = session.decide(fridge, prices);
+            let (row, earned) = now.map_or((None, None), |(row, earned)| (Some(row), earned));
+            if row != session.row {
+                let key = (fridge.to_owned(), id.clone());
+                if let Some(old) = session.row.take() {
+                    out.push((SessionChange::Session(key.clone(), old), -1));
+                }
+                if let Some(new) = &row {
+                    out.push((SessionChange::Session(key, new.clone()), 1));
+                }
+                session.row = row;
+            }
+            if earned != session.earned {
+                for ((hour, cents, units), sign) in
+                    session.earned.iter().map(|e| (e, -1)).chain(earned.iter().map(|e| (e, 1)))
+                {
+                    let delta = hours.entry(*hour).or_insert((0, 0, 0));
+                    delta.0 += sign * cents;
+                    delta.1 += sign;
+                    delta.2 += sign * units;
+                }
+                session.earned = earned;
+            }
+            if session.events <= 0 {
+                self.sessions.remove(id);
+            }
         }
-        if let Some((key, c)) = closed(event) {
-            let entry = close.entry(key).or_insert(c);
-            *entry = (*entry).max(c);
-        }
-        if let Some((key, result)) = payment(event) {
-            facts.entry(key).or_default().push(Fact::Payment(result));
-        }
-        if let Some((key, qty)) = item(event) {
-            *lines.entry(key).or_insert(0) += qty;
+        for (hour, (cents, count, units)) in hours {
+            let key = (fridge.to_owned(), hour);
+            let before = self.revenue.get(&hour).copied();
+            let after = before.unwrap_or((0, 0, 0));
+            let after = (after.0 + cents, after.1 + count, after.2 + units);
+            if before == Some(after) {
+                continue;
+            }
+            if let Some(old) = before {
+                out.push((SessionChange::Revenue(key.clone(), old), -1));
+            }
+            if after.1 != 0 {
+                out.push((SessionChange::Revenue(key, after), 1));
+                self.revenue.insert(hour, after);
+            } else {
+                self.revenue.remove(&hour);
+            }
         }
     }
+
+    /// Forgets sessions whose latest event is more than twice the horizon
+    /// behind, and revenue hours that no session held can change.
+    fn retire(&mut self) {
+        let floor = self.latest.saturating_sub(self.horizon_us);
+        if floor < self.floor.saturating_add(self.horizon_us / 8) {
+            return;
+        }
+        self.floor = floor;
+        let retired = floor.saturating_sub(self.horizon_us);
+        self.sessions.retain(|_, session| session.last >= retired);
+        let held: BTreeSet<i64> = self.sessions.values().filter_map(|s| s.earned.map(|(hour, _, _)| hour)).collect();
+        self.revenue.retain(|hour, _| hour + HOUR_US > floor || held.contains(hour));
+    }
+}
+
+impl FridgeState for Sessions {
+    type Input = Sighting;
+    type Output = SessionChange;
+    type Shared = PriceList;
+
+    fn apply(
+        &mut self,
+        fridge: &str,
+        _time: Time,
+        inputs: &[(Sighting, isize)],
+        prices: &PriceList,
+        out: &mut Vec<(SessionChange, isize)>,
+    ) {
+        let mut touched = BTreeSet::new();
+        for ((id, at, fact), diff) in inputs {
+            if *at < self.floor {
+                continue;
+            }
+            self.latest = self.latest.max(*at);
+            self.sessions.entry(id.clone()).or_default().add(*at, fact, *diff);
+            touched.insert(id);
+        }
+        self.refresh(fridge, touched, prices, out);
+        self.retire();
+    }
+
+    fn reshare(
+        &mut self,
+        fridge: &str,
+        _time: Time,
+        changes: &[(PriceChange, isize)],
+        prices: &PriceList,
+        out: &mut Vec<(SessionChange, isize)>,
+    ) {
+        let reached = |session: &Session| {
+            let Some(&(closed_at, _)) = session.closes.keys().next_back() else { return false };
+            changes.iter().any(|((sku, owner, (at, _, _)), _)| {
+                *at <= closed_at && owner.as_deref().is_none_or(|o| o == fridge) && session.basket.contains_key(sku)
+            })
+        };
+        let ids: Vec<String> =
+            self.sessions.iter().filter(|(_, session)| reached(session)).map(|(id, _)| id.clone()).collect();
+        self.refresh(fridge, &ids, prices, out);
+    }
+
+    fn held(&self) -> usize {
+        let facts: usize = self.sessions.values().map(|s| 1 + s.closes.len() + s.payments.len() + s.basket.len()).sum();
+        facts + self.revenue.len()
+    }
+}
+
+/// Every session and the revenue of every fridge-hour, maintained
+/// incrementally from the fridges' session events and the price changes.
+///
+/// A session is held until its latest event is more than twice `horizon_us`
+/// behind its fridge's latest session event; an event more than the
+/// horizon behind is beyond it and not applied. Revenue hours are held while
+/// a new capture or a held session can still change them.
+pub fn sessions_and_revenue<'s>(
+    events: VecCollection<'s, Time, Event>,
+    horizon_us: i64,
+    held: HeldRecords,
+) -> (VecCollection<'s, Time, (SessionKey, SessionRow)>, VecCollection<'s, Time, (RevenueKey, (i64, i64, i64))>) {
+    let sightings = events.clone().flat_map(|event| sighting(&event));
+    let prices = events.flat_map(|event| price(&event));
+    let new_state = move || Sessions {
+        horizon_us,
+        latest: i64::MIN,
+        floor: i64::MIN,
+        sessions: HashMap::new(),
+        revenue: BTreeMap::new(),
+    };
+    let changes = by_fridge_in_time_order_with(sightings, prices, "Sessions", new_state, held);
+    let sessions = changes.clone().flat_map(|change| match change {
+        SessionChange::Session(key, row) => Some((key, row)),
+        SessionChange::Revenue(..) => None,
+    });
+    let revenue = changes.flat_map(|change| match change {
+        SessionChange::Revenue(key, totals) => Some((key, totals)),
+        SessionChange::Session(..) => None,
+    });
+    (sessions, revenue)
+}
+
+/// A session's facts as the batch reference gathers them.
+#[derive(Default)]
+struct Gathered {
+    close: Option<(i64, u64)>,
+    payment: Option<PaymentResult>,
+    basket: BTreeMap<String, i64>,
+}
+
+/// Every session's facts, from the full list of events.
+fn gather(events: &[Event]) -> BTreeMap<SessionKey, Gathered> {
+    let mut sessions: BTreeMap<SessionKey, Gathered> = BTreeMap::new();
+    for (fridge, (id, at, fact)) in events.iter().filter_map(sighting) {
+        let session = sessions.entry((fridge, id)).or_default();
+        match fact {
+            Fact::Named => {}
+            Fact::Closed(seq) => session.close = session.close.max(Some((at, seq))),
+            Fact::Item(sku, qty) => *session.basket.entry(sku).or_insert(0) += qty,
+            Fact::Payment(seq, amount) => session.payment = session.payment.max(Some((at, seq, amount))),
+        }
+    }
+    sessions
+}
+
+/// The batch reference of [`sessions_and_revenue`]'s sessions.
+pub fn sessions_reference(events: &[Event]) -> BTreeMap<SessionKey, SessionRow> {
+    let prices: Vec<PriceChange> = events.iter().filter_map(price).collect();
+    // The fridge's own latest version at or before `at`, else the global one.
     let price_at = |fridge: &str, sku: &str, at: i64| -> Option<i64> {
         let mut best: Option<(bool, i64, u64, i64)> = None;
-        for event in events {
-            if let Some(((owner, item), (t, seq, cents))) = price(event)
-                && item == sku
-                && t <= at
-                && owner.as_deref().is_none_or(|o| o == fridge)
-            {
-                best = best.max(Some((owner.is_some(), t, seq, cents)));
+        for (item, owner, (t, seq, cents)) in &prices {
+            if item == sku && *t <= at && owner.as_deref().is_none_or(|o| o == fridge) {
+                best = best.max(Some((owner.is_some(), *t, *seq, *cents)));
             }
         }
         best.map(|(_, _, _, cents)| cents)
     };
-    for ((fridge, session, sku), qty) in lines {
-        let key = (fridge.clone(), session.clone());
-        let cents = close.get(&key).and_then(|&(at, _)| price_at(&fridge, &sku, at));
-        if qty != 0 {
-            facts.entry(key).or_default().push(Fact::Line(sku, qty, cents));
-        }
-    }
-    for (key, c) in &close {
-        facts.entry(key.clone()).or_default().push(Fact::Closed(c.0, c.1));
-    }
-    keys.into_iter()
-        .map(|key| {
-            let list = facts.remove(&key).unwrap_or_default();
-            let refs: Vec<&Fact> = list.iter().collect();
-            (key, decide(&refs))
+    gather(events)
+        .into_iter()
+        .map(|((fridge, id), session)| {
+            let lines = session
+                .basket
+                .iter()
+                .map(|(sku, &qty)| (qty, session.close.and_then(|(at, _)| price_at(&fridge, sku, at))));
+            let row = decide(session.close, lines, session.payment);
+            ((fridge, id), row)
         })
         .collect()
 }
 
-/// The batch reference of [`revenue`].
+/// The batch reference of [`sessions_and_revenue`]'s revenue.
 pub fn revenue_reference(events: &[Event]) -> BTreeMap<RevenueKey, (i64, i64, i64)> {
-    let sessions = sessions_reference(events);
-    let mut latest: BTreeMap<SessionKey, PaymentResult> = BTreeMap::new();
-    for (key, result) in events.iter().filter_map(payment) {
-        let entry = latest.entry(key).or_insert(result);
-        *entry = (*entry).max(result);
-    }
     let mut revenue: BTreeMap<RevenueKey, (i64, i64, i64)> = BTreeMap::new();
-    for (key, (t, _, amount)) in latest {
-        if let Some(cents) = amount {
-            let units = sessions.get(&key).map_or(0, |row| row.units);
-            let entry = revenue.entry((key.0, t - t.rem_euclid(HOUR_US))).or_insert((0, 0, 0));
+    for ((fridge, _), session) in gather(events) {
+        if let Some((at, _, Some(cents))) = session.payment {
+            let units: i64 = session.basket.values().filter(|&&qty| qty != 0).sum();
+            let entry = revenue.entry((fridge, at - at.rem_euclid(HOUR_US))).or_insert((0, 0, 0));
             entry.0 += cents;
             entry.1 += 1;
             entry.2 += units;
@@ -357,7 +500,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::event::MINUTE_US;
+    use crate::event::{DAY_US, MINUTE_US};
     use crate::fleet_gen;
     use crate::harness::{final_state, run_view};
 
@@ -376,12 +519,14 @@ mod tests {
     }
 
     fn sessions_by_dataflow(workers: usize, arrivals: Vec<(Time, Vec<Event>)>) -> BTreeMap<SessionKey, SessionRow> {
-        state(&run_view(workers, arrivals, sessions))
+        state(&run_view(workers, arrivals, |events: VecCollection<'_, Time, Event>| {
+            sessions_and_revenue(events, DAY_US, HeldRecords::default()).0
+        }))
     }
 
     fn revenue_by_dataflow(workers: usize, arrivals: Vec<(Time, Vec<Event>)>) -> BTreeMap<RevenueKey, (i64, i64, i64)> {
         state(&run_view(workers, arrivals, |events: VecCollection<'_, Time, Event>| {
-            revenue(sessions(events.clone()), events)
+            sessions_and_revenue(events, DAY_US, HeldRecords::default()).1
         }))
     }
 
