@@ -252,6 +252,9 @@ impl Session {
 /// `(fridge_id, hour start in µs)`.
 pub type RevenueKey = (String, i64);
 
+/// A fridge-hour's revenue: `(captured_cents, sessions, units)`.
+pub type Totals = (i64, i64, i64);
+
 /// A collection of `(key, value)` rows.
 type Keyed<'s, K, V> = VecCollection<'s, Time, (K, V)>;
 
@@ -412,7 +415,7 @@ pub fn sessions_and_revenue<'s>(
     events: VecCollection<'s, Time, Event>,
     horizon_us: i64,
     held: HeldRecords,
-) -> (Keyed<'s, SessionKey, SessionRow>, Keyed<'s, RevenueKey, (i64, i64, i64)>) {
+) -> (Keyed<'s, SessionKey, SessionRow>, Keyed<'s, RevenueKey, Totals>) {
     let sightings = events.clone().flat_map(|event| sighting(&event));
     let prices = events.flat_map(|event| price(&event));
     let new_state = move || Sessions {
