@@ -48,7 +48,7 @@ fn commerce_payload() -> impl Strategy<Value = (usize, Payload)> {
 /// A history of sessions, payments and price changes (the back office is
 /// source index `FRIDGES.len()`).
 pub fn commerce(max_events: usize) -> impl Strategy<Value = Vec<Event>> {
-    let minute = (0i64..30).prop_map(|minute| 1_700_000_000_000_000 + minute * crate::event::MINUTE_US);
+    let minute = (0i64..30).prop_map(|minute| FLEET_START_US + minute * crate::event::MINUTE_US);
     prop::collection::vec((minute, commerce_payload()), 0..max_events).prop_map(numbered)
 }
 
@@ -95,12 +95,15 @@ fn batches(arriving: Vec<Event>, mut cuts: Vec<usize>) -> Vec<(Time, Vec<Event>)
     batches
 }
 
+/// The first event time of a generated fleet.
+const FLEET_START_US: i64 = 1_700_000_000_000_000;
+
 /// Event times of the whole-fleet history: a few days, some a week apart
 /// (so the 7-day window matters), in 3-minute steps within two hours of
 /// each day (so 30-minute warm runs are common).
 fn fleet_time() -> impl Strategy<Value = i64> {
     (prop::sample::select(&[0i64, 1, 6, 7, 8][..]), 0i64..40)
-        .prop_map(|(day, step)| 1_700_000_000_000_000 + day * crate::event::DAY_US + step * 3 * crate::event::MINUTE_US)
+        .prop_map(|(day, step)| FLEET_START_US + day * crate::event::DAY_US + step * 3 * crate::event::MINUTE_US)
 }
 
 /// Any payload of the fleet (the back office is source `FRIDGES.len()`).
@@ -119,9 +122,32 @@ fn fleet_payload() -> impl Strategy<Value = (usize, Payload)> {
     ]
 }
 
-/// A history of every kind of event over several days.
+fn session_id_mut(payload: &mut Payload) -> Option<&mut String> {
+    match payload {
+        Payload::DoorOpened { session_id }
+        | Payload::ItemTaken { session_id, .. }
+        | Payload::ItemReturned { session_id, .. }
+        | Payload::DoorClosed { session_id }
+        | Payload::PaymentAuthorized { session_id, .. }
+        | Payload::PaymentCaptured { session_id, .. }
+        | Payload::PaymentDeclined { session_id, .. } => Some(session_id),
+        _ => None,
+    }
+}
+
+/// A history of every kind of event over several days. Session ids are
+/// unique per fridge and day, as a real fridge's are.
 pub fn fleet(max_events: usize) -> impl Strategy<Value = Vec<Event>> {
-    prop::collection::vec((fleet_time(), fleet_payload()), 0..max_events).prop_map(numbered)
+    prop::collection::vec((fleet_time(), fleet_payload()), 0..max_events).prop_map(|raw| {
+        let mut events = numbered(raw);
+        for event in &mut events {
+            let day = (event.event_time - FLEET_START_US).div_euclid(crate::event::DAY_US);
+            if let Some(session_id) = session_id_mut(&mut event.payload) {
+                session_id.push_str(&format!("-d{day}"));
+            }
+        }
+        events
+    })
 }
 
 /// The history arriving roughly in event-time order, each event delayed by

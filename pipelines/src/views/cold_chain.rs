@@ -7,15 +7,17 @@
 //! minutes after its first. Late telemetry simply re-splits the runs, so an
 //! excursion can grow, shrink, split or vanish as a backlog arrives.
 //!
-//! From the first reading + 30 minutes, every perishable SKU of the fridge
-//! (by its current planogram) is written off: inventory treats the
+//! From the first reading + 30 minutes, every SKU the fridge's planogram
+//! marks perishable at that moment is written off: inventory treats the
 //! write-off as a StockCounted of 0 at that event time.
 //!
 //! State is bounded: each fridge keeps its readings only back to the last
 //! cool reading before `horizon` behind its latest reading. Excursions
 //! wholly before that point are final and forgotten by the operator (they
 //! stay in the output); a reading that arrives even later than that is
-//! still archived in `events/` but no longer changes excursions.
+//! still archived in `events/` but no longer changes excursions. That
+//! point is published per fridge as `settled`: no excursion starting
+//! before it can change, so inventory may fold its write-offs.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -24,8 +26,6 @@ use differential_dataflow::collection::VecCollection;
 
 use crate::event::MINUTE_US;
 use crate::operators::{FridgeState, HeldRecords, by_fridge_in_time_order};
-use crate::views::inventory::InventoryKey;
-use crate::views::planogram::{Slot, SlotKey};
 use crate::{Event, Payload, Temperature, Time};
 
 /// Readings above this temperature (°C) are warm.
@@ -89,11 +89,21 @@ struct Telemetry {
     readings: BTreeMap<Position, Temperature>,
     /// The excursions currently in the output, by first reading.
     found: BTreeMap<Position, Excursion>,
+    /// Whether the fridge's first `settled` record is out.
+    announced: bool,
+}
+
+/// A change of the telemetry operator.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum ColdChain {
+    Excursion(ExcursionKey, Excursion),
+    /// `(fridge, event time)` before which the fridge's excursions are final.
+    Settled(String, i64),
 }
 
 impl FridgeState for Telemetry {
     type Input = (Position, Temperature);
-    type Output = (ExcursionKey, Excursion);
+    type Output = ColdChain;
     type Shared = ();
 
     fn apply(
@@ -114,6 +124,11 @@ impl FridgeState for Telemetry {
             touched = Some(touched.map_or((position, position), |(lo, hi)| (lo.min(position), hi.max(position))));
         }
         let Some((first, last)) = touched else { return };
+        if !self.announced {
+            // Until a cool reading falls behind the horizon, nothing is settled.
+            self.announced = true;
+            out.push((ColdChain::Settled(fridge.to_owned(), i64::MIN), 1));
+        }
 
         // Only the runs between the cool readings around the new ones change.
         let cool = |(_, t): &(&Position, &Temperature)| !warm(**t);
@@ -124,13 +139,13 @@ impl FridgeState for Telemetry {
         let before: Vec<(Position, Excursion)> = self.found.range(range).map(|(p, e)| (*p, *e)).collect();
         for (start, excursion) in &before {
             if now.get(start) != Some(excursion) {
-                out.push((((fridge.to_owned(), start.0), *excursion), -1));
+                out.push((ColdChain::Excursion((fridge.to_owned(), start.0), *excursion), -1));
                 self.found.remove(start);
             }
         }
         for (start, excursion) in now {
             if self.found.insert(start, excursion) != Some(excursion) {
-                out.push((((fridge.to_owned(), start.0), excursion), 1));
+                out.push((ColdChain::Excursion((fridge.to_owned(), start.0), excursion), 1));
             }
         }
 
@@ -141,7 +156,9 @@ impl FridgeState for Telemetry {
         {
             self.readings = self.readings.split_off(&keep);
             self.found = self.found.split_off(&keep);
-            self.floor = Some(keep);
+            let old = self.floor.replace(keep).map_or(i64::MIN, |old| old.0);
+            out.push((ColdChain::Settled(fridge.to_owned(), old), -1));
+            out.push((ColdChain::Settled(fridge.to_owned(), keep.0), 1));
         }
     }
 
@@ -157,6 +174,17 @@ pub fn excursions<'s>(
     horizon_us: i64,
     held: HeldRecords,
 ) -> VecCollection<'s, Time, (ExcursionKey, Excursion)> {
+    cold_chain(events, horizon_us, held).0
+}
+
+/// [`excursions`], and per fridge the `settled` event time before which
+/// its excursions can no longer change (one record per fridge, moving
+/// forward as its telemetry does).
+pub fn cold_chain<'s>(
+    events: VecCollection<'s, Time, Event>,
+    horizon_us: i64,
+    held: HeldRecords,
+) -> (VecCollection<'s, Time, (ExcursionKey, Excursion)>, VecCollection<'s, Time, (String, i64)>) {
     let readings = events.flat_map(|event| reading(&event));
     let new_state = move || Telemetry {
         horizon_us,
@@ -164,19 +192,18 @@ pub fn excursions<'s>(
         floor: None,
         readings: BTreeMap::new(),
         found: BTreeMap::new(),
+        announced: false,
     };
-    by_fridge_in_time_order(readings, "Excursions", new_state, held)
-}
-
-/// The write-offs: `((fridge, perishable sku), first reading + 30 min)`.
-pub fn write_offs<'s>(
-    excursions: VecCollection<'s, Time, (ExcursionKey, Excursion)>,
-    planogram: VecCollection<'s, Time, (SlotKey, Slot)>,
-) -> VecCollection<'s, Time, (InventoryKey, i64)> {
-    let perishable = planogram.flat_map(|((fridge, sku), slot)| slot.perishable.then_some((fridge, sku)));
-    excursions
-        .map(|((fridge, start), _)| (fridge, start + EXCURSION_AFTER_US))
-        .join_map(perishable, |fridge, &at, sku| ((fridge.clone(), sku.clone()), at))
+    let changes = by_fridge_in_time_order(readings, "Excursions", new_state, held);
+    let excursions = changes.clone().flat_map(|change| match change {
+        ColdChain::Excursion(key, excursion) => Some((key, excursion)),
+        ColdChain::Settled(..) => None,
+    });
+    let settled = changes.flat_map(|change| match change {
+        ColdChain::Settled(fridge, at) => Some((fridge, at)),
+        ColdChain::Excursion(..) => None,
+    });
+    (excursions, settled)
 }
 
 /// The batch reference of [`excursions`].
@@ -189,20 +216,6 @@ pub fn excursions_reference(events: &[Event]) -> BTreeMap<ExcursionKey, Excursio
     for (fridge, readings) in by_fridge {
         for (start, excursion) in runs(readings.iter()) {
             all.insert((fridge.clone(), start.0), excursion);
-        }
-    }
-    all
-}
-
-/// The batch reference of [`write_offs`], one entry per write-off.
-pub fn write_offs_reference(events: &[Event]) -> Vec<(InventoryKey, i64)> {
-    let planogram = crate::views::planogram::planogram_reference(events);
-    let mut all = Vec::new();
-    for (fridge, start) in excursions_reference(events).into_keys() {
-        for ((owner, sku), slot) in &planogram {
-            if *owner == fridge && slot.perishable {
-                all.push(((fridge.clone(), sku.clone()), start + EXCURSION_AFTER_US));
-            }
         }
     }
     all

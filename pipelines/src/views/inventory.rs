@@ -6,14 +6,24 @@
 //! or before the count are already in it, so a count that arrives late
 //! correctly supersedes earlier movements, whatever the arrival order.
 //!
-//! A cold-chain write-off is a count of 0 at its event time. It sorts
-//! before any real StockCounted at the same event time (as if its seq were
-//! 0), so an audit taken at that very instant wins over the write-off.
+//! A cold-chain write-off is a count of 0 at its event time (the
+//! excursion's start + 30 min) for every SKU the fridge's planogram marks
+//! perishable at that moment (its latest PlanogramSet at or before it). It
+//! sorts before any real StockCounted at the same event time (as if its seq
+//! were 0), so an audit taken at that very instant wins over the write-off.
+//!
+//! State is bounded by the horizon: each fridge folds everything more than
+//! the horizon behind its latest stock event into one base value per SKU
+//! (the on-hand as of that point), which later events can only build on.
+//! Events older than the fold point are beyond the horizon and not applied.
 
 use std::collections::BTreeMap;
 
 use differential_dataflow::collection::VecCollection;
+use serde::{Deserialize, Serialize};
 
+use crate::operators::{FridgeState, HeldRecords, by_fridge_in_time_order};
+use crate::views::cold_chain::{EXCURSION_AFTER_US, Excursion, ExcursionKey};
 use crate::{Event, Payload, Time};
 
 /// `(fridge_id, sku)`.
@@ -23,6 +33,8 @@ pub type InventoryKey = (String, String);
 type Movement = (i64, i64);
 /// A stock count: `(event_time, seq, qty)`, ordered so the latest is the largest.
 type Count = (i64, u64, i64);
+/// A planogram version's perishable flag: `(event_time, seq, perishable)`.
+type Perishable = (i64, u64, bool);
 
 fn movement(event: &Event) -> Option<(InventoryKey, Movement)> {
     let (sku, delta) = match &event.payload {
@@ -43,49 +55,269 @@ fn count(event: &Event) -> Option<(InventoryKey, Count)> {
     }
 }
 
+fn perishable(event: &Event) -> Option<(InventoryKey, Perishable)> {
+    match &event.payload {
+        Payload::PlanogramSet { fridge_id, sku, perishable, .. } => {
+            Some(((fridge_id.clone(), sku.clone()), (event.event_time, event.seq, *perishable)))
+        }
+        _ => None,
+    }
+}
+
+/// What a fridge's shelf hears, each at an event time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Stock {
+    /// A restock, take or return of `sku`.
+    Moved(String, i64),
+    /// A StockCounted of `sku`: `(seq, qty)`.
+    Counted(String, u64, i64),
+    /// A cold-chain write-off of the fridge's perishable SKUs.
+    WrittenOff,
+    /// The fridge's excursions that start before this time are final.
+    Settled,
+    /// A PlanogramSet of `sku`: `(seq, perishable)`.
+    Planned(String, u64, bool),
+}
+
+fn stock(event: &Event) -> Option<(String, (i64, Stock))> {
+    if let Some(((fridge, sku), (at, delta))) = movement(event) {
+        return Some((fridge, (at, Stock::Moved(sku, delta))));
+    }
+    if let Some(((fridge, sku), (at, seq, qty))) = count(event) {
+        return Some((fridge, (at, Stock::Counted(sku, seq, qty))));
+    }
+    perishable(event).map(|((fridge, sku), (at, seq, flag))| (fridge, (at, Stock::Planned(sku, seq, flag))))
+}
+
+/// Adds `diff` to a multiset entry, removing it at zero.
+fn bump<K: Ord>(set: &mut BTreeMap<K, isize>, key: K, diff: isize) {
+    let n = set.entry(key).or_insert(0);
+    *n += diff;
+    if *n == 0 {
+        set.retain(|_, n| *n != 0);
+    }
+}
+
+/// One SKU of a fridge: what lies behind the fold point as one value, and
+/// the events since.
+#[derive(Default)]
+struct Shelf {
+    /// On-hand from everything folded; `None` if nothing was.
+    base: Option<i64>,
+    counts: BTreeMap<Count, isize>,
+    /// `event_time → (Σ quantity, records)`.
+    movements: BTreeMap<i64, (i64, isize)>,
+    /// Planogram versions since the fold point, and the last one before it.
+    plan: BTreeMap<Perishable, isize>,
+    /// The on-hand currently in the output.
+    shown: Option<i64>,
+}
+
+impl Shelf {
+    fn perishable_at(&self, at: i64) -> bool {
+        self.plan.range(..=(at, u64::MAX, true)).next_back().is_some_and(|((_, _, flag), _)| *flag)
+    }
+
+    /// On-hand from the events before `until`, or `None` if there are none.
+    fn on_hand(&self, write_offs: &BTreeMap<i64, isize>, until: i64) -> Option<i64> {
+        let counted = self.counts.range(..(until, 0, i64::MIN)).next_back().map(|(count, _)| *count);
+        let written_off = write_offs.range(..until).rev().find(|(at, _)| self.perishable_at(**at));
+        let latest = counted.max(written_off.map(|(at, _)| (*at, 0, 0)));
+        let moved = |from: Option<i64>| -> (i64, bool) {
+            let range = self.movements.range(..until).filter(|(at, _)| from.is_none_or(|f| **at > f));
+            range.fold((0, false), |(sum, _), (_, (delta, _))| (sum + delta, true))
+        };
+        match latest {
+            Some((at, _, qty)) => Some(qty + moved(Some(at)).0),
+            None => {
+                let (sum, any) = moved(None);
+                (self.base.is_some() || any).then(|| self.base.unwrap_or(0) + sum)
+            }
+        }
+    }
+
+    /// Folds the events before `floor` into the base.
+    fn fold(&mut self, write_offs: &BTreeMap<i64, isize>, floor: i64) {
+        self.base = self.on_hand(write_offs, floor);
+        self.counts = self.counts.split_off(&(floor, 0, i64::MIN));
+        self.movements = self.movements.split_off(&floor);
+        let mut kept = self.plan.split_off(&(floor, 0, false));
+        if let Some((last, n)) = self.plan.pop_last() {
+            kept.insert(last, n);
+        }
+        self.plan = kept;
+    }
+
+    fn held(&self) -> usize {
+        1 + self.counts.len() + self.movements.len() + self.plan.len()
+    }
+}
+
+/// One fridge's stock within the horizon.
+struct Fridge {
+    horizon_us: i64,
+    latest: i64,
+    /// Stock events before this time are folded into the shelves' bases.
+    floor: i64,
+    shelves: BTreeMap<String, Shelf>,
+    /// Write-off times since the fold point.
+    write_offs: BTreeMap<i64, isize>,
+    /// Whether the fridge ever had an excursion.
+    warmed: bool,
+    /// Before this time the fridge's excursions are final (from the cold chain).
+    settled: BTreeMap<i64, isize>,
+}
+
+impl Fridge {
+    /// Where the shelves may fold up to: the horizon behind the latest stock
+    /// event, but never past an excursion that could still change.
+    fn fold_point(&self) -> i64 {
+        let horizon = self.latest.saturating_sub(self.horizon_us);
+        match self.settled.keys().next_back() {
+            Some(&settled) => horizon.min(settled),
+            None if self.warmed => i64::MIN,
+            None => horizon,
+        }
+    }
+}
+
+impl FridgeState for Fridge {
+    type Input = (i64, Stock);
+    type Output = (InventoryKey, i64);
+    type Shared = ();
+
+    fn apply(
+        &mut self,
+        fridge: &str,
+        _time: Time,
+        inputs: &[(Self::Input, isize)],
+        _shared: &(),
+        out: &mut Vec<(Self::Output, isize)>,
+    ) {
+        let mut touched: Vec<&str> = Vec::new();
+        let mut every_shelf = false;
+        for ((at, stock), diff) in inputs {
+            if *at < self.floor && !matches!(stock, Stock::Planned(..) | Stock::Settled) {
+                continue;
+            }
+            match stock {
+                Stock::Moved(sku, delta) => {
+                    let moved = self.shelves.entry(sku.clone()).or_default().movements.entry(*at).or_insert((0, 0));
+                    moved.0 += delta * *diff as i64;
+                    moved.1 += diff;
+                    if moved.1 == 0 {
+                        self.shelves.get_mut(sku).map(|shelf| shelf.movements.remove(at));
+                    }
+                    touched.push(sku);
+                }
+                Stock::Counted(sku, seq, qty) => {
+                    bump(&mut self.shelves.entry(sku.clone()).or_default().counts, (*at, *seq, *qty), *diff);
+                    touched.push(sku);
+                }
+                Stock::WrittenOff => {
+                    bump(&mut self.write_offs, *at, *diff);
+                    self.warmed = true;
+                    every_shelf = true;
+                }
+                Stock::Settled => bump(&mut self.settled, *at, *diff),
+                Stock::Planned(sku, seq, flag) => {
+                    bump(&mut self.shelves.entry(sku.clone()).or_default().plan, (*at, *seq, *flag), *diff);
+                    every_shelf = true;
+                }
+            }
+            if matches!(stock, Stock::Moved(..) | Stock::Counted(..)) {
+                self.latest = self.latest.max(*at);
+            }
+        }
+        let skus: Vec<String> = if every_shelf {
+            self.shelves.keys().cloned().collect()
+        } else {
+            touched.into_iter().map(str::to_owned).collect()
+        };
+        for sku in skus {
+            let Some(shelf) = self.shelves.get_mut(&sku) else { continue };
+            let now = shelf.on_hand(&self.write_offs, i64::MAX);
+            if now != shelf.shown {
+                let key = (fridge.to_owned(), sku.clone());
+                if let Some(old) = shelf.shown {
+                    out.push(((key.clone(), old), -1));
+                }
+                if let Some(new) = now {
+                    out.push(((key, new), 1));
+                }
+                shelf.shown = now;
+            }
+        }
+
+        let floor = self.fold_point();
+        if floor >= self.floor.saturating_add(self.horizon_us / 8) {
+            for shelf in self.shelves.values_mut() {
+                shelf.fold(&self.write_offs, floor);
+            }
+            self.write_offs = self.write_offs.split_off(&floor);
+            self.floor = floor;
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.shelves.values().map(Shelf::held).sum::<usize>() + self.write_offs.len() + self.settled.len()
+    }
+}
+
 /// The on-hand stock of every `(fridge, sku)` that has seen a movement, a
-/// count or a write-off, maintained incrementally. `write_offs` holds
-/// `(key, event_time)` of each cold-chain write-off.
+/// count or a write-off, maintained incrementally from the fridges' stock
+/// events, the planograms and the excursions; state more than `horizon_us`
+/// behind a fridge's latest stock event, and before its `settled`
+/// excursions, is folded into one value per SKU.
 pub fn inventory<'s>(
     events: VecCollection<'s, Time, Event>,
-    write_offs: VecCollection<'s, Time, (InventoryKey, i64)>,
+    excursions: VecCollection<'s, Time, (ExcursionKey, Excursion)>,
+    settled: VecCollection<'s, Time, (String, i64)>,
+    horizon_us: i64,
+    held: HeldRecords,
 ) -> VecCollection<'s, Time, (InventoryKey, i64)> {
-    let counts = events.clone().flat_map(|event| count(&event)).concat(write_offs.map(|(key, at)| (key, (at, 0, 0))));
-    let movements = events.flat_map(|event| movement(&event));
+    let write_offs = excursions.map(|((fridge, start), _)| (fridge, (start + EXCURSION_AFTER_US, Stock::WrittenOff)));
+    let settled = settled.map(|(fridge, at)| (fridge, (at, Stock::Settled)));
+    let stock = events.flat_map(|event| stock(&event)).concat(write_offs).concat(settled);
+    let new_state = move || Fridge {
+        horizon_us,
+        latest: i64::MIN,
+        floor: i64::MIN,
+        shelves: BTreeMap::new(),
+        write_offs: BTreeMap::new(),
+        warmed: false,
+        settled: BTreeMap::new(),
+    };
+    by_fridge_in_time_order(stock, "Inventory", new_state, held)
+}
 
-    // The latest count of each key: values arrive sorted, so the last wins.
-    let latest = counts.reduce_named("LatestCount", |_key, input, output| {
-        if let Some((count, _)) = input.last() {
-            output.push((**count, 1));
+/// Every cold-chain write-off, `((fridge, sku), event_time)`, computed
+/// from the full list of events.
+pub fn write_offs_reference(events: &[Event]) -> Vec<(InventoryKey, i64)> {
+    let versions: Vec<(InventoryKey, Perishable)> = events.iter().filter_map(perishable).collect();
+    let mut all = Vec::new();
+    for (fridge, start) in crate::views::cold_chain::excursions_reference(events).into_keys() {
+        let at = start + EXCURSION_AFTER_US;
+        let mut in_effect: BTreeMap<&str, Perishable> = BTreeMap::new();
+        for ((owner, sku), version) in &versions {
+            if *owner == fridge && version.0 <= at {
+                let entry = in_effect.entry(sku).or_insert(*version);
+                *entry = (*entry).max(*version);
+            }
         }
-    });
-
-    let after_count = movements
-        .clone()
-        .join_map(latest.clone(), |key, &(moved_at, delta), &(counted_at, _, _)| {
-            (key.clone(), moved_at, counted_at, delta)
-        })
-        .filter(|(_, moved_at, counted_at, _)| moved_at > counted_at)
-        .map(|(key, _, _, delta)| (key, delta));
-    let uncounted = movements.antijoin(latest.clone().map(|(key, _)| key)).map(|(key, (_, delta))| (key, delta));
-    let base = latest.map(|(key, (_, _, qty))| (key, qty));
-
-    // Sum through the difference type. The first component counts the
-    // contributing records, so a key whose movements cancel out still shows
-    // an on-hand of 0 instead of vanishing.
-    after_count
-        .concat(uncounted)
-        .concat(base)
-        .explode(|(key, delta)| Some((key, (1isize, delta as isize))))
-        .count()
-        .map(|(key, (_, total))| (key, total as i64))
+        for (sku, (_, _, flag)) in in_effect {
+            if flag {
+                all.push(((fridge.clone(), sku.to_owned()), at));
+            }
+        }
+    }
+    all
 }
 
 /// The batch reference: inventory computed from the full list of events.
 pub fn inventory_reference(events: &[Event]) -> BTreeMap<InventoryKey, i64> {
     let mut latest: BTreeMap<InventoryKey, Count> = BTreeMap::new();
-    let write_offs =
-        crate::views::cold_chain::write_offs_reference(events).into_iter().map(|(key, at)| (key, (at, 0, 0)));
+    let write_offs = write_offs_reference(events).into_iter().map(|(key, at)| (key, (at, 0, 0)));
     for (key, c) in events.iter().filter_map(count).chain(write_offs) {
         let entry = latest.entry(key).or_insert(c);
         if c > *entry {

@@ -15,8 +15,8 @@ use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::vec::Partition;
 
 pub use alerts::{Alert, alerts, alerts_reference};
-pub use cold_chain::{Excursion, ExcursionKey, excursions, excursions_reference, write_offs};
-pub use inventory::{InventoryKey, inventory, inventory_reference};
+pub use cold_chain::{Excursion, ExcursionKey, cold_chain, excursions, excursions_reference};
+pub use inventory::{InventoryKey, inventory, inventory_reference, write_offs_reference};
 pub use planogram::{Slot, SlotKey, planogram, planogram_reference};
 pub use restock::{RestockLine, order_id, restock_lines, restock_lines_reference, restock_orders};
 pub use sales_7d::{SALES_WINDOW_US, sales_7d, sales_7d_reference};
@@ -129,8 +129,14 @@ pub fn all<'s>(events: VecCollection<'s, Time, Event>, config: &ViewConfig) -> V
     let (telemetry, customers, stock, back_office) = (next(), next(), next(), next());
 
     let slots = planogram(back_office.clone());
-    let excursions = excursions(telemetry.clone(), config.horizon_us, config.held.clone());
-    let inventory = inventory(customers.clone().concat(stock.clone()), write_offs(excursions.clone(), slots.clone()));
+    let (excursions, settled) = cold_chain(telemetry.clone(), config.horizon_us, config.held.clone());
+    let inventory = inventory(
+        customers.clone().concat(stock.clone()).concat(back_office.clone()),
+        excursions.clone(),
+        settled,
+        config.horizon_us,
+        config.held.clone(),
+    );
     let (sessions, revenue) =
         sessions_and_revenue(customers.clone().concat(back_office), config.horizon_us, config.held.clone());
     let sales_7d = sales_7d(telemetry.concat(customers).concat(stock), config.held.clone());
