@@ -26,6 +26,7 @@ use differential_dataflow::collection::VecCollection;
 
 use crate::event::MINUTE_US;
 use crate::operators::{FridgeState, HeldRecords, by_fridge_in_time_order};
+use crate::views::Keyed;
 use crate::{Event, Payload, Temperature, Time};
 
 /// Readings above this temperature (°C) are warm.
@@ -184,7 +185,7 @@ pub fn cold_chain<'s>(
     events: VecCollection<'s, Time, Event>,
     horizon_us: i64,
     held: HeldRecords,
-) -> (VecCollection<'s, Time, (ExcursionKey, Excursion)>, VecCollection<'s, Time, (String, i64)>) {
+) -> (Keyed<'s, ExcursionKey, Excursion>, Keyed<'s, String, i64>) {
     let readings = events.flat_map(|event| reading(&event));
     let new_state = move || Telemetry {
         horizon_us,

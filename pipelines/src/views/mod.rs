@@ -62,6 +62,9 @@ pub struct Views<'s> {
     pub alerts: VecCollection<'s, Time, Alert>,
 }
 
+/// A collection of `(key, value)` rows.
+pub type Keyed<'s, K, V> = VecCollection<'s, Time, (K, V)>;
+
 /// Output changes: `(record, logical time, diff)`.
 pub type Changes<D> = Vec<(D, Time, isize)>;
 

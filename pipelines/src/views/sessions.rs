@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::HOUR_US;
 use crate::operators::{FridgeState, HeldRecords, Shared, by_fridge_in_time_order_with};
+use crate::views::Keyed;
 use crate::{Event, Payload, Time};
 
 /// `(fridge_id, session_id)`.
@@ -254,9 +255,6 @@ pub type RevenueKey = (String, i64);
 
 /// A fridge-hour's revenue: `(captured_cents, sessions, units)`.
 pub type Totals = (i64, i64, i64);
-
-/// A collection of `(key, value)` rows.
-type Keyed<'s, K, V> = VecCollection<'s, Time, (K, V)>;
 
 /// A change of the sessions operator: a session row or a revenue row.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
