@@ -366,6 +366,52 @@ mod tests {
         assert_eq!(dataflow_state(1, arrivals), expected);
     }
 
+    /// Ten days of hourly takes, a delivery and an audit every day, through a
+    /// 2-hour horizon: each SKU keeps one folded value and the last hours of
+    /// events, the answer stays exact, and a take days late is not applied.
+    #[test]
+    fn stock_behind_the_horizon_folds_into_one_value_per_sku() {
+        let mut all = Vec::new();
+        let mut seq = 0;
+        let mut arrivals: Vec<(Time, Vec<Event>)> = Vec::new();
+        for hour in 0..240i64 {
+            let mut batch = Vec::new();
+            for sku in ["cola", "salad"] {
+                seq += 1;
+                let take = Payload::ItemTaken { session_id: format!("s{hour}"), sku: sku.into(), qty: 1 };
+                batch.push(event(seq, hour * 60 + 5, take));
+                if hour % 24 == 6 {
+                    seq += 1;
+                    let delivered = Payload::RestockDelivered { order_id: "o".into(), sku: sku.into(), qty: 30 };
+                    batch.push(event(seq, hour * 60 + 10, delivered));
+                }
+                if hour % 24 == 20 && sku == "cola" {
+                    seq += 1;
+                    batch.push(event(seq, hour * 60 + 15, Payload::StockCounted { sku: sku.into(), qty: 12 }));
+                }
+            }
+            all.extend(batch.iter().cloned());
+            arrivals.push((hour as Time + 1, batch));
+        }
+        seq += 1;
+        let late = event(seq, 30, Payload::ItemTaken { session_id: "late".into(), sku: "salad".into(), qty: 4 });
+        arrivals.push((1_000, vec![late]));
+
+        let held = HeldRecords::default();
+        let counter = held.clone();
+        let changes = crate::harness::run_view(1, arrivals, move |events: VecCollection<'_, Time, Event>| {
+            let nothing = events.clone().filter(|_| false).map(|_| ((String::new(), 0), (0, crate::Temperature(0.0))));
+            let settled = events.clone().filter(|_| false).map(|_| (String::new(), 0));
+            inventory(events, nothing, settled, 2 * crate::event::HOUR_US, held.clone())
+        });
+        let on_hand = keyed(&changes);
+        assert_eq!(on_hand, inventory_reference(&all), "the late take is beyond the horizon");
+        // cola: counted 12 at hour 236 (day 9, 20:15), then 3 takes.
+        assert_eq!(on_hand[&("FR-1".to_owned(), "cola".to_owned())], 9);
+        // Per SKU: the folded value and at most about three hours of events.
+        assert!(counter.get() <= 2 * (1 + 4) + 2, "{} records held", counter.get());
+    }
+
     #[test]
     fn movements_that_cancel_out_leave_zero_on_hand() {
         let all = vec![

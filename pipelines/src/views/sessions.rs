@@ -504,7 +504,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::event::{DAY_US, MINUTE_US};
+    use crate::event::{DAY_US, HOUR_US, MINUTE_US};
     use crate::fleet_gen;
     use crate::harness::{final_state, run_view};
 
@@ -627,6 +627,46 @@ mod tests {
         assert_eq!(sessions_by_dataflow(1, vec![(3, all.clone())]), sessions_reference(&all));
         // The later decline replaced the capture of "unpaid": only "under" and "over" earn revenue.
         assert_eq!(revenue_reference(&all), BTreeMap::from([(("FR-1".into(), 0), (240, 2, 2))]));
+    }
+
+    /// Ten days of a session an hour, arriving hour by hour, through a
+    /// 2-hour horizon: finished sessions leave the operator's state but stay
+    /// in the view, and a payment that comes days late is not applied.
+    #[test]
+    fn sessions_behind_the_horizon_are_retired_and_stay_in_the_view() {
+        let price = at("bo", 1, 0, Payload::PriceChanged { sku: "cola".into(), price_cents: 100, fridge_id: None });
+        let mut seq = 0;
+        let mut next = |minute, payload| {
+            seq += 1;
+            at("FR-1", seq, minute, payload)
+        };
+        let mut hours: Vec<Vec<Event>> = Vec::new();
+        for hour in 0..240 {
+            let (s, m) = (format!("s{hour}"), hour * 60);
+            hours.push(vec![
+                next(m + 1, Payload::DoorOpened { session_id: s.clone() }),
+                next(m + 2, Payload::ItemTaken { session_id: s.clone(), sku: "cola".into(), qty: 2 }),
+                next(m + 3, Payload::DoorClosed { session_id: s.clone() }),
+                next(m + 4, Payload::PaymentCaptured { session_id: s, amount_cents: 200 }),
+            ]);
+        }
+        let late = next(5, Payload::PaymentDeclined { session_id: "s0".into(), reason: "card".into() });
+        let all: Vec<Event> = std::iter::once(price.clone()).chain(hours.iter().flatten().cloned()).collect();
+        let mut arrivals = vec![(1, vec![price])];
+        arrivals.extend(hours.into_iter().enumerate().map(|(i, hour)| (i as Time + 2, hour)));
+        arrivals.push((500, vec![late]));
+
+        let held = HeldRecords::default();
+        let counter = held.clone();
+        let changes = run_view(1, arrivals, move |events: VecCollection<'_, Time, Event>| {
+            sessions_and_revenue(events, 2 * HOUR_US, held.clone()).0
+        });
+        let sessions = state(&changes);
+        assert_eq!(sessions.len(), 240);
+        assert_eq!(sessions, sessions_reference(&all), "the late decline of s0 is beyond the horizon");
+        assert_eq!(sessions[&("FR-1".into(), "s0".into())].status, SessionStatus::Settled);
+        // About the last four hours of sessions and their revenue hours, not 240 of them.
+        assert!(counter.get() <= 6 * 4 + 6, "{} records held", counter.get());
     }
 
     proptest! {
