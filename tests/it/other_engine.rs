@@ -13,7 +13,8 @@ use coldstream::simulate::{self, Fleet, FleetSpec, RunSpec};
 use crate::support::{query_csv, start};
 
 /// Inventory by DOMAIN.md's rules (counts, movements, write-offs after
-/// 30-minute warm runs), written independently in DuckDB's SQL.
+/// 30-minute warm runs of the SKUs perishable at that moment), written
+/// independently in DuckDB's SQL.
 const DUCKDB_INVENTORY: &str = r#"
 import sys, duckdb
 root = sys.argv[1]
@@ -28,13 +29,14 @@ WITH runs AS (
 excursions AS (
   SELECT fridge_id, min(t) AS first_t FROM runs WHERE warm
   GROUP BY fridge_id, run HAVING max(t) - min(t) >= INTERVAL 30 MINUTE),
-plan AS (
-  SELECT fridge_id, sku, perishable,
-         row_number() OVER (PARTITION BY fridge_id, sku ORDER BY event_time DESC, seq DESC) AS rn
-  FROM ev WHERE kind = 'planogram_set'),
+plan_at AS (
+  SELECT x.fridge_id, p.sku, x.first_t + INTERVAL 30 MINUTE AS t, p.perishable,
+         row_number() OVER (PARTITION BY x.fridge_id, x.first_t, p.sku
+                            ORDER BY p.event_time DESC, p.seq DESC) AS rn
+  FROM excursions x JOIN ev p ON p.kind = 'planogram_set' AND p.fridge_id = x.fridge_id
+                              AND p.event_time <= x.first_t + INTERVAL 30 MINUTE),
 write_offs AS (
-  SELECT x.fridge_id, p.sku, x.first_t + INTERVAL 30 MINUTE AS t, 0 AS seq, 0 AS qty
-  FROM excursions x JOIN plan p ON p.fridge_id = x.fridge_id AND p.rn = 1 AND p.perishable),
+  SELECT fridge_id, sku, t, 0 AS seq, 0 AS qty FROM plan_at WHERE rn = 1 AND perishable),
 counts AS (
   SELECT fridge_id, sku, t, qty, row_number() OVER (PARTITION BY fridge_id, sku ORDER BY t DESC, seq DESC) AS rn
   FROM (SELECT fridge_id, sku, event_time AS t, seq, qty FROM ev WHERE kind = 'stock_counted'
