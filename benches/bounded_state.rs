@@ -1,10 +1,10 @@
 //! Bounded state: a fixed fleet runs for many simulated days through every
 //! view, and after each day the records held in differential's
 //! arrangements, the records held by the per-fridge event-time operators
-//! and the process's resident memory are printed. State that depends on
-//! event time is kept only within its horizon, so the telemetry and sales
-//! columns level off; what still grows is the state of views that keep
-//! every session and movement by definition.
+//! and the process's resident memory are printed. Every operator keeps
+//! only what lies within its horizon (telemetry runs, the 7-day sales
+//! window, open sessions, stock movements since the fold point), so once
+//! the 7-day window is full all three columns should level off.
 //!
 //! `cargo bench --bench bounded_state -- [days] [fridges]` (default 30 days,
 //! 20 fridges; about 3,960 events per fridge per simulated day). Each hour

@@ -33,8 +33,8 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ViewsSection {
-    /// Telemetry is kept this many hours behind each fridge's latest
-    /// reading; a reading later than that no longer changes excursions.
+    /// The views keep state this many hours behind each fridge's latest
+    /// event; an event later than that no longer changes them.
     pub horizon_hours: u64,
     /// Days a restock delivery takes; sets the reorder point.
     pub lead_time_days: i64,

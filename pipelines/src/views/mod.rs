@@ -30,7 +30,7 @@ use crate::{Event, Time};
 /// Settings of the views.
 #[derive(Clone, Debug)]
 pub struct ViewConfig {
-    /// How far (µs) behind a fridge's latest reading telemetry is kept.
+    /// How far (µs) behind a fridge's latest event its state is kept.
     pub horizon_us: i64,
     /// Lead time of a restock delivery, in days (the reorder point).
     pub lead_time_days: i64,
