@@ -170,3 +170,21 @@ pub fn late_by_at_most(
             (events, batches(arriving, cuts))
         })
 }
+
+/// The history arriving in event-time order, except for one fridge that
+/// was offline throughout: its whole backlog arrives at the end, in its own
+/// order, days after the rest of the fleet.
+pub fn with_offline_fridge(
+    history: impl Strategy<Value = Vec<Event>>,
+) -> impl Strategy<Value = (Vec<Event>, Vec<(Time, Vec<Event>)>)> {
+    history
+        .prop_flat_map(|events| {
+            let len = events.len();
+            (Just(events), 0..FRIDGES.len(), prop::collection::vec(0..=len, 0..8))
+        })
+        .prop_map(|(events, offline, cuts)| {
+            let mut arriving = events.clone();
+            arriving.sort_by_key(|e| (e.source_id == FRIDGES[offline], e.event_time));
+            (events, batches(arriving, cuts))
+        })
+}

@@ -12,7 +12,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::event::{DAY_US, HOUR_US};
-use crate::fleet_gen::{fleet, late_by_at_most, shuffled};
+use crate::fleet_gen::{fleet, late_by_at_most, shuffled, with_offline_fridge};
 use crate::harness::{final_state, run_view};
 
 /// A horizon longer than any generated history: nothing is forgotten.
@@ -134,6 +134,27 @@ proptest! {
         prop_assert_eq!(restock_of(workers, arrivals, config), restock_lines_reference(&events, lead));
     }
 
+    /// A fridge that was offline for days and uploads its backlog after the
+    /// rest of the fleet has moved on is late only against the others, not
+    /// against itself: with the default 6-hour horizon every view is exact.
+    #[test]
+    fn an_offline_fridges_backlog_is_applied_in_full(
+        (events, arrivals) in with_offline_fridge(fleet(90)),
+        workers in 1usize..=2,
+    ) {
+        let config = ViewConfig::default();
+        let lead = config.lead_time_days;
+        prop_assert_eq!(excursions_of(workers, arrivals.clone(), config.clone()), excursions_reference(&events));
+        prop_assert_eq!(inventory_of(workers, arrivals.clone(), config.clone()), inventory_reference(&events));
+        let sessions = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.sessions));
+        prop_assert_eq!(sessions, sessions_reference(&events));
+        let revenue = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.revenue));
+        prop_assert_eq!(revenue, revenue_reference(&events));
+        let sales = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.sales_7d));
+        prop_assert_eq!(sales, sales_7d_reference(&events));
+        prop_assert_eq!(restock_of(workers, arrivals, config), restock_lines_reference(&events, lead));
+    }
+
     /// Replaying the same arrivals gives the same changes at the same
     /// logical times, order ids included.
     #[test]
@@ -141,6 +162,10 @@ proptest! {
         let first = run_all(2, arrivals.clone(), ViewConfig::default(), |v| v.restock_orders);
         prop_assert_eq!(&first, &run_all(2, arrivals.clone(), ViewConfig::default(), |v| v.restock_orders));
         let first = run_all(2, arrivals.clone(), ViewConfig::default(), |v| v.alerts);
-        prop_assert_eq!(&first, &run_all(1, arrivals, ViewConfig::default(), |v| v.alerts));
+        prop_assert_eq!(&first, &run_all(1, arrivals.clone(), ViewConfig::default(), |v| v.alerts));
+        let first = run_all(2, arrivals.clone(), ViewConfig::default(), |v| v.sessions);
+        prop_assert_eq!(&first, &run_all(1, arrivals.clone(), ViewConfig::default(), |v| v.sessions));
+        let first = run_all(2, arrivals.clone(), ViewConfig::default(), |v| v.inventory);
+        prop_assert_eq!(&first, &run_all(1, arrivals, ViewConfig::default(), |v| v.inventory));
     }
 }
