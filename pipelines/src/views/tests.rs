@@ -70,6 +70,27 @@ fn restock_of(workers: usize, arrivals: Vec<(Time, Vec<Event>)>, config: ViewCon
     lines.into_iter().map(|(key, line)| (key, line.qty)).collect()
 }
 
+/// Excursions, inventory, sessions, revenue, 7-day sales and restock lines
+/// of `arrivals` equal the reference over `events`.
+fn every_keyed_view_is_exact(
+    workers: usize,
+    events: &[Event],
+    arrivals: Vec<(Time, Vec<Event>)>,
+    config: ViewConfig,
+) -> Result<(), TestCaseError> {
+    let lead = config.lead_time_days;
+    prop_assert_eq!(excursions_of(workers, arrivals.clone(), config.clone()), excursions_reference(events));
+    prop_assert_eq!(inventory_of(workers, arrivals.clone(), config.clone()), inventory_reference(events));
+    let sessions = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.sessions));
+    prop_assert_eq!(sessions, sessions_reference(events));
+    let revenue = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.revenue));
+    prop_assert_eq!(revenue, revenue_reference(events));
+    let sales = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.sales_7d));
+    prop_assert_eq!(sales, sales_7d_reference(events));
+    prop_assert_eq!(restock_of(workers, arrivals, config), restock_lines_reference(events, lead));
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(40))]
 
@@ -122,16 +143,7 @@ proptest! {
         workers in 1usize..=2,
     ) {
         let config = ViewConfig { horizon_us: 6 * HOUR_US, ..ViewConfig::default() };
-        let lead = config.lead_time_days;
-        prop_assert_eq!(excursions_of(workers, arrivals.clone(), config.clone()), excursions_reference(&events));
-        prop_assert_eq!(inventory_of(workers, arrivals.clone(), config.clone()), inventory_reference(&events));
-        let sessions = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.sessions));
-        prop_assert_eq!(sessions, sessions_reference(&events));
-        let revenue = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.revenue));
-        prop_assert_eq!(revenue, revenue_reference(&events));
-        let sales = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.sales_7d));
-        prop_assert_eq!(sales, sales_7d_reference(&events));
-        prop_assert_eq!(restock_of(workers, arrivals, config), restock_lines_reference(&events, lead));
+        every_keyed_view_is_exact(workers, &events, arrivals, config)?;
     }
 
     /// A fridge that was offline for days and uploads its backlog after the
@@ -143,16 +155,7 @@ proptest! {
         workers in 1usize..=2,
     ) {
         let config = ViewConfig::default();
-        let lead = config.lead_time_days;
-        prop_assert_eq!(excursions_of(workers, arrivals.clone(), config.clone()), excursions_reference(&events));
-        prop_assert_eq!(inventory_of(workers, arrivals.clone(), config.clone()), inventory_reference(&events));
-        let sessions = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.sessions));
-        prop_assert_eq!(sessions, sessions_reference(&events));
-        let revenue = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.revenue));
-        prop_assert_eq!(revenue, revenue_reference(&events));
-        let sales = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.sales_7d));
-        prop_assert_eq!(sales, sales_7d_reference(&events));
-        prop_assert_eq!(restock_of(workers, arrivals, config), restock_lines_reference(&events, lead));
+        every_keyed_view_is_exact(workers, &events, arrivals, config)?;
     }
 
     /// Replaying the same arrivals gives the same changes at the same
