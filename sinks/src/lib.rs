@@ -2,5 +2,6 @@
 //! `rejected/`, `views/<view>/`), written exactly once.
 
 pub mod parquet;
+pub mod webhooks;
 
 pub use parquet::{ParquetConfig, SinkError};

@@ -51,6 +51,22 @@ pub static REJECTED: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// `webhooks_failed/`: deliveries the receiver refused for good (a 4xx
+/// other than 408 and 429), with its answer.
+pub static WEBHOOKS_FAILED: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("failed_at", utc(TimeUnit::Millisecond), false),
+        Field::new("endpoint", DataType::Utf8, false),
+        Field::new("webhook_id", DataType::Utf8, false),
+        Field::new("type", DataType::Utf8, false),
+        Field::new("key", DataType::Utf8, false),
+        Field::new("time", utc(TimeUnit::Millisecond), false),
+        Field::new("body", DataType::Utf8, false),
+        Field::new("status", DataType::UInt16, false),
+        Field::new("answer", DataType::Utf8, false),
+    ]))
+});
+
 /// The two columns every view changelog ends with.
 pub fn change_columns() -> [Field; 2] {
     [Field::new("time", utc(TimeUnit::Millisecond), false), Field::new("diff", DataType::Int64, false)]

@@ -1,0 +1,231 @@
+//! What the webhooks say: the view changes of each completed logical time,
+//! turned into Standard Webhooks messages.
+//!
+//! | endpoint | types | from |
+//! |---|---|---|
+//! | procurement | `restock.opened`, `restock.updated`, `restock.closed` | `restock_orders` lines |
+//! | accounting | `payment.settled`, `payment.discrepancy` | `sessions` rows |
+//! | alerts | `coldchain.excursion`, `inventory.negative` | `alerts` |
+//!
+//! A message's id is derived from the change (view, key, logical time,
+//! type), so a replay of the log produces the same ids; its key orders
+//! delivery (a fridge's orders, a session, an alert's subject).
+
+use std::collections::BTreeMap;
+
+use coldstream_pipelines::Time;
+use coldstream_pipelines::views::{Alert, RestockLine, SessionKey, SessionRow, SessionStatus, ViewBatch};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// Who receives a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    /// Restock orders.
+    Procurement,
+    /// Settled sessions and payment discrepancies.
+    Accounting,
+    /// Cold-chain excursions and negative stock.
+    Alerts,
+}
+
+impl Endpoint {
+    /// Every endpoint.
+    pub const ALL: [Endpoint; 3] = [Endpoint::Procurement, Endpoint::Accounting, Endpoint::Alerts];
+
+    /// The name in the config and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Procurement => "procurement",
+            Endpoint::Accounting => "accounting",
+            Endpoint::Alerts => "alerts",
+        }
+    }
+}
+
+/// One webhook message, ready to sign and send.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// `webhook-id`: `msg_` and 32 hex digits derived from the change.
+    pub id: String,
+    /// Who receives it.
+    pub endpoint: Endpoint,
+    /// Messages with the same key are delivered in order.
+    pub key: String,
+    /// The event type, e.g. `restock.opened`.
+    pub kind: String,
+    /// The logical time of the change.
+    pub time: Time,
+    /// The JSON body: `{"type", "timestamp", "data"}`.
+    pub body: String,
+}
+
+fn message(endpoint: Endpoint, view: &str, key: String, kind: &str, time: Time, data: serde_json::Value) -> Message {
+    let digest = Sha256::digest(format!("{view}\n{key}\n{time}\n{kind}").as_bytes());
+    let id = format!("msg_{}", &hex::encode(digest)[..32]);
+    let timestamp = chrono::DateTime::from_timestamp_millis(time as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    let body = json!({ "type": kind, "timestamp": timestamp, "data": data }).to_string();
+    Message { id, endpoint, key, kind: kind.to_owned(), time, body }
+}
+
+/// An open order: `(opened_at, sku → qty)`.
+type Order = (Time, BTreeMap<String, i64>);
+
+/// Turns view changes into messages, one completed logical time at a time.
+#[derive(Default)]
+pub struct Derive {
+    /// Changes of times the frontier has not passed yet.
+    pending: BTreeMap<Time, Vec<Change>>,
+    /// Open orders by fridge and order id.
+    orders: BTreeMap<String, BTreeMap<String, Order>>,
+}
+
+/// The changes webhooks read.
+enum Change {
+    Line((String, String), RestockLine, isize),
+    Session(SessionKey, SessionRow, isize),
+    Alert(Alert, isize),
+}
+
+impl Derive {
+    /// Takes a batch of view changes (any times).
+    pub fn push(&mut self, batch: &ViewBatch) {
+        match batch {
+            ViewBatch::RestockOrders(changes) => {
+                for ((key, line), time, diff) in changes {
+                    self.pending.entry(*time).or_default().push(Change::Line(key.clone(), line.clone(), *diff));
+                }
+            }
+            ViewBatch::Sessions(changes) => {
+                for ((key, row), time, diff) in changes {
+                    if payment_kind(row).is_some() || *diff < 0 {
+                        self.pending.entry(*time).or_default().push(Change::Session(key.clone(), row.clone(), *diff));
+                    }
+                }
+            }
+            ViewBatch::Alerts(changes) => {
+                for (alert, time, diff) in changes {
+                    self.pending.entry(*time).or_default().push(Change::Alert(alert.clone(), *diff));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The messages of every time before `frontier`, in time order.
+    pub fn advance(&mut self, frontier: Time) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() >= frontier {
+                break;
+            }
+            let (time, changes) = entry.remove_entry();
+            self.time(time, changes, &mut out);
+        }
+        out
+    }
+
+    fn time(&mut self, time: Time, changes: Vec<Change>, out: &mut Vec<Message>) {
+        let mut touched: BTreeMap<(String, String), Option<Order>> = BTreeMap::new();
+        let mut sessions: BTreeMap<SessionKey, (Option<SessionRow>, Option<SessionRow>)> = BTreeMap::new();
+        for change in changes {
+            match change {
+                Change::Line((fridge, sku), line, diff) => {
+                    let orders = self.orders.entry(fridge.clone()).or_default();
+                    let before = orders.get(&line.order_id).cloned();
+                    touched.entry((fridge, line.order_id.clone())).or_insert(before);
+                    let order = orders.entry(line.order_id).or_insert((line.opened_at, BTreeMap::new()));
+                    if diff > 0 {
+                        order.1.insert(sku, line.qty);
+                    } else if order.1.get(&sku) == Some(&line.qty) {
+                        order.1.remove(&sku);
+                    }
+                }
+                Change::Session(key, row, diff) => {
+                    let entry = sessions.entry(key).or_default();
+                    if diff > 0 { entry.1 = Some(row) } else { entry.0 = Some(row) }
+                }
+                Change::Alert(alert, diff) => out.push(alert_message(&alert, diff > 0, time)),
+            }
+        }
+        for ((fridge, order_id), before) in touched {
+            let orders = self.orders.entry(fridge.clone()).or_default();
+            let after = orders.get(&order_id).filter(|(_, lines)| !lines.is_empty()).cloned();
+            if after.is_none() {
+                orders.remove(&order_id);
+            }
+            if orders.is_empty() {
+                self.orders.remove(&fridge);
+            }
+            let before = before.filter(|(_, lines)| !lines.is_empty());
+            let kind = match (&before, &after) {
+                (None, Some(_)) => "restock.opened",
+                (Some(b), Some(a)) if b != a => "restock.updated",
+                (Some(_), None) => "restock.closed",
+                _ => continue,
+            };
+            let (opened_at, lines) = after.or(before).expect("an order before or after");
+            let lines: Vec<_> = if kind == "restock.closed" {
+                Vec::new()
+            } else {
+                lines.iter().map(|(sku, qty)| json!({ "sku": sku, "qty": qty })).collect()
+            };
+            let data = json!({ "order_id": order_id, "fridge_id": fridge, "opened_at_ms": opened_at, "lines": lines });
+            out.push(message(
+                Endpoint::Procurement,
+                "restock_orders",
+                format!("{fridge}/{order_id}"),
+                kind,
+                time,
+                data,
+            ));
+        }
+        for ((fridge, session), (before, after)) in sessions {
+            let Some(row) = after else { continue };
+            let Some(kind) = payment_kind(&row) else { continue };
+            let same = |old: &SessionRow| {
+                (old.status, old.expected_cents, old.captured_cents)
+                    == (row.status, row.expected_cents, row.captured_cents)
+            };
+            if before.as_ref().is_some_and(same) {
+                continue;
+            }
+            let data = json!({
+                "fridge_id": fridge,
+                "session_id": session,
+                "status": row.status.as_str(),
+                "expected_cents": row.expected_cents,
+                "captured_cents": row.captured_cents,
+                "units": row.units,
+                "closed_at_us": row.closed_at,
+            });
+            out.push(message(Endpoint::Accounting, "sessions", format!("{fridge}/{session}"), kind, time, data));
+        }
+    }
+}
+
+/// The accounting message a session row calls for, if any.
+fn payment_kind(row: &SessionRow) -> Option<&'static str> {
+    match row.status {
+        SessionStatus::Settled => Some("payment.settled"),
+        SessionStatus::Undercharged | SessionStatus::Overcharged => Some("payment.discrepancy"),
+        _ => None,
+    }
+}
+
+fn alert_message(alert: &Alert, raised: bool, time: Time) -> Message {
+    let state = if raised { "raised" } else { "cleared" };
+    let (key, data) = match alert {
+        Alert::InventoryNegative { fridge_id, sku } => {
+            (format!("{fridge_id}/{sku}"), json!({ "fridge_id": fridge_id, "sku": sku, "state": state }))
+        }
+        Alert::ColdchainExcursion { fridge_id, start } => {
+            (format!("{fridge_id}/{start}"), json!({ "fridge_id": fridge_id, "start_us": start, "state": state }))
+        }
+    };
+    message(Endpoint::Alerts, "alerts", key, alert.kind(), time, data)
+}

@@ -1,0 +1,129 @@
+//! Webhooks to procurement, accounting and alerts: view changes become
+//! signed Standard Webhooks messages, kept in a durable outbox until the
+//! receiver acknowledges them, delivered in order per key with retries, a
+//! circuit breaker and a dead letter; a full outbox holds the view sink
+//! back (and raises `pressure`, which slows ingestion) instead of dropping.
+
+pub mod dead_letter;
+pub mod deliver;
+pub mod events;
+pub mod outbox;
+pub mod sign;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coldstream_pipelines::Time;
+use coldstream_pipelines::views::ViewBatch;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::task::JoinHandle;
+
+pub use dead_letter::{DeadLetter, FailedDelivery};
+pub use deliver::{EndpointConfig, RetryPolicy};
+pub use events::{Derive, Endpoint, Message};
+pub use outbox::{Outbox, OutboxError};
+pub use sign::{EXAMPLE_SECRET, Secret, SignatureError};
+
+use crate::parquet::ParquetConfig;
+
+/// Settings of the webhook sink.
+#[derive(Clone, Debug, Default)]
+pub struct WebhookConfig {
+    /// The endpoints to deliver to; messages for others are not kept.
+    pub endpoints: Vec<(Endpoint, EndpointConfig)>,
+    /// Retries and circuit breaker, for every endpoint.
+    pub retry: RetryPolicy,
+    /// Pending deliveries on disk beyond which the view sink waits (and
+    /// ingestion slows) until receivers catch up.
+    pub max_pending: usize,
+}
+
+/// The view sink's side of the webhooks: turns view changes into messages
+/// and puts them in the outbox; the dispatchers (tokio tasks) deliver.
+pub struct Webhooks {
+    derive: Derive,
+    outbox: Arc<Mutex<Outbox>>,
+    senders: HashMap<Endpoint, UnboundedSender<Message>>,
+    /// Changes before this time were already in the outbox when it opened.
+    resume_at: Time,
+    max_pending: usize,
+    pressure: Arc<AtomicBool>,
+}
+
+impl Webhooks {
+    /// Opens `root/webhooks/outbox.log` and starts one dispatcher per
+    /// endpoint on the current tokio runtime; they resume what is pending.
+    pub fn start(
+        root: &Path,
+        config: &WebhookConfig,
+        parquet: ParquetConfig,
+        pressure: Arc<AtomicBool>,
+    ) -> Result<(Webhooks, Vec<JoinHandle<()>>), OutboxError> {
+        let outbox = Outbox::open(&root.join("webhooks"))?;
+        let resume_at = outbox.covered();
+        tracing::info!(pending = outbox.pending_len(), covered_ms = resume_at, "webhook outbox open");
+        let outbox = Arc::new(Mutex::new(outbox));
+        let dead_letter = Arc::new(DeadLetter::new(root, parquet));
+        let mut senders = HashMap::new();
+        let mut tasks = Vec::new();
+        for (endpoint, endpoint_config) in &config.endpoints {
+            let (send, receive) = unbounded_channel();
+            senders.insert(*endpoint, send);
+            tasks.push(tokio::spawn(deliver::dispatch(
+                *endpoint,
+                endpoint_config.clone(),
+                config.retry.clone(),
+                Arc::clone(&outbox),
+                Arc::clone(&dead_letter),
+                receive,
+            )));
+        }
+        let max_pending = config.max_pending.max(1);
+        Ok((Webhooks { derive: Derive::default(), outbox, senders, resume_at, max_pending, pressure }, tasks))
+    }
+
+    /// Takes a batch of view changes.
+    pub fn push(&mut self, batch: &ViewBatch) {
+        self.derive.push(batch);
+    }
+
+    /// Puts the messages of every time before `frontier` in the outbox,
+    /// waiting first while the outbox is full.
+    pub fn advance(&mut self, frontier: Time) -> Result<(), OutboxError> {
+        let messages: Vec<Message> = self
+            .derive
+            .advance(frontier)
+            .into_iter()
+            .filter(|m| m.time >= self.resume_at && self.senders.contains_key(&m.endpoint))
+            .collect();
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut waited = false;
+        while self.outbox.lock().expect("outbox lock").pending_len() >= self.max_pending {
+            if !waited {
+                tracing::warn!(
+                    max_pending = self.max_pending,
+                    "webhook outbox full: holding the views and slowing ingestion"
+                );
+                self.pressure.store(true, Ordering::Release);
+                waited = true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if waited {
+            tracing::info!("webhook outbox below its bound again");
+            self.pressure.store(false, Ordering::Release);
+        }
+        self.outbox.lock().expect("outbox lock").enqueue(messages.clone(), frontier)?;
+        for message in messages {
+            if let Some(sender) = self.senders.get(&message.endpoint) {
+                let _ = sender.send(message);
+            }
+        }
+        Ok(())
+    }
+}

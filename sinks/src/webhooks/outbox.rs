@@ -1,0 +1,251 @@
+//! The outbox: every message not yet acknowledged, on disk.
+//!
+//! One append-only file, `webhooks/outbox.log`, of frames `[length u32 LE]
+//! [crc32c u32 LE][JSON record]`, fsynced after every append. A record
+//! enqueues a message, marks one done (delivered or dead-lettered), or
+//! states up to which logical time the view changes have been turned into
+//! messages. On open, the file is replayed (a torn or corrupt tail, left by
+//! a crash mid-write, is cut off), and what was enqueued and not done is
+//! pending again, in its original order. Once most of the file is done it
+//! is rewritten with only the pending messages (written aside, fsynced,
+//! renamed over).
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use coldstream_pipelines::Time;
+use serde::{Deserialize, Serialize};
+
+use super::events::Message;
+
+/// A line of the outbox file.
+#[derive(Debug, Serialize, Deserialize)]
+enum Record {
+    Enqueued(Message),
+    Done(String),
+    Covered(Time),
+}
+
+/// Why the outbox failed.
+#[derive(Debug, thiserror::Error)]
+#[error("webhook outbox {path}: {source}")]
+pub struct OutboxError {
+    path: String,
+    #[source]
+    source: std::io::Error,
+}
+
+/// The outbox of one data directory.
+pub struct Outbox {
+    path: PathBuf,
+    file: BufWriter<File>,
+    /// Enqueued and not done, in order.
+    pending: VecDeque<Message>,
+    done: HashSet<String>,
+    /// Records in the file that are done (what a rewrite would drop).
+    dead_records: usize,
+    covered: Time,
+}
+
+impl Outbox {
+    /// Opens (or creates) `dir/outbox.log` and replays it.
+    pub fn open(dir: &Path) -> Result<Outbox, OutboxError> {
+        let path = dir.join("outbox.log");
+        let error = |source| OutboxError { path: path.display().to_string(), source };
+        std::fs::create_dir_all(dir).map_err(error)?;
+        let mut bytes = Vec::new();
+        if path.exists() {
+            File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(error)?;
+        }
+        let (records, valid) = frames(&bytes);
+        if valid < bytes.len() {
+            tracing::warn!(path = %path.display(), cut = bytes.len() - valid, "cutting a torn tail off the webhook outbox");
+            let file = OpenOptions::new().write(true).open(&path).map_err(error)?;
+            file.set_len(valid as u64).and_then(|_| file.sync_all()).map_err(error)?;
+        }
+        let mut pending = Vec::new();
+        let mut done = HashSet::new();
+        let mut covered = 0;
+        for record in records {
+            match record {
+                Record::Enqueued(message) => pending.push(message),
+                Record::Done(id) => {
+                    done.insert(id);
+                }
+                Record::Covered(time) => covered = covered.max(time),
+            }
+        }
+        let dead_records = pending.iter().filter(|m| done.contains(&m.id)).count() + done.len();
+        let pending: VecDeque<Message> = pending.into_iter().filter(|m| !done.contains(&m.id)).collect();
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(error)?;
+        let mut outbox = Outbox { path, file: BufWriter::new(file), pending, done, dead_records, covered };
+        outbox.compact_if_worth_it()?;
+        Ok(outbox)
+    }
+
+    /// Up to which logical time view changes are in the outbox: changes at
+    /// earlier times must not be enqueued again.
+    pub fn covered(&self) -> Time {
+        self.covered
+    }
+
+    /// Messages enqueued and not yet done, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = &Message> {
+        self.pending.iter().filter(|m| !self.done.contains(&m.id))
+    }
+
+    /// How many messages are pending.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len() - self.pending.iter().filter(|m| self.done.contains(&m.id)).count()
+    }
+
+    /// Durably enqueues `messages` and records that changes before
+    /// `covered` are all in.
+    pub fn enqueue(&mut self, messages: Vec<Message>, covered: Time) -> Result<(), OutboxError> {
+        for message in &messages {
+            self.write(&Record::Enqueued(message.clone()))?;
+        }
+        if covered > self.covered {
+            self.write(&Record::Covered(covered))?;
+            self.covered = covered;
+        }
+        self.sync()?;
+        self.pending.extend(messages);
+        Ok(())
+    }
+
+    /// Durably marks messages done (delivered or dead-lettered).
+    pub fn done(&mut self, ids: &[String]) -> Result<(), OutboxError> {
+        for id in ids {
+            self.write(&Record::Done(id.clone()))?;
+            self.done.insert(id.clone());
+        }
+        self.sync()?;
+        self.dead_records += 2 * ids.len();
+        while self.pending.front().is_some_and(|m| self.done.contains(&m.id)) {
+            if let Some(message) = self.pending.pop_front() {
+                self.done.remove(&message.id);
+            }
+        }
+        self.compact_if_worth_it()
+    }
+
+    fn write(&mut self, record: &Record) -> Result<(), OutboxError> {
+        let json = serde_json::to_vec(record).expect("outbox records serialize");
+        let mut frame = Vec::with_capacity(json.len() + 8);
+        frame.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
+        frame.extend_from_slice(&json);
+        self.file.write_all(&frame).map_err(|source| self.error(source))
+    }
+
+    fn sync(&mut self) -> Result<(), OutboxError> {
+        self.file.flush().and_then(|_| self.file.get_ref().sync_data()).map_err(|source| self.error(source))
+    }
+
+    fn error(&self, source: std::io::Error) -> OutboxError {
+        OutboxError { path: self.path.display().to_string(), source }
+    }
+
+    /// Rewrites the file with only what is pending once most of it is done.
+    fn compact_if_worth_it(&mut self) -> Result<(), OutboxError> {
+        if self.dead_records < 10_000 || self.dead_records < 4 * self.pending.len() {
+            return Ok(());
+        }
+        let aside = self.path.with_extension("log.tmp");
+        let error = |source| OutboxError { path: aside.display().to_string(), source };
+        let mut out = BufWriter::new(File::create(&aside).map_err(error)?);
+        let live: Vec<Message> = self.pending().cloned().collect();
+        let mut frames = Vec::new();
+        for record in live.iter().cloned().map(Record::Enqueued).chain([Record::Covered(self.covered)]) {
+            let json = serde_json::to_vec(&record).expect("outbox records serialize");
+            frames.extend_from_slice(&(json.len() as u32).to_le_bytes());
+            frames.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
+            frames.extend_from_slice(&json);
+        }
+        out.write_all(&frames).and_then(|_| out.flush()).map_err(error)?;
+        out.get_ref().sync_all().map_err(error)?;
+        std::fs::rename(&aside, &self.path).map_err(error)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(error)?;
+        }
+        let file = OpenOptions::new().append(true).open(&self.path).map_err(|source| self.error(source))?;
+        self.file = BufWriter::new(file);
+        self.pending = live.into();
+        self.done.clear();
+        self.dead_records = 0;
+        Ok(())
+    }
+}
+
+/// The records of a file and the length of its valid prefix.
+fn frames(bytes: &[u8]) -> (Vec<Record>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while bytes.len() >= at + 8 {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        let Some(body) = bytes.get(at + 8..at + 8 + len) else { break };
+        if crc32c::crc32c(body) != crc {
+            break;
+        }
+        let Ok(record) = serde_json::from_slice(body) else { break };
+        records.push(record);
+        at += 8 + len;
+    }
+    (records, at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhooks::events::Endpoint;
+
+    fn message(n: u64) -> Message {
+        Message {
+            id: format!("msg_{n}"),
+            endpoint: Endpoint::Alerts,
+            key: format!("k{}", n % 3),
+            kind: "inventory.negative".into(),
+            time: n,
+            body: format!("{{\"n\":{n}}}"),
+        }
+    }
+
+    #[test]
+    fn pending_messages_survive_a_reopen_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::open(dir.path()).unwrap();
+        outbox.enqueue((1..=5).map(message).collect(), 10).unwrap();
+        outbox.done(&["msg_1".into(), "msg_3".into()]).unwrap();
+        drop(outbox);
+        // A crash in the middle of the next append leaves half a frame.
+        let path = dir.path().join("outbox.log");
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
+        drop(file);
+
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let ids: Vec<&str> = outbox.pending().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["msg_2", "msg_4", "msg_5"]);
+        assert_eq!(outbox.covered(), 10);
+        assert_eq!(outbox.pending_len(), 3);
+    }
+
+    #[test]
+    fn a_mostly_done_file_is_rewritten_with_what_is_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::open(dir.path()).unwrap();
+        outbox.enqueue((0..12_000).map(message).collect(), 12_000).unwrap();
+        let ids: Vec<String> = (0..11_990).map(|n| format!("msg_{n}")).collect();
+        outbox.done(&ids).unwrap();
+        let size = std::fs::metadata(dir.path().join("outbox.log")).unwrap().len();
+        assert!(size < 10_000, "{size} bytes after compaction");
+        drop(outbox);
+        let outbox = Outbox::open(dir.path()).unwrap();
+        assert_eq!(outbox.pending_len(), 10);
+        assert_eq!(outbox.covered(), 12_000);
+    }
+}
