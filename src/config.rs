@@ -27,6 +27,70 @@ pub struct Config {
     pub parquet: ParquetSection,
     /// The views.
     pub views: ViewsSection,
+    /// Webhook endpoints, retries and the outbox bound.
+    pub webhooks: WebhooksSection,
+}
+
+/// Webhooks.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksSection {
+    /// Deliveries pending on disk beyond which the views wait and the
+    /// gateway slows its acks.
+    pub max_pending: usize,
+    /// The first retry's delay, in ms; each further one doubles it (with jitter).
+    pub retry_initial_ms: u64,
+    /// The longest delay between two attempts, in ms.
+    pub retry_max_ms: u64,
+    /// Consecutive failed attempts that open an endpoint's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before it probes the endpoint, in ms.
+    pub breaker_open_ms: u64,
+    /// Restock orders.
+    pub procurement: Option<EndpointSection>,
+    /// Settled sessions and payment discrepancies.
+    pub accounting: Option<EndpointSection>,
+    /// Cold-chain excursions and negative stock.
+    pub alerts: Option<EndpointSection>,
+}
+
+impl Default for WebhooksSection {
+    fn default() -> Self {
+        WebhooksSection {
+            max_pending: 1_000_000,
+            retry_initial_ms: 500,
+            retry_max_ms: 60_000,
+            breaker_failures: 10,
+            breaker_open_ms: 30_000,
+            procurement: None,
+            accounting: None,
+            alerts: None,
+        }
+    }
+}
+
+/// One webhook endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSection {
+    /// `http://host:port/path`.
+    pub url: String,
+    /// The endpoint's `whsec_` signing secret.
+    pub secret: String,
+    /// How long one attempt may take, in ms.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Deliveries in flight at once (each for a different key).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_max_in_flight() -> usize {
+    16
 }
 
 /// The views.
@@ -106,6 +170,7 @@ impl Default for Config {
             log: LogSection::default(),
             parquet: ParquetSection::default(),
             views: ViewsSection::default(),
+            webhooks: WebhooksSection::default(),
         }
     }
 }
@@ -222,7 +287,63 @@ impl Config {
         if self.auth.secret.len() < 16 {
             return Err(ConfigError::Invalid("auth.secret must be at least 16 characters".into()));
         }
+        self.webhooks()?;
         Ok(())
+    }
+
+    /// The webhook sink's settings, checked.
+    pub fn webhooks(&self) -> Result<coldstream_sinks::webhooks::WebhookConfig, ConfigError> {
+        use coldstream_sinks::webhooks::{Endpoint, EndpointConfig, RetryPolicy, Secret};
+        let w = &self.webhooks;
+        let positive = [
+            ("webhooks.max_pending", w.max_pending as u64),
+            ("webhooks.retry_initial_ms", w.retry_initial_ms),
+            ("webhooks.retry_max_ms", w.retry_max_ms),
+            ("webhooks.breaker_failures", w.breaker_failures as u64),
+            ("webhooks.breaker_open_ms", w.breaker_open_ms),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        let mut endpoints = Vec::new();
+        for (endpoint, section) in
+            [(Endpoint::Procurement, &w.procurement), (Endpoint::Accounting, &w.accounting), (Endpoint::Alerts, &w.alerts)]
+        {
+            let Some(section) = section else { continue };
+            let name = endpoint.as_str();
+            let url: hyper::Uri = section
+                .url
+                .parse()
+                .ok()
+                .filter(|u: &hyper::Uri| u.scheme_str() == Some("http") && u.host().is_some())
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "webhooks.{name}.url {:?} is not an http://host[:port]/path URL",
+                        section.url
+                    ))
+                })?;
+            let secret = Secret::parse(&section.secret)
+                .map_err(|e| ConfigError::Invalid(format!("webhooks.{name}.secret: {e}")))?;
+            if section.timeout_ms == 0 || section.max_in_flight == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "webhooks.{name}.timeout_ms and max_in_flight must be at least 1"
+                )));
+            }
+            let timeout = Duration::from_millis(section.timeout_ms);
+            endpoints.push((endpoint, EndpointConfig { url, secret, timeout, max_in_flight: section.max_in_flight }));
+        }
+        Ok(coldstream_sinks::webhooks::WebhookConfig {
+            endpoints,
+            retry: RetryPolicy {
+                initial: Duration::from_millis(w.retry_initial_ms),
+                max: Duration::from_millis(w.retry_max_ms),
+                breaker_failures: w.breaker_failures,
+                breaker_open: Duration::from_millis(w.breaker_open_ms),
+            },
+            max_pending: w.max_pending,
+        })
     }
 
     /// The number of worker threads to start.
@@ -291,13 +412,37 @@ roll_seconds = 30
 zstd_level = 3
 
 [views]
-# Telemetry is kept this many hours behind each fridge's latest reading
-# (1 to 8760); a reading that arrives later than that is archived in
-# events/ but no longer changes excursions. Other views keep everything.
+# State is kept this many hours behind each fridge's latest event (1 to
+# 8760); an event that arrives later than that behind its own fridge is
+# archived in events/ but no longer changes the views.
 horizon_hours = 6
 # Days a restock delivery takes: reorder point = max(min,
 # ceil(sales_7d / 7 * lead_time_days)).
 lead_time_days = 2
+
+[webhooks]
+# Deliveries pending on disk (webhooks/outbox.log) beyond which the views
+# wait and the gateway slows its acks; nothing is dropped.
+max_pending = 1000000
+# Retries: the first after retry_initial_ms, each next one twice as late
+# (with jitter), at most retry_max_ms apart; retried until delivered.
+retry_initial_ms = 500
+retry_max_ms = 60000
+# After breaker_failures failed attempts in a row an endpoint's circuit
+# opens: nothing is sent for breaker_open_ms, then one probe at a time
+# until it answers.
+breaker_failures = 10
+breaker_open_ms = 30000
+
+# One table per endpoint: procurement (restock.*), accounting (payment.*),
+# alerts (coldchain.excursion, inventory.negative). Without a table, that
+# endpoint's messages are not kept. For example:
+#
+# [webhooks.procurement]
+# url = "http://127.0.0.1:9001/hooks"
+# secret = "whsec_Y29sZHN0cmVhbS1kZW1vLXNlY3JldC0wMQ=="
+# timeout_ms = 10000          # one attempt, connection included
+# max_in_flight = 16          # concurrent deliveries (different keys)
 "#;
 
 #[cfg(test)]
@@ -331,5 +476,14 @@ mod tests {
         assert!(!unknown.to_string().contains('\n'));
         let bad = Config::parse("[parquet]\nzstd_level = 40\n", "c.toml").expect_err("out of range");
         assert!(bad.to_string().contains("zstd_level"));
+        let url = Config::parse("[webhooks.alerts]\nurl = \"ftp://x\"\nsecret = \"whsec_Y29sZHN0cmVhbS1kZW1vLXNlY3JldC0wMQ==\"\n", "c.toml")
+            .expect_err("not http");
+        assert!(url.to_string().contains("webhooks.alerts.url"), "{url}");
+        let secret = Config::parse("[webhooks.alerts]\nurl = \"http://127.0.0.1:9/\"\nsecret = \"hunter2\"\n", "c.toml")
+            .expect_err("not whsec_");
+        assert!(secret.to_string().contains("whsec_") && !secret.to_string().contains('\n'), "{secret}");
+        let ok = Config::parse("[webhooks.alerts]\nurl = \"http://127.0.0.1:9/hooks\"\nsecret = \"whsec_Y29sZHN0cmVhbS1kZW1vLXNlY3JldC0wMQ==\"\n", "c.toml")
+            .expect("valid");
+        assert_eq!(ok.webhooks().expect("valid").endpoints.len(), 1);
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod machine;
 pub mod query;
+pub mod receive;
 pub mod runtime;
 pub mod server;
 pub mod simulate;

@@ -110,6 +110,15 @@ enum Command {
         #[arg(long)]
         secret: Option<String>,
     },
+    /// A webhook receiver that verifies signatures and prints each delivery.
+    Receive {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: std::net::SocketAddr,
+        /// The endpoint's `whsec_` secret.
+        #[arg(long)]
+        secret: String,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -245,6 +254,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => bail!("give --fridge ID or --back-office ID"),
             };
             println!("{}", Tokens::new(secret(flag)).issue(&principal));
+        }
+        Command::Receive { listen, secret } => {
+            init_logging("warn");
+            let secret = coldstream_sinks::webhooks::Secret::parse(&secret).context("--secret")?;
+            runtime()?.block_on(async move {
+                let receiver = coldstream::receive::Receiver::start(listen, secret, true)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                eprintln!("receiving webhooks on http://{}/ (Ctrl-C stops)", receiver.addr());
+                tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+                receiver.stop().await;
+                anyhow::Ok(())
+            })?;
         }
         Command::Config { action: ConfigAction::Default } => print!("{}", config::DEFAULT_TOML),
     }

@@ -76,6 +76,8 @@ pub async fn context(data_dir: &Path) -> Result<SessionContext> {
     let ctx = SessionContext::new();
     register(&ctx, "events", &data_dir.join("events"), Arc::clone(&schema::EVENTS), true).await?;
     register(&ctx, "rejected", &data_dir.join("rejected"), Arc::clone(&schema::REJECTED), true).await?;
+    let failed = Arc::clone(&schema::WEBHOOKS_FAILED);
+    register(&ctx, "webhooks_failed", &data_dir.join("webhooks_failed"), failed, false).await?;
     for (view, changelog) in view_tables() {
         register(&ctx, view, &data_dir.join("views").join(view), changelog, false).await?;
     }

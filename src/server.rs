@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use coldstream_sinks::SinkError;
 use coldstream_sinks::parquet::{EventArchive, RejectedRow, ViewChangelogs};
+use coldstream_sinks::webhooks::{OutboxError, Webhooks};
 use coldstream_sources::auth::Tokens;
 use coldstream_sources::gateway::{Gateway, GatewayConfig, GatewayError, bind};
 use coldstream_sources::ingest::{Ingest, IngestConfig};
@@ -43,6 +44,12 @@ pub enum ServerError {
     /// The timely workers.
     #[error("{0}")]
     Runtime(#[from] RuntimeError),
+    /// The webhook outbox.
+    #[error("{0}")]
+    Outbox(#[from] OutboxError),
+    /// The configuration.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
     /// A thread could not be started.
     #[error("starting thread {name}: {source}")]
     Thread {
@@ -96,6 +103,8 @@ pub struct Server {
     archiver: JoinHandle<Result<(), ServerError>>,
     workers: Workers,
     view_sink: JoinHandle<Result<(), ServerError>>,
+    /// Webhook delivery, one task per endpoint.
+    dispatchers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -128,10 +137,13 @@ impl Server {
 
         let changelog = ViewChangelogs::open(&data_dir, parquet.clone())?;
         tracing::info!(views_covered_ms = changelog.covered(), ?last_ingest, "views resume");
+        let hold = Arc::new(AtomicBool::new(false));
+        let (webhooks, dispatchers) =
+            Webhooks::start(&data_dir, &config.webhooks()?, parquet.clone(), Arc::clone(&hold))?;
         let (changes, view_messages) = sync_channel(256);
         let view_sink = {
             let progress = Arc::clone(&progress);
-            spawn("view-sink", move || sink_views(view_messages, changelog, &progress))?
+            spawn("view-sink", move || sink_views(view_messages, changelog, webhooks, &progress))?
         };
         let workers = Workers::start(config.worker_threads(), config.views(), Arc::clone(&readers), changes)?;
 
@@ -144,6 +156,7 @@ impl Server {
             GatewayConfig {
                 max_batch_events: config.gateway.max_batch_events,
                 max_in_flight_batches: config.gateway.max_in_flight_batches,
+                hold,
             },
         );
         let (shutdown, stopped) = oneshot::channel::<()>();
@@ -163,6 +176,7 @@ impl Server {
             archiver,
             workers,
             view_sink,
+            dispatchers,
         })
     }
 
@@ -217,7 +231,8 @@ impl Server {
         }
         let (writer, workers, archiver, view_sink, stop_archiver) =
             (self.writer, self.workers, self.archiver, self.view_sink, self.stop_archiver);
-        tokio::task::spawn_blocking(move || {
+        let dispatchers = self.dispatchers;
+        let stopped = tokio::task::spawn_blocking(move || {
             // Connections that are still open keep the writer alive; the
             // log is consistent at every commit, so it need not be joined.
             drop(writer);
@@ -228,7 +243,12 @@ impl Server {
             archived.and(viewed)
         })
         .await
-        .unwrap_or(Ok(()))
+        .unwrap_or(Ok(()));
+        // What is not delivered yet stays in the outbox for the next start.
+        for dispatcher in dispatchers {
+            dispatcher.abort();
+        }
+        stopped
     }
 }
 
@@ -311,23 +331,30 @@ fn archive_log(
     }
 }
 
-/// Writes view changes to their changelogs as the frontier passes them.
+/// Writes view changes to their changelogs and the webhook outbox as the
+/// frontier passes them.
 fn sink_views(
     messages: Receiver<ViewMessage>,
     mut changelogs: ViewChangelogs,
+    mut webhooks: Webhooks,
     progress: &Progress,
 ) -> Result<(), ServerError> {
     let resume_at = changelogs.covered();
     for message in messages {
         match message {
-            ViewMessage::Changes(batch) => changelogs.push(batch),
+            ViewMessage::Changes(batch) => {
+                webhooks.push(&batch);
+                changelogs.push(batch);
+            }
             ViewMessage::Frontier(frontier) => {
+                webhooks.advance(frontier)?;
                 changelogs.advance(frontier, false)?;
                 if frontier >= resume_at {
                     progress.views.store(frontier, Ordering::Release);
                 }
             }
             ViewMessage::Closed(frontier) => {
+                webhooks.advance(frontier)?;
                 changelogs.advance(frontier, true)?;
                 progress.views.store(frontier, Ordering::Release);
                 return Ok(());

@@ -9,6 +9,8 @@
 //! slows the fridge down rather than queueing without limit.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -33,11 +35,14 @@ pub struct GatewayConfig {
     pub max_batch_events: usize,
     /// Batches of one connection waiting for their ack, at most.
     pub max_in_flight_batches: usize,
+    /// While set (by a sink that is full), batches wait before they are
+    /// appended: fridges see slower acks instead of anything being dropped.
+    pub hold: Arc<AtomicBool>,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig { max_batch_events: 10_000, max_in_flight_batches: 8 }
+        GatewayConfig { max_batch_events: 10_000, max_in_flight_batches: 8, hold: Arc::default() }
     }
 }
 
@@ -109,6 +114,9 @@ impl Gateway {
                     }));
                 }
             }
+        }
+        while self.config.hold.load(Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         let pending = self.ingest.submit(candidates).await.map_err(unavailable)?;
         Ok(AckFuture {

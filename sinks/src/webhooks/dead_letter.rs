@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, StringBuilder, TimestampMillisecondBuilder, UInt16Builder};
 
 use super::events::Message;
-use crate::parquet::{ParquetConfig, SinkError, schema, write_part};
+use crate::parquet::{ParquetConfig, SinkError, part_name, schema, write_part};
 
 /// A delivery the receiver refused for good.
 #[derive(Clone, Debug)]
@@ -64,7 +64,11 @@ impl DeadLetter {
         ];
         let batch = RecordBatch::try_new(Arc::clone(&schema::WEBHOOKS_FAILED), columns)
             .map_err(|source| SinkError::Arrow { table: "webhooks_failed".into(), source })?;
-        write_part(&self.dir, &format!("failed-{}.parquet", m.id), &batch, &self.config)?;
+        // Named by the message (its time and id), so a second write after a
+        // crash finds the file already there.
+        let digits: String = m.id.chars().filter(char::is_ascii_hexdigit).take(16).collect();
+        let tag = u64::from_str_radix(&digits, 16).unwrap_or(0);
+        write_part(&self.dir, &part_name(m.time, tag), &batch, &self.config)?;
         Ok(())
     }
 }
