@@ -308,9 +308,11 @@ impl Config {
             }
         }
         let mut endpoints = Vec::new();
-        for (endpoint, section) in
-            [(Endpoint::Procurement, &w.procurement), (Endpoint::Accounting, &w.accounting), (Endpoint::Alerts, &w.alerts)]
-        {
+        for (endpoint, section) in [
+            (Endpoint::Procurement, &w.procurement),
+            (Endpoint::Accounting, &w.accounting),
+            (Endpoint::Alerts, &w.alerts),
+        ] {
             let Some(section) = section else { continue };
             let name = endpoint.as_str();
             let url: hyper::Uri = section
@@ -476,11 +478,15 @@ mod tests {
         assert!(!unknown.to_string().contains('\n'));
         let bad = Config::parse("[parquet]\nzstd_level = 40\n", "c.toml").expect_err("out of range");
         assert!(bad.to_string().contains("zstd_level"));
-        let url = Config::parse("[webhooks.alerts]\nurl = \"ftp://x\"\nsecret = \"whsec_Y29sZHN0cmVhbS1kZW1vLXNlY3JldC0wMQ==\"\n", "c.toml")
-            .expect_err("not http");
+        let url = Config::parse(
+            "[webhooks.alerts]\nurl = \"ftp://x\"\nsecret = \"whsec_Y29sZHN0cmVhbS1kZW1vLXNlY3JldC0wMQ==\"\n",
+            "c.toml",
+        )
+        .expect_err("not http");
         assert!(url.to_string().contains("webhooks.alerts.url"), "{url}");
-        let secret = Config::parse("[webhooks.alerts]\nurl = \"http://127.0.0.1:9/\"\nsecret = \"hunter2\"\n", "c.toml")
-            .expect_err("not whsec_");
+        let secret =
+            Config::parse("[webhooks.alerts]\nurl = \"http://127.0.0.1:9/\"\nsecret = \"hunter2\"\n", "c.toml")
+                .expect_err("not whsec_");
         assert!(secret.to_string().contains("whsec_") && !secret.to_string().contains('\n'), "{secret}");
         let ok = Config::parse("[webhooks.alerts]\nurl = \"http://127.0.0.1:9/hooks\"\nsecret = \"whsec_Y29sZHN0cmVhbS1kZW1vLXNlY3JldC0wMQ==\"\n", "c.toml")
             .expect("valid");

@@ -11,3 +11,4 @@ mod log;
 mod other_engine;
 mod replay;
 mod support;
+mod webhooks;

@@ -64,9 +64,15 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(dir: &Path) -> ServerProcess {
+        ServerProcess::start_with(dir, &[])
+    }
+
+    /// With extra arguments, e.g. `--config FILE`.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> ServerProcess {
         let mut child = binary()
             .args(["run", "--listen", "127.0.0.1:0", "--workers", "2", "--data"])
             .arg(dir)
+            .args(extra)
             .env("COLDSTREAM_SECRET", DEV_SECRET)
             .env("COLDSTREAM_LOG", "warn")
             .stdout(Stdio::piped())

@@ -78,38 +78,43 @@ type Order = (Time, BTreeMap<String, i64>);
 /// Turns view changes into messages, one completed logical time at a time.
 #[derive(Default)]
 pub struct Derive {
-    /// Changes of times the frontier has not passed yet.
-    pending: BTreeMap<Time, Vec<Change>>,
+    /// Changes of times the frontier has not passed yet, consolidated: a
+    /// record inserted and retracted at the same time is no change at all,
+    /// whatever order the two arrive in.
+    pending: BTreeMap<Time, BTreeMap<Change, isize>>,
     /// Open orders by fridge and order id.
     orders: BTreeMap<String, BTreeMap<String, Order>>,
 }
 
-/// The changes webhooks read.
+/// The records webhooks read.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Change {
-    Line((String, String), RestockLine, isize),
-    Session(SessionKey, SessionRow, isize),
-    Alert(Alert, isize),
+    Line((String, String), RestockLine),
+    Session(SessionKey, SessionRow),
+    Alert(Alert),
 }
 
 impl Derive {
     /// Takes a batch of view changes (any times).
     pub fn push(&mut self, batch: &ViewBatch) {
+        let mut add = |time: Time, change: Change, diff: isize| {
+            let entry = self.pending.entry(time).or_default().entry(change).or_insert(0);
+            *entry += diff;
+        };
         match batch {
             ViewBatch::RestockOrders(changes) => {
                 for ((key, line), time, diff) in changes {
-                    self.pending.entry(*time).or_default().push(Change::Line(key.clone(), line.clone(), *diff));
+                    add(*time, Change::Line(key.clone(), line.clone()), *diff);
                 }
             }
             ViewBatch::Sessions(changes) => {
                 for ((key, row), time, diff) in changes {
-                    if payment_kind(row).is_some() || *diff < 0 {
-                        self.pending.entry(*time).or_default().push(Change::Session(key.clone(), row.clone(), *diff));
-                    }
+                    add(*time, Change::Session(key.clone(), row.clone()), *diff);
                 }
             }
             ViewBatch::Alerts(changes) => {
                 for (alert, time, diff) in changes {
-                    self.pending.entry(*time).or_default().push(Change::Alert(alert.clone(), *diff));
+                    add(*time, Change::Alert(alert.clone()), *diff);
                 }
             }
             _ => {}
@@ -129,27 +134,31 @@ impl Derive {
         out
     }
 
-    fn time(&mut self, time: Time, changes: Vec<Change>, out: &mut Vec<Message>) {
+    fn time(&mut self, time: Time, changes: BTreeMap<Change, isize>, out: &mut Vec<Message>) {
         let mut touched: BTreeMap<(String, String), Option<Order>> = BTreeMap::new();
         let mut sessions: BTreeMap<SessionKey, (Option<SessionRow>, Option<SessionRow>)> = BTreeMap::new();
-        for change in changes {
+        // Retractions first, so that a line whose quantity changes is
+        // removed before its new quantity is put in.
+        let (retracted, inserted): (Vec<_>, Vec<_>) =
+            changes.into_iter().filter(|(_, diff)| *diff != 0).partition(|(_, diff)| *diff < 0);
+        for (change, diff) in retracted.into_iter().chain(inserted) {
             match change {
-                Change::Line((fridge, sku), line, diff) => {
+                Change::Line((fridge, sku), line) => {
                     let orders = self.orders.entry(fridge.clone()).or_default();
                     let before = orders.get(&line.order_id).cloned();
                     touched.entry((fridge, line.order_id.clone())).or_insert(before);
                     let order = orders.entry(line.order_id).or_insert((line.opened_at, BTreeMap::new()));
                     if diff > 0 {
                         order.1.insert(sku, line.qty);
-                    } else if order.1.get(&sku) == Some(&line.qty) {
+                    } else {
                         order.1.remove(&sku);
                     }
                 }
-                Change::Session(key, row, diff) => {
+                Change::Session(key, row) => {
                     let entry = sessions.entry(key).or_default();
                     if diff > 0 { entry.1 = Some(row) } else { entry.0 = Some(row) }
                 }
-                Change::Alert(alert, diff) => out.push(alert_message(&alert, diff > 0, time)),
+                Change::Alert(alert) => out.push(alert_message(&alert, diff > 0, time)),
             }
         }
         for ((fridge, order_id), before) in touched {

@@ -1,0 +1,441 @@
+//! Webhook delivery against a real HTTP receiver on a loopback port that can
+//! be told to misbehave: answer 500, hang past the timeout, reset the
+//! connection, answer 410, or be down altogether while the pipeline is
+//! killed and restarted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coldstream_sinks::ParquetConfig;
+use coldstream_sinks::webhooks::deliver::dispatch;
+use coldstream_sinks::webhooks::{
+    DeadLetter, EXAMPLE_SECRET, Endpoint, EndpointConfig, Message, Outbox, RetryPolicy, Secret,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use coldstream::config::{Config, DEV_SECRET};
+use coldstream::server::Server;
+use coldstream::simulate::{self, Fleet, FleetSpec, RunSpec};
+
+use crate::support::{ServerProcess, query_csv};
+
+/// What the receiver does with one attempt.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Behaviour {
+    Answer(u16),
+    /// Waits 5 s before answering (longer than the client's timeout).
+    Hang,
+    /// Closes the connection with a TCP reset instead of answering.
+    Reset,
+}
+
+/// One request as the receiver saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+    pub answered: Behaviour,
+}
+
+impl Seen {
+    pub fn id(&self) -> &str {
+        &self.headers["webhook-id"]
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+}
+
+type Script = dyn Fn(&Seen, usize) -> Behaviour + Send + Sync;
+
+/// A loopback HTTP/1.1 receiver that follows a script: given a request and
+/// how many earlier requests carried the same `webhook-id`, what to do.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start(script: impl Fn(&Seen, usize) -> Behaviour + Send + Sync + 'static) -> Receiver {
+        Receiver::start_on("127.0.0.1:0".parse().unwrap(), script).await
+    }
+
+    pub async fn start_on(
+        addr: SocketAddr,
+        script: impl Fn(&Seen, usize) -> Behaviour + Send + Sync + 'static,
+    ) -> Receiver {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let script: Arc<Script> = Arc::new(script);
+        let task = {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve(stream, Arc::clone(&seen), Arc::clone(&script)));
+                }
+            })
+        };
+        Receiver { addr, seen, task }
+    }
+
+    pub fn url(&self) -> hyper::Uri {
+        format!("http://{}/hooks", self.addr).parse().unwrap()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The requests answered 2xx, in arrival order.
+    pub fn delivered(&self) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| matches!(s.answered, Behaviour::Answer(200..=299))).collect()
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(mut stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, script: Arc<Script>) {
+    let mut buffer = Vec::new();
+    loop {
+        // One request: headers up to a blank line, then content-length bytes.
+        let header_end = loop {
+            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut chunk = [0u8; 8192];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..header_end]).into_owned();
+        let headers: BTreeMap<String, String> = head
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let length: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        while buffer.len() < header_end + length {
+            let mut chunk = [0u8; 8192];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = String::from_utf8_lossy(&buffer[header_end..header_end + length]).into_owned();
+        buffer.drain(..header_end + length);
+        let mut request = Seen { headers, body, answered: Behaviour::Answer(0) };
+        let behaviour = {
+            let mut seen = seen.lock().unwrap();
+            let earlier =
+                seen.iter().filter(|s| s.headers.get("webhook-id") == request.headers.get("webhook-id")).count();
+            request.answered = script(&request, earlier);
+            seen.push(request.clone());
+            request.answered
+        };
+        match behaviour {
+            Behaviour::Answer(status) => {
+                let text = if status == 410 { "gone for good" } else { "" };
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{text}",
+                    text.len()
+                );
+                if stream.write_all(response.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            Behaviour::Hang => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                return;
+            }
+            Behaviour::Reset => {
+                // A zero linger makes the close a reset; it does not block.
+                #[allow(deprecated)]
+                let _ = stream.set_linger(Some(Duration::ZERO));
+                return;
+            }
+        }
+    }
+}
+
+fn message(key: &str, n: u64) -> Message {
+    let body = serde_json::json!({ "type": "inventory.negative", "timestamp": "", "data": { "k": key, "n": n } });
+    Message {
+        id: format!("msg_{key}{n}"),
+        endpoint: Endpoint::Alerts,
+        key: key.into(),
+        kind: "inventory.negative".into(),
+        time: n,
+        body: body.to_string(),
+    }
+}
+
+fn fast_retries(breaker_failures: u32) -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+        breaker_failures,
+        breaker_open: Duration::from_millis(300),
+    }
+}
+
+/// Delivers `messages` from a fresh outbox in `dir` until all are done.
+async fn deliver_all(dir: &Path, url: hyper::Uri, messages: Vec<Message>, retry: RetryPolicy) -> Outbox {
+    let mut outbox = Outbox::open(&dir.join("webhooks")).unwrap();
+    outbox.enqueue(messages, 1).unwrap();
+    let outbox = Arc::new(Mutex::new(outbox));
+    let config = EndpointConfig {
+        url,
+        secret: Secret::parse(EXAMPLE_SECRET).unwrap(),
+        timeout: Duration::from_millis(500),
+        max_in_flight: 4,
+    };
+    let dead_letter = Arc::new(DeadLetter::new(dir, ParquetConfig::default()));
+    let (send, receive) = tokio::sync::mpsc::unbounded_channel();
+    drop(send);
+    let run = dispatch(Endpoint::Alerts, config, retry, Arc::clone(&outbox), dead_letter, receive);
+    tokio::time::timeout(Duration::from_secs(60), run).await.expect("every delivery ends within 60 s");
+    Arc::try_unwrap(outbox).ok().unwrap().into_inner().unwrap()
+}
+
+fn key_and_n(seen: &Seen) -> (String, u64) {
+    let json = seen.json();
+    (json["data"]["k"].as_str().unwrap().to_owned(), json["data"]["n"].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_get_through_500s_timeouts_and_resets_and_a_410_is_dead_lettered() {
+    let receiver = Receiver::start(|request, earlier| {
+        let (key, n) = key_and_n(request);
+        match (key.as_str(), n, earlier) {
+            ("a", 1, 0..=2) => Behaviour::Answer(500),
+            ("b", 1, 0) => Behaviour::Hang,
+            ("c", 1, 0) => Behaviour::Reset,
+            ("d", 1, _) => Behaviour::Answer(410),
+            _ => Behaviour::Answer(204),
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let messages: Vec<Message> = ["a", "b", "c", "d"].iter().flat_map(|k| (1..=3).map(|n| message(k, n))).collect();
+    let outbox = deliver_all(dir.path(), receiver.url(), messages, fast_retries(1_000)).await;
+    assert_eq!(outbox.pending_len(), 0);
+
+    // Every message but d1 arrived, each key in order, after its failures.
+    let mut order: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for seen in receiver.delivered() {
+        let (key, n) = key_and_n(&seen);
+        order.entry(key).or_default().push(n);
+    }
+    let expected: BTreeMap<String, Vec<u64>> =
+        [("a", vec![1, 2, 3]), ("b", vec![1, 2, 3]), ("c", vec![1, 2, 3]), ("d", vec![2, 3])]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+    assert_eq!(order, expected);
+
+    // a1 was tried four times, always with the same id and a valid signature.
+    let secret = Secret::parse(EXAMPLE_SECRET).unwrap();
+    let attempts: Vec<Seen> = receiver.seen().into_iter().filter(|s| s.id() == "msg_a1").collect();
+    assert_eq!(attempts.len(), 4);
+    for attempt in &attempts {
+        let header = |name: &str| attempt.headers.get(name).map(String::as_str);
+        let now = chrono::Utc::now().timestamp();
+        let verified = secret.verify(
+            header("webhook-id"),
+            header("webhook-timestamp"),
+            header("webhook-signature"),
+            attempt.body.as_bytes(),
+            now,
+        );
+        assert_eq!(verified, Ok(()));
+    }
+    assert_eq!(receiver.seen().iter().filter(|s| s.id() == "msg_b1").count(), 2, "a hang, then a retry");
+    assert_eq!(receiver.seen().iter().filter(|s| s.id() == "msg_c1").count(), 2, "a reset, then a retry");
+    assert_eq!(receiver.seen().iter().filter(|s| s.id() == "msg_d1").count(), 1, "410 is not retried");
+
+    // d1 is in the dead letter, with the answer.
+    let failed = query_csv(dir.path(), "SELECT webhook_id, endpoint, type, status, answer FROM webhooks_failed").await;
+    assert_eq!(failed, "webhook_id,endpoint,type,status,answer\nmsg_d1,alerts,inventory.negative,410,gone for good\n");
+    receiver.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_stops_hammering_a_failing_endpoint_and_probes_it_until_it_recovers() {
+    let started = std::time::Instant::now();
+    let receiver = Receiver::start(move |_, _| {
+        if started.elapsed() < Duration::from_millis(1_500) { Behaviour::Answer(503) } else { Behaviour::Answer(204) }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let messages: Vec<Message> = ["a", "b", "c", "d", "e", "f"].iter().map(|k| message(k, 1)).collect();
+    deliver_all(dir.path(), receiver.url(), messages, fast_retries(3)).await;
+    let failures = receiver.seen().iter().filter(|s| s.answered == Behaviour::Answer(503)).count();
+    assert_eq!(receiver.delivered().len(), 6);
+    // Six keys retrying every 20-200 ms for 1.5 s would make dozens of
+    // attempts; the breaker allows 3, then one probe per 300 ms.
+    assert!(failures <= 3 + 4 + 6, "{failures} failed attempts reached the endpoint");
+    receiver.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_standardwebhooks_library_verifies_a_delivery() {
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import standardwebhooks"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install standardwebhooks (python3 -m pip install standardwebhooks)"
+        );
+        eprintln!("skipped: the standardwebhooks package is not installed (python3 -m pip install standardwebhooks)");
+        return;
+    }
+    let receiver = Receiver::start(|_, _| Behaviour::Answer(204)).await;
+    let dir = tempfile::tempdir().unwrap();
+    deliver_all(dir.path(), receiver.url(), vec![message("a", 1)], fast_retries(10)).await;
+    let seen = receiver.seen().remove(0);
+    let script = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook
+secret, headers, body = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+print(json.dumps(Webhook(secret).verify(body, headers)))
+"#;
+    let headers = serde_json::to_string(&seen.headers).unwrap();
+    let output = std::process::Command::new("python3")
+        .args(["-c", script, EXAMPLE_SECRET, &headers, &seen.body])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "standardwebhooks refused it: {}", String::from_utf8_lossy(&output.stderr));
+    let verified: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(verified["data"]["k"], "a");
+    receiver.stop();
+}
+
+/// A config whose three endpoints all point at `url`, retrying fast.
+fn webhook_config(url: &str) -> String {
+    let mut toml = String::from(
+        "[webhooks]\nretry_initial_ms = 50\nretry_max_ms = 500\nbreaker_failures = 5\nbreaker_open_ms = 500\n",
+    );
+    for endpoint in ["procurement", "accounting", "alerts"] {
+        toml += &format!("[webhooks.{endpoint}]\nurl = \"{url}\"\nsecret = \"{EXAMPLE_SECRET}\"\ntimeout_ms = 2000\n");
+    }
+    toml
+}
+
+async fn run_fleet(target: &str) {
+    let spec = FleetSpec { seed: 5, fridges: 6, events: 6_000, start_us: 1_772_323_200_000_000, bad_rate: 0.0 };
+    let run = RunSpec { target: target.to_owned(), secret: DEV_SECRET.into(), rate: None, batch: 200, progress: false };
+    simulate::run(Fleet::new(&spec), &run, spec.events).await.unwrap();
+}
+
+/// Waits until `count` stops changing for two seconds (or 120 s pass).
+async fn settle(count: impl Fn() -> usize) -> usize {
+    let mut last = (count(), std::time::Instant::now());
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = count();
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        } else if now > 0 && last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    last.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_pending_while_the_receiver_is_down_survive_sigkill_and_arrive_in_order_per_key() {
+    // The receiver's port is chosen, then nothing listens on it: it is down.
+    let down = Receiver::start(|_, _| Behaviour::Answer(204)).await;
+    let addr = down.addr;
+    down.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("coldstream.toml");
+    std::fs::write(&config_path, webhook_config(&format!("http://{addr}/hooks"))).unwrap();
+    let data = dir.path().join("data");
+    let config_arg = config_path.to_str().unwrap();
+
+    let server = ServerProcess::start_with(&data, &["--config", config_arg]);
+    run_fleet(&server.addr).await;
+    let outbox = data.join("webhooks").join("outbox.log");
+    settle(|| std::fs::metadata(&outbox).map_or(0, |m| m.len() as usize)).await;
+    server.kill();
+
+    // Restarted, with the receiver back: everything pending is delivered.
+    let server = ServerProcess::start_with(&data, &["--config", config_arg]);
+    let receiver = Receiver::start_on(addr, |_, _| Behaviour::Answer(204)).await;
+    settle(|| receiver.seen().len()).await;
+    server.stop();
+
+    // The same log through a server that never crashed, receiver up: the
+    // messages every change calls for.
+    let clean = tempfile::tempdir().unwrap();
+    copy_dir(&data.join("log"), &clean.path().join("log"));
+    let reference = Receiver::start(|_, _| Behaviour::Answer(204)).await;
+    let mut config = Config::parse(&webhook_config(&format!("http://{}/hooks", reference.addr)), "test").unwrap();
+    config.data_dir = clean.path().to_path_buf();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.workers = 2;
+    let server = Server::start(&config).await.unwrap();
+    server.caught_up(Duration::from_secs(120)).await.unwrap();
+    settle(|| reference.seen().len()).await;
+    server.shutdown().await.unwrap();
+
+    let expected: BTreeMap<String, String> =
+        reference.seen().iter().map(|s| (s.id().to_owned(), s.body.clone())).collect();
+    let kinds: BTreeSet<String> =
+        reference.seen().iter().map(|s| s.json()["type"].as_str().unwrap().to_owned()).collect();
+    assert!(kinds.len() >= 4, "the fleet should call for several types: {kinds:?}");
+    let received = receiver.seen();
+    let delivered: BTreeMap<String, String> = received.iter().map(|s| (s.id().to_owned(), s.body.clone())).collect();
+    let missing: Vec<&String> =
+        expected.iter().filter(|(id, _)| !delivered.contains_key(*id)).map(|(_, b)| b).collect();
+    assert!(missing.is_empty(), "every change delivered at least once; missing {missing:?}");
+    assert_eq!(delivered, expected, "same ids, same bodies");
+    for seen in &received {
+        assert_eq!(seen.body, expected[seen.id()], "a repeat carries the same id and body");
+    }
+    // Per key (a fridge's orders, a session, an alert), first arrivals in logical-time order.
+    let key_of = |s: &Seen| {
+        let data = &s.json()["data"];
+        let parts = ["fridge_id", "order_id", "session_id", "sku", "start_us"];
+        parts.iter().map(|p| data[*p].to_string()).collect::<Vec<_>>().join("/")
+    };
+    let mut first: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    for seen in &received {
+        if ids.insert(seen.id().to_owned()) {
+            first.entry(key_of(seen)).or_default().push(seen.json()["timestamp"].as_str().unwrap().to_owned());
+        }
+    }
+    for (key, times) in first {
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{key} out of order: {times:?}");
+    }
+    receiver.stop();
+    reference.stop();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
