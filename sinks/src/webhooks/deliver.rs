@@ -5,7 +5,7 @@
 //! an endpoint that keeps failing, probing it with one message at a time
 //! until it answers again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,8 +86,6 @@ enum Outcome {
 struct Lane {
     queue: VecDeque<Message>,
     attempts: u32,
-    retry_at: Option<Instant>,
-    busy: bool,
 }
 
 /// The circuit breaker of an endpoint.
@@ -103,7 +101,75 @@ enum Breaker {
     Probing,
 }
 
-/// Sends one endpoint's messages until `stop` resolves.
+/// Lanes by key, and which of them may send now or later. Every lane is in
+/// exactly one place: `ready`, `waiting` (until its retry time), or in
+/// flight.
+#[derive(Default)]
+struct Lanes {
+    lanes: HashMap<String, Lane>,
+    ready: VecDeque<String>,
+    waiting: BTreeMap<(Instant, u64), String>,
+    timers: u64,
+}
+
+impl Lanes {
+    fn add(&mut self, message: Message) {
+        let key = message.key.clone();
+        let lane = self.lanes.entry(key.clone()).or_default();
+        lane.queue.push_back(message);
+        if lane.queue.len() == 1 {
+            self.ready.push_back(key);
+        }
+    }
+
+    fn head(&self, key: &str) -> Option<&Message> {
+        self.lanes.get(key).and_then(|lane| lane.queue.front())
+    }
+
+    /// The head of `key`'s lane is done: the next one may go.
+    fn finish(&mut self, key: &str) {
+        let Some(lane) = self.lanes.get_mut(key) else { return };
+        lane.queue.pop_front();
+        lane.attempts = 0;
+        if lane.queue.is_empty() {
+            self.lanes.remove(key);
+        } else {
+            self.ready.push_back(key.to_owned());
+        }
+    }
+
+    /// The head of `key`'s lane failed: it waits before its next attempt.
+    fn retry_later(&mut self, key: String, retry: &RetryPolicy) -> (u32, Duration) {
+        let Some(lane) = self.lanes.get_mut(&key) else { return (0, Duration::ZERO) };
+        let delay = retry.backoff(lane.attempts);
+        lane.attempts += 1;
+        self.timers += 1;
+        self.waiting.insert((Instant::now() + delay, self.timers), key);
+        (lane.attempts, delay)
+    }
+
+    /// Moves lanes whose retry time has come back to `ready`.
+    fn wake(&mut self, now: Instant) {
+        while let Some(entry) = self.waiting.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            self.ready.push_back(key);
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        self.waiting.keys().next().map(|(at, _)| *at)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lanes.is_empty()
+    }
+}
+
+/// Sends one endpoint's messages until its channel closes and nothing is
+/// left (or the task is aborted; what is not done stays in the outbox).
 pub async fn dispatch(
     endpoint: Endpoint,
     config: EndpointConfig,
@@ -112,114 +178,101 @@ pub async fn dispatch(
     dead_letter: Arc<DeadLetter>,
     mut incoming: UnboundedReceiver<Message>,
 ) {
+    let name = endpoint.as_str();
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(config.max_in_flight)
         .build_http();
-    let mut lanes: HashMap<String, Lane> = HashMap::new();
-    let mut order: VecDeque<String> = VecDeque::new();
+    let mut lanes = Lanes::default();
     let seeded: Vec<Message> = {
         let outbox = outbox.lock().expect("outbox lock");
         outbox.pending().filter(|m| m.endpoint == endpoint).cloned().collect()
     };
     for message in seeded {
-        add(&mut lanes, &mut order, message);
+        lanes.add(message);
     }
     let mut breaker = Breaker::Closed { failures: 0 };
     let mut in_flight: JoinSet<(String, Outcome)> = JoinSet::new();
     let mut done: Vec<String> = Vec::new();
     let mut open = true;
     loop {
-        // Send what may go: lane heads not busy and not waiting to retry.
         let now = Instant::now();
+        lanes.wake(now);
         if let Breaker::Open { until } = breaker
             && now >= until
+            && let Some(key) = lanes.ready.pop_front()
         {
-            tracing::info!(endpoint = endpoint.as_str(), "circuit half-open: probing with one delivery");
+            tracing::info!(endpoint = name, "circuit half-open: probing with one delivery");
             breaker = Breaker::Probing;
-            if let Some(key) = next_ready(&lanes, &order, now) {
-                launch(&mut in_flight, &client, &config, &mut lanes, key);
-            } else {
-                breaker = Breaker::Closed { failures: retry.breaker_failures.saturating_sub(1) };
-            }
+            launch(&mut in_flight, &client, &config, &lanes, key);
         }
-        if matches!(breaker, Breaker::Closed { .. }) {
-            let mut rotated = 0;
-            while in_flight.len() < config.max_in_flight && rotated < order.len() {
-                let key = order[rotated].clone();
-                rotated += 1;
-                let lane = &lanes[&key];
-                if !lane.busy && lane.retry_at.is_none_or(|at| at <= now) {
-                    launch(&mut in_flight, &client, &config, &mut lanes, key);
-                }
-            }
+        while matches!(breaker, Breaker::Closed { .. }) && in_flight.len() < config.max_in_flight {
+            let Some(key) = lanes.ready.pop_front() else { break };
+            launch(&mut in_flight, &client, &config, &lanes, key);
         }
         if !done.is_empty() {
             let ids = std::mem::take(&mut done);
             let outbox = Arc::clone(&outbox);
             let marked = tokio::task::spawn_blocking(move || outbox.lock().expect("outbox lock").done(&ids)).await;
-            if let Ok(Err(error)) = marked {
-                tracing::error!(%error, "could not mark deliveries done; they will be sent again after a restart");
+            if !matches!(marked, Ok(Ok(()))) {
+                tracing::error!(
+                    endpoint = name,
+                    "could not mark deliveries done; they will be sent again after a restart"
+                );
             }
         }
         if !open && lanes.is_empty() && in_flight.is_empty() {
             return;
         }
 
-        let wake = lanes.values().filter_map(|lane| lane.retry_at).min();
         let wake = match breaker {
-            Breaker::Open { until } => Some(until),
-            _ => wake,
+            Breaker::Open { until } if until > Instant::now() => Some(until),
+            _ => lanes.next_wake(),
         };
         tokio::select! {
             received = incoming.recv(), if open => match received {
-                Some(message) => add(&mut lanes, &mut order, message),
+                Some(message) => lanes.add(message),
                 None => open = false,
             },
             Some(joined) = in_flight.join_next() => {
                 let Ok((key, outcome)) = joined else { continue };
-                let Some(lane) = lanes.get_mut(&key) else { continue };
-                lane.busy = false;
-                let Some(message) = lane.queue.front() else { continue };
+                let Some(message) = lanes.head(&key).cloned() else { continue };
                 match outcome {
                     Outcome::Delivered => {
                         if breaker != (Breaker::Closed { failures: 0 }) {
-                            tracing::info!(endpoint = endpoint.as_str(), "endpoint answers again: circuit closed");
+                            tracing::info!(endpoint = name, "endpoint answers again: circuit closed");
                         }
                         breaker = Breaker::Closed { failures: 0 };
                         done.push(message.id.clone());
-                        finish(&mut lanes, &mut order, &key);
+                        lanes.finish(&key);
                     }
                     Outcome::Permanent(status, answer) => {
                         breaker = Breaker::Closed { failures: 0 };
-                        tracing::error!(endpoint = endpoint.as_str(), id = %message.id, kind = %message.kind, status,
+                        tracing::error!(endpoint = name, id = %message.id, kind = %message.kind, status,
                             "permanent failure: moved to webhooks_failed/");
                         let failed = FailedDelivery { message: message.clone(), status, answer };
                         let dead_letter = Arc::clone(&dead_letter);
-                        let written = tokio::task::spawn_blocking(move || dead_letter.write(&failed)).await;
-                        match written {
+                        match tokio::task::spawn_blocking(move || dead_letter.write(&failed)).await {
                             Ok(Ok(())) => {
                                 done.push(message.id.clone());
-                                finish(&mut lanes, &mut order, &key);
+                                lanes.finish(&key);
                             }
                             _ => {
                                 tracing::error!(id = %message.id, "could not write the dead letter; retrying the delivery");
-                                lane.retry_at = Some(Instant::now() + retry.max);
+                                lanes.retry_later(key, &retry);
                             }
                         }
                     }
                     Outcome::Retry(reason) => {
-                        let delay = retry.backoff(lane.attempts);
-                        lane.attempts += 1;
-                        lane.retry_at = Some(Instant::now() + delay);
-                        tracing::warn!(endpoint = endpoint.as_str(), id = %message.id, attempt = lane.attempts, %reason,
+                        let (attempt, delay) = lanes.retry_later(key, &retry);
+                        tracing::warn!(endpoint = name, id = %message.id, attempt, %reason,
                             retry_in_ms = delay.as_millis() as u64, "delivery failed");
                         breaker = match breaker {
                             Breaker::Closed { failures } if failures + 1 < retry.breaker_failures => {
                                 Breaker::Closed { failures: failures + 1 }
                             }
                             _ => {
-                                tracing::warn!(endpoint = endpoint.as_str(), open_for_ms = retry.breaker_open.as_millis() as u64,
+                                tracing::warn!(endpoint = name, open_for_ms = retry.breaker_open.as_millis() as u64,
                                     "circuit open: the endpoint keeps failing");
                                 Breaker::Open { until: Instant::now() + retry.breaker_open }
                             }
@@ -239,42 +292,15 @@ async fn sleep_until(wake: Option<Instant>) {
     }
 }
 
-fn add(lanes: &mut HashMap<String, Lane>, order: &mut VecDeque<String>, message: Message) {
-    let lane = lanes.entry(message.key.clone()).or_insert_with(|| {
-        order.push_back(message.key.clone());
-        Lane::default()
-    });
-    lane.queue.push_back(message);
-}
-
-/// The head of `key`'s lane is done: the next one may go.
-fn finish(lanes: &mut HashMap<String, Lane>, order: &mut VecDeque<String>, key: &str) {
-    if let Some(lane) = lanes.get_mut(key) {
-        lane.queue.pop_front();
-        lane.attempts = 0;
-        lane.retry_at = None;
-        if lane.queue.is_empty() {
-            lanes.remove(key);
-            order.retain(|k| k != key);
-        }
-    }
-}
-
-fn next_ready(lanes: &HashMap<String, Lane>, order: &VecDeque<String>, now: Instant) -> Option<String> {
-    order.iter().find(|key| lanes[*key].retry_at.is_none_or(|at| at <= now) && !lanes[*key].busy).cloned()
-}
-
 fn launch(
     in_flight: &mut JoinSet<(String, Outcome)>,
     client: &Client<HttpConnector, Full<Bytes>>,
     config: &EndpointConfig,
-    lanes: &mut HashMap<String, Lane>,
+    lanes: &Lanes,
     key: String,
 ) {
-    let Some(lane) = lanes.get_mut(&key) else { return };
-    let Some(message) = lane.queue.front() else { return };
-    lane.busy = true;
-    let (client, config, message) = (client.clone(), config.clone(), message.clone());
+    let Some(message) = lanes.head(&key).cloned() else { return };
+    let (client, config) = (client.clone(), config.clone());
     in_flight.spawn(async move { (key, attempt(&client, &config, &message).await) });
 }
 

@@ -41,7 +41,7 @@ pub struct OutboxError {
 pub struct Outbox {
     path: PathBuf,
     file: BufWriter<File>,
-    /// Enqueued and not done, in order.
+    /// Enqueued, in order; those in `done` are done but not yet at the front.
     pending: VecDeque<Message>,
     done: HashSet<String>,
     /// Records in the file that are done (what a rewrite would drop).
@@ -79,6 +79,8 @@ impl Outbox {
         }
         let dead_records = pending.iter().filter(|m| done.contains(&m.id)).count() + done.len();
         let pending: VecDeque<Message> = pending.into_iter().filter(|m| !done.contains(&m.id)).collect();
+        // From here on `done` holds only ids still in `pending`.
+        let done = HashSet::new();
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(error)?;
         let mut outbox = Outbox { path, file: BufWriter::new(file), pending, done, dead_records, covered };
         outbox.compact_if_worth_it()?;
@@ -98,7 +100,7 @@ impl Outbox {
 
     /// How many messages are pending.
     pub fn pending_len(&self) -> usize {
-        self.pending.len() - self.pending.iter().filter(|m| self.done.contains(&m.id)).count()
+        self.pending.len() - self.done.len()
     }
 
     /// Durably enqueues `messages` and records that changes before
@@ -151,7 +153,7 @@ impl Outbox {
 
     /// Rewrites the file with only what is pending once most of it is done.
     fn compact_if_worth_it(&mut self) -> Result<(), OutboxError> {
-        if self.dead_records < 10_000 || self.dead_records < 4 * self.pending.len() {
+        if self.dead_records < 10_000 || self.dead_records < 4 * self.pending_len() {
             return Ok(());
         }
         let aside = self.path.with_extension("log.tmp");
