@@ -334,9 +334,9 @@ fn webhook_config(url: &str) -> String {
     toml
 }
 
-async fn run_fleet(target: &str) {
-    let spec = FleetSpec { seed: 5, fridges: 6, events: 6_000, start_us: 1_772_323_200_000_000, bad_rate: 0.0 };
-    let run = RunSpec { target: target.to_owned(), secret: DEV_SECRET.into(), rate: None, batch: 200, progress: false };
+async fn run_fleet(target: &str, events: u64, rate: Option<f64>) {
+    let spec = FleetSpec { seed: 5, fridges: 6, events, start_us: 1_772_323_200_000_000, bad_rate: 0.0 };
+    let run = RunSpec { target: target.to_owned(), secret: DEV_SECRET.into(), rate, batch: 50, progress: false };
     simulate::run(Fleet::new(&spec), &run, spec.events).await.unwrap();
 }
 
@@ -369,7 +369,7 @@ async fn deliveries_pending_while_the_receiver_is_down_survive_sigkill_and_arriv
     let config_arg = config_path.to_str().unwrap();
 
     let server = ServerProcess::start_with(&data, &["--config", config_arg]);
-    run_fleet(&server.addr).await;
+    run_fleet(&server.addr, 6_000, None).await;
     let outbox = data.join("webhooks").join("outbox.log");
     settle(|| std::fs::metadata(&outbox).map_or(0, |m| m.len() as usize)).await;
     server.kill();
@@ -438,4 +438,48 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_slows_ingestion_instead_of_dropping_and_catches_up_when_the_receiver_returns() {
+    let down = Receiver::start(|_, _| Behaviour::Answer(204)).await;
+    let addr = down.addr;
+    down.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let toml =
+        webhook_config(&format!("http://{addr}/hooks")).replace("[webhooks]\n", "[webhooks]\nmax_pending = 40\n");
+    let mut config = Config::parse(&toml, "test").unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.workers = 2;
+    let server = Server::start(&config).await.unwrap();
+    let target = format!("http://{}", server.addr());
+    let fleet = tokio::spawn(async move { run_fleet(&target, 20_000, Some(2_000.0)).await });
+
+    // The outbox fills up: the gateway holds the fleet's batches.
+    let mut stalled_at = None;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = server.status().durable_offset;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        if server.status().durable_offset == before && before > 0 {
+            stalled_at = Some(before);
+            break;
+        }
+    }
+    let stalled_at = stalled_at.expect("ingestion should stall while the outbox is full");
+    assert!(!fleet.is_finished(), "the fleet is held, not refused");
+    assert!(stalled_at < 20_000, "ingestion stalled at {stalled_at} events");
+
+    // The receiver comes back: the backlog drains and ingestion resumes.
+    let receiver = Receiver::start_on(addr, |_, _| Behaviour::Answer(204)).await;
+    tokio::time::timeout(Duration::from_secs(120), fleet).await.expect("the fleet finishes").unwrap();
+    server.caught_up(Duration::from_secs(120)).await.unwrap();
+    let delivered = settle(|| receiver.seen().len()).await;
+    assert!(server.status().durable_offset > stalled_at);
+    assert!(delivered > 200, "{delivered} deliveries");
+    let unique: BTreeSet<String> = receiver.seen().iter().map(|s| s.id().to_owned()).collect();
+    assert_eq!(unique.len(), delivered, "nothing sent twice without a failure");
+    server.shutdown().await.unwrap();
+    receiver.stop();
 }
