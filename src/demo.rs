@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 
 use datafusion::prelude::SessionContext;
 
-use crate::config::{Config, DEV_SECRET};
+use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint, Secret};
+
+use crate::config::{Config, DEV_SECRET, EndpointSection};
 use crate::query::{self, Format};
+use crate::receive::{Delivery, Receiver};
 use crate::server::Server;
 use crate::simulate::{self, Fleet, FleetSpec, RunSpec};
 
@@ -110,12 +113,32 @@ const VIEW_SAMPLES: &[(&str, &str)] = &[
 /// Runs the demo and prints its report.
 pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
     prepare(&spec.data_dir)?;
-    let config = Config {
+    let mut config = Config {
         data_dir: spec.data_dir.clone(),
         listen: "127.0.0.1:0".parse().expect("a literal socket address"),
         workers: spec.workers,
         ..Config::default()
     };
+    // A receiver per webhook endpoint, in this process.
+    let mut receivers = Vec::new();
+    for endpoint in Endpoint::ALL {
+        let secret = Secret::parse(EXAMPLE_SECRET).expect("the example secret parses");
+        let receiver = Receiver::start("127.0.0.1:0".parse().expect("a literal socket address"), secret, false)
+            .await
+            .map_err(|e| DemoError::Io(format!("starting a webhook receiver: {e}")))?;
+        let section = EndpointSection {
+            url: format!("http://{}/{}", receiver.addr(), endpoint.as_str()),
+            secret: EXAMPLE_SECRET.to_owned(),
+            timeout_ms: 10_000,
+            max_in_flight: 16,
+        };
+        match endpoint {
+            Endpoint::Procurement => config.webhooks.procurement = Some(section),
+            Endpoint::Accounting => config.webhooks.accounting = Some(section),
+            Endpoint::Alerts => config.webhooks.alerts = Some(section),
+        }
+        receivers.push((endpoint, receiver));
+    }
     let server = Server::start(&config).await?;
     let target = format!("http://{}", server.addr());
     println!(
@@ -138,6 +161,12 @@ pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
     let limit = Duration::from_secs(600);
     let status = server.caught_up(limit).await.map_err(|_| DemoError::Timeout(limit))?;
     let end_to_end = started.elapsed();
+    let webhooks_started = Instant::now();
+    while server.webhooks_pending() > 0 && webhooks_started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let webhooks_drained = webhooks_started.elapsed();
+    let webhooks_pending = server.webhooks_pending();
     server.shutdown().await?;
 
     let accepted = summary.delivered.accepted;
@@ -151,8 +180,27 @@ pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
     if let Some(peak) = crate::machine::peak_rss_mib() {
         println!("peak memory: {peak:.0} MiB resident");
     }
+    let delivered: Vec<Delivery> = receivers.iter().flat_map(|(_, r)| r.received()).collect();
+    println!(
+        "webhooks: {} delivered, signed and verified by 3 local receivers, {:.1} s after the views caught up ({} still pending)",
+        delivered.len(),
+        webhooks_drained.as_secs_f64(),
+        webhooks_pending
+    );
+    let mut kinds: std::collections::BTreeMap<&str, (usize, &Delivery)> = std::collections::BTreeMap::new();
+    for delivery in &delivered {
+        kinds.entry(delivery.kind.as_str()).or_insert((0, delivery)).0 += 1;
+    }
+    for (kind, (count, sample)) in &kinds {
+        println!("  {kind:<20} {count:>6}  e.g. {} {}", sample.id, sample.data);
+    }
+    for (_, receiver) in receivers {
+        receiver.stop().await;
+    }
     let dir = spec.data_dir.display();
-    println!("data: {dir}/log (event log), {dir}/events, {dir}/rejected, {dir}/views/<view> (Parquet)");
+    println!(
+        "data: {dir}/log (event log), {dir}/events, {dir}/rejected, {dir}/views/<view>, {dir}/webhooks_failed (Parquet), {dir}/webhooks/outbox.log"
+    );
 
     let ctx = query::context(&spec.data_dir).await.map_err(|e| DemoError::Query(query::one_line(&e)))?;
     show(

@@ -105,6 +105,7 @@ pub struct Server {
     view_sink: JoinHandle<Result<(), ServerError>>,
     /// Webhook delivery, one task per endpoint.
     dispatchers: Vec<tokio::task::JoinHandle<()>>,
+    outbox: Arc<std::sync::Mutex<coldstream_sinks::webhooks::Outbox>>,
 }
 
 impl Server {
@@ -140,6 +141,7 @@ impl Server {
         let hold = Arc::new(AtomicBool::new(false));
         let (webhooks, dispatchers) =
             Webhooks::start(&data_dir, &config.webhooks()?, parquet.clone(), Arc::clone(&hold))?;
+        let outbox = webhooks.outbox();
         let (changes, view_messages) = sync_channel(256);
         let view_sink = {
             let progress = Arc::clone(&progress);
@@ -177,6 +179,7 @@ impl Server {
             workers,
             view_sink,
             dispatchers,
+            outbox,
         })
     }
 
@@ -198,6 +201,11 @@ impl Server {
             archived_offset: self.progress.archived.load(Ordering::Acquire),
             views_frontier: self.progress.views.load(Ordering::Acquire),
         }
+    }
+
+    /// Webhook deliveries not yet acknowledged by their receivers.
+    pub fn webhooks_pending(&self) -> usize {
+        self.outbox.lock().map_or(0, |outbox| outbox.pending_len())
     }
 
     /// Waits until every consumer has processed every durable record.

@@ -85,6 +85,11 @@ impl Webhooks {
         Ok((Webhooks { derive: Derive::default(), outbox, senders, resume_at, max_pending, pressure }, tasks))
     }
 
+    /// The outbox, shared: how many deliveries are pending, for status.
+    pub fn outbox(&self) -> Arc<Mutex<Outbox>> {
+        Arc::clone(&self.outbox)
+    }
+
     /// Takes a batch of view changes.
     pub fn push(&mut self, batch: &ViewBatch) {
         self.derive.push(batch);
