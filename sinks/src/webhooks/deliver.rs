@@ -193,7 +193,11 @@ pub async fn dispatch(
     }
     let mut breaker = Breaker::Closed { failures: 0 };
     let mut in_flight: JoinSet<(String, Outcome)> = JoinSet::new();
-    let mut done: Vec<String> = Vec::new();
+    // Done marks are fsynced in batches by their own task, so that sending
+    // never waits for the disk; after a crash, a delivery whose mark was not
+    // yet durable is sent again, with the same id.
+    let (done, marks) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let marker = tokio::spawn(mark_done(name, Arc::clone(&outbox), marks));
     let mut open = true;
     loop {
         let now = Instant::now();
@@ -210,18 +214,9 @@ pub async fn dispatch(
             let Some(key) = lanes.ready.pop_front() else { break };
             launch(&mut in_flight, &client, &config, &lanes, key);
         }
-        if !done.is_empty() {
-            let ids = std::mem::take(&mut done);
-            let outbox = Arc::clone(&outbox);
-            let marked = tokio::task::spawn_blocking(move || outbox.lock().expect("outbox lock").done(&ids)).await;
-            if !matches!(marked, Ok(Ok(()))) {
-                tracing::error!(
-                    endpoint = name,
-                    "could not mark deliveries done; they will be sent again after a restart"
-                );
-            }
-        }
         if !open && lanes.is_empty() && in_flight.is_empty() {
+            drop(done);
+            let _ = marker.await;
             return;
         }
 
@@ -243,7 +238,7 @@ pub async fn dispatch(
                             tracing::info!(endpoint = name, "endpoint answers again: circuit closed");
                         }
                         breaker = Breaker::Closed { failures: 0 };
-                        done.push(message.id.clone());
+                        let _ = done.send(message.id.clone());
                         lanes.finish(&key);
                     }
                     Outcome::Permanent(status, answer) => {
@@ -254,7 +249,7 @@ pub async fn dispatch(
                         let dead_letter = Arc::clone(&dead_letter);
                         match tokio::task::spawn_blocking(move || dead_letter.write(&failed)).await {
                             Ok(Ok(())) => {
-                                done.push(message.id.clone());
+                                let _ = done.send(message.id.clone());
                                 lanes.finish(&key);
                             }
                             _ => {
@@ -281,6 +276,19 @@ pub async fn dispatch(
                 }
             }
             _ = sleep_until(wake) => {}
+        }
+    }
+}
+
+/// Marks delivered ids done in the outbox, as many per fsync as are waiting.
+async fn mark_done(name: &'static str, outbox: Arc<Mutex<Outbox>>, mut marks: UnboundedReceiver<String>) {
+    let mut ids = Vec::new();
+    while marks.recv_many(&mut ids, 8_192).await > 0 {
+        let batch = std::mem::take(&mut ids);
+        let outbox = Arc::clone(&outbox);
+        let marked = tokio::task::spawn_blocking(move || outbox.lock().expect("outbox lock").done(&batch)).await;
+        if !matches!(marked, Ok(Ok(()))) {
+            tracing::error!(endpoint = name, "could not mark deliveries done; they will be sent again after a restart");
         }
     }
 }
