@@ -30,6 +30,13 @@ fn bad_arguments_and_configs_are_one_line_errors() {
     let message = stderr_of(&["run", "--config", config.to_str().unwrap()]);
     assert!(message.contains("roll_secs"), "{message}");
     assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+    std::fs::write(&config, "[webhooks.alerts]\nurl = \"https://example.com/x\"\nsecret = \"whsec_x\"\n").unwrap();
+    let message = stderr_of(&["run", "--config", config.to_str().unwrap()]);
+    assert!(message.contains("webhooks.alerts.url"), "{message}");
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+    let message = stderr_of(&["receive", "--listen", "127.0.0.1:0", "--secret", "hunter2"]);
+    assert!(message.contains("whsec_"), "{message}");
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
 }
 
 #[test]

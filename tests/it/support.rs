@@ -64,17 +64,17 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(dir: &Path) -> ServerProcess {
-        ServerProcess::start_with(dir, &[])
+        ServerProcess::start_with(dir, &[], "warn")
     }
 
-    /// With extra arguments, e.g. `--config FILE`.
-    pub fn start_with(dir: &Path, extra: &[&str]) -> ServerProcess {
+    /// With extra arguments, e.g. `--config FILE`, and a log filter.
+    pub fn start_with(dir: &Path, extra: &[&str], log: &str) -> ServerProcess {
         let mut child = binary()
             .args(["run", "--listen", "127.0.0.1:0", "--workers", "2", "--data"])
             .arg(dir)
             .args(extra)
             .env("COLDSTREAM_SECRET", DEV_SECRET)
-            .env("COLDSTREAM_LOG", "warn")
+            .env("COLDSTREAM_LOG", log)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

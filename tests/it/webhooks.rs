@@ -368,14 +368,14 @@ async fn deliveries_pending_while_the_receiver_is_down_survive_sigkill_and_arriv
     let data = dir.path().join("data");
     let config_arg = config_path.to_str().unwrap();
 
-    let server = ServerProcess::start_with(&data, &["--config", config_arg]);
+    let server = ServerProcess::start_with(&data, &["--config", config_arg], "error");
     run_fleet(&server.addr, 6_000, None).await;
     let outbox = data.join("webhooks").join("outbox.log");
     settle(|| std::fs::metadata(&outbox).map_or(0, |m| m.len() as usize)).await;
     server.kill();
 
     // Restarted, with the receiver back: everything pending is delivered.
-    let server = ServerProcess::start_with(&data, &["--config", config_arg]);
+    let server = ServerProcess::start_with(&data, &["--config", config_arg], "error");
     let receiver = Receiver::start_on(addr, |_, _| Behaviour::Answer(204)).await;
     settle(|| receiver.seen().len()).await;
     server.stop();
@@ -482,4 +482,41 @@ async fn a_full_outbox_slows_ingestion_instead_of_dropping_and_catches_up_when_t
     assert_eq!(unique.len(), delivered, "nothing sent twice without a failure");
     server.shutdown().await.unwrap();
     receiver.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_receiver_accepts_signed_deliveries_and_refuses_a_wrong_signature() {
+    let receiver = coldstream::receive::Receiver::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Secret::parse(EXAMPLE_SECRET).unwrap(),
+        false,
+    )
+    .await
+    .unwrap();
+    let url: hyper::Uri = format!("http://{}/alerts", receiver.addr()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    deliver_all(dir.path(), url.clone(), vec![message("a", 1), message("a", 2)], fast_retries(10)).await;
+    let received = receiver.received();
+    assert_eq!(received.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["msg_a1", "msg_a2"]);
+    assert_eq!(received[0].kind, "inventory.negative");
+    assert_eq!(received[0].data["k"], "a");
+
+    // Signed with another secret: refused with 401, a permanent failure.
+    let other = tempfile::tempdir().unwrap();
+    let mut outbox = Outbox::open(&other.path().join("webhooks")).unwrap();
+    outbox.enqueue(vec![message("b", 1)], 1).unwrap();
+    let config = EndpointConfig {
+        url,
+        secret: Secret::parse("whsec_c29tZWJvZHktZWxzZXMtc2VjcmV0").unwrap(),
+        timeout: Duration::from_millis(500),
+        max_in_flight: 1,
+    };
+    let (send, receive) = tokio::sync::mpsc::unbounded_channel();
+    drop(send);
+    let dead_letter = Arc::new(DeadLetter::new(other.path(), ParquetConfig::default()));
+    dispatch(Endpoint::Alerts, config, fast_retries(10), Arc::new(Mutex::new(outbox)), dead_letter, receive).await;
+    let failed = query_csv(other.path(), "SELECT webhook_id, status, answer FROM webhooks_failed").await;
+    assert_eq!(failed, "webhook_id,status,answer\nmsg_b1,401,no signature matches\n");
+    assert_eq!(receiver.received().len(), 2);
+    receiver.stop().await;
 }
