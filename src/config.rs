@@ -57,7 +57,7 @@ pub struct WebhooksSection {
 impl Default for WebhooksSection {
     fn default() -> Self {
         WebhooksSection {
-            max_pending: 1_000_000,
+            max_pending: 100_000,
             retry_initial_ms: 500,
             retry_max_ms: 60_000,
             breaker_failures: 10,
@@ -425,7 +425,7 @@ lead_time_days = 2
 [webhooks]
 # Deliveries pending on disk (webhooks/outbox.log) beyond which the views
 # wait and the gateway slows its acks; nothing is dropped.
-max_pending = 1000000
+max_pending = 100000
 # Retries: the first after retry_initial_ms, each next one twice as late
 # (with jitter), at most retry_max_ms apart; retried until delivered.
 retry_initial_ms = 500
