@@ -90,11 +90,7 @@ async fn outage(fridges: usize) {
             timeout_ms: 10_000,
             max_in_flight: 16,
         };
-        match endpoint {
-            Endpoint::Procurement => config.webhooks.procurement = Some(section),
-            Endpoint::Accounting => config.webhooks.accounting = Some(section),
-            Endpoint::Alerts => config.webhooks.alerts = Some(section),
-        }
+        *config.webhooks.endpoint_mut(endpoint) = Some(section);
     }
     let server = Server::start(&config).await.expect("server");
     let events = fridges as u64 * 165;

@@ -69,6 +69,18 @@ impl Default for WebhooksSection {
     }
 }
 
+impl WebhooksSection {
+    /// The section of `endpoint`, to set or clear.
+    pub fn endpoint_mut(&mut self, endpoint: coldstream_sinks::webhooks::Endpoint) -> &mut Option<EndpointSection> {
+        use coldstream_sinks::webhooks::Endpoint;
+        match endpoint {
+            Endpoint::Procurement => &mut self.procurement,
+            Endpoint::Accounting => &mut self.accounting,
+            Endpoint::Alerts => &mut self.alerts,
+        }
+    }
+}
+
 /// One webhook endpoint.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

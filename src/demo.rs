@@ -132,11 +132,7 @@ pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
             timeout_ms: 10_000,
             max_in_flight: 16,
         };
-        match endpoint {
-            Endpoint::Procurement => config.webhooks.procurement = Some(section),
-            Endpoint::Accounting => config.webhooks.accounting = Some(section),
-            Endpoint::Alerts => config.webhooks.alerts = Some(section),
-        }
+        *config.webhooks.endpoint_mut(endpoint) = Some(section);
         receivers.push((endpoint, receiver));
     }
     let server = Server::start(&config).await?;
