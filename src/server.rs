@@ -106,6 +106,7 @@ pub struct Server {
     /// Webhook delivery, one task per endpoint.
     dispatchers: Vec<tokio::task::JoinHandle<()>>,
     outbox: Arc<std::sync::Mutex<coldstream_sinks::webhooks::Outbox>>,
+    stopping_webhooks: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -142,6 +143,7 @@ impl Server {
         let (webhooks, dispatchers) =
             Webhooks::start(&data_dir, &config.webhooks()?, parquet.clone(), Arc::clone(&hold))?;
         let outbox = webhooks.outbox();
+        let stopping_webhooks = webhooks.stopping();
         let (changes, view_messages) = sync_channel(256);
         let view_sink = {
             let progress = Arc::clone(&progress);
@@ -180,6 +182,7 @@ impl Server {
             view_sink,
             dispatchers,
             outbox,
+            stopping_webhooks,
         })
     }
 
@@ -240,6 +243,7 @@ impl Server {
         let (writer, workers, archiver, view_sink, stop_archiver) =
             (self.writer, self.workers, self.archiver, self.view_sink, self.stop_archiver);
         let dispatchers = self.dispatchers;
+        self.stopping_webhooks.store(true, Ordering::Release);
         let stopped = tokio::task::spawn_blocking(move || {
             // Connections that are still open keep the writer alive; the
             // log is consistent at every commit, so it need not be joined.

@@ -520,3 +520,25 @@ async fn the_bundled_receiver_accepts_signed_deliveries_and_refuses_a_wrong_sign
     assert_eq!(receiver.received().len(), 2);
     receiver.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_a_full_outbox_and_its_receivers_down_still_shuts_down_keeping_everything() {
+    let down = Receiver::start(|_, _| Behaviour::Answer(204)).await;
+    let addr = down.addr;
+    down.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = webhook_config(&format!("http://{addr}/hooks")).replace("[webhooks]\n", "[webhooks]\nmax_pending = 5\n");
+    let mut config = Config::parse(&toml, "test").unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.workers = 2;
+    let server = Server::start(&config).await.unwrap();
+    let target = format!("http://{}", server.addr());
+    let fleet = tokio::spawn(async move { run_fleet(&target, 6_000, None).await });
+    let full = settle(|| server.webhooks_pending()).await;
+    assert!(full >= 5, "{full} pending");
+    tokio::time::timeout(Duration::from_secs(60), server.shutdown()).await.expect("shutdown ends").unwrap();
+    fleet.abort();
+    let outbox = Outbox::open(&dir.path().join("webhooks")).unwrap();
+    assert!(outbox.pending_len() >= full, "what was left is on disk for the next start");
+}

@@ -51,6 +51,8 @@ pub struct Webhooks {
     resume_at: Time,
     max_pending: usize,
     pressure: Arc<AtomicBool>,
+    /// Set when the server stops: a full outbox no longer holds the views.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Webhooks {
@@ -82,7 +84,14 @@ impl Webhooks {
             )));
         }
         let max_pending = config.max_pending.max(1);
-        Ok((Webhooks { derive: Derive::default(), outbox, senders, resume_at, max_pending, pressure }, tasks))
+        let stopping = Arc::default();
+        Ok((Webhooks { derive: Derive::default(), outbox, senders, resume_at, max_pending, pressure, stopping }, tasks))
+    }
+
+    /// Set it to let a full outbox take what is left when the server stops
+    /// (on disk only; delivered after the next start).
+    pub fn stopping(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stopping)
     }
 
     /// The outbox, shared: how many deliveries are pending, for status.
@@ -113,7 +122,9 @@ impl Webhooks {
             return Ok(());
         }
         let mut waited = false;
-        while self.outbox.lock().expect("outbox lock").pending_len() >= self.max_pending {
+        while self.outbox.lock().expect("outbox lock").pending_len() >= self.max_pending
+            && !self.stopping.load(Ordering::Acquire)
+        {
             if !waited {
                 tracing::warn!(
                     max_pending = self.max_pending,
