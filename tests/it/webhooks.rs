@@ -334,6 +334,28 @@ fn webhook_config(url: &str) -> String {
     toml
 }
 
+/// A loopback address where no receiver listens: the receiver is down.
+async fn down_receiver() -> SocketAddr {
+    let down = Receiver::start(|_, _| Behaviour::Answer(204)).await;
+    let addr = down.addr;
+    down.stop();
+    addr
+}
+
+/// An in-process server in `dir` whose webhooks all go to `url`, with
+/// `max_pending` if given.
+async fn server_with_webhooks(dir: &Path, url: &str, max_pending: Option<usize>) -> Server {
+    let mut toml = webhook_config(url);
+    if let Some(max) = max_pending {
+        toml = toml.replace("[webhooks]\n", &format!("[webhooks]\nmax_pending = {max}\n"));
+    }
+    let mut config = Config::parse(&toml, "test").unwrap();
+    config.data_dir = dir.to_path_buf();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.workers = 2;
+    Server::start(&config).await.unwrap()
+}
+
 async fn run_fleet(target: &str, events: u64, rate: Option<f64>) {
     let spec = FleetSpec { seed: 5, fridges: 6, events, start_us: 1_772_323_200_000_000, bad_rate: 0.0 };
     let run = RunSpec { target: target.to_owned(), secret: DEV_SECRET.into(), rate, batch: 50, progress: false };
@@ -359,9 +381,7 @@ async fn settle(count: impl Fn() -> usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_pending_while_the_receiver_is_down_survive_sigkill_and_arrive_in_order_per_key() {
     // The receiver's port is chosen, then nothing listens on it: it is down.
-    let down = Receiver::start(|_, _| Behaviour::Answer(204)).await;
-    let addr = down.addr;
-    down.stop();
+    let addr = down_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("coldstream.toml");
     std::fs::write(&config_path, webhook_config(&format!("http://{addr}/hooks"))).unwrap();
@@ -385,11 +405,7 @@ async fn deliveries_pending_while_the_receiver_is_down_survive_sigkill_and_arriv
     let clean = tempfile::tempdir().unwrap();
     copy_dir(&data.join("log"), &clean.path().join("log"));
     let reference = Receiver::start(|_, _| Behaviour::Answer(204)).await;
-    let mut config = Config::parse(&webhook_config(&format!("http://{}/hooks", reference.addr)), "test").unwrap();
-    config.data_dir = clean.path().to_path_buf();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.workers = 2;
-    let server = Server::start(&config).await.unwrap();
+    let server = server_with_webhooks(clean.path(), &format!("http://{}/hooks", reference.addr), None).await;
     server.caught_up(Duration::from_secs(120)).await.unwrap();
     settle(|| reference.seen().len()).await;
     server.shutdown().await.unwrap();
@@ -442,17 +458,9 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_slows_ingestion_instead_of_dropping_and_catches_up_when_the_receiver_returns() {
-    let down = Receiver::start(|_, _| Behaviour::Answer(204)).await;
-    let addr = down.addr;
-    down.stop();
+    let addr = down_receiver().await;
     let dir = tempfile::tempdir().unwrap();
-    let toml =
-        webhook_config(&format!("http://{addr}/hooks")).replace("[webhooks]\n", "[webhooks]\nmax_pending = 40\n");
-    let mut config = Config::parse(&toml, "test").unwrap();
-    config.data_dir = dir.path().to_path_buf();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.workers = 2;
-    let server = Server::start(&config).await.unwrap();
+    let server = server_with_webhooks(dir.path(), &format!("http://{addr}/hooks"), Some(40)).await;
     let target = format!("http://{}", server.addr());
     let fleet = tokio::spawn(async move { run_fleet(&target, 20_000, Some(2_000.0)).await });
 
@@ -523,16 +531,9 @@ async fn the_bundled_receiver_accepts_signed_deliveries_and_refuses_a_wrong_sign
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_a_full_outbox_and_its_receivers_down_still_shuts_down_keeping_everything() {
-    let down = Receiver::start(|_, _| Behaviour::Answer(204)).await;
-    let addr = down.addr;
-    down.stop();
+    let addr = down_receiver().await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = webhook_config(&format!("http://{addr}/hooks")).replace("[webhooks]\n", "[webhooks]\nmax_pending = 5\n");
-    let mut config = Config::parse(&toml, "test").unwrap();
-    config.data_dir = dir.path().to_path_buf();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.workers = 2;
-    let server = Server::start(&config).await.unwrap();
+    let server = server_with_webhooks(dir.path(), &format!("http://{addr}/hooks"), Some(5)).await;
     let target = format!("http://{}", server.addr());
     let fleet = tokio::spawn(async move { run_fleet(&target, 6_000, None).await });
     let full = settle(|| server.webhooks_pending()).await;

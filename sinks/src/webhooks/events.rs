@@ -108,7 +108,9 @@ impl Derive {
                 }
             }
             ViewBatch::Sessions(changes) => {
-                for ((key, row), time, diff) in changes {
+                // Only rows that call for a message matter: an earlier row
+                // of another status differs from them anyway.
+                for ((key, row), time, diff) in changes.iter().filter(|((_, row), _, _)| payment_kind(row).is_some()) {
                     add(*time, Change::Session(key.clone(), row.clone()), *diff);
                 }
             }
