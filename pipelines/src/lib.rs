@@ -6,6 +6,7 @@
 //! `views/` beside a plain batch reference implementation that the tests
 //! compare it with.
 
+pub mod checkpoint;
 pub mod event;
 #[cfg(test)]
 mod fleet_gen;

@@ -24,15 +24,18 @@ use differential_dataflow::collection::{AsCollection, VecCollection};
 use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{Data, ExchangeData};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Capability, InputCapability};
 
 use crate::Time;
+use crate::checkpoint::{Checkpoints, OperatorSnapshot, encode};
 
 /// A table every fridge of a [`by_fridge_in_time_order_with`] operator
 /// reads, kept whole on every worker.
-pub trait Shared: Default + 'static {
+pub trait Shared: Default + Serialize + DeserializeOwned + 'static {
     /// A change to the table.
     type Change: ExchangeData;
 
@@ -48,7 +51,7 @@ impl Shared for () {
 }
 
 /// A fridge's state in a [`by_fridge_in_time_order`] operator.
-pub trait FridgeState: 'static {
+pub trait FridgeState: Serialize + DeserializeOwned + 'static {
     /// What the operator consumes, per fridge.
     type Input: ExchangeData;
     /// The changes it produces.
@@ -127,6 +130,16 @@ impl HeldRecords {
     }
 }
 
+/// What every per-fridge operator is handed: where it counts the records
+/// it holds, and the checkpoints it takes part in.
+#[derive(Clone, Debug, Default)]
+pub struct OperatorHooks {
+    /// The count of records held.
+    pub held: HeldRecords,
+    /// Checkpoint requests and the state to start from.
+    pub checkpoints: Checkpoints,
+}
+
 /// The updates of one logical time, held until both input frontiers pass it:
 /// the fridges' updates and the shared table's changes.
 struct Pending<I, C> {
@@ -153,10 +166,10 @@ pub fn by_fridge_in_time_order<'s, S: FridgeState<Shared = ()>>(
     input: VecCollection<'s, Time, (String, S::Input)>,
     name: &str,
     new_state: impl Fn() -> S + 'static,
-    held: HeldRecords,
+    hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, S::Output> {
     let none = timely::dataflow::operators::generic::operator::empty(input.inner.scope()).as_collection();
-    by_fridge_in_time_order_with(input, none, name, new_state, held)
+    by_fridge_in_time_order_with(input, none, name, new_state, hooks)
 }
 
 /// [`by_fridge_in_time_order`] with a shared table: `shared`'s changes
@@ -167,19 +180,36 @@ pub fn by_fridge_in_time_order_with<'s, S: FridgeState>(
     shared: VecCollection<'s, Time, <S::Shared as Shared>::Change>,
     name: &str,
     new_state: impl Fn() -> S + 'static,
-    held: HeldRecords,
+    hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, S::Output> {
     use timely::dataflow::channels::pact::Pipeline;
     use timely::dataflow::operators::vec::Broadcast;
 
     type Update<S> = ((String, <S as FridgeState>::Input), Time, isize);
     let exchange = Exchange::new(|((fridge, _), _, _): &Update<S>| fridge.hashed());
+    let (worker, peers) = (input.inner.scope().index(), input.inner.scope().peers());
+    let (held, checkpoints) = (hooks.held.clone(), hooks.checkpoints.clone());
+    checkpoints.register(worker, peers);
+    let operator = name.to_owned();
     input
         .inner
         .binary_frontier(shared.inner.broadcast(), exchange, Pipeline, name, move |_capability, _info| {
             let mut pending: BTreeMap<Time, Pending<S::Input, <S::Shared as Shared>::Change>> = BTreeMap::new();
-            let mut fridges: HashMap<String, S> = HashMap::new();
-            let mut table = S::Shared::default();
+            let (mut fridges, mut table): (HashMap<String, S>, S::Shared) =
+                checkpoints.restore(&operator, worker, peers).unwrap_or_else(|error| {
+                    checkpoints.fail(error);
+                    Default::default()
+                });
+            held.add(fridges.values().map(|state| state.held() as i64).sum());
+            // The last checkpoint taken (or started from).
+            let mut taken = (checkpoints.start() > 0).then(|| checkpoints.start());
+            let snapshot = move |time: Time, fridges: &HashMap<String, S>, table: &S::Shared| OperatorSnapshot {
+                time,
+                operator: operator.clone(),
+                worker,
+                shared: encode(table),
+                fridges: fridges.iter().map(|(fridge, state)| (fridge.clone(), encode(state))).collect(),
+            };
             let mut out = Vec::new();
             move |(input, frontier), (shared_input, shared_frontier), output| {
                 input.for_each(|capability, data| {
@@ -195,6 +225,11 @@ pub fn by_fridge_in_time_order_with<'s, S: FridgeState>(
                 while let Some(entry) = pending.first_entry() {
                     if frontier.less_equal(entry.key()) || shared_frontier.less_equal(entry.key()) {
                         break;
+                    }
+                    // Checkpoints requested before this time see none of it.
+                    while let Some(at) = checkpoints.next_after(taken).filter(|at| at <= entry.key()) {
+                        checkpoints.deliver(snapshot(at, &fridges, &table));
+                        taken = Some(at);
                     }
                     let (time, Pending { capability, mut updates, shared: mut changes }) = entry.remove_entry();
                     let mut session = output.session(&capability);
@@ -223,6 +258,15 @@ pub fn by_fridge_in_time_order_with<'s, S: FridgeState>(
                     for (change, diff) in out.drain(..) {
                         session.give((change, time, diff));
                     }
+                }
+                // Every time before a requested checkpoint is applied once
+                // both frontiers have reached it.
+                while let Some(at) = checkpoints.next_after(taken) {
+                    if frontier.less_than(&at) || shared_frontier.less_than(&at) {
+                        break;
+                    }
+                    checkpoints.deliver(snapshot(at, &fridges, &table));
+                    taken = Some(at);
                 }
             }
         })

@@ -23,9 +23,10 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use differential_dataflow::collection::VecCollection;
+use serde::{Deserialize, Serialize};
 
 use crate::event::MINUTE_US;
-use crate::operators::{FridgeState, HeldRecords, by_fridge_in_time_order};
+use crate::operators::{FridgeState, OperatorHooks, by_fridge_in_time_order};
 use crate::views::Keyed;
 use crate::{Event, Payload, Temperature, Time};
 
@@ -82,6 +83,7 @@ fn runs<'a>(readings: impl Iterator<Item = (&'a Position, &'a Temperature)>) -> 
 }
 
 /// One fridge's telemetry within the horizon.
+#[derive(Serialize, Deserialize)]
 struct Telemetry {
     horizon_us: i64,
     latest: i64,
@@ -173,9 +175,9 @@ impl FridgeState for Telemetry {
 pub fn excursions<'s>(
     events: VecCollection<'s, Time, Event>,
     horizon_us: i64,
-    held: HeldRecords,
+    hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, (ExcursionKey, Excursion)> {
-    cold_chain(events, horizon_us, held).0
+    cold_chain(events, horizon_us, hooks).0
 }
 
 /// [`excursions`], and per fridge the `settled` event time before which
@@ -184,7 +186,7 @@ pub fn excursions<'s>(
 pub fn cold_chain<'s>(
     events: VecCollection<'s, Time, Event>,
     horizon_us: i64,
-    held: HeldRecords,
+    hooks: &OperatorHooks,
 ) -> (Keyed<'s, ExcursionKey, Excursion>, Keyed<'s, String, i64>) {
     let readings = events.flat_map(|event| reading(&event));
     let new_state = move || Telemetry {
@@ -195,7 +197,7 @@ pub fn cold_chain<'s>(
         found: BTreeMap::new(),
         announced: false,
     };
-    let changes = by_fridge_in_time_order(readings, "Excursions", new_state, held);
+    let changes = by_fridge_in_time_order(readings, "Excursions", new_state, hooks);
     let excursions = changes.clone().flat_map(|change| match change {
         ColdChain::Excursion(key, excursion) => Some((key, excursion)),
         ColdChain::Settled(..) => None,
@@ -229,6 +231,7 @@ mod tests {
     use super::*;
     use crate::event::{DAY_US, HOUR_US};
     use crate::harness::{final_state, run_view};
+    use crate::operators::HeldRecords;
     use crate::views::tests::{keyed, run_all};
     use crate::views::{ViewConfig, inventory_reference};
 
@@ -243,7 +246,7 @@ mod tests {
 
     fn by_dataflow(workers: usize, arrivals: Vec<(Time, Vec<Event>)>) -> BTreeMap<ExcursionKey, Excursion> {
         let view = run_view(workers, arrivals, |events: VecCollection<'_, Time, Event>| {
-            excursions(events, DAY_US, HeldRecords::default())
+            excursions(events, DAY_US, &OperatorHooks::default())
         });
         final_state(&view).into_keys().collect()
     }
@@ -328,7 +331,7 @@ mod tests {
             readings.chunks(60).enumerate().map(|(i, hour)| (i as Time + 1, hour.to_vec())).collect();
         let found: BTreeMap<ExcursionKey, Excursion> =
             final_state(&run_view(1, arrivals, move |events: VecCollection<'_, Time, Event>| {
-                excursions(events, 2 * HOUR_US, held.clone())
+                excursions(events, 2 * HOUR_US, &OperatorHooks { held: held.clone(), ..OperatorHooks::default() })
             }))
             .into_keys()
             .collect();

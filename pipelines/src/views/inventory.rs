@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
 
-use crate::operators::{FridgeState, HeldRecords, by_fridge_in_time_order};
+use crate::operators::{FridgeState, OperatorHooks, by_fridge_in_time_order};
 use crate::views::cold_chain::{EXCURSION_AFTER_US, Excursion, ExcursionKey};
 use crate::{Event, Payload, Time};
 
@@ -100,7 +100,7 @@ fn bump<K: Ord>(set: &mut BTreeMap<K, isize>, key: K, diff: isize) {
 
 /// One SKU of a fridge: what lies behind the fold point as one value, and
 /// the events since.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Shelf {
     /// On-hand from everything folded; `None` if nothing was.
     base: Option<i64>,
@@ -154,6 +154,7 @@ impl Shelf {
 }
 
 /// One fridge's stock within the horizon.
+#[derive(Serialize, Deserialize)]
 struct Fridge {
     horizon_us: i64,
     latest: i64,
@@ -274,7 +275,7 @@ pub fn inventory<'s>(
     excursions: VecCollection<'s, Time, (ExcursionKey, Excursion)>,
     settled: VecCollection<'s, Time, (String, i64)>,
     horizon_us: i64,
-    held: HeldRecords,
+    hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, (InventoryKey, i64)> {
     let write_offs = excursions.map(|((fridge, start), _)| (fridge, (start + EXCURSION_AFTER_US, Stock::WrittenOff)));
     let settled = settled.map(|(fridge, at)| (fridge, (at, Stock::Settled)));
@@ -288,7 +289,7 @@ pub fn inventory<'s>(
         warmed: false,
         settled: BTreeMap::new(),
     };
-    by_fridge_in_time_order(stock, "Inventory", new_state, held)
+    by_fridge_in_time_order(stock, "Inventory", new_state, hooks)
 }
 
 /// Every cold-chain write-off, `((fridge, sku), event_time)`, computed
@@ -340,6 +341,7 @@ pub fn inventory_reference(events: &[Event]) -> BTreeMap<InventoryKey, i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operators::HeldRecords;
     use crate::views::ViewConfig;
     use crate::views::tests::{keyed, run_all};
 
@@ -402,7 +404,13 @@ mod tests {
         let changes = crate::harness::run_view(1, arrivals, move |events: VecCollection<'_, Time, Event>| {
             let nothing = events.clone().filter(|_| false).map(|_| ((String::new(), 0), (0, crate::Temperature(0.0))));
             let settled = events.clone().filter(|_| false).map(|_| (String::new(), 0));
-            inventory(events, nothing, settled, 2 * crate::event::HOUR_US, held.clone())
+            inventory(
+                events,
+                nothing,
+                settled,
+                2 * crate::event::HOUR_US,
+                &OperatorHooks { held: held.clone(), ..OperatorHooks::default() },
+            )
         });
         let on_hand = keyed(&changes);
         assert_eq!(on_hand, inventory_reference(&all), "the late take is beyond the horizon");

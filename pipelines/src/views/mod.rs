@@ -18,13 +18,13 @@ pub use alerts::{Alert, alerts, alerts_reference};
 pub use cold_chain::{Excursion, ExcursionKey, cold_chain, excursions, excursions_reference};
 pub use inventory::{InventoryKey, inventory, inventory_reference, write_offs_reference};
 pub use planogram::{Slot, SlotKey, planogram, planogram_reference};
-pub use restock::{RestockLine, order_id, restock_lines, restock_lines_reference, restock_orders};
+pub use restock::{RestockLine, order_id, restock_lines_reference, restock_orders};
 pub use sales_7d::{SALES_WINDOW_US, sales_7d, sales_7d_reference};
 pub use sessions::{
     RevenueKey, SessionKey, SessionRow, SessionStatus, revenue_reference, sessions_and_revenue, sessions_reference,
 };
 
-use crate::operators::HeldRecords;
+use crate::operators::OperatorHooks;
 use crate::{Event, Time};
 
 /// Settings of the views.
@@ -34,13 +34,13 @@ pub struct ViewConfig {
     pub horizon_us: i64,
     /// Lead time of a restock delivery, in days (the reorder point).
     pub lead_time_days: i64,
-    /// Where the per-fridge operators report the records they hold.
-    pub held: HeldRecords,
+    /// Where the per-fridge operators count what they hold, and their checkpoints.
+    pub hooks: OperatorHooks,
 }
 
 impl Default for ViewConfig {
     fn default() -> Self {
-        ViewConfig { horizon_us: 6 * crate::event::HOUR_US, lead_time_days: 2, held: HeldRecords::default() }
+        ViewConfig { horizon_us: 6 * crate::event::HOUR_US, lead_time_days: 2, hooks: OperatorHooks::default() }
     }
 }
 
@@ -131,20 +131,19 @@ pub fn all<'s>(events: VecCollection<'s, Time, Event>, config: &ViewConfig) -> V
     let mut next = || parts.next().expect("partition returns one stream per part");
     let (telemetry, customers, stock, back_office) = (next(), next(), next(), next());
 
-    let slots = planogram(back_office.clone());
-    let (excursions, settled) = cold_chain(telemetry.clone(), config.horizon_us, config.held.clone());
+    let (excursions, settled) = cold_chain(telemetry.clone(), config.horizon_us, &config.hooks);
     let inventory = inventory(
         customers.clone().concat(stock.clone()).concat(back_office.clone()),
         excursions.clone(),
         settled,
         config.horizon_us,
-        config.held.clone(),
+        &config.hooks,
     );
     let (sessions, revenue) =
-        sessions_and_revenue(customers.clone().concat(back_office), config.horizon_us, config.held.clone());
-    let sales_7d = sales_7d(telemetry.concat(customers).concat(stock), config.held.clone());
-    let lines = restock_lines(slots, inventory.clone(), sales_7d.clone(), config.lead_time_days);
-    let restock_orders = restock_orders(lines, config.held.clone());
+        sessions_and_revenue(customers.clone().concat(back_office.clone()), config.horizon_us, &config.hooks);
+    let sales_7d = sales_7d(telemetry.concat(customers).concat(stock), &config.hooks);
+    let restock_orders =
+        restock_orders(back_office, inventory.clone(), sales_7d.clone(), config.lead_time_days, &config.hooks);
     let alerts = alerts(inventory.clone(), excursions.clone());
     Views { inventory, sessions, revenue, sales_7d, excursions, restock_orders, alerts }
 }

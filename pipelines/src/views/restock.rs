@@ -12,16 +12,16 @@
 //! order the same id; line changes update the same order, and the order
 //! closes when its last line disappears. The next line opens a new order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
 
-use crate::operators::{FridgeState, HeldRecords, by_fridge_in_time_order};
+use crate::operators::{FridgeState, OperatorHooks, by_fridge_in_time_order};
 use crate::views::inventory::{InventoryKey, inventory_reference};
-use crate::views::planogram::{Slot, SlotKey, planogram_reference};
+use crate::views::planogram::{Slot, planogram_reference};
 use crate::views::sales_7d::sales_7d_reference;
-use crate::{Event, Time};
+use crate::{Event, Payload, Time};
 
 /// One line of an open restock order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -48,78 +48,143 @@ fn line(slot: Slot, on_hand: i64, sold_7d: i64, lead_time_days: i64) -> Option<i
     (slot.par > 0 && on_hand <= reorder_point && qty > 0).then_some(qty)
 }
 
-/// The lines every fridge needs now: `((fridge, sku), qty)`.
-pub fn restock_lines<'s>(
-    planogram: VecCollection<'s, Time, (SlotKey, Slot)>,
-    inventory: VecCollection<'s, Time, (InventoryKey, i64)>,
-    sales_7d: VecCollection<'s, Time, (InventoryKey, i64)>,
-    lead_time_days: i64,
-) -> VecCollection<'s, Time, (InventoryKey, i64)> {
-    let carried = planogram.filter(|(_, slot)| slot.par > 0);
-    let stocked = carried.clone().join_map(inventory.clone(), |key, slot, on_hand| (key.clone(), (*slot, *on_hand)));
-    let never_stocked = carried.antijoin(inventory.map(|(key, _)| key)).map(|(key, slot)| (key, (slot, 0)));
-    let slots = stocked.concat(never_stocked);
-    let selling =
-        slots.clone().join_map(sales_7d.clone(), |key, &(slot, on_hand), &sold| (key.clone(), (slot, on_hand, sold)));
-    let not_selling =
-        slots.antijoin(sales_7d.map(|(key, _)| key)).map(|(key, (slot, on_hand))| (key, (slot, on_hand, 0)));
-    selling
-        .concat(not_selling)
-        .flat_map(move |(key, (slot, on_hand, sold))| line(slot, on_hand, sold, lead_time_days).map(|qty| (key, qty)))
+/// What restock reads of one SKU of a fridge.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Reading {
+    /// A PlanogramSet: `(event_time, seq, slot)`.
+    Plan(String, (i64, u64, Slot)),
+    /// A row of `inventory`.
+    OnHand(String, i64),
+    /// A row of `sales_7d`.
+    Sold(String, i64),
 }
 
-/// One fridge's order: how many lines it has and when it opened.
-#[derive(Default)]
-struct Order {
-    lines: isize,
+/// One SKU of a fridge, as restock sees it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Shelf {
+    /// The latest planogram version.
+    plan: Option<(i64, u64, Slot)>,
+    /// The `inventory` row's value (0 without one).
+    on_hand: i64,
+    /// The `sales_7d` row's value (0 without one).
+    sold: i64,
+    /// The line in the output, if any.
+    line: Option<i64>,
+}
+
+/// One fridge's shelves and its open order.
+#[derive(Debug, Serialize, Deserialize)]
+struct Restock {
+    lead_time_days: i64,
+    shelves: BTreeMap<String, Shelf>,
+    /// Lines in the output.
+    lines: usize,
+    /// The logical time the open order opened at, if one is open.
     opened_at: Option<Time>,
 }
 
-impl FridgeState for Order {
-    type Input = (String, i64);
-    type Output = (String, Time);
+impl Restock {
+    fn give(fridge: &str, sku: &str, opened_at: Time, qty: i64, diff: isize, out: &mut Vec<RestockChange>) {
+        let line = RestockLine { order_id: order_id(fridge, opened_at), opened_at, qty };
+        out.push((((fridge.to_owned(), sku.to_owned()), line), diff));
+    }
+}
+
+type RestockChange = ((InventoryKey, RestockLine), isize);
+
+impl FridgeState for Restock {
+    type Input = Reading;
+    type Output = (InventoryKey, RestockLine);
     type Shared = ();
 
     fn apply(
         &mut self,
         fridge: &str,
         time: Time,
-        inputs: &[(Self::Input, isize)],
+        inputs: &[(Reading, isize)],
         _shared: &(),
-        out: &mut Vec<(Self::Output, isize)>,
+        out: &mut Vec<RestockChange>,
     ) {
-        self.lines += inputs.iter().map(|(_, diff)| diff).sum::<isize>();
+        let mut touched = BTreeSet::new();
+        for (reading, diff) in inputs {
+            let (Reading::Plan(sku, _) | Reading::OnHand(sku, _) | Reading::Sold(sku, _)) = reading;
+            let shelf = self.shelves.entry(sku.clone()).or_default();
+            match reading {
+                // Events are only ever added: the latest version stays the latest.
+                Reading::Plan(_, version) if *diff > 0 => shelf.plan = shelf.plan.max(Some(*version)),
+                Reading::Plan(..) => {}
+                Reading::OnHand(_, units) => shelf.on_hand += units * *diff as i64,
+                Reading::Sold(_, units) => shelf.sold += units * *diff as i64,
+            }
+            touched.insert(sku);
+        }
+        let mut changed = Vec::new();
+        for sku in touched {
+            let Some(shelf) = self.shelves.get_mut(sku) else { continue };
+            let now = shelf.plan.and_then(|(_, _, slot)| line(slot, shelf.on_hand, shelf.sold, self.lead_time_days));
+            if now != shelf.line {
+                changed.push((sku, shelf.line, now));
+                self.lines = self.lines + usize::from(now.is_some()) - usize::from(shelf.line.is_some());
+                shelf.line = now;
+            }
+            if shelf.plan.is_none() && shelf.on_hand == 0 && shelf.sold == 0 {
+                self.shelves.remove(sku);
+            }
+        }
         match (self.opened_at, self.lines > 0) {
+            (Some(opened_at), open) => {
+                for (sku, before, after) in changed {
+                    if let Some(qty) = before {
+                        Restock::give(fridge, sku, opened_at, qty, -1, out);
+                    }
+                    if let Some(qty) = after {
+                        Restock::give(fridge, sku, opened_at, qty, 1, out);
+                    }
+                }
+                if !open {
+                    self.opened_at = None;
+                }
+            }
             (None, true) => {
                 self.opened_at = Some(time);
-                out.push(((fridge.to_owned(), time), 1));
+                for (sku, shelf) in &self.shelves {
+                    if let Some(qty) = shelf.line {
+                        Restock::give(fridge, sku, time, qty, 1, out);
+                    }
+                }
             }
-            (Some(opened_at), false) => {
-                self.opened_at = None;
-                out.push(((fridge.to_owned(), opened_at), -1));
-            }
-            _ => {}
+            (None, false) => {}
         }
     }
 
     fn held(&self) -> usize {
-        usize::from(self.opened_at.is_some())
+        self.shelves.len() + usize::from(self.opened_at.is_some())
     }
 }
 
-/// Every line of every open order, keyed by `(fridge, sku)`.
+/// Every line of every open order, keyed by `(fridge, sku)`, from the
+/// back-office events (for the planogram) and the `inventory` and
+/// `sales_7d` views.
 pub fn restock_orders<'s>(
-    lines: VecCollection<'s, Time, (InventoryKey, i64)>,
-    held: HeldRecords,
+    back_office: VecCollection<'s, Time, Event>,
+    inventory: VecCollection<'s, Time, (InventoryKey, i64)>,
+    sales_7d: VecCollection<'s, Time, (InventoryKey, i64)>,
+    lead_time_days: i64,
+    hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, (InventoryKey, RestockLine)> {
-    let by_fridge = lines.map(|((fridge, sku), qty)| (fridge, (sku, qty)));
-    let open = by_fridge_in_time_order(by_fridge.clone(), "RestockOrders", Order::default, held);
-    by_fridge.join_map(open, |fridge, (sku, qty), &opened_at| {
-        ((fridge.clone(), sku.clone()), RestockLine { order_id: order_id(fridge, opened_at), opened_at, qty: *qty })
-    })
+    let plans = back_office.flat_map(|event| match event.payload {
+        Payload::PlanogramSet { fridge_id, sku, par, min, perishable } => {
+            Some((fridge_id, Reading::Plan(sku, (event.event_time, event.seq, Slot { par, min, perishable }))))
+        }
+        _ => None,
+    });
+    let on_hand = inventory.map(|((fridge, sku), units)| (fridge, Reading::OnHand(sku, units)));
+    let sold = sales_7d.map(|((fridge, sku), units)| (fridge, Reading::Sold(sku, units)));
+    let new_state = move || Restock { lead_time_days, shelves: BTreeMap::new(), lines: 0, opened_at: None };
+    by_fridge_in_time_order(plans.concat(on_hand).concat(sold), "Restock", new_state, hooks)
 }
 
-/// The batch reference of [`restock_lines`]: what every fridge needs,
+/// The lines every fridge needs, by the batch reference: what every fridge needs,
 /// given every event.
 pub fn restock_lines_reference(events: &[Event], lead_time_days: i64) -> BTreeMap<InventoryKey, i64> {
     let inventory = inventory_reference(events);
@@ -137,7 +202,6 @@ pub fn restock_lines_reference(events: &[Event], lead_time_days: i64) -> BTreeMa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Payload;
     use crate::event::MINUTE_US;
     use crate::views::ViewConfig;
     use crate::views::tests::run_all;

@@ -14,9 +14,10 @@
 use std::collections::BTreeMap;
 
 use differential_dataflow::collection::VecCollection;
+use serde::{Deserialize, Serialize};
 
 use crate::event::DAY_US;
-use crate::operators::{FridgeState, HeldRecords, by_fridge_in_time_order};
+use crate::operators::{FridgeState, OperatorHooks, by_fridge_in_time_order};
 use crate::views::inventory::InventoryKey;
 use crate::{Event, Payload, Time};
 
@@ -40,7 +41,7 @@ fn sighting(event: &Event) -> Option<(String, Sighting)> {
 }
 
 /// One fridge's sales window.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Window {
     latest: Option<i64>,
     /// `(event_time, sku) → (units, movements)` inside the window.
@@ -117,9 +118,9 @@ impl FridgeState for Window {
 /// Seven-day sales of every `(fridge, sku)`, maintained incrementally.
 pub fn sales_7d<'s>(
     events: VecCollection<'s, Time, Event>,
-    held: HeldRecords,
+    hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, (InventoryKey, i64)> {
-    by_fridge_in_time_order(events.flat_map(|event| sighting(&event)), "Sales7d", Window::default, held)
+    by_fridge_in_time_order(events.flat_map(|event| sighting(&event)), "Sales7d", Window::default, hooks)
 }
 
 /// The batch reference of [`sales_7d`].

@@ -19,7 +19,7 @@ use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use crate::event::HOUR_US;
-use crate::operators::{FridgeState, HeldRecords, Shared, by_fridge_in_time_order_with};
+use crate::operators::{FridgeState, OperatorHooks, Shared, by_fridge_in_time_order_with};
 use crate::views::Keyed;
 use crate::{Event, Payload, Time};
 
@@ -123,7 +123,7 @@ type Versions = BTreeMap<(i64, u64, i64), isize>;
 /// Every price version ever set, global and per fridge: a handful per SKU,
 /// kept whole so that a late price change can re-price the sessions it
 /// reaches.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct PriceList {
     /// `sku → (global versions, fridge → its own versions)`.
     skus: HashMap<String, (Versions, HashMap<String, Versions>)>,
@@ -201,7 +201,7 @@ fn decide(
 }
 
 /// One session's facts, as multisets so that any change can be undone.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Session {
     /// Events naming the session: it exists while this is positive.
     events: isize,
@@ -267,6 +267,7 @@ pub enum SessionChange {
 
 /// One fridge's sessions within the horizon, and the revenue hours they
 /// can still change.
+#[derive(Serialize, Deserialize)]
 struct Sessions {
     horizon_us: i64,
     latest: i64,
@@ -412,7 +413,7 @@ impl FridgeState for Sessions {
 pub fn sessions_and_revenue<'s>(
     events: VecCollection<'s, Time, Event>,
     horizon_us: i64,
-    held: HeldRecords,
+    hooks: &OperatorHooks,
 ) -> (Keyed<'s, SessionKey, SessionRow>, Keyed<'s, RevenueKey, Totals>) {
     let sightings = events.clone().flat_map(|event| sighting(&event));
     let prices = events.flat_map(|event| price(&event));
@@ -423,7 +424,7 @@ pub fn sessions_and_revenue<'s>(
         sessions: HashMap::new(),
         revenue: BTreeMap::new(),
     };
-    let changes = by_fridge_in_time_order_with(sightings, prices, "Sessions", new_state, held);
+    let changes = by_fridge_in_time_order_with(sightings, prices, "Sessions", new_state, hooks);
     let sessions = changes.clone().flat_map(|change| match change {
         SessionChange::Session(key, row) => Some((key, row)),
         SessionChange::Revenue(..) => None,
@@ -507,6 +508,7 @@ mod tests {
     use crate::event::{DAY_US, HOUR_US, MINUTE_US};
     use crate::fleet_gen;
     use crate::harness::{final_state, run_view};
+    use crate::operators::HeldRecords;
 
     fn state<K: Ord + Clone, V: Ord + Clone>(changes: &[((K, V), Time, isize)]) -> BTreeMap<K, V> {
         final_state(changes)
@@ -524,13 +526,13 @@ mod tests {
 
     fn sessions_by_dataflow(workers: usize, arrivals: Vec<(Time, Vec<Event>)>) -> BTreeMap<SessionKey, SessionRow> {
         state(&run_view(workers, arrivals, |events: VecCollection<'_, Time, Event>| {
-            sessions_and_revenue(events, DAY_US, HeldRecords::default()).0
+            sessions_and_revenue(events, DAY_US, &OperatorHooks::default()).0
         }))
     }
 
     fn revenue_by_dataflow(workers: usize, arrivals: Vec<(Time, Vec<Event>)>) -> BTreeMap<RevenueKey, (i64, i64, i64)> {
         state(&run_view(workers, arrivals, |events: VecCollection<'_, Time, Event>| {
-            sessions_and_revenue(events, DAY_US, HeldRecords::default()).1
+            sessions_and_revenue(events, DAY_US, &OperatorHooks::default()).1
         }))
     }
 
@@ -659,7 +661,8 @@ mod tests {
         let held = HeldRecords::default();
         let counter = held.clone();
         let changes = run_view(1, arrivals, move |events: VecCollection<'_, Time, Event>| {
-            sessions_and_revenue(events, 2 * HOUR_US, held.clone()).0
+            sessions_and_revenue(events, 2 * HOUR_US, &OperatorHooks { held: held.clone(), ..OperatorHooks::default() })
+                .0
         });
         let sessions = state(&changes);
         assert_eq!(sessions.len(), 240);

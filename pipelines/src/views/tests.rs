@@ -172,3 +172,67 @@ proptest! {
         prop_assert_eq!(&first, &run_all(1, arrivals, ViewConfig::default(), |v| v.inventory));
     }
 }
+
+/// Every change of every view, as `(view, record, time, diff)`, consolidated.
+fn every_change(batches: Vec<ViewBatch>) -> Vec<((&'static str, String), Time, isize)> {
+    fn rows<D: std::fmt::Debug>(view: &'static str, changes: Changes<D>) -> Changes<(&'static str, String)> {
+        changes.into_iter().map(|(record, time, diff)| ((view, format!("{record:?}")), time, diff)).collect()
+    }
+    let mut all = Vec::new();
+    for batch in batches {
+        all.extend(match batch {
+            ViewBatch::Inventory(c) => rows("inventory", c),
+            ViewBatch::Sessions(c) => rows("sessions", c),
+            ViewBatch::Revenue(c) => rows("revenue", c),
+            ViewBatch::Sales7d(c) => rows("sales_7d", c),
+            ViewBatch::Excursions(c) => rows("excursions", c),
+            ViewBatch::RestockOrders(c) => rows("restock_orders", c),
+            ViewBatch::Alerts(c) => rows("alerts", c),
+        });
+    }
+    crate::harness::consolidate(all)
+}
+
+/// The state of every per-fridge operator at `at`, taken on `workers` workers.
+fn checkpoint_at(workers: usize, arrivals: Vec<(Time, Vec<Event>)>, at: Time) -> crate::checkpoint::DataflowState {
+    let parts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&parts);
+    let checkpoints = crate::checkpoint::Checkpoints::new(None, move |part| {
+        sink.lock().expect("no test thread panics").push(part);
+    });
+    checkpoints.request(at);
+    let config = ViewConfig {
+        hooks: OperatorHooks { checkpoints: checkpoints.clone(), ..Default::default() },
+        ..Default::default()
+    };
+    crate::harness::run_views(workers, arrivals, config);
+    let parts = std::mem::take(&mut *parts.lock().expect("no test thread panics"));
+    assert_eq!(parts.len(), checkpoints.expected_snapshots(), "one snapshot per operator and worker");
+    crate::checkpoint::DataflowState::gather(at, parts)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// A dataflow restored from a checkpoint at `T` and fed only what
+    /// arrives from `T` on makes exactly the changes the uninterrupted one
+    /// makes from `T` on, whatever the worker counts before and after.
+    #[test]
+    fn a_restored_dataflow_continues_exactly(
+        (_, arrivals) in with_offline_fridge(fleet(90)),
+        split in 0.0f64..1.0,
+        before in 1usize..=2,
+        after in 1usize..=2,
+    ) {
+        let at = arrivals[((arrivals.len() as f64 * split) as usize).min(arrivals.len() - 1)].0;
+        let whole = every_change(crate::harness::run_views(after, arrivals.clone(), ViewConfig::default()));
+        let state = checkpoint_at(before, arrivals.clone(), at);
+        prop_assert_eq!(state.time, at);
+        let tail: Vec<_> = arrivals.into_iter().filter(|(time, _)| *time >= at).collect();
+        let checkpoints = crate::checkpoint::Checkpoints::new(Some(state), |_| {});
+        let config = ViewConfig { hooks: OperatorHooks { checkpoints, ..Default::default() }, ..Default::default() };
+        let resumed = every_change(crate::harness::run_views(after, tail, config));
+        let expected: Vec<_> = whole.into_iter().filter(|(_, time, _)| *time >= at).collect();
+        prop_assert_eq!(resumed, expected);
+    }
+}

@@ -1,0 +1,195 @@
+//! Checkpoints of the per-fridge operators.
+//!
+//! A checkpoint is requested at a logical time `T`: every per-fridge
+//! operator, on every worker, hands over the state of each fridge it keeps
+//! once it has applied every update before `T` and none at or after it.
+//! Since every view's state lives in such operators (the rest of the
+//! dataflow is stateless maps and filters), those states together are the
+//! whole dataflow's state at `T`, and a dataflow built from them and fed
+//! the log from `T` on produces exactly the changes the uninterrupted one
+//! would have.
+//!
+//! Who asks for a checkpoint, where the states go and where they are kept
+//! is up to the caller: this module does no I/O.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use differential_dataflow::hashable::Hashable;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::Time;
+
+/// One operator's state on one worker at a checkpoint time.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OperatorSnapshot {
+    /// Every update before this time is applied, none at or after it.
+    pub time: Time,
+    /// The operator's name (unique within the dataflow).
+    pub operator: String,
+    /// The worker that kept these fridges.
+    pub worker: usize,
+    /// The shared table, encoded (the same on every worker).
+    pub shared: Vec<u8>,
+    /// Every fridge the worker kept, with its encoded state.
+    pub fridges: Vec<(String, Vec<u8>)>,
+}
+
+/// The state of every per-fridge operator at one logical time.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DataflowState {
+    /// Every update before this time is in the state.
+    pub time: Time,
+    /// By operator: the shared table and every fridge's state.
+    pub operators: BTreeMap<String, (Vec<u8>, Vec<(String, Vec<u8>)>)>,
+}
+
+impl DataflowState {
+    /// Gathers the snapshots every worker took at `time`.
+    pub fn gather(time: Time, parts: Vec<OperatorSnapshot>) -> DataflowState {
+        let mut operators: BTreeMap<String, (Vec<u8>, Vec<(String, Vec<u8>)>)> = BTreeMap::new();
+        for part in parts.into_iter().filter(|p| p.time == time) {
+            let entry = operators.entry(part.operator).or_default();
+            if part.worker == 0 || entry.0.is_empty() {
+                entry.0 = part.shared;
+            }
+            entry.1.extend(part.fridges);
+        }
+        for (_, fridges) in operators.values_mut() {
+            fridges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
+        DataflowState { time, operators }
+    }
+
+    /// Fridges kept, summed over operators.
+    pub fn fridge_states(&self) -> usize {
+        self.operators.values().map(|(_, fridges)| fridges.len()).sum()
+    }
+}
+
+/// A state that cannot be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("the checkpointed state of operator {operator} does not decode: {reason}")]
+pub struct RestoreError {
+    /// The operator.
+    pub operator: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+type Deliver = Box<dyn Fn(OperatorSnapshot) + Send + Sync>;
+
+#[derive(Default)]
+struct Inner {
+    requests: Mutex<BTreeSet<Time>>,
+    restored: Option<DataflowState>,
+    deliver: Option<Deliver>,
+    /// Operators built on worker 0, and the number of workers.
+    registered: Mutex<(usize, usize)>,
+    failed: Mutex<Option<RestoreError>>,
+}
+
+/// The checkpoint requests and the state to start from, shared by every
+/// per-fridge operator of every worker. The default takes no checkpoints
+/// and starts empty.
+#[derive(Clone, Default)]
+pub struct Checkpoints(Arc<Inner>);
+
+impl std::fmt::Debug for Checkpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoints")
+            .field("enabled", &self.0.deliver.is_some())
+            .field("restored_at", &self.0.restored.as_ref().map(|s| s.time))
+            .finish()
+    }
+}
+
+impl Checkpoints {
+    /// Checkpoints that start from `restored` (if any) and hand every
+    /// operator snapshot to `deliver`.
+    pub fn new(restored: Option<DataflowState>, deliver: impl Fn(OperatorSnapshot) + Send + Sync + 'static) -> Self {
+        Checkpoints(Arc::new(Inner { restored, deliver: Some(Box::new(deliver)), ..Inner::default() }))
+    }
+
+    /// Asks for a checkpoint at `time`. Must be called before the inputs'
+    /// frontier passes `time`.
+    pub fn request(&self, time: Time) {
+        if self.0.deliver.is_some() {
+            self.0.requests.lock().expect("checkpoint requests are never poisoned").insert(time);
+        }
+    }
+
+    /// The time the dataflow starts from: the restored state's, or 0.
+    pub fn start(&self) -> Time {
+        self.0.restored.as_ref().map_or(0, |s| s.time)
+    }
+
+    /// How many snapshots make one checkpoint (operators × workers), once
+    /// worker 0 has built its dataflow.
+    pub fn expected_snapshots(&self) -> usize {
+        let (operators, workers) = *self.0.registered.lock().expect("registrations are never poisoned");
+        operators * workers
+    }
+
+    /// The first requested time after `after`.
+    pub(crate) fn next_after(&self, after: Option<Time>) -> Option<Time> {
+        let requests = self.0.requests.lock().expect("checkpoint requests are never poisoned");
+        match after {
+            Some(after) => requests.range(after + 1..).next().copied(),
+            None => requests.first().copied(),
+        }
+    }
+
+    pub(crate) fn register(&self, worker: usize, peers: usize) {
+        if worker == 0 {
+            let mut registered = self.0.registered.lock().expect("registrations are never poisoned");
+            registered.0 += 1;
+            registered.1 = peers;
+        }
+    }
+
+    /// Why the restored state could not be used, if it could not: the
+    /// operators then start empty, and the caller must stop.
+    pub fn failure(&self) -> Option<String> {
+        self.0.failed.lock().expect("failures are never poisoned").as_ref().map(ToString::to_string)
+    }
+
+    pub(crate) fn fail(&self, error: RestoreError) {
+        self.0.failed.lock().expect("failures are never poisoned").get_or_insert(error);
+    }
+
+    pub(crate) fn deliver(&self, snapshot: OperatorSnapshot) {
+        if let Some(deliver) = &self.0.deliver {
+            deliver(snapshot);
+        }
+    }
+
+    /// The restored states of `operator` for the fridges `worker` of
+    /// `peers` keeps (the exchange sends fridge `f` to worker
+    /// `hash(f) % peers`), and its shared table.
+    pub(crate) fn restore<S: DeserializeOwned, T: DeserializeOwned + Default>(
+        &self,
+        operator: &str,
+        worker: usize,
+        peers: usize,
+    ) -> Result<(HashMap<String, S>, T), RestoreError> {
+        let Some((shared, fridges)) = self.0.restored.as_ref().and_then(|s| s.operators.get(operator)) else {
+            return Ok((HashMap::new(), T::default()));
+        };
+        let error = |e: bincode::Error| RestoreError { operator: operator.to_owned(), reason: e.to_string() };
+        let table = if shared.is_empty() { T::default() } else { bincode::deserialize(shared).map_err(error)? };
+        let mut states = HashMap::new();
+        for (fridge, bytes) in fridges {
+            if (fridge.hashed() % peers as u64) as usize == worker {
+                states.insert(fridge.clone(), bincode::deserialize(bytes).map_err(error)?);
+            }
+        }
+        Ok((states, table))
+    }
+}
+
+/// Encodes a state for a snapshot.
+pub(crate) fn encode<S: Serialize>(state: &S) -> Vec<u8> {
+    bincode::serialize(state).expect("in-memory states always encode")
+}
