@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use coldstream::simulate::{Fleet, FleetSpec};
 use coldstream_pipelines::event::{DAY_US, HOUR_US};
-use coldstream_pipelines::operators::HeldRecords;
+use coldstream_pipelines::operators::{HeldRecords, OperatorHooks};
 use coldstream_pipelines::views::{ViewConfig, all};
 use coldstream_pipelines::{Event, Time};
 use differential_dataflow::input::Input;
@@ -35,7 +35,8 @@ fn main() {
     let started = Instant::now();
     timely::execute(timely::Config::process(2), move |worker| {
         arranged.track_arrangements(worker);
-        let config = ViewConfig { held: operators.clone(), ..ViewConfig::default() };
+        let hooks = OperatorHooks { held: operators.clone(), ..OperatorHooks::default() };
+        let config = ViewConfig { hooks, ..ViewConfig::default() };
         let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
             let (input, events) = scope.new_collection::<Event, isize>();
             (input, all(events, &config).deliver(|_| ()))

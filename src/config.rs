@@ -29,6 +29,26 @@ pub struct Config {
     pub views: ViewsSection,
     /// Webhook endpoints, retries and the outbox bound.
     pub webhooks: WebhooksSection,
+    /// Checkpoints of the views' state.
+    pub checkpoint: CheckpointSection,
+}
+
+/// Checkpoints.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// A checkpoint is taken each time the log's ingest time enters a new
+    /// interval of this many seconds.
+    pub interval_seconds: u64,
+    /// Checkpoints kept on disk (the newest first; an older one is used if
+    /// the newest is damaged).
+    pub keep: usize,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        CheckpointSection { interval_seconds: 10, keep: 3 }
+    }
 }
 
 /// Webhooks.
@@ -154,6 +174,11 @@ pub struct GatewaySection {
 pub struct LogSection {
     /// Size at which a log segment is closed and a new one started, in MiB.
     pub segment_mb: u64,
+    /// A closed segment is removed once every consumer has covered it (the
+    /// archive in `events/`, the kept checkpoints, the seq map) and its
+    /// last record is this many hours old. 0 removes it as soon as it is
+    /// covered.
+    pub retention_hours: u64,
 }
 
 /// The Parquet sink.
@@ -183,6 +208,7 @@ impl Default for Config {
             parquet: ParquetSection::default(),
             views: ViewsSection::default(),
             webhooks: WebhooksSection::default(),
+            checkpoint: CheckpointSection::default(),
         }
     }
 }
@@ -208,7 +234,7 @@ impl Default for GatewaySection {
 
 impl Default for LogSection {
     fn default() -> Self {
-        LogSection { segment_mb: 128 }
+        LogSection { segment_mb: 128, retention_hours: 168 }
     }
 }
 
@@ -300,6 +326,11 @@ impl Config {
             return Err(ConfigError::Invalid("auth.secret must be at least 16 characters".into()));
         }
         self.webhooks()?;
+        if self.checkpoint.interval_seconds == 0 || self.checkpoint.keep == 0 {
+            return Err(ConfigError::Invalid(
+                "checkpoint.interval_seconds and checkpoint.keep must be at least 1".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -370,7 +401,7 @@ impl Config {
         coldstream_pipelines::views::ViewConfig {
             horizon_us: self.views.horizon_hours as i64 * coldstream_pipelines::event::HOUR_US,
             lead_time_days: self.views.lead_time_days,
-            held: Default::default(),
+            hooks: Default::default(),
         }
     }
 
@@ -416,6 +447,20 @@ max_commit_records = 50000
 [log]
 # Size at which a log segment is closed and a new one started, in MiB.
 segment_mb = 128
+# A closed segment is removed once everything downstream has covered it
+# (archived in events/, behind every kept checkpoint) and its last record
+# is this many hours old; 0 removes it as soon as it is covered.
+# `coldstream rebuild` recomputes the views from events/ alone.
+retention_hours = 168
+
+[checkpoint]
+# The views' state is checkpointed each time the log's ingest time enters
+# a new interval of this many seconds; a restart replays only the log
+# after the newest checkpoint.
+interval_seconds = 10
+# Checkpoints kept in checkpoints/; if the newest is damaged, the one
+# before it is used.
+keep = 3
 
 [parquet]
 # Close a file once its buffered rows reach this many MiB.

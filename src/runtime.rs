@@ -10,12 +10,19 @@
 //! A log commit wakes the source operators through an activator; the view
 //! changes go to the view sink over a bounded channel, followed by the
 //! frontier reported by worker 0, so the sink knows when a time is final.
+//!
+//! Checkpoints: whenever the ingest time of the records read enters a new
+//! interval (and once more when the workers stop), the sources ask for a
+//! checkpoint at that record's time. Every source sees the same records,
+//! so they agree on the times without talking; worker 0's also tells the
+//! sink the offset of that record, where a restart resumes reading.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
+use coldstream_pipelines::checkpoint::{Checkpoints, OperatorSnapshot};
 use coldstream_pipelines::views::{ViewBatch, ViewConfig};
 use coldstream_pipelines::{Event, Time};
 use coldstream_sources::log::{LogReader, OpenReader};
@@ -39,6 +46,25 @@ pub enum ViewMessage {
     Frontier(Time),
     /// The dataflow has stopped; every change before this time has been sent.
     Closed(Time),
+    /// A checkpoint was requested at `time`; the log resumes at `offset`.
+    CheckpointAt {
+        /// The checkpoint's logical time.
+        time: Time,
+        /// The offset of the first record at or after `time`.
+        offset: u64,
+    },
+    /// One operator's state for a checkpoint.
+    Snapshot(OperatorSnapshot),
+}
+
+/// Where the workers start and how often they checkpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct Resume {
+    /// The log offset to read from (the checkpoint's, or 0).
+    pub offset: u64,
+    /// A checkpoint is requested whenever the ingest time enters a new
+    /// interval of this many milliseconds.
+    pub checkpoint_every_ms: u64,
 }
 
 /// Why the workers could not start.
@@ -50,6 +76,9 @@ pub enum RuntimeError {
     /// The log could not be opened for reading.
     #[error("opening a log reader: {0}")]
     Log(#[from] coldstream_sources::log::LogError),
+    /// The checkpointed state could not be used.
+    #[error("{0}; move the checkpoints/ folder aside to replay the whole log, or run `coldstream rebuild`")]
+    Restore(String),
 }
 
 /// The running workers.
@@ -60,20 +89,24 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `threads` workers reading the log from its start.
+    /// Starts `threads` workers reading the log from `resume.offset`, with
+    /// the views' state of `views.hooks.checkpoints`.
     pub fn start(
         threads: usize,
         views: ViewConfig,
         readers: Arc<dyn OpenReader>,
         sink: SyncSender<ViewMessage>,
+        resume: Resume,
     ) -> Result<Workers, RuntimeError> {
         let stop = Arc::new(AtomicBool::new(false));
         let read_upto = Arc::new(AtomicU64::new(0));
         // Open every reader now, so that a broken log is reported here.
         let mut opened = Vec::with_capacity(threads);
         for _ in 0..threads {
-            opened.push(std::sync::Mutex::new(Some(readers.open(0)?)));
+            opened.push(std::sync::Mutex::new(Some(readers.open(resume.offset)?)));
         }
+        let (built, built_answers) = std::sync::mpsc::channel::<Option<String>>();
+        let built = std::sync::Mutex::new(built);
         let opened = Arc::new(opened);
         let sink = std::sync::Mutex::new(sink);
         let flag = Arc::clone(&stop);
@@ -97,12 +130,24 @@ impl Workers {
             let source_list = Arc::clone(&source_list);
             let changes = sink.clone();
             let views = views.clone();
+            let checkpoints = views.hooks.checkpoints.clone();
+            let source = Source {
+                readers,
+                stop,
+                read_upto: read_upto_source,
+                sources: source_list,
+                checkpoints: checkpoints.clone(),
+                every_ms: resume.checkpoint_every_ms.max(1),
+                offsets: (index == 0).then(|| sink.clone()),
+            };
             let probe = worker.dataflow::<Time, _, _>(move |scope| {
-                let events = log_source(scope, readers, reader, stop, read_upto_source, source_list);
+                let events = log_source(scope, source, reader);
                 coldstream_pipelines::views::all(events, &views).deliver(move |batch| {
                     let _ = changes.send(ViewMessage::Changes(batch));
                 })
             });
+            // A state that does not decode closes the sources before they read.
+            let _ = built.lock().expect("no worker panics while reporting").send(checkpoints.failure());
             let mut reported = None;
             while !probe.done() {
                 worker.step_or_park(Some(Duration::from_millis(100)));
@@ -121,7 +166,14 @@ impl Workers {
             }
         })
         .map_err(RuntimeError::Start)?;
-        Ok(Workers { stop, sources, guards })
+        let workers = Workers { stop, sources, guards };
+        for _ in 0..threads {
+            if let Ok(Some(failure)) = built_answers.recv() {
+                workers.stop();
+                return Err(RuntimeError::Restore(failure));
+            }
+        }
+        Ok(workers)
     }
 
     /// Reads the log to its durable end, finishes every view and waits for
@@ -135,28 +187,52 @@ impl Workers {
     }
 }
 
-/// The log as a collection of accepted events, each at its ingest time.
-fn log_source<'s>(
-    scope: Scope<'s, Time>,
+/// What a worker's log source needs besides its reader.
+struct Source {
     readers: Arc<dyn OpenReader>,
-    mut reader: Box<dyn LogReader>,
     stop: Arc<AtomicBool>,
     read_upto: Arc<AtomicU64>,
     sources: Arc<std::sync::Mutex<Vec<SyncActivator>>>,
+    checkpoints: Checkpoints,
+    every_ms: u64,
+    /// Worker 0's: where checkpoint offsets are reported.
+    offsets: Option<SyncSender<ViewMessage>>,
+}
+
+/// The log as a collection of accepted events, each at its ingest time.
+fn log_source<'s>(
+    scope: Scope<'s, Time>,
+    source_state: Source,
+    mut reader: Box<dyn LogReader>,
 ) -> VecCollection<'s, Time, Event> {
+    let Source { readers, stop, read_upto, sources, checkpoints, every_ms, offsets } = source_state;
     let index = scope.index() as u64;
     let peers = scope.peers() as u64;
-    source(scope, "EventLog", move |capability, info| {
+    source(scope, "EventLog", move |mut capability, info| {
         let activator = scope.worker().sync_activator_for(info.address.to_vec());
         sources.lock().expect("no worker panics while registering").push(activator.clone());
         readers.subscribe(Box::new(move || {
             let _ = activator.activate();
         }));
         let self_activator = scope.activator_for(info.address);
+        capability.downgrade(&checkpoints.start());
         let mut capability = Some(capability);
         let mut records = Vec::with_capacity(READ_BATCH);
         let mut last_time: Option<Time> = None;
+        let restore_failed = {
+            let checkpoints = checkpoints.clone();
+            move || checkpoints.failure().is_some()
+        };
+        let checkpoint = move |time: Time, offset: u64| {
+            checkpoints.request(time);
+            if let Some(offsets) = &offsets {
+                let _ = offsets.send(ViewMessage::CheckpointAt { time, offset });
+            }
+        };
         move |output| {
+            if restore_failed() {
+                capability = None;
+            }
             let Some(cap) = capability.as_mut() else { return };
             records.clear();
             let read = match reader.read(READ_BATCH, &mut records) {
@@ -169,6 +245,10 @@ fn log_source<'s>(
             };
             for (offset, record) in records.drain(..) {
                 if last_time != Some(record.ingest_ms) {
+                    // A record whose time enters a new interval starts a commit.
+                    if last_time.is_some_and(|last| record.ingest_ms / every_ms > last / every_ms) {
+                        checkpoint(record.ingest_ms, offset);
+                    }
                     cap.downgrade(&record.ingest_ms);
                     last_time = Some(record.ingest_ms);
                 }
@@ -198,6 +278,10 @@ fn log_source<'s>(
                     }
                 }
                 if stop.load(Ordering::SeqCst) {
+                    // A last checkpoint, so that a clean restart replays nothing.
+                    if let Some(time) = last_time {
+                        checkpoint(time + 1, reader.position());
+                    }
                     capability = None;
                 }
             }

@@ -3,8 +3,10 @@
 //!
 //! Shutdown order: the gateway stops taking calls; the log writer finishes
 //! its last commit; the archiver and the workers read the log to its
-//! durable end; the sinks write what they buffered. After a crash instead,
-//! each consumer resumes from what its files say it covered.
+//! durable end; the sinks write what they buffered, and a last checkpoint
+//! is taken. After a crash instead, the views resume from the newest
+//! checkpoint and the log after it, and the archive from what its files
+//! say it covered.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,9 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use coldstream_pipelines::checkpoint::Checkpoints;
+use coldstream_pipelines::operators::OperatorHooks;
+use coldstream_pipelines::views::ViewConfig;
 use coldstream_sinks::SinkError;
 use coldstream_sinks::parquet::{EventArchive, RejectedRow, ViewChangelogs};
 use coldstream_sinks::webhooks::{OutboxError, Webhooks};
@@ -26,8 +31,9 @@ use coldstream_sources::proto::{LogEntry, RejectReason, log_entry::Entry};
 use prost::Message;
 use tokio::sync::oneshot;
 
+use crate::checkpoint::{CheckpointError, CheckpointStore, Gatherer, ViewsFingerprint};
 use crate::config::Config;
-use crate::runtime::{RuntimeError, ViewMessage, Workers};
+use crate::runtime::{Resume, RuntimeError, ViewMessage, Workers};
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +56,12 @@ pub enum ServerError {
     /// The configuration.
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    /// The checkpoints.
+    #[error("{0}")]
+    Checkpoint(#[from] CheckpointError),
+    /// The data directory's parts do not fit together.
+    #[error("{0}")]
+    Inconsistent(String),
     /// A thread could not be started.
     #[error("starting thread {name}: {source}")]
     Thread {
@@ -68,6 +80,10 @@ pub struct Progress {
     pub archived: AtomicU64,
     /// Logical time before which every view change has reached its sink.
     pub views: AtomicU64,
+    /// Offset before which `events/` and `rejected/` hold the log in files.
+    pub archive_committed: AtomicU64,
+    /// Checkpoints written since the server started.
+    pub checkpoints: AtomicU64,
 }
 
 /// A point-in-time view of the server's progress.
@@ -120,36 +136,69 @@ impl Server {
             EmbeddedLog::open(data_dir.join("log"), EmbeddedConfig { segment_bytes: config.log.segment_mb << 20 })?;
         let readers = log.readers();
         let last_ingest = log.last_ingest_ms();
+        let views = config.views();
+        let fingerprint = ViewsFingerprint::of(&views);
+        let store = CheckpointStore::open(&data_dir, config.checkpoint.keep)?;
+        let checkpoint = resume_point(&store, &fingerprint, readers.as_ref())?;
+        let seqs = checkpoint.as_ref().map(|c| c.seqs.clone()).unwrap_or_default();
         let (ingest, writer) = Ingest::start(
             Box::new(log),
             IngestConfig {
                 queue_batches: config.gateway.queue_batches,
                 max_commit_records: config.gateway.max_commit_records,
             },
+            seqs,
         )?;
         let progress = Arc::new(Progress::default());
 
         let parquet = config.parquet();
         let (archive, resume) = EventArchive::open(&data_dir, parquet.clone())?;
+        progress.archive_committed.store(resume.map_or(0, |(_, end)| end), Ordering::Release);
         let stop_archiver = Arc::new(AtomicBool::new(false));
         let archiver = {
             let (readers, progress, stop) = (Arc::clone(&readers), Arc::clone(&progress), Arc::clone(&stop_archiver));
             spawn("archiver", move || archive_log(readers.as_ref(), archive, resume, &progress, &stop))?
         };
 
-        let changelog = ViewChangelogs::open(&data_dir, parquet.clone())?;
-        tracing::info!(views_covered_ms = changelog.covered(), ?last_ingest, "views resume");
+        let mut changelog = ViewChangelogs::open(&data_dir, parquet.clone())?;
         let hold = Arc::new(AtomicBool::new(false));
-        let (webhooks, dispatchers) =
+        let (mut webhooks, dispatchers) =
             Webhooks::start(&data_dir, &config.webhooks()?, parquet.clone(), Arc::clone(&hold))?;
+        let (changes, view_messages) = sync_channel(256);
+        let (dataflow, offset) = match checkpoint {
+            Some(checkpoint) => {
+                changelog.restore(&checkpoint.changelogs, checkpoint.sink_frontier)?;
+                webhooks.restore(&checkpoint.webhooks, checkpoint.sink_frontier).map_err(ServerError::Inconsistent)?;
+                (Some(checkpoint.dataflow), checkpoint.offset)
+            }
+            None => (None, 0),
+        };
+        tracing::info!(resume_offset = offset, views_covered_ms = changelog.covered(), ?last_ingest, "views resume");
         let outbox = webhooks.outbox();
         let stopping_webhooks = webhooks.stopping();
-        let (changes, view_messages) = sync_channel(256);
+        let checkpoints = {
+            let changes = changes.clone();
+            Checkpoints::new(dataflow, move |snapshot| {
+                let _ = changes.send(ViewMessage::Snapshot(snapshot));
+            })
+        };
+        let checkpointing = Checkpointing {
+            store,
+            gatherer: Gatherer::default(),
+            fingerprint,
+            checkpoints: checkpoints.clone(),
+            ingest: ingest.clone(),
+            log_dir: data_dir.join("log"),
+            retention_ms: config.log.retention_hours * 3_600_000,
+            progress: Arc::clone(&progress),
+        };
         let view_sink = {
             let progress = Arc::clone(&progress);
-            spawn("view-sink", move || sink_views(view_messages, changelog, webhooks, &progress))?
+            spawn("view-sink", move || sink_views(view_messages, changelog, webhooks, &progress, checkpointing))?
         };
-        let workers = Workers::start(config.worker_threads(), config.views(), Arc::clone(&readers), changes)?;
+        let views = ViewConfig { hooks: OperatorHooks { checkpoints, ..views.hooks }, ..views };
+        let resume = Resume { offset, checkpoint_every_ms: config.checkpoint.interval_seconds * 1000 };
+        let workers = Workers::start(config.worker_threads(), views, Arc::clone(&readers), changes, resume)?;
 
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
@@ -331,11 +380,13 @@ fn archive_log(
         // The range left incomplete by a crash is rewritten exactly as it was.
         if redo_until == Some(position) || archive.is_due() {
             archive.flush(position)?;
+            progress.archive_committed.store(position, Ordering::Release);
         }
         progress.archived.store(position, Ordering::Release);
         if read == 0 {
             if stop.load(Ordering::SeqCst) && position >= readers.durable_offset() {
                 archive.flush(position)?;
+                progress.archive_committed.store(position, Ordering::Release);
                 return Ok(());
             }
             std::thread::park_timeout(Duration::from_millis(200));
@@ -343,16 +394,139 @@ fn archive_log(
     }
 }
 
+/// The newest usable checkpoint, checked against the log it resumes.
+fn resume_point(
+    store: &CheckpointStore,
+    fingerprint: &ViewsFingerprint,
+    readers: &dyn OpenReader,
+) -> Result<Option<crate::checkpoint::Checkpoint>, ServerError> {
+    let mut skipped = Vec::new();
+    let loaded = store.load(fingerprint, &mut skipped)?;
+    let (first, durable) = (readers.first_offset()?, readers.durable_offset());
+    match loaded {
+        Some((path, checkpoint)) => {
+            if checkpoint.offset > durable || checkpoint.keep_from() < first {
+                return Err(ServerError::Inconsistent(format!(
+                    "checkpoint {} resumes the log at offset {} (seqs from {}), but log/ holds offsets {first} to {durable}: log records are missing; move {} aside and run `coldstream rebuild --data DIR`",
+                    path.display(),
+                    checkpoint.offset,
+                    checkpoint.seqs.offset,
+                    store.dir().display(),
+                )));
+            }
+            tracing::info!(
+                file = %path.display(),
+                time = checkpoint.dataflow.time,
+                offset = checkpoint.offset,
+                fridge_states = checkpoint.dataflow.fridge_states(),
+                "resuming the views from a checkpoint"
+            );
+            Ok(Some(checkpoint))
+        }
+        None if first > 0 => Err(ServerError::Inconsistent(format!(
+            "no usable checkpoint in {}{}, and retention removed the log before offset {first}; run `coldstream rebuild --data DIR` to recompute the views from the Parquet archive",
+            store.dir().display(),
+            if skipped.is_empty() { String::new() } else { format!(" (damaged: {})", skipped.join("; ")) },
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// The view sink's side of checkpoints: gathers the parts, writes whole
+/// checkpoints, then lets retention remove what every consumer has covered.
+pub(crate) struct Checkpointing {
+    pub(crate) store: CheckpointStore,
+    pub(crate) gatherer: Gatherer,
+    pub(crate) fingerprint: ViewsFingerprint,
+    pub(crate) checkpoints: Checkpoints,
+    pub(crate) ingest: Ingest,
+    pub(crate) log_dir: PathBuf,
+    pub(crate) retention_ms: u64,
+    pub(crate) progress: Arc<Progress>,
+}
+
+impl Checkpointing {
+    /// Gives the sink's state at `frontier` to the checkpoints that need it.
+    fn sink_at(
+        &mut self,
+        frontier: u64,
+        changelogs: &mut ViewChangelogs,
+        webhooks: &Webhooks,
+    ) -> Result<(), ServerError> {
+        if self.gatherer.wants_sink(frontier) {
+            let buffered = changelogs.snapshot(frontier)?;
+            self.gatherer.sink(frontier, buffered, webhooks.snapshot());
+        }
+        Ok(())
+    }
+
+    /// Writes the newest whole checkpoint, if there is one, and trims the log.
+    fn write_whole(&mut self) {
+        let Some(checkpoint) =
+            self.gatherer.take_whole(self.checkpoints.expected_snapshots(), &self.fingerprint, self.ingest.seqs())
+        else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        match self.store.write(&checkpoint) {
+            Ok((path, bytes)) => {
+                self.progress.checkpoints.fetch_add(1, Ordering::AcqRel);
+                tracing::debug!(
+                    file = %path.display(),
+                    bytes,
+                    fridge_states = checkpoint.dataflow.fridge_states(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "checkpoint written"
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, "writing a checkpoint failed; the next one will try again");
+                return;
+            }
+        }
+        let keep_from = match self.store.keep_from() {
+            Ok(keep_from) => keep_from.unwrap_or(0),
+            Err(error) => return tracing::warn!(%error, "listing checkpoints for retention"),
+        };
+        // The segment holding the archive's last record stays: a rebuild
+        // from the archive resumes the log within it.
+        let archived = self.progress.archive_committed.load(Ordering::Acquire).saturating_sub(1);
+        let until_ms = coldstream_sources::ingest::now_ms().saturating_sub(self.retention_ms);
+        match coldstream_sources::log::embedded::trim(&self.log_dir, keep_from.min(archived), until_ms) {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, before = keep_from.min(archived), "log retention removed segments"),
+            Err(error) => tracing::warn!(%error, "log retention"),
+        }
+    }
+}
+
 /// Writes view changes to their changelogs and the webhook outbox as the
-/// frontier passes them.
+/// frontier passes them, and gathers checkpoints.
 fn sink_views(
     messages: Receiver<ViewMessage>,
     mut changelogs: ViewChangelogs,
     mut webhooks: Webhooks,
     progress: &Progress,
+    mut checkpointing: Checkpointing,
 ) -> Result<(), ServerError> {
     let resume_at = changelogs.covered();
-    for message in messages {
+    let mut closed = false;
+    loop {
+        let message = if closed {
+            // The last operators' snapshots may still be on their way.
+            match messages.recv_timeout(Duration::from_secs(10)) {
+                Ok(message) => message,
+                Err(_) => {
+                    tracing::warn!("the last checkpoint did not complete; the next start replays from the one before");
+                    return Ok(());
+                }
+            }
+        } else {
+            match messages.recv() {
+                Ok(message) => message,
+                Err(_) => return Ok(()),
+            }
+        };
         match message {
             ViewMessage::Changes(batch) => {
                 webhooks.push(&batch);
@@ -364,14 +538,21 @@ fn sink_views(
                 if frontier >= resume_at {
                     progress.views.store(frontier, Ordering::Release);
                 }
+                checkpointing.sink_at(frontier, &mut changelogs, &webhooks)?;
             }
             ViewMessage::Closed(frontier) => {
                 webhooks.advance(frontier)?;
                 changelogs.advance(frontier, true)?;
                 progress.views.store(frontier, Ordering::Release);
-                return Ok(());
+                checkpointing.sink_at(frontier, &mut changelogs, &webhooks)?;
+                closed = true;
             }
+            ViewMessage::CheckpointAt { time, offset } => checkpointing.gatherer.offset(time, offset),
+            ViewMessage::Snapshot(snapshot) => checkpointing.gatherer.part(snapshot),
+        }
+        checkpointing.write_whole();
+        if closed && checkpointing.gatherer.is_empty() {
+            return Ok(());
         }
     }
-    Ok(())
 }

@@ -36,19 +36,23 @@ pub struct OperatorSnapshot {
     pub fridges: Vec<(String, Vec<u8>)>,
 }
 
+/// One operator's state on every worker: the shared table and each
+/// fridge's state, encoded.
+pub type OperatorState = (Vec<u8>, Vec<(String, Vec<u8>)>);
+
 /// The state of every per-fridge operator at one logical time.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DataflowState {
     /// Every update before this time is in the state.
     pub time: Time,
     /// By operator: the shared table and every fridge's state.
-    pub operators: BTreeMap<String, (Vec<u8>, Vec<(String, Vec<u8>)>)>,
+    pub operators: BTreeMap<String, OperatorState>,
 }
 
 impl DataflowState {
     /// Gathers the snapshots every worker took at `time`.
     pub fn gather(time: Time, parts: Vec<OperatorSnapshot>) -> DataflowState {
-        let mut operators: BTreeMap<String, (Vec<u8>, Vec<(String, Vec<u8>)>)> = BTreeMap::new();
+        let mut operators: BTreeMap<String, OperatorState> = BTreeMap::new();
         for part in parts.into_iter().filter(|p| p.time == time) {
             let entry = operators.entry(part.operator).or_default();
             if part.worker == 0 || entry.0.is_empty() {

@@ -6,8 +6,10 @@
 //! time, fsyncs once, and only then answers every waiting batch. A stalled
 //! disk therefore fills the queue and slows acks; it never grows memory.
 //!
-//! The highest durable seq of every source is rebuilt from the log on
-//! start, so duplicate detection survives restarts.
+//! The highest durable seq of every source survives restarts: the writer
+//! publishes a copy with the log offset it covers (about once a second),
+//! the server keeps the latest in its checkpoints, and on start the map is
+//! that copy plus what the log holds after its offset.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -94,6 +96,7 @@ struct Request {
 pub struct Ingest {
     queue: mpsc::Sender<Request>,
     highest: Arc<Mutex<HashMap<String, u64>>>,
+    published: Arc<Mutex<SeqSnapshot>>,
     readers: Arc<dyn OpenReader>,
 }
 
@@ -102,10 +105,31 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The highest seq of every source in the log, read from its start.
-fn highest_seqs(readers: &dyn OpenReader) -> Result<HashMap<String, u64>, LogError> {
-    let mut highest: HashMap<String, u64> = HashMap::new();
-    let mut reader = readers.open(0)?;
+/// The highest durable seq of every source, and the log offset up to which
+/// it covers the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SeqSnapshot {
+    /// Every record before this offset is in `highest`.
+    pub offset: u64,
+    /// `source_id → seq`.
+    pub highest: HashMap<String, u64>,
+}
+
+/// How often the writer publishes a [`SeqSnapshot`].
+const SEQ_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The highest seq of every source: `start`, then the log from its offset.
+fn highest_seqs(readers: &dyn OpenReader, start: SeqSnapshot) -> Result<HashMap<String, u64>, LogError> {
+    let SeqSnapshot { offset, mut highest } = start;
+    let first = readers.first_offset()?;
+    if offset < first {
+        tracing::warn!(
+            covered = offset,
+            log_starts_at = first,
+            "retention removed records that no seq snapshot covers; duplicates of them will not be recognised"
+        );
+    }
+    let mut reader = readers.open(offset.clamp(first, readers.durable_offset()))?;
     let mut records = Vec::with_capacity(4096);
     loop {
         records.clear();
@@ -122,17 +146,37 @@ fn highest_seqs(readers: &dyn OpenReader) -> Result<HashMap<String, u64>, LogErr
 }
 
 impl Ingest {
-    /// Starts the writer thread over `log`.
-    pub fn start(log: Box<dyn EventLog>, config: IngestConfig) -> Result<(Ingest, JoinHandle<()>), LogError> {
+    /// Starts the writer thread over `log`, with the seqs of `start` (a
+    /// checkpointed [`SeqSnapshot`]; the default reads the whole log).
+    pub fn start(
+        log: Box<dyn EventLog>,
+        config: IngestConfig,
+        start: SeqSnapshot,
+    ) -> Result<(Ingest, JoinHandle<()>), LogError> {
         let readers = log.readers();
-        let highest = Arc::new(Mutex::new(highest_seqs(readers.as_ref())?));
+        let highest = highest_seqs(readers.as_ref(), start)?;
+        let published =
+            Arc::new(Mutex::new(SeqSnapshot { offset: readers.durable_offset(), highest: highest.clone() }));
+        let highest = Arc::new(Mutex::new(highest));
         let (queue, requests) = mpsc::channel(config.queue_batches.max(1));
-        let writer = Writer { log, requests, highest: Arc::clone(&highest), config };
+        let writer = Writer {
+            log,
+            requests,
+            highest: Arc::clone(&highest),
+            published: Arc::clone(&published),
+            last_published: std::time::Instant::now(),
+            config,
+        };
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| LogError::io("starting the log writer thread", e))?;
-        Ok((Ingest { queue, highest, readers }, thread))
+        Ok((Ingest { queue, highest, published, readers }, thread))
+    }
+
+    /// The latest published copy of the seq map and the offset it covers.
+    pub fn seqs(&self) -> SeqSnapshot {
+        self.published.lock().expect("the seq snapshot is never poisoned").clone()
     }
 
     /// Queues a batch, waiting for room in the queue, and returns the
@@ -164,6 +208,8 @@ struct Writer {
     log: Box<dyn EventLog>,
     requests: mpsc::Receiver<Request>,
     highest: Arc<Mutex<HashMap<String, u64>>>,
+    published: Arc<Mutex<SeqSnapshot>>,
+    last_published: std::time::Instant,
     config: IngestConfig,
 }
 
@@ -231,7 +277,13 @@ impl Writer {
                 for (source, seq) in pending {
                     highest.insert(source, seq);
                 }
+                let snapshot = (self.last_published.elapsed() >= SEQ_SNAPSHOT_EVERY)
+                    .then(|| SeqSnapshot { offset: self.log.end_offset(), highest: highest.clone() });
                 drop(highest);
+                if let Some(snapshot) = snapshot {
+                    *self.published.lock().expect("the seq snapshot is never poisoned") = snapshot;
+                    self.last_published = std::time::Instant::now();
+                }
                 for (request, answer) in group.drain(..).zip(outcomes) {
                     let _ = request.reply.send(Ok(answer));
                 }

@@ -17,6 +17,8 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::{ParquetConfig, SinkError, list_parts, part_name, schema, write_part};
 
@@ -35,7 +37,7 @@ pub enum Cell<'a> {
 }
 
 /// A view record that has a Parquet changelog.
-pub trait ChangeRow: Ord + Clone + Send + 'static {
+pub trait ChangeRow: Ord + Clone + Send + Serialize + DeserializeOwned + 'static {
     /// The view's name: its folder under `views/` and its SQL table.
     const VIEW: &'static str;
     /// The record's columns (the changelog adds `time` and `diff`).
@@ -135,16 +137,31 @@ pub struct Changelog<R: ChangeRow> {
     schema: SchemaRef,
     config: ParquetConfig,
     covered: u64,
+    /// Changes before this time came back from a checkpoint; a replay's
+    /// copies of them are dropped.
+    restored: u64,
     buffer: Vec<(R, u64, i64)>,
     oldest: Option<Instant>,
 }
+
+/// A changelog buffering more changes than this is written out before a
+/// checkpoint rather than copied into it.
+const CHECKPOINT_ROWS: usize = 50_000;
 
 impl<R: ChangeRow> Changelog<R> {
     /// Opens the changelog of `R::VIEW` under the data directory `root`.
     pub fn open(root: &Path, config: ParquetConfig) -> Result<Self, SinkError> {
         let dir = root.join("views").join(R::VIEW);
         let covered = list_parts(&dir)?.into_iter().map(|(_, _, to)| to).max().unwrap_or(0);
-        Ok(Changelog { dir, schema: changelog_schema::<R>(), config, covered, buffer: Vec::new(), oldest: None })
+        Ok(Changelog {
+            dir,
+            schema: changelog_schema::<R>(),
+            config,
+            covered,
+            restored: 0,
+            buffer: Vec::new(),
+            oldest: None,
+        })
     }
 
     /// Every change before this logical time is already in a file.
@@ -154,9 +171,29 @@ impl<R: ChangeRow> Changelog<R> {
 
     /// Buffers a change; one that is already committed is dropped.
     pub fn push(&mut self, row: R, time: u64, diff: i64) {
-        if time >= self.covered {
+        if time >= self.covered.max(self.restored) {
             self.oldest.get_or_insert_with(Instant::now);
             self.buffer.push((row, time, diff));
+        }
+    }
+
+    /// The buffered changes before `frontier`, for a checkpoint; if there
+    /// are many, they are written to a file first and none are returned.
+    pub fn checkpoint(&mut self, frontier: u64) -> Result<Vec<(R, u64, i64)>, SinkError> {
+        if self.buffer.len() > CHECKPOINT_ROWS {
+            self.advance(frontier, true)?;
+        }
+        Ok(self.buffer.iter().filter(|(_, time, _)| *time < frontier).cloned().collect())
+    }
+
+    /// Takes back the changes of a checkpoint taken at `frontier`; those
+    /// already in files are dropped.
+    pub fn restore(&mut self, changes: Vec<(R, u64, i64)>, frontier: u64) {
+        self.restored = frontier;
+        self.buffer.retain(|(_, time, _)| *time >= frontier);
+        self.buffer.extend(changes.into_iter().filter(|(_, time, _)| *time >= self.covered));
+        if !self.buffer.is_empty() {
+            self.oldest = Some(Instant::now());
         }
     }
 

@@ -77,6 +77,9 @@ pub enum SinkError {
     /// The configuration is not usable.
     #[error("parquet settings: {0}")]
     Config(String),
+    /// A checkpoint's part for this sink is unusable.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 impl SinkError {

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use coldstream_pipelines::views::{
     Alert, Excursion, ExcursionKey, InventoryKey, RestockLine, RevenueKey, SessionKey, SessionRow, ViewBatch,
@@ -30,7 +32,7 @@ fn micros(name: &str, nullable: bool) -> Field {
 macro_rules! view_row {
     ($name:ident, $record:ty, $view:literal) => {
         #[doc = concat!("A record of `", $view, "`.")]
-        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
         pub struct $name(pub $record);
     };
 }
@@ -240,6 +242,46 @@ impl ViewChangelogs {
             ViewBatch::RestockOrders(changes) => push_all(&mut self.restock_orders, changes, RestockRow),
             ViewBatch::Alerts(changes) => push_all(&mut self.alerts, changes, AlertRow),
         }
+    }
+
+    /// The changes before `frontier` that are not in files yet, encoded for
+    /// a checkpoint. A changelog holding many is written out first, so a
+    /// checkpoint stays small.
+    pub fn snapshot(&mut self, frontier: u64) -> Result<Vec<u8>, SinkError> {
+        let buffered = (
+            self.inventory.checkpoint(frontier)?,
+            self.sessions.checkpoint(frontier)?,
+            self.revenue.checkpoint(frontier)?,
+            self.sales_7d.checkpoint(frontier)?,
+            self.excursions.checkpoint(frontier)?,
+            self.restock_orders.checkpoint(frontier)?,
+            self.alerts.checkpoint(frontier)?,
+        );
+        Ok(bincode::serialize(&buffered).expect("in-memory rows always encode"))
+    }
+
+    /// Takes back the changes a [`ViewChangelogs::snapshot`] at `frontier`
+    /// held; changes before `frontier` that arrive again are dropped.
+    pub fn restore(&mut self, snapshot: &[u8], frontier: u64) -> Result<(), SinkError> {
+        type Buffered = (
+            Vec<(InventoryRow, u64, i64)>,
+            Vec<(SessionsRow, u64, i64)>,
+            Vec<(RevenueRow, u64, i64)>,
+            Vec<(SalesRow, u64, i64)>,
+            Vec<(ExcursionRow, u64, i64)>,
+            Vec<(RestockRow, u64, i64)>,
+            Vec<(AlertRow, u64, i64)>,
+        );
+        let buffered: Buffered = bincode::deserialize(snapshot)
+            .map_err(|e| SinkError::Checkpoint(format!("the changelogs' buffered changes do not decode: {e}")))?;
+        self.inventory.restore(buffered.0, frontier);
+        self.sessions.restore(buffered.1, frontier);
+        self.revenue.restore(buffered.2, frontier);
+        self.sales_7d.restore(buffered.3, frontier);
+        self.excursions.restore(buffered.4, frontier);
+        self.restock_orders.restore(buffered.5, frontier);
+        self.alerts.restore(buffered.6, frontier);
+        Ok(())
     }
 
     /// Advances every changelog to `frontier` (see [`Changelog::advance`]).

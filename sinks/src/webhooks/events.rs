@@ -84,6 +84,8 @@ pub struct Derive {
     pending: BTreeMap<Time, BTreeMap<Change, isize>>,
     /// Open orders by fridge and order id.
     orders: BTreeMap<String, BTreeMap<String, Order>>,
+    /// Changes before this time came back from a checkpoint.
+    restored: Time,
 }
 
 /// The records webhooks read.
@@ -97,7 +99,11 @@ enum Change {
 impl Derive {
     /// Takes a batch of view changes (any times).
     pub fn push(&mut self, batch: &ViewBatch) {
+        let restored = self.restored;
         let mut add = |time: Time, change: Change, diff: isize| {
+            if time < restored {
+                return;
+            }
             let entry = self.pending.entry(time).or_default().entry(change).or_insert(0);
             *entry += diff;
         };
@@ -121,6 +127,21 @@ impl Derive {
             }
             _ => {}
         }
+    }
+
+    /// What it keeps between times (the open orders), encoded for a
+    /// checkpoint taken once every time before the last `advance` is done.
+    pub fn snapshot(&self) -> Vec<u8> {
+        bincode::serialize(&self.orders).expect("in-memory orders always encode")
+    }
+
+    /// Takes back a [`Derive::snapshot`] taken at `frontier`; changes before
+    /// `frontier` that arrive again are dropped.
+    pub fn restore(&mut self, snapshot: &[u8], frontier: Time) -> Result<(), bincode::Error> {
+        self.orders = bincode::deserialize(snapshot)?;
+        self.pending.retain(|time, _| *time >= frontier);
+        self.restored = frontier;
+        Ok(())
     }
 
     /// The messages of every time before `frontier`, in time order.

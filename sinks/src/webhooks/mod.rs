@@ -99,6 +99,18 @@ impl Webhooks {
         Arc::clone(&self.outbox)
     }
 
+    /// The derivation's state, for a checkpoint taken right after
+    /// [`Webhooks::advance`] to `frontier`: every message before it is in
+    /// the outbox.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.derive.snapshot()
+    }
+
+    /// Takes back a [`Webhooks::snapshot`] taken at `frontier`.
+    pub fn restore(&mut self, snapshot: &[u8], frontier: Time) -> Result<(), String> {
+        self.derive.restore(snapshot, frontier).map_err(|e| format!("the webhook derivation does not decode: {e}"))
+    }
+
     /// Takes a batch of view changes.
     pub fn push(&mut self, batch: &ViewBatch) {
         if !self.senders.is_empty() {

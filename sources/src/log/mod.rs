@@ -56,6 +56,16 @@ pub enum LogError {
     /// A record is larger than the log accepts.
     #[error("record of {0} bytes is larger than the limit of {MAX_RECORD_BYTES} bytes")]
     TooLarge(usize),
+    /// An offset that retention has removed.
+    #[error(
+        "offset {requested} was removed by log retention (the log now starts at {first}); run `coldstream rebuild` to rebuild the views from the Parquet archive"
+    )]
+    Trimmed {
+        /// The offset asked for.
+        requested: u64,
+        /// The first offset the log still holds.
+        first: u64,
+    },
     /// An offset that the log does not hold.
     #[error("offset {requested} is not in the log (it ends at {end})")]
     OutOfRange {
@@ -103,6 +113,9 @@ pub trait OpenReader: Send + Sync {
     fn open(&self, offset: u64) -> Result<Box<dyn LogReader>, LogError>;
     /// The offset up to which records are durable (exclusive).
     fn durable_offset(&self) -> u64;
+    /// The first offset the log still holds (above 0 once retention has
+    /// removed old records).
+    fn first_offset(&self) -> Result<u64, LogError>;
     /// The ingest time of the last durable record, if any.
     fn durable_ingest_ms(&self) -> Option<u64>;
     /// Calls `wake` after every sync that made new records durable.

@@ -1,0 +1,381 @@
+//! Checkpoints on disk: what a restart starts from instead of the log's
+//! first record.
+//!
+//! A checkpoint holds, for one logical time `T`, the state of every
+//! per-fridge operator (see `coldstream_pipelines::checkpoint`), the log
+//! offset of the first record at or after `T`, the view sink's state at
+//! its own frontier (the changelogs' buffered changes and the webhook
+//! derivation; every webhook message before that frontier is already in
+//! the outbox), and the ingest's seq map with the offset it covers.
+//!
+//! Each is one file, `checkpoints/<T>-<keep_from>.ckpt`, where `keep_from`
+//! is the lowest log offset a restart from it reads. The file is
+//! `COLDCKPT | format u32 | length u64 | crc32c u32 | body`, written
+//! under a temporary name, fsynced, renamed into place and the folder
+//! fsynced, so it is whole or absent. A file that is torn or does not
+//! check is reported and skipped in favour of the one before it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use coldstream_pipelines::Time;
+use coldstream_pipelines::checkpoint::{DataflowState, OperatorSnapshot};
+use coldstream_pipelines::views::ViewConfig;
+use coldstream_sources::ingest::SeqSnapshot;
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 8] = b"COLDCKPT";
+const FORMAT: u32 = 1;
+const HEADER_BYTES: usize = 8 + 4 + 8 + 4;
+
+/// Everything a restart needs besides the log tail and the sinks' files.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The views' settings the state was computed with.
+    pub views: ViewsFingerprint,
+    /// The first log offset at or after the dataflow state's time.
+    pub offset: u64,
+    /// Every per-fridge operator's state.
+    pub dataflow: DataflowState,
+    /// The view sink's state, taken at this frontier.
+    pub sink_frontier: Time,
+    /// The changelogs' buffered changes (`ViewChangelogs::snapshot`).
+    pub changelogs: Vec<u8>,
+    /// The webhook derivation (`Webhooks::snapshot`).
+    pub webhooks: Vec<u8>,
+    /// The ingest's seq map.
+    pub seqs: SeqSnapshot,
+}
+
+impl Checkpoint {
+    /// The lowest log offset a restart from this checkpoint reads.
+    pub fn keep_from(&self) -> u64 {
+        self.offset.min(self.seqs.offset)
+    }
+}
+
+/// The settings a checkpointed state depends on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewsFingerprint {
+    /// `views.horizon_hours`, in µs.
+    pub horizon_us: i64,
+    /// `views.lead_time_days`.
+    pub lead_time_days: i64,
+}
+
+impl ViewsFingerprint {
+    /// The fingerprint of `views`.
+    pub fn of(views: &ViewConfig) -> Self {
+        ViewsFingerprint { horizon_us: views.horizon_us, lead_time_days: views.lead_time_days }
+    }
+}
+
+/// A checkpoint that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the file.
+        context: String,
+        /// The reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The newest usable checkpoint was taken with other view settings.
+    #[error(
+        "checkpoint {file} was taken with views.horizon_hours = {then_hours} and views.lead_time_days = {then_lead}, but the config now says {now_hours} and {now_lead}; restore those settings, or run `coldstream rebuild --data DIR` to recompute the views with the new ones"
+    )]
+    Settings {
+        /// The checkpoint file.
+        file: String,
+        /// Its horizon, in hours.
+        then_hours: i64,
+        /// Its lead time.
+        then_lead: i64,
+        /// The configured horizon, in hours.
+        now_hours: i64,
+        /// The configured lead time.
+        now_lead: i64,
+    },
+}
+
+fn io(context: impl Into<String>, source: std::io::Error) -> CheckpointError {
+    CheckpointError::Io { context: context.into(), source }
+}
+
+/// `<time>-<keep_from>.ckpt`.
+fn file_name(time: Time, keep_from: u64) -> String {
+    format!("{time:020}-{keep_from:020}.ckpt")
+}
+
+fn parse_name(name: &str) -> Option<(Time, u64)> {
+    let (time, keep_from) = name.strip_suffix(".ckpt")?.split_once('-')?;
+    Some((time.parse().ok()?, keep_from.parse().ok()?))
+}
+
+/// Encodes a checkpoint as a file's bytes.
+fn encode(checkpoint: &Checkpoint) -> Vec<u8> {
+    let body = bincode::serialize(checkpoint).expect("in-memory checkpoints always encode");
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + body.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&FORMAT.to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// Decodes a file's bytes, or says why they are not a whole checkpoint.
+fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+    if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
+        return Err(format!("not a checkpoint file ({} bytes, no header)", bytes.len()));
+    }
+    let format = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if format != FORMAT {
+        return Err(format!("format {format}, this build reads format {FORMAT}"));
+    }
+    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
+    let body = &bytes[HEADER_BYTES..];
+    if body.len() != len {
+        return Err(format!("torn: {} of {len} bytes", body.len()));
+    }
+    if crc32c::crc32c(body) != crc {
+        return Err("checksum does not match".into());
+    }
+    bincode::deserialize(body).map_err(|e| format!("does not decode: {e}"))
+}
+
+/// The checkpoint folder of a data directory.
+pub struct CheckpointStore {
+    dir: PathBuf,
+    keep: usize,
+}
+
+impl CheckpointStore {
+    /// Opens (creating) `root/checkpoints`, keeping the newest `keep` files.
+    pub fn open(root: &Path, keep: usize) -> Result<Self, CheckpointError> {
+        let dir = root.join("checkpoints");
+        std::fs::create_dir_all(&dir).map_err(|e| io(format!("creating {}", dir.display()), e))?;
+        Ok(CheckpointStore { dir, keep: keep.max(1) })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every checkpoint file, newest first, with its time and `keep_from`.
+    /// Leftover temporary files are removed.
+    fn files(&self) -> Result<Vec<(PathBuf, Time, u64)>, CheckpointError> {
+        let listing = |e| io(format!("listing {}", self.dir.display()), e);
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(listing)? {
+            let entry = entry.map_err(listing)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            } else if let Some((time, keep_from)) = parse_name(&name) {
+                files.push((entry.path(), time, keep_from));
+            }
+        }
+        files.sort_by_key(|file| std::cmp::Reverse(file.1));
+        Ok(files)
+    }
+
+    /// The newest checkpoint that is whole, with its file; damaged newer
+    /// ones are reported (`skipped`) and passed over.
+    pub fn load(
+        &self,
+        views: &ViewsFingerprint,
+        skipped: &mut Vec<String>,
+    ) -> Result<Option<(PathBuf, Checkpoint)>, CheckpointError> {
+        for (path, _, _) in self.files()? {
+            let mut bytes = Vec::new();
+            File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| io(format!("reading {}", path.display()), e))?;
+            let checkpoint = match decode(&bytes) {
+                Ok(checkpoint) => checkpoint,
+                Err(reason) => {
+                    tracing::warn!(file = %path.display(), %reason, "skipping a damaged checkpoint; trying the one before it");
+                    skipped.push(format!("{}: {reason}", path.display()));
+                    continue;
+                }
+            };
+            if checkpoint.views != *views {
+                let hours = |us: i64| us / coldstream_pipelines::event::HOUR_US;
+                return Err(CheckpointError::Settings {
+                    file: path.display().to_string(),
+                    then_hours: hours(checkpoint.views.horizon_us),
+                    then_lead: checkpoint.views.lead_time_days,
+                    now_hours: hours(views.horizon_us),
+                    now_lead: views.lead_time_days,
+                });
+            }
+            return Ok(Some((path, checkpoint)));
+        }
+        Ok(None)
+    }
+
+    /// Writes `checkpoint` atomically, then removes all but the newest
+    /// `keep`. Returns the file and its size.
+    pub fn write(&self, checkpoint: &Checkpoint) -> Result<(PathBuf, usize), CheckpointError> {
+        let name = file_name(checkpoint.dataflow.time, checkpoint.keep_from());
+        let path = self.dir.join(&name);
+        let temporary = self.dir.join(format!(".{name}.tmp"));
+        let bytes = encode(checkpoint);
+        let mut file = File::create(&temporary).map_err(|e| io(format!("creating {}", temporary.display()), e))?;
+        file.write_all(&bytes)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| io(format!("writing {}", temporary.display()), e))?;
+        drop(file);
+        std::fs::rename(&temporary, &path).map_err(|e| io(format!("renaming to {}", path.display()), e))?;
+        self.sync_dir()?;
+        let files = self.files()?;
+        for (old, _, _) in files.iter().skip(self.keep) {
+            std::fs::remove_file(old).map_err(|e| io(format!("removing {}", old.display()), e))?;
+        }
+        if files.len() > self.keep {
+            self.sync_dir()?;
+        }
+        Ok((path, bytes.len()))
+    }
+
+    /// The lowest log offset any kept checkpoint reads from (`None`: there
+    /// are none, so a restart reads the whole log).
+    pub fn keep_from(&self) -> Result<Option<u64>, CheckpointError> {
+        Ok(self.files()?.iter().map(|(_, _, keep_from)| *keep_from).min())
+    }
+
+    fn sync_dir(&self) -> Result<(), CheckpointError> {
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io(format!("fsync of {}", self.dir.display()), e))
+    }
+}
+
+/// A checkpoint being gathered: the source's offset, every operator's
+/// snapshot and the view sink's state arrive separately.
+#[derive(Default)]
+struct Gathering {
+    offset: Option<u64>,
+    parts: Vec<OperatorSnapshot>,
+    sink: Option<(Time, Vec<u8>, Vec<u8>)>,
+}
+
+/// Gathers checkpoints in the view sink's thread and says when one is whole.
+#[derive(Default)]
+pub struct Gatherer {
+    gathering: BTreeMap<Time, Gathering>,
+}
+
+impl Gatherer {
+    /// The source read the first record at or after `time` at `offset`.
+    pub fn offset(&mut self, time: Time, offset: u64) {
+        self.gathering.entry(time).or_default().offset = Some(offset);
+    }
+
+    /// An operator's snapshot.
+    pub fn part(&mut self, part: OperatorSnapshot) {
+        self.gathering.entry(part.time).or_default().parts.push(part);
+    }
+
+    /// Whether a checkpoint at or before `frontier` still needs the sink's state.
+    pub fn wants_sink(&self, frontier: Time) -> bool {
+        self.gathering.range(..=frontier).any(|(_, g)| g.sink.is_none())
+    }
+
+    /// The sink's state at `frontier`, for every checkpoint at or before it.
+    pub fn sink(&mut self, frontier: Time, changelogs: Vec<u8>, webhooks: Vec<u8>) {
+        for (_, gathering) in self.gathering.range_mut(..=frontier) {
+            gathering.sink.get_or_insert_with(|| (frontier, changelogs.clone(), webhooks.clone()));
+        }
+    }
+
+    /// Whether any checkpoint is being gathered.
+    pub fn is_empty(&self) -> bool {
+        self.gathering.is_empty()
+    }
+
+    /// The newest whole checkpoint, if any (`snapshots` per checkpoint);
+    /// older ones are dropped with it.
+    pub fn take_whole(&mut self, snapshots: usize, views: &ViewsFingerprint, seqs: SeqSnapshot) -> Option<Checkpoint> {
+        let time = *self
+            .gathering
+            .iter()
+            .rev()
+            .find(|(_, g)| g.offset.is_some() && g.sink.is_some() && snapshots > 0 && g.parts.len() >= snapshots)?
+            .0;
+        let rest = self.gathering.split_off(&(time + 1));
+        let whole = std::mem::replace(&mut self.gathering, rest).remove(&time).expect("the entry just found");
+        let (sink_frontier, changelogs, webhooks) = whole.sink.expect("checked whole");
+        Some(Checkpoint {
+            views: views.clone(),
+            offset: whole.offset.expect("checked whole"),
+            dataflow: DataflowState::gather(time, whole.parts),
+            sink_frontier,
+            changelogs,
+            webhooks,
+            seqs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(time: Time, offset: u64) -> Checkpoint {
+        Checkpoint {
+            views: ViewsFingerprint { horizon_us: 1, lead_time_days: 2 },
+            offset,
+            dataflow: DataflowState { time, operators: BTreeMap::new() },
+            sink_frontier: time,
+            changelogs: vec![1, 2, 3],
+            webhooks: vec![4],
+            seqs: SeqSnapshot { offset: offset + 5, highest: [("FR-1".to_owned(), 7)].into() },
+        }
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_checkpoint_is_skipped_for_the_one_before() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = CheckpointStore::open(dir.path(), 3).expect("opens");
+        let views = ViewsFingerprint { horizon_us: 1, lead_time_days: 2 };
+        store.write(&checkpoint(100, 10)).expect("writes");
+        let (newest, _) = store.write(&checkpoint(200, 20)).expect("writes");
+        // Torn: the last bytes never reached the disk.
+        let bytes = std::fs::read(&newest).expect("reads");
+        std::fs::write(&newest, &bytes[..bytes.len() - 3]).expect("tears");
+        let mut skipped = Vec::new();
+        let (_, loaded) = store.load(&views, &mut skipped).expect("loads").expect("one is whole");
+        assert_eq!((loaded.dataflow.time, loaded.offset), (100, 10));
+        assert!(skipped[0].contains("torn"), "{skipped:?}");
+        // Half-written in place: the length is right, a byte is not.
+        let mut bytes = bytes;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&newest, &bytes).expect("corrupts");
+        let mut skipped = Vec::new();
+        let (_, loaded) = store.load(&views, &mut skipped).expect("loads").expect("one is whole");
+        assert_eq!(loaded.dataflow.time, 100);
+        assert!(skipped[0].contains("checksum"), "{skipped:?}");
+        assert_eq!(store.keep_from().expect("lists"), Some(10));
+    }
+
+    #[test]
+    fn only_the_newest_are_kept_and_other_settings_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = CheckpointStore::open(dir.path(), 2).expect("opens");
+        for time in 1..=4 {
+            store.write(&checkpoint(time * 100, time * 10)).expect("writes");
+        }
+        assert_eq!(store.files().expect("lists").len(), 2);
+        assert_eq!(store.keep_from().expect("lists"), Some(30));
+        let other = ViewsFingerprint { horizon_us: 1, lead_time_days: 3 };
+        let refused = store.load(&other, &mut Vec::new()).expect_err("other settings");
+        assert!(refused.to_string().contains("coldstream rebuild"), "{refused}");
+    }
+}
