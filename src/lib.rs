@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod machine;
 pub mod query;
+pub mod rebuild;
 pub mod receive;
 pub mod runtime;
 pub mod server;

@@ -53,6 +53,19 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Recomputes every view from the Parquet archive in events/ (stop the
+    /// server first): for a lost checkpoint or changed view settings.
+    Rebuild {
+        /// A TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `data_dir`.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Overrides `workers`.
+        #[arg(long)]
+        workers: Option<usize>,
+    },
     /// A fleet of simulated fridges streaming to a gateway over gRPC.
     Simulate {
         /// The gateway.
@@ -164,18 +177,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { config, data, listen, workers } => {
             init_logging("info");
-            let mut config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::default(),
-            };
-            if let Some(data) = data {
-                config.data_dir = data;
-            }
+            let mut config = load_config(config, data, workers)?;
             if let Some(listen) = listen {
                 config.listen = listen;
-            }
-            if let Some(workers) = workers {
-                config.workers = workers;
             }
             let secret_from_env = std::env::var("COLDSTREAM_SECRET").is_ok();
             if config.auth.secret == config::DEV_SECRET && !secret_from_env && !config.auth.allow_dev_secret {
@@ -268,7 +272,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })?;
         }
+        Command::Rebuild { config, data, workers } => {
+            init_logging("info");
+            let config = load_config(config, data, workers)?;
+            let rebuilt = runtime()?.block_on(coldstream::rebuild::rebuild(&config))?;
+            println!(
+                "rebuilt every view of {} from {} archived log records in {:.1} s; the log resumes at offset {} (checkpoint at {} ms); the old changelogs are in views.before-rebuild/",
+                config.data_dir.display(),
+                rebuilt.records,
+                rebuilt.elapsed.as_secs_f64(),
+                rebuilt.offset,
+                rebuilt.time
+            );
+        }
         Command::Config { action: ConfigAction::Default } => print!("{}", config::DEFAULT_TOML),
     }
     Ok(())
+}
+
+/// The config file (or the defaults) with the command line's overrides.
+fn load_config(path: Option<PathBuf>, data: Option<PathBuf>, workers: Option<usize>) -> anyhow::Result<Config> {
+    let mut config = match path {
+        Some(path) => Config::load(&path)?,
+        None => Config::default(),
+    };
+    if let Some(data) = data {
+        config.data_dir = data;
+    }
+    if let Some(workers) = workers {
+        config.workers = workers;
+    }
+    config.validate()?;
+    Ok(config)
 }

@@ -187,9 +187,12 @@ impl Server {
             gatherer: Gatherer::default(),
             fingerprint,
             checkpoints: checkpoints.clone(),
-            ingest: ingest.clone(),
+            seqs: {
+                let ingest = ingest.clone();
+                Box::new(move || ingest.seqs())
+            },
             log_dir: data_dir.join("log"),
-            retention_ms: config.log.retention_hours * 3_600_000,
+            retention_ms: Some(config.log.retention_hours * 3_600_000),
             progress: Arc::clone(&progress),
         };
         let view_sink = {
@@ -353,6 +356,7 @@ fn archive_log(
     };
     let mut reader = readers.open(start.min(readers.durable_offset()))?;
     let mut records = Vec::with_capacity(4096);
+    let mut last_ms = None;
     loop {
         records.clear();
         let limit = match redo_until {
@@ -361,6 +365,14 @@ fn archive_log(
         };
         let read = reader.read(limit, &mut records)?;
         for (offset, record) in records.drain(..) {
+            // A range ends only where a commit does (the time changes), so
+            // the log after the archive starts with a whole commit.
+            let redoing = redo_until.is_some_and(|end| offset < end);
+            if !redoing && last_ms.is_some_and(|t| t != record.ingest_ms) && archive.is_due() {
+                archive.flush(offset)?;
+                progress.archive_committed.store(offset, Ordering::Release);
+            }
+            last_ms = Some(record.ingest_ms);
             match LogEntry::decode(record.payload.as_slice()) {
                 Ok(LogEntry { entry: Some(Entry::Accepted(wire)) }) => match coldstream_sources::convert::decode(&wire)
                 {
@@ -377,8 +389,9 @@ fn archive_log(
             }
         }
         let position = reader.position();
-        // The range left incomplete by a crash is rewritten exactly as it was.
-        if redo_until == Some(position) || archive.is_due() {
+        // The range left incomplete by a crash is rewritten exactly as it
+        // was; otherwise the durable end is a commit boundary.
+        if redo_until == Some(position) || (position >= readers.durable_offset() && archive.is_due()) {
             archive.flush(position)?;
             progress.archive_committed.store(position, Ordering::Release);
         }
@@ -439,9 +452,11 @@ pub(crate) struct Checkpointing {
     pub(crate) gatherer: Gatherer,
     pub(crate) fingerprint: ViewsFingerprint,
     pub(crate) checkpoints: Checkpoints,
-    pub(crate) ingest: Ingest,
+    /// The ingest's latest seq map.
+    pub(crate) seqs: Box<dyn Fn() -> coldstream_sources::ingest::SeqSnapshot + Send>,
     pub(crate) log_dir: PathBuf,
-    pub(crate) retention_ms: u64,
+    /// Log retention; `None` removes nothing.
+    pub(crate) retention_ms: Option<u64>,
     pub(crate) progress: Arc<Progress>,
 }
 
@@ -463,7 +478,7 @@ impl Checkpointing {
     /// Writes the newest whole checkpoint, if there is one, and trims the log.
     fn write_whole(&mut self) {
         let Some(checkpoint) =
-            self.gatherer.take_whole(self.checkpoints.expected_snapshots(), &self.fingerprint, self.ingest.seqs())
+            self.gatherer.take_whole(self.checkpoints.expected_snapshots(), &self.fingerprint, (self.seqs)())
         else {
             return;
         };
@@ -484,6 +499,7 @@ impl Checkpointing {
                 return;
             }
         }
+        let Some(retention_ms) = self.retention_ms else { return };
         let keep_from = match self.store.keep_from() {
             Ok(keep_from) => keep_from.unwrap_or(0),
             Err(error) => return tracing::warn!(%error, "listing checkpoints for retention"),
@@ -491,7 +507,7 @@ impl Checkpointing {
         // The segment holding the archive's last record stays: a rebuild
         // from the archive resumes the log within it.
         let archived = self.progress.archive_committed.load(Ordering::Acquire).saturating_sub(1);
-        let until_ms = coldstream_sources::ingest::now_ms().saturating_sub(self.retention_ms);
+        let until_ms = coldstream_sources::ingest::now_ms().saturating_sub(retention_ms);
         match coldstream_sources::log::embedded::trim(&self.log_dir, keep_from.min(archived), until_ms) {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, before = keep_from.min(archived), "log retention removed segments"),
@@ -502,7 +518,7 @@ impl Checkpointing {
 
 /// Writes view changes to their changelogs and the webhook outbox as the
 /// frontier passes them, and gathers checkpoints.
-fn sink_views(
+pub(crate) fn sink_views(
     messages: Receiver<ViewMessage>,
     mut changelogs: ViewChangelogs,
     mut webhooks: Webhooks,

@@ -231,6 +231,9 @@ impl Writer {
             }
             self.commit(&mut group, &mut payloads);
         }
+        let highest = self.highest.lock().expect("the seq map is never poisoned").clone();
+        *self.published.lock().expect("the seq snapshot is never poisoned") =
+            SeqSnapshot { offset: self.log.end_offset(), highest };
         tracing::debug!("log writer stopped: every connection has closed");
     }
 

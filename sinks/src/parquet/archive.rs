@@ -333,3 +333,175 @@ pub fn rejected_batch(rows: &[&RejectedRow]) -> Result<RecordBatch, SinkError> {
     RecordBatch::try_new(Arc::clone(&schema::REJECTED), columns)
         .map_err(|source| SinkError::Arrow { table: "rejected".into(), source })
 }
+
+/// The log ranges the archive holds, in offset order: each range's part
+/// files in `events/` and the number of `rejected/` rows it has.
+#[derive(Debug, Default)]
+pub struct ArchivedRanges {
+    /// `(from, to) → (events/ files, rejected rows)`.
+    pub ranges: BTreeMap<(u64, u64), (Vec<PathBuf>, usize)>,
+}
+
+impl ArchivedRanges {
+    /// Lists the archive under the data directory `root`.
+    pub fn list(root: &Path) -> Result<ArchivedRanges, SinkError> {
+        let mut ranges: BTreeMap<(u64, u64), (Vec<PathBuf>, usize)> = BTreeMap::new();
+        for (path, from, to) in list_parts(&root.join("events"))? {
+            ranges.entry((from, to)).or_default().0.push(path);
+        }
+        for (path, from, to) in list_parts(&root.join("rejected"))? {
+            let file =
+                std::fs::File::open(&path).map_err(|e| SinkError::io(format!("opening {}", path.display()), e))?;
+            let reader = parquet::file::reader::SerializedFileReader::new(file)
+                .map_err(|source| SinkError::Parquet { file: path.display().to_string(), source })?;
+            let rows = parquet::file::reader::FileReader::metadata(&reader).file_metadata().num_rows() as usize;
+            ranges.entry((from, to)).or_default().1 += rows;
+        }
+        for files in ranges.values_mut() {
+            files.0.sort();
+        }
+        Ok(ArchivedRanges { ranges })
+    }
+
+    /// The offset after the last archived record (0 for an empty archive).
+    pub fn end(&self) -> u64 {
+        self.ranges.keys().next_back().map_or(0, |&(_, to)| to)
+    }
+
+    /// Checks that the ranges follow each other from offset 0 without a gap
+    /// or an overlap; names the first file that does not fit.
+    pub fn check_contiguous(&self) -> Result<(), SinkError> {
+        let mut expected = 0;
+        for ((from, to), (files, _)) in &self.ranges {
+            if *from != expected {
+                let file = files.first().map_or_else(|| part_name(*from, *to), |f| f.display().to_string());
+                return Err(SinkError::Checkpoint(format!(
+                    "the archive is not contiguous: {file} starts at offset {from}, but the previous range ends at {expected}"
+                )));
+            }
+            expected = *to;
+        }
+        Ok(())
+    }
+}
+
+/// Reads one `events/` file back as `(ingest_ms, event)`, in file order.
+pub fn read_events(path: &Path) -> Result<Vec<(u64, Event)>, SinkError> {
+    use arrow::array::{
+        Array, BooleanArray, Float32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+        TimestampMillisecondArray, UInt64Array,
+    };
+    let name = path.display().to_string();
+    let parquet_error = |source| SinkError::Parquet { file: name.clone(), source };
+    let file = std::fs::File::open(path).map_err(|e| SinkError::io(format!("opening {}", path.display()), e))?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(parquet_error)?
+        .with_batch_size(8192)
+        .build()
+        .map_err(parquet_error)?;
+    let bad = |what: &str| SinkError::Checkpoint(format!("{}: {what}", path.display()));
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|source| SinkError::Arrow { table: "events".into(), source })?;
+        macro_rules! column {
+            ($name:literal, $ty:ty) => {
+                batch
+                    .column_by_name($name)
+                    .and_then(|c| c.as_any().downcast_ref::<$ty>())
+                    .ok_or_else(|| bad(concat!("column ", $name, " is missing or of another type")))?
+            };
+        }
+        let source_id = column!("source_id", StringArray);
+        let seq = column!("seq", UInt64Array);
+        let fridge_id = column!("fridge_id", StringArray);
+        let event_time = column!("event_time", TimestampMicrosecondArray);
+        let ingest_time = column!("ingest_time", TimestampMillisecondArray);
+        let kind = column!("kind", StringArray);
+        let session_id = column!("session_id", StringArray);
+        let sku = column!("sku", StringArray);
+        let qty = column!("qty", Int64Array);
+        let amount_cents = column!("amount_cents", Int64Array);
+        let price_cents = column!("price_cents", Int64Array);
+        let temperature_c = column!("temperature_c", Float32Array);
+        let door_open = column!("door_open", BooleanArray);
+        let order_id = column!("order_id", StringArray);
+        let reason = column!("reason", StringArray);
+        let par = column!("par", Int64Array);
+        let min = column!("min", Int64Array);
+        let perishable = column!("perishable", BooleanArray);
+        let region = column!("region", StringArray);
+        let site = column!("site", StringArray);
+        for i in 0..batch.num_rows() {
+            let text = |a: &StringArray| (!a.is_null(i)).then(|| a.value(i).to_owned());
+            let need = |v: Option<String>, col: &str| v.ok_or_else(|| bad(&format!("row {i}: {col} is null")));
+            let int = |a: &Int64Array, col: &str| {
+                if a.is_null(i) { Err(bad(&format!("row {i}: {col} is null"))) } else { Ok(a.value(i)) }
+            };
+            let flag = |a: &BooleanArray, col: &str| {
+                if a.is_null(i) { Err(bad(&format!("row {i}: {col} is null"))) } else { Ok(a.value(i)) }
+            };
+            let payload = match kind.value(i) {
+                "telemetry" => Payload::Telemetry {
+                    temperature_c: coldstream_pipelines::Temperature(temperature_c.value(i)),
+                    door_open: flag(door_open, "door_open")?,
+                },
+                "door_opened" => Payload::DoorOpened { session_id: need(text(session_id), "session_id")? },
+                "door_closed" => Payload::DoorClosed { session_id: need(text(session_id), "session_id")? },
+                "item_taken" => Payload::ItemTaken {
+                    session_id: need(text(session_id), "session_id")?,
+                    sku: need(text(sku), "sku")?,
+                    qty: int(qty, "qty")?,
+                },
+                "item_returned" => Payload::ItemReturned {
+                    session_id: need(text(session_id), "session_id")?,
+                    sku: need(text(sku), "sku")?,
+                    qty: int(qty, "qty")?,
+                },
+                "payment_authorized" => Payload::PaymentAuthorized {
+                    session_id: need(text(session_id), "session_id")?,
+                    amount_cents: int(amount_cents, "amount_cents")?,
+                },
+                "payment_captured" => Payload::PaymentCaptured {
+                    session_id: need(text(session_id), "session_id")?,
+                    amount_cents: int(amount_cents, "amount_cents")?,
+                },
+                "payment_declined" => Payload::PaymentDeclined {
+                    session_id: need(text(session_id), "session_id")?,
+                    reason: need(text(reason), "reason")?,
+                },
+                "restock_delivered" => Payload::RestockDelivered {
+                    order_id: need(text(order_id), "order_id")?,
+                    sku: need(text(sku), "sku")?,
+                    qty: int(qty, "qty")?,
+                },
+                "stock_counted" => Payload::StockCounted { sku: need(text(sku), "sku")?, qty: int(qty, "qty")? },
+                "price_changed" => Payload::PriceChanged {
+                    sku: need(text(sku), "sku")?,
+                    price_cents: int(price_cents, "price_cents")?,
+                    fridge_id: text(fridge_id),
+                },
+                "fridge_registered" => Payload::FridgeRegistered {
+                    fridge_id: need(text(fridge_id), "fridge_id")?,
+                    region: need(text(region), "region")?,
+                    site: need(text(site), "site")?,
+                },
+                "planogram_set" => Payload::PlanogramSet {
+                    fridge_id: need(text(fridge_id), "fridge_id")?,
+                    sku: need(text(sku), "sku")?,
+                    par: int(par, "par")?,
+                    min: int(min, "min")?,
+                    perishable: flag(perishable, "perishable")?,
+                },
+                other => return Err(bad(&format!("row {i}: unknown kind {other:?}"))),
+            };
+            let event = Event {
+                source_id: source_id.value(i).to_owned(),
+                seq: seq.value(i),
+                event_time: event_time.value(i),
+                payload,
+            };
+            rows.push((ingest_time.value(i) as u64, event));
+        }
+    }
+    Ok(rows)
+}
