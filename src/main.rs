@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -65,6 +66,35 @@ enum Command {
         /// Overrides `workers`.
         #[arg(long)]
         workers: Option<usize>,
+    },
+    /// Crash test: runs the server and a simulated fleet as processes,
+    /// SIGKILLs the server at random moments, restarts it, and checks that
+    /// no acked event, view change or webhook was lost or repeated.
+    Chaos {
+        /// A fresh data directory for the run.
+        #[arg(long)]
+        data: PathBuf,
+        /// Kill and restart cycles.
+        #[arg(long, default_value_t = 10)]
+        cycles: u32,
+        /// Fridge events the fleet sends in all.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Seed of the fleet and of the kill times.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Simulated fridges.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        fridges: u64,
+        /// Events per second the fleet sends (default: spread over the cycles).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Timely workers of the server.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// The longest the server runs before it is killed, in ms.
+        #[arg(long, default_value_t = 2500)]
+        max_run_ms: u64,
     },
     /// A fleet of simulated fridges streaming to a gateway over gRPC.
     Simulate {
@@ -188,10 +218,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             runtime()?.block_on(async move {
+                let started = std::time::Instant::now();
                 let server = server::Server::start(&config).await?;
                 // Scripts and tests read the bound address from this line.
                 println!("coldstream listening on {}", server.addr());
-                tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+                let ctrl_c = tokio::signal::ctrl_c();
+                tokio::pin!(ctrl_c);
+                tokio::select! {
+                    status = server.caught_up(Duration::from_secs(86_400)) => {
+                        if status.is_ok() {
+                            // ... and the time it took to catch up with the log from this one.
+                            println!("coldstream caught up in {} ms", started.elapsed().as_millis());
+                        }
+                        (&mut ctrl_c).await.context("waiting for Ctrl-C")?;
+                    }
+                    signal = &mut ctrl_c => signal.context("waiting for Ctrl-C")?,
+                }
                 tracing::info!("shutting down: draining the log into every sink");
                 server.shutdown().await?;
                 anyhow::Ok(())
@@ -284,6 +326,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 rebuilt.offset,
                 rebuilt.time
             );
+        }
+        Command::Chaos { data, cycles, events, seed, fridges, rate, workers, max_run_ms } => {
+            init_logging("warn");
+            let rate = rate.unwrap_or((events as f64 / (f64::from(cycles.max(1)) * 2.0)).max(1000.0));
+            if !(rate.is_finite() && rate > 0.0) || cycles == 0 || events == 0 {
+                bail!("--rate, --cycles and --events must be positive");
+            }
+            let spec = coldstream::chaos::ChaosSpec {
+                data_dir: data,
+                cycles,
+                events,
+                fridges: fridges as usize,
+                seed,
+                rate,
+                workers,
+                max_run_ms,
+            };
+            println!(
+                "chaos: {cycles} SIGKILL cycles, {events} events from {fridges} fridges at {rate:.0} events/s, seed {seed}"
+            );
+            let report = runtime()?.block_on(coldstream::chaos::run(spec))?;
+            println!("{report}");
+            if !report.passed() {
+                bail!("chaos checks failed");
+            }
         }
         Command::Config { action: ConfigAction::Default } => print!("{}", config::DEFAULT_TOML),
     }

@@ -440,15 +440,37 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// Publishes back-office events, reconnecting and resending while the
+/// gateway is unreachable (resent events are answered as duplicates).
+async fn publish_retrying(
+    target: &str,
+    token: &str,
+    events: Vec<coldstream_sources::proto::Event>,
+) -> Result<coldstream_sources::proto::Ack, ClientError> {
+    let mut attempt = 0u32;
+    loop {
+        let result = match client::channel(target).await {
+            Ok(channel) => client::publish(channel, BACK_OFFICE, token, events.clone()).await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Err(error) if error.is_retryable() && attempt < 30 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20u64 << attempt.min(7))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Drives `fleet` against a gateway until every event is acknowledged.
 pub async fn run(fleet: Fleet, spec: &RunSpec, total_events: u64) -> Result<Summary, ClientError> {
     let started = Instant::now();
     let tokens = Tokens::new(&spec.secret);
     let mut summary = Summary::default();
-    let channel = client::channel(&spec.target).await?;
     for chunk in fleet.back_office.chunks(500) {
         let token = tokens.issue(&Principal::BackOffice(BACK_OFFICE.into()));
-        let ack = client::publish(channel.clone(), BACK_OFFICE, &token, chunk.iter().map(encode).collect()).await?;
+        let ack = publish_retrying(&spec.target, &token, chunk.iter().map(encode).collect()).await?;
         summary.sent += chunk.len() as u64;
         summary.delivered.accepted += ack.accepted.len() as u64;
         summary.delivered.duplicates += ack.duplicates.len() as u64;
