@@ -258,6 +258,28 @@ impl ServerProcess {
     }
 }
 
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // A harness that fails leaves no server behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The fleet process, killed if the harness stops early.
+struct FleetProcess(Child);
+
+impl Drop for FleetProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Counts what a kill left half-done: temporary Parquet and checkpoint
 /// files, and a log whose next open will cut a torn tail.
 fn torn_leftovers(data_dir: &Path, torn: &mut BTreeMap<&'static str, u32>) {
@@ -307,7 +329,7 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     let fleet_spec = FleetSpec { seed: spec.seed, fridges: spec.fridges, events: spec.events, start_us, bad_rate: 0.0 };
     let start = chrono::DateTime::from_timestamp_micros(start_us).context("the fleet's start")?.to_rfc3339();
     let fleet_log = std::fs::File::create(own.join("fleet.log"))?;
-    let mut fleet = Command::new(&exe)
+    let fleet = Command::new(&exe)
         .args(["simulate", "--target", &format!("http://{listen}"), "--secret", FLEET_SECRET, "--bad-rate", "0"])
         .args(["--fridges", &spec.fridges.to_string(), "--events", &spec.events.to_string()])
         .args(["--seed", &spec.seed.to_string(), "--start", &start, "--rate", &spec.rate.to_string()])
@@ -315,6 +337,7 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
         .stderr(fleet_log)
         .spawn()
         .context("starting coldstream simulate")?;
+    let mut fleet = FleetProcess(fleet);
 
     let mut report = ChaosReport::default();
     let mut rng = SmallRng::seed_from_u64(spec.seed);
@@ -332,7 +355,7 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
         server.kill()?;
         report.kills += 1;
         torn_leftovers(&spec.data_dir, &mut report.torn);
-        if fleet.try_wait()?.is_some() {
+        if fleet.0.try_wait()?.is_some() {
             // Restarts go on without traffic.
             continue;
         }
@@ -342,7 +365,7 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     let mut server = ServerProcess::start(&exe, &config_path, &server_log)?;
     server.wait_for("coldstream caught up in ", CATCH_UP)?;
     report.restarts_ms.push(server.spawned.elapsed().as_millis() as u64);
-    let fleet_status = tokio::task::spawn_blocking(move || fleet.wait()).await??;
+    let fleet_status = tokio::task::spawn_blocking(move || fleet.0.wait()).await??;
     if !fleet_status.success() {
         server.stop()?;
         bail!("the fleet gave up ({fleet_status}); see chaos/fleet.log");
@@ -360,12 +383,8 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     report.repeated = counts.iter().filter(|(key, n)| **n > 1 || !wanted.contains(*key)).count();
 
     // Views: the batch references over what is archived.
-    let events: Vec<Event> = archived.into_iter().map(|(_, event)| event).collect();
+    report.views = views_against_references(&spec.data_dir).await?;
     let ctx = crate::query::context(&spec.data_dir).await?;
-    for (view, sql, reference) in reference_views(&events) {
-        let got = strings(&ctx, &sql).await?;
-        report.views.push((view.to_owned(), got.len(), got == reference));
-    }
 
     // Changelogs and webhooks: an uninterrupted recomputation.
     let scratch = own.join("recomputed");
@@ -424,6 +443,19 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Compares every `*_now` view of `data_dir` with its batch reference over
+/// the events in `events/`: `(view, rows, equal)`.
+pub async fn views_against_references(data_dir: &Path) -> anyhow::Result<Vec<(String, usize, bool)>> {
+    let events: Vec<Event> = crate::rebuild::archived_events(data_dir)?.into_iter().map(|(_, event)| event).collect();
+    let ctx = crate::query::context(data_dir).await?;
+    let mut views = Vec::new();
+    for (view, sql, reference) in reference_views(&events) {
+        let got = strings(&ctx, &sql).await?;
+        views.push((view.to_owned(), got.len(), got == reference));
+    }
+    Ok(views)
 }
 
 /// Each view's SQL over `*_now` and its batch reference, both as one

@@ -228,7 +228,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     status = server.caught_up(Duration::from_secs(86_400)) => {
                         if status.is_ok() {
                             // ... and the time it took to catch up with the log from this one.
-                            println!("coldstream caught up in {} ms", started.elapsed().as_millis());
+                            // Whoever read the address may have closed the pipe.
+                            let line = format!("coldstream caught up in {} ms\n", started.elapsed().as_millis());
+                            let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());
                         }
                         (&mut ctrl_c).await.context("waiting for Ctrl-C")?;
                     }

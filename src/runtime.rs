@@ -85,7 +85,8 @@ pub enum RuntimeError {
 pub struct Workers {
     stop: Arc<AtomicBool>,
     sources: Arc<std::sync::Mutex<Vec<SyncActivator>>>,
-    guards: timely::communication::WorkerGuards<()>,
+    /// Dropped last: waits for the workers to exit.
+    _guards: timely::communication::WorkerGuards<()>,
 }
 
 impl Workers {
@@ -166,7 +167,7 @@ impl Workers {
             }
         })
         .map_err(RuntimeError::Start)?;
-        let workers = Workers { stop, sources, guards };
+        let workers = Workers { stop, sources, _guards: guards };
         for _ in 0..threads {
             if let Ok(Some(failure)) = built_answers.recv() {
                 workers.stop();
@@ -179,11 +180,19 @@ impl Workers {
     /// Reads the log to its durable end, finishes every view and waits for
     /// the workers to exit.
     pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for source in self.sources.lock().expect("no worker panics while registering").iter() {
-            let _ = source.activate();
+        if let Ok(sources) = self.sources.lock() {
+            for source in sources.iter() {
+                let _ = source.activate();
+            }
         }
-        drop(self.guards);
+        // The guards, dropped after this, wait for the workers to exit.
     }
 }
 

@@ -7,7 +7,7 @@
 //! disk therefore fills the queue and slows acks; it never grows memory.
 //!
 //! The highest durable seq of every source survives restarts: the writer
-//! publishes a copy with the log offset it covers (about once a second),
+//! publishes a copy with the log offset it covers (about four times a second),
 //! the server keeps the latest in its checkpoints, and on start the map is
 //! that copy plus what the log holds after its offset.
 
@@ -116,7 +116,7 @@ pub struct SeqSnapshot {
 }
 
 /// How often the writer publishes a [`SeqSnapshot`].
-const SEQ_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const SEQ_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The highest seq of every source: `start`, then the log from its offset.
 fn highest_seqs(readers: &dyn OpenReader, start: SeqSnapshot) -> Result<HashMap<String, u64>, LogError> {

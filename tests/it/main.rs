@@ -9,6 +9,7 @@ mod gateway;
 mod golden;
 mod log;
 mod other_engine;
+mod recovery;
 mod replay;
 mod support;
 mod webhooks;
