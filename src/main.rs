@@ -225,9 +225,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let ctrl_c = tokio::signal::ctrl_c();
                 tokio::pin!(ctrl_c);
                 tokio::select! {
-                    status = server.caught_up(Duration::from_secs(86_400)) => {
+                    status = server.replayed(Duration::from_secs(86_400)) => {
                         if status.is_ok() {
-                            // ... and the time it took to catch up with the log from this one.
+                            // ... and, from this one, the time it took to replay what the log held.
                             // Whoever read the address may have closed the pipe.
                             let line = format!("coldstream caught up in {} ms\n", started.elapsed().as_millis());
                             let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());

@@ -109,6 +109,8 @@ impl Status {
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
+    /// The log's durable end and last ingest time when the server started.
+    held_at_start: (u64, Option<u64>),
     data_dir: PathBuf,
     readers: Arc<dyn OpenReader>,
     progress: Arc<Progress>,
@@ -136,6 +138,7 @@ impl Server {
             EmbeddedLog::open(data_dir.join("log"), EmbeddedConfig { segment_bytes: config.log.segment_mb << 20 })?;
         let readers = log.readers();
         let last_ingest = log.last_ingest_ms();
+        let held_at_start = (readers.durable_offset(), last_ingest);
         let views = config.views();
         let fingerprint = ViewsFingerprint::of(&views);
         let store = CheckpointStore::open(&data_dir, config.checkpoint.keep)?;
@@ -222,6 +225,7 @@ impl Server {
         tracing::info!(%addr, data_dir = %data_dir.display(), workers = config.worker_threads(), "coldstream is listening");
         Ok(Server {
             addr,
+            held_at_start,
             data_dir,
             readers,
             progress,
@@ -261,6 +265,24 @@ impl Server {
     /// Webhook deliveries not yet acknowledged by their receivers.
     pub fn webhooks_pending(&self) -> usize {
         self.outbox.lock().map_or(0, |outbox| outbox.pending_len())
+    }
+
+    /// Waits until every consumer has processed every record the log held
+    /// when the server started: the end of the restart's replay, however
+    /// busy the gateway is meanwhile.
+    pub async fn replayed(&self, timeout: Duration) -> Result<Status, Status> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            let (offset, last) = self.held_at_start;
+            if status.archived_offset >= offset && last.is_none_or(|last| status.views_frontier > last) {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(status);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Waits until every consumer has processed every durable record.
