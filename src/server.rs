@@ -80,7 +80,8 @@ pub struct Progress {
     pub archived: AtomicU64,
     /// Logical time before which every view change has reached its sink.
     pub views: AtomicU64,
-    /// Offset before which `events/` and `rejected/` hold the log in files.
+    /// The first offset of the archive's last committed range: a restart
+    /// reads the log again from there, so retention keeps it.
     pub archive_committed: AtomicU64,
     /// Checkpoints written since the server started.
     pub checkpoints: AtomicU64,
@@ -156,11 +157,25 @@ impl Server {
 
         let parquet = config.parquet();
         let (archive, resume) = EventArchive::open(&data_dir, parquet.clone())?;
-        progress.archive_committed.store(resume.map_or(0, |(_, end)| end), Ordering::Release);
+        progress.archive_committed.store(resume.map_or(0, |(first, _)| first), Ordering::Release);
+        if let Some((first, _)) = resume
+            && first < readers.first_offset()?
+        {
+            return Err(ServerError::Inconsistent(format!(
+                "the archive in events/ resumes at log offset {first}, which retention removed (log/ starts at {}); run `coldstream rebuild --data DIR`",
+                readers.first_offset()?
+            )));
+        }
         let stop_archiver = Arc::new(AtomicBool::new(false));
         let archiver = {
             let (readers, progress, stop) = (Arc::clone(&readers), Arc::clone(&progress), Arc::clone(&stop_archiver));
-            spawn("archiver", move || archive_log(readers.as_ref(), archive, resume, &progress, &stop))?
+            spawn("archiver", move || {
+                let archived = archive_log(readers.as_ref(), archive, resume, &progress, &stop);
+                if let Err(error) = &archived {
+                    tracing::error!(%error, "the archiver stopped; events/ falls behind until the server restarts");
+                }
+                archived
+            })?
         };
 
         let mut changelog = ViewChangelogs::open(&data_dir, parquet.clone())?;
@@ -200,7 +215,13 @@ impl Server {
         };
         let view_sink = {
             let progress = Arc::clone(&progress);
-            spawn("view-sink", move || sink_views(view_messages, changelog, webhooks, &progress, checkpointing))?
+            spawn("view-sink", move || {
+                let sunk = sink_views(view_messages, changelog, webhooks, &progress, checkpointing);
+                if let Err(error) = &sunk {
+                    tracing::error!(%error, "the view sink stopped; the views fall behind until the server restarts");
+                }
+                sunk
+            })?
         };
         let views = ViewConfig { hooks: OperatorHooks { checkpoints, ..views.hooks }, ..views };
         let resume = Resume { offset, checkpoint_every_ms: config.checkpoint.interval_seconds * 1000 };
@@ -362,6 +383,17 @@ fn rejected_row(received_ms: u64, rejected: coldstream_sources::proto::RejectedE
     }
 }
 
+/// Writes what the archive buffered, up to `end`, and notes where the
+/// range it wrote starts.
+fn commit(archive: &mut EventArchive, end: u64, progress: &Progress) -> Result<(), ServerError> {
+    let first = archive.buffered_from();
+    archive.flush(end)?;
+    if let Some(first) = first {
+        progress.archive_committed.store(first, Ordering::Release);
+    }
+    Ok(())
+}
+
 /// Tails the log into `events/` and `rejected/`.
 fn archive_log(
     readers: &dyn OpenReader,
@@ -391,8 +423,7 @@ fn archive_log(
             // the log after the archive starts with a whole commit.
             let redoing = redo_until.is_some_and(|end| offset < end);
             if !redoing && last_ms.is_some_and(|t| t != record.ingest_ms) && archive.is_due() {
-                archive.flush(offset)?;
-                progress.archive_committed.store(offset, Ordering::Release);
+                commit(&mut archive, offset, progress)?;
             }
             last_ms = Some(record.ingest_ms);
             match LogEntry::decode(record.payload.as_slice()) {
@@ -414,14 +445,12 @@ fn archive_log(
         // The range left incomplete by a crash is rewritten exactly as it
         // was; otherwise the durable end is a commit boundary.
         if redo_until == Some(position) || (position >= readers.durable_offset() && archive.is_due()) {
-            archive.flush(position)?;
-            progress.archive_committed.store(position, Ordering::Release);
+            commit(&mut archive, position, progress)?;
         }
         progress.archived.store(position, Ordering::Release);
         if read == 0 {
             if stop.load(Ordering::SeqCst) && position >= readers.durable_offset() {
-                archive.flush(position)?;
-                progress.archive_committed.store(position, Ordering::Release);
+                commit(&mut archive, position, progress)?;
                 return Ok(());
             }
             std::thread::park_timeout(Duration::from_millis(200));
@@ -526,9 +555,9 @@ impl Checkpointing {
             Ok(keep_from) => keep_from.unwrap_or(0),
             Err(error) => return tracing::warn!(%error, "listing checkpoints for retention"),
         };
-        // The segment holding the archive's last record stays: a rebuild
-        // from the archive resumes the log within it.
-        let archived = self.progress.archive_committed.load(Ordering::Acquire).saturating_sub(1);
+        // The archive's last range stays in the log: a restart writes it
+        // again, and a rebuild resumes the log after it.
+        let archived = self.progress.archive_committed.load(Ordering::Acquire);
         let until_ms = coldstream_sources::ingest::now_ms().saturating_sub(retention_ms);
         match coldstream_sources::log::embedded::trim(&self.log_dir, keep_from.min(archived), until_ms) {
             Ok(0) => {}

@@ -113,6 +113,11 @@ impl EventArchive {
             || self.oldest.is_some_and(|t| t.elapsed() >= self.config.roll_age)
     }
 
+    /// The offset of the first buffered record, if any.
+    pub fn buffered_from(&self) -> Option<u64> {
+        self.first_offset
+    }
+
     /// Whether anything is buffered.
     pub fn is_empty(&self) -> bool {
         self.first_offset.is_none()
