@@ -38,8 +38,10 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointSection {
     /// A checkpoint is taken each time the log's ingest time enters a new
-    /// interval of this many seconds.
+    /// interval of this many seconds...
     pub interval_seconds: u64,
+    /// ... or a commit starts this many records after the last one.
+    pub every_records: u64,
     /// Checkpoints kept on disk (the newest first; an older one is used if
     /// the newest is damaged).
     pub keep: usize,
@@ -47,7 +49,7 @@ pub struct CheckpointSection {
 
 impl Default for CheckpointSection {
     fn default() -> Self {
-        CheckpointSection { interval_seconds: 10, keep: 3 }
+        CheckpointSection { interval_seconds: 10, every_records: 1_000_000, keep: 3 }
     }
 }
 
@@ -455,9 +457,11 @@ retention_hours = 168
 
 [checkpoint]
 # The views' state is checkpointed each time the log's ingest time enters
-# a new interval of this many seconds; a restart replays only the log
+# a new interval of this many seconds, or every_records records after the
+# last checkpoint, whichever comes first; a restart replays only the log
 # after the newest checkpoint.
 interval_seconds = 10
+every_records = 1000000
 # Checkpoints kept in checkpoints/; if the newest is damaged, the one
 # before it is used.
 keep = 3

@@ -261,7 +261,7 @@ pub async fn rebuild(config: &Config) -> Result<Rebuilt, ServerError> {
     };
     let views = ViewConfig { hooks: OperatorHooks { checkpoints, ..views.hooks }, ..views };
     // One checkpoint, at the end.
-    let resume = Resume { offset: 0, checkpoint_every_ms: u64::MAX };
+    let resume = Resume { offset: 0, checkpoint_every_ms: u64::MAX, checkpoint_every_records: u64::MAX };
     let readers: Arc<dyn OpenReader> = Arc::new(log.clone());
     let workers = Workers::start(config.worker_threads(), views, readers, changes, resume)?;
     tokio::task::spawn_blocking(move || workers.stop())

@@ -12,7 +12,8 @@
 //! frontier reported by worker 0, so the sink knows when a time is final.
 //!
 //! Checkpoints: whenever the ingest time of the records read enters a new
-//! interval (and once more when the workers stop), the sources ask for a
+//! interval, or a commit starts a given number of records after the last
+//! request (and once more when the workers stop), the sources ask for a
 //! checkpoint at that record's time. Every source sees the same records,
 //! so they agree on the times without talking; worker 0's also tells the
 //! sink the offset of that record, where a restart resumes reading.
@@ -63,8 +64,10 @@ pub struct Resume {
     /// The log offset to read from (the checkpoint's, or 0).
     pub offset: u64,
     /// A checkpoint is requested whenever the ingest time enters a new
-    /// interval of this many milliseconds.
+    /// interval of this many milliseconds...
     pub checkpoint_every_ms: u64,
+    /// ... or a commit starts this many records after the last request.
+    pub checkpoint_every_records: u64,
 }
 
 /// Why the workers could not start.
@@ -139,6 +142,7 @@ impl Workers {
                 sources: source_list,
                 checkpoints: checkpoints.clone(),
                 every_ms: resume.checkpoint_every_ms.max(1),
+                every_records: resume.checkpoint_every_records.max(1),
                 offsets: (index == 0).then(|| sink.clone()),
             };
             let probe = worker.dataflow::<Time, _, _>(move |scope| {
@@ -204,6 +208,7 @@ struct Source {
     sources: Arc<std::sync::Mutex<Vec<SyncActivator>>>,
     checkpoints: Checkpoints,
     every_ms: u64,
+    every_records: u64,
     /// Worker 0's: where checkpoint offsets are reported.
     offsets: Option<SyncSender<ViewMessage>>,
 }
@@ -214,7 +219,7 @@ fn log_source<'s>(
     source_state: Source,
     mut reader: Box<dyn LogReader>,
 ) -> VecCollection<'s, Time, Event> {
-    let Source { readers, stop, read_upto, sources, checkpoints, every_ms, offsets } = source_state;
+    let Source { readers, stop, read_upto, sources, checkpoints, every_ms, every_records, offsets } = source_state;
     let index = scope.index() as u64;
     let peers = scope.peers() as u64;
     source(scope, "EventLog", move |mut capability, info| {
@@ -228,6 +233,7 @@ fn log_source<'s>(
         let mut capability = Some(capability);
         let mut records = Vec::with_capacity(READ_BATCH);
         let mut last_time: Option<Time> = None;
+        let mut requested_at = reader.position();
         let restore_failed = {
             let checkpoints = checkpoints.clone();
             move || checkpoints.failure().is_some()
@@ -254,9 +260,11 @@ fn log_source<'s>(
             };
             for (offset, record) in records.drain(..) {
                 if last_time != Some(record.ingest_ms) {
-                    // A record whose time enters a new interval starts a commit.
-                    if last_time.is_some_and(|last| record.ingest_ms / every_ms > last / every_ms) {
+                    // A record with a new time starts a commit.
+                    let new_interval = last_time.is_some_and(|last| record.ingest_ms / every_ms > last / every_ms);
+                    if last_time.is_some() && (new_interval || offset - requested_at >= every_records) {
                         checkpoint(record.ingest_ms, offset);
+                        requested_at = offset;
                     }
                     cap.downgrade(&record.ingest_ms);
                     last_time = Some(record.ingest_ms);

@@ -224,7 +224,11 @@ impl Server {
             })?
         };
         let views = ViewConfig { hooks: OperatorHooks { checkpoints, ..views.hooks }, ..views };
-        let resume = Resume { offset, checkpoint_every_ms: config.checkpoint.interval_seconds * 1000 };
+        let resume = Resume {
+            offset,
+            checkpoint_every_ms: config.checkpoint.interval_seconds * 1000,
+            checkpoint_every_records: config.checkpoint.every_records,
+        };
         let workers = Workers::start(config.worker_threads(), views, Arc::clone(&readers), changes, resume)?;
 
         let listener = bind(config.listen).await?;
