@@ -3,6 +3,7 @@
 //! the fleet simulator, and SQL over the Parquet logs. The command line in
 //! `main.rs` is a thin layer over these.
 
+pub mod bench;
 pub mod chaos;
 pub mod checkpoint;
 pub mod config;

@@ -96,6 +96,31 @@ enum Command {
         #[arg(long, default_value_t = 2500)]
         max_run_ms: u64,
     },
+    /// End-to-end throughput and latency: the pipeline and local webhook
+    /// receivers here, a simulated fleet in a separate process.
+    Bench {
+        /// Where the run's data goes (replaced if it holds an earlier bench).
+        #[arg(long, default_value = "./coldstream-data/bench")]
+        data: PathBuf,
+        /// Seconds the fleet sends.
+        #[arg(long, default_value_t = 20.0)]
+        duration: f64,
+        /// Events per second for the whole fleet, or `max`.
+        #[arg(long, default_value = "max")]
+        rate: String,
+        /// Simulated fridges.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        fridges: u64,
+        /// Timely worker threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        /// Seed of the fleet.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// A fleet of simulated fridges streaming to a gateway over gRPC.
     Simulate {
         /// The gateway.
@@ -352,6 +377,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
             if !report.passed() {
                 bail!("chaos checks failed");
+            }
+        }
+        Command::Bench { data, duration, rate, fridges, workers, seed, json } => {
+            init_logging("warn");
+            let rate = match rate.as_str() {
+                "max" => None,
+                text => match text.parse::<f64>() {
+                    Ok(rate) if rate.is_finite() && rate > 0.0 => Some(rate),
+                    _ => bail!("--rate must be a positive number of events per second or `max`, not {text:?}"),
+                },
+            };
+            if !(duration.is_finite() && duration > 0.0) {
+                bail!("--duration must be a positive number of seconds");
+            }
+            let spec = coldstream::bench::BenchSpec {
+                data_dir: data,
+                duration: Duration::from_secs_f64(duration),
+                rate,
+                fridges: fridges as usize,
+                workers,
+                seed,
+            };
+            let report = runtime()?.block_on(coldstream::bench::run(&spec))?;
+            print!("{report}");
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
+                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
             }
         }
         Command::Config { action: ConfigAction::Default } => print!("{}", config::DEFAULT_TOML),

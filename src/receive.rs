@@ -29,6 +29,8 @@ pub struct Delivery {
     pub body: String,
     /// Whether an earlier delivery had the same id.
     pub repeat: bool,
+    /// When it arrived, in ms since the Unix epoch.
+    pub received_ms: u64,
 }
 
 struct Shared {
@@ -104,7 +106,8 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     if shared.print {
         println!("{id} {kind}{} {}", if repeat { " (repeat)" } else { "" }, json["data"]);
     }
-    let delivery = Delivery { id, kind, data: json["data"].clone(), body, repeat };
+    let received_ms = coldstream_sources::ingest::now_ms();
+    let delivery = Delivery { id, kind, data: json["data"].clone(), body, repeat, received_ms };
     shared.received.lock().expect("receiver lock").push(delivery);
     (StatusCode::NO_CONTENT, String::new())
 }

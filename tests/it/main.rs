@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
+mod bench;
 mod cli;
 mod durability;
 mod gateway;

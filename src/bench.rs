@@ -1,0 +1,267 @@
+//! `coldstream bench`: end-to-end throughput and latency of the whole
+//! pipeline on this machine.
+//!
+//! The pipeline (gateway, log, views, Parquet and webhook sinks) runs in
+//! this process with three local webhook receivers; the simulated fleet
+//! runs as a separate `coldstream simulate` process, flat out or at a fixed
+//! rate, for a fixed duration. The report gives:
+//!
+//! - events per second accepted end to end: from the fleet's start until
+//!   every accepted event is fsynced, archived and in every view;
+//! - latency from the log commit of an event to the arrival, at its
+//!   receiver, of the webhook its view change causes (a restock order, a
+//!   payment, an alert), as an HdrHistogram: p50, p99, p99.9, max. The
+//!   commit's ingest time is taken before its fsync and the ack after it,
+//!   so this slightly overstates ack-to-webhook;
+//! - CPU seconds of this process (pipeline and receivers) per million
+//!   events, and its peak resident memory;
+//! - the machine and the settings.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint, Secret};
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::config::{Config, EndpointSection};
+use crate::receive::{Delivery, Receiver};
+use crate::server::Server;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchSpec {
+    /// Where the run's data goes (replaced if it holds an earlier bench).
+    pub data_dir: PathBuf,
+    /// How long the fleet sends.
+    pub duration: Duration,
+    /// Events per second for the whole fleet; `None` for flat out.
+    pub rate: Option<f64>,
+    /// Simulated fridges.
+    pub fridges: usize,
+    /// Timely workers.
+    pub workers: usize,
+    /// Seed of the fleet.
+    pub seed: u64,
+}
+
+/// Latency percentiles of one kind of webhook, in ms.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Latency {
+    /// What was measured, e.g. `restock`.
+    pub of: String,
+    /// Deliveries measured.
+    pub count: u64,
+    /// Percentiles and the maximum, in ms.
+    pub p50_ms: u64,
+    /// 99th percentile.
+    pub p99_ms: u64,
+    /// 99.9th percentile.
+    pub p999_ms: u64,
+    /// The slowest.
+    pub max_ms: u64,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    /// Cores and CPU model.
+    pub machine: String,
+    /// The settings.
+    pub settings: serde_json::Value,
+    /// Log records appended (fridge and back-office events).
+    pub events: u64,
+    /// Events per second, fleet start to every view caught up.
+    pub events_per_second: f64,
+    /// Seconds from the fleet's start until every view had caught up.
+    pub seconds: f64,
+    /// Latency from commit to webhook arrival, by endpoint and over all.
+    pub latency: Vec<Latency>,
+    /// CPU seconds of the pipeline process per million events.
+    pub cpu_seconds_per_million_events: f64,
+    /// Peak resident memory of the pipeline process, MiB.
+    pub peak_rss_mib: f64,
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "machine: {}", self.machine)?;
+        writeln!(f, "settings: {}", self.settings)?;
+        writeln!(
+            f,
+            "throughput: {} events in {:.1} s = {:.0} events/s end to end",
+            self.events, self.seconds, self.events_per_second
+        )?;
+        writeln!(
+            f,
+            "cpu: {:.2} s per million events (pipeline process); peak memory {:.0} MiB",
+            self.cpu_seconds_per_million_events, self.peak_rss_mib
+        )?;
+        writeln!(f, "latency, commit to webhook arrival (ms):")?;
+        writeln!(f, "  {:<12} {:>8} {:>6} {:>6} {:>7} {:>6}", "webhook", "count", "p50", "p99", "p99.9", "max")?;
+        for l in &self.latency {
+            writeln!(
+                f,
+                "  {:<12} {:>8} {:>6} {:>6} {:>7} {:>6}",
+                l.of, l.count, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+            )?;
+        }
+        Ok(())
+    }
+}
+
+const MARKER: &str = ".coldstream-bench";
+
+/// Empties `dir` if it holds an earlier bench's data; refuses anything else.
+fn prepare(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        if !dir.join(MARKER).exists() {
+            bail!("{} is not empty and not an earlier bench's data; give another --data", dir.display());
+        }
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(MARKER), b"made by coldstream bench; deleted by the next bench\n")?;
+    Ok(())
+}
+
+/// CPU seconds this process has used (Linux; clock ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The logical time of a delivered message, from its body's `timestamp`.
+fn logical_ms(delivery: &Delivery) -> Option<u64> {
+    let body: serde_json::Value = serde_json::from_str(&delivery.body).ok()?;
+    let stamp = body["timestamp"].as_str()?;
+    Some(chrono::DateTime::parse_from_rfc3339(stamp).ok()?.timestamp_millis() as u64)
+}
+
+fn latency(of: &str, deliveries: &[&Delivery]) -> Latency {
+    let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits is a valid precision");
+    for delivery in deliveries {
+        if let Some(at) = logical_ms(delivery) {
+            histogram.saturating_record(delivery.received_ms.saturating_sub(at));
+        }
+    }
+    Latency {
+        of: of.to_owned(),
+        count: histogram.len(),
+        p50_ms: histogram.value_at_quantile(0.5),
+        p99_ms: histogram.value_at_quantile(0.99),
+        p999_ms: histogram.value_at_quantile(0.999),
+        max_ms: histogram.max(),
+    }
+}
+
+/// Runs the benchmark.
+pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
+    prepare(&spec.data_dir)?;
+    let mut config = Config {
+        data_dir: spec.data_dir.clone(),
+        listen: "127.0.0.1:0".parse().expect("a literal socket address"),
+        workers: spec.workers,
+        ..Config::default()
+    };
+    let mut receivers = Vec::new();
+    for endpoint in Endpoint::ALL {
+        let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), Secret::parse(EXAMPLE_SECRET)?, false)
+            .await
+            .context("starting a webhook receiver")?;
+        *config.webhooks.endpoint_mut(endpoint) = Some(EndpointSection {
+            url: format!("http://{}/{}", receiver.addr(), endpoint.as_str()),
+            secret: EXAMPLE_SECRET.to_owned(),
+            timeout_ms: 10_000,
+            max_in_flight: 16,
+        });
+        receivers.push((endpoint, receiver));
+    }
+    let server = Server::start(&config).await?;
+    let exe = std::env::current_exe().context("finding the coldstream binary")?;
+    // Enough events for the duration; a flat-out fleet is stopped when it is up.
+    let events = match spec.rate {
+        Some(rate) => (rate * spec.duration.as_secs_f64()).ceil() as u64,
+        None => 1_000_000_000,
+    };
+    let rate = spec.rate.map_or_else(|| "max".to_owned(), |r| r.to_string());
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let mut fleet = Command::new(&exe)
+        .args(["simulate", "--target", &format!("http://{}", server.addr()), "--bad-rate", "0"])
+        .args(["--fridges", &spec.fridges.to_string(), "--events", &events.to_string(), "--rate", &rate])
+        .args(["--seed", &spec.seed.to_string(), "--secret", crate::config::DEV_SECRET])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting coldstream simulate")?;
+    let deadline = started + spec.duration + Duration::from_secs(if spec.rate.is_some() { 60 } else { 0 });
+    loop {
+        if let Some(status) = fleet.try_wait()? {
+            if !status.success() {
+                bail!("the fleet failed ({status})");
+            }
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = fleet.kill();
+            let _ = fleet.wait();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = server
+        .caught_up(Duration::from_secs(600))
+        .await
+        .map_err(|status| anyhow::anyhow!("the views did not catch up within 600 s: {status:?}"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    // Let the last webhooks arrive before reading the receivers.
+    let drained = Instant::now() + Duration::from_secs(60);
+    while server.webhooks_pending() > 0 && Instant::now() < drained {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut latencies = Vec::new();
+    let mut all = Vec::new();
+    for (endpoint, receiver) in &receivers {
+        let received = receiver.received();
+        let first: Vec<&Delivery> = received.iter().filter(|d| !d.repeat).collect();
+        let name = match endpoint {
+            Endpoint::Procurement => "restock",
+            Endpoint::Accounting => "payment",
+            Endpoint::Alerts => "alerts",
+        };
+        latencies.push(latency(name, &first));
+        all.extend(received.into_iter().filter(|d| !d.repeat));
+    }
+    latencies.push(latency("all", &all.iter().collect::<Vec<_>>()));
+    server.shutdown().await?;
+    for (_, receiver) in receivers {
+        receiver.stop().await;
+    }
+    let events = status.durable_offset;
+    Ok(BenchReport {
+        machine: crate::machine::describe(),
+        settings: json!({
+            "rate": rate,
+            "duration_s": spec.duration.as_secs_f64(),
+            "fridges": spec.fridges,
+            "workers": config.worker_threads(),
+            "seed": spec.seed,
+            "webhook_endpoints": 3,
+            "config": "defaults (fsync per group commit, 10 s checkpoints, 30 s Parquet rolls)",
+        }),
+        events,
+        events_per_second: events as f64 / seconds.max(1e-9),
+        seconds,
+        latency: latencies,
+        cpu_seconds_per_million_events: cpu / (events.max(1) as f64 / 1e6),
+        peak_rss_mib: crate::machine::peak_rss_mib().unwrap_or(0.0),
+    })
+}

@@ -1,0 +1,31 @@
+//! `coldstream bench` end to end, briefly.
+
+use crate::support::binary;
+
+#[test]
+fn the_bench_reports_throughput_latency_cpu_and_memory_as_a_table_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let output = binary()
+        .args(["bench", "--data", dir.path().join("data").to_str().unwrap(), "--duration", "3"])
+        .args(["--rate", "5000", "--fridges", "10", "--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("events/s end to end") && stdout.contains("p99.9"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report["events"].as_u64().unwrap() >= 10_000, "{report}");
+    assert!(report["events_per_second"].as_f64().unwrap() > 0.0);
+    assert!(report["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    assert!(report["machine"].as_str().unwrap().contains("cores"));
+    let all = report["latency"].as_array().unwrap().iter().find(|l| l["of"] == "all").unwrap().clone();
+    assert!(all["count"].as_u64().unwrap() > 0, "webhooks were measured: {report}");
+    let (p50, p99, p999, max) = (
+        all["p50_ms"].as_u64().unwrap(),
+        all["p99_ms"].as_u64().unwrap(),
+        all["p999_ms"].as_u64().unwrap(),
+        all["max_ms"].as_u64().unwrap(),
+    );
+    assert!(p50 <= p99 && p99 <= p999 && p999 <= max, "{all}");
+}
