@@ -75,8 +75,15 @@ pub struct BenchReport {
     pub events: u64,
     /// Events per second, fleet start to every view caught up.
     pub events_per_second: f64,
-    /// Seconds from the fleet's start until every view had caught up.
+    /// Seconds from the fleet's start until every view and the archive had caught up.
     pub seconds: f64,
+    /// Seconds from the fleet's start until the views had every event the
+    /// fleet sent, and until the archive had.
+    pub views_seconds: f64,
+    /// See `views_seconds`.
+    pub archive_seconds: f64,
+    /// Seconds the fleet sent for.
+    pub fleet_seconds: f64,
     /// Latency from commit to webhook arrival, by endpoint and over all.
     pub latency: Vec<Latency>,
     /// CPU seconds of the pipeline process per million events.
@@ -93,6 +100,11 @@ impl std::fmt::Display for BenchReport {
             f,
             "throughput: {} events in {:.1} s = {:.0} events/s end to end",
             self.events, self.seconds, self.events_per_second
+        )?;
+        writeln!(
+            f,
+            "  the fleet sent for {:.1} s; every event was in the views after {:.1} s and in events/ after {:.1} s",
+            self.fleet_seconds, self.views_seconds, self.archive_seconds
         )?;
         writeln!(
             f,
@@ -236,8 +248,18 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    // Which consumer finishes last: the views or the archive.
+    let fleet_seconds = started.elapsed().as_secs_f64();
+    let fleet_done = sample(&server);
+    let (mut views_at, mut archive_at) = (None, None);
     let status = loop {
         let status = sample(&server);
+        if views_at.is_none() && fleet_done.last_ingest_ms.is_none_or(|last| status.views_frontier > last) {
+            views_at = Some(started.elapsed().as_secs_f64());
+        }
+        if archive_at.is_none() && status.archived_offset >= fleet_done.durable_offset {
+            archive_at = Some(started.elapsed().as_secs_f64());
+        }
         if status.caught_up() {
             break status;
         }
@@ -286,6 +308,9 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         events,
         events_per_second: events as f64 / seconds.max(1e-9),
         seconds,
+        views_seconds: views_at.unwrap_or(seconds),
+        archive_seconds: archive_at.unwrap_or(seconds),
+        fleet_seconds,
         latency: latencies,
         cpu_seconds_per_million_events: cpu / (events.max(1) as f64 / 1e6),
         peak_rss_mib: crate::machine::peak_rss_mib().unwrap_or(0.0),
