@@ -159,7 +159,8 @@ fn logical_ms(delivery: &Delivery) -> Option<u64> {
 /// Latencies of `deliveries`, from the wall time their change's commit was
 /// durable (`durable_at`: ingest time → first wall time it was durable).
 fn latency(of: &str, deliveries: &[&Delivery], durable_at: &[(u64, u64)]) -> Latency {
-    let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits is a valid precision");
+    // 1 ms to an hour, 3 significant digits.
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("the bounds and precision are valid");
     for delivery in deliveries {
         let Some(time) = logical_ms(delivery) else { continue };
         let index = durable_at.partition_point(|(t, _)| *t < time);
@@ -220,19 +221,26 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     let deadline = started + spec.duration + Duration::from_secs(if spec.rate.is_some() { 60 } else { 0 });
     // When each commit became durable (and its events acked): the wall time
     // at which the durable ingest time first reached each value, sampled
-    // every millisecond. Ingest times are logical and may run ahead of the
-    // wall clock (each commit takes a new millisecond), so they cannot be
-    // compared with arrival times directly.
-    let mut durable_at: Vec<(u64, u64)> = Vec::new();
-    let mut sample = |server: &Server| {
-        let status = server.status();
-        if let Some(last) = status.last_ingest_ms
-            && durable_at.last().is_none_or(|(t, _)| *t < last)
-        {
-            durable_at.push((last, coldstream_sources::ingest::now_ms()));
-        }
-        status
+    // every millisecond by a thread of its own. Ingest times are logical
+    // and may run ahead of the wall clock (each commit takes a new
+    // millisecond), so they cannot be compared with arrival times directly.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (source, sampling) = (server.status_source(), std::sync::Arc::clone(&sampling));
+        std::thread::spawn(move || {
+            let mut durable_at: Vec<(u64, u64)> = Vec::new();
+            while sampling.load(std::sync::atomic::Ordering::Acquire) {
+                if let Some(last) = source.status().last_ingest_ms
+                    && durable_at.last().is_none_or(|(t, _)| *t < last)
+                {
+                    durable_at.push((last, coldstream_sources::ingest::now_ms()));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            durable_at
+        })
     };
+    let sample = |server: &Server| server.status();
     loop {
         sample(&server);
         if let Some(status) = fleet.try_wait()? {
@@ -270,6 +278,8 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     };
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
+    sampling.store(false, std::sync::atomic::Ordering::Release);
+    let durable_at = sampler.join().map_err(|_| anyhow::anyhow!("the latency sampler failed"))?;
     // Let the last webhooks arrive before reading the receivers.
     let drained = Instant::now() + Duration::from_secs(60);
     while server.webhooks_pending() > 0 && Instant::now() < drained {

@@ -107,6 +107,25 @@ impl Status {
     }
 }
 
+/// Reads a server's progress from any thread.
+#[derive(Clone)]
+pub struct StatusSource {
+    readers: Arc<dyn OpenReader>,
+    progress: Arc<Progress>,
+}
+
+impl StatusSource {
+    /// How far every consumer has got.
+    pub fn status(&self) -> Status {
+        Status {
+            durable_offset: self.readers.durable_offset(),
+            last_ingest_ms: self.readers.durable_ingest_ms(),
+            archived_offset: self.progress.archived.load(Ordering::Acquire),
+            views_frontier: self.progress.views.load(Ordering::Acquire),
+        }
+    }
+}
+
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
@@ -279,12 +298,12 @@ impl Server {
 
     /// How far every consumer has got.
     pub fn status(&self) -> Status {
-        Status {
-            durable_offset: self.readers.durable_offset(),
-            last_ingest_ms: self.readers.durable_ingest_ms(),
-            archived_offset: self.progress.archived.load(Ordering::Acquire),
-            views_frontier: self.progress.views.load(Ordering::Acquire),
-        }
+        self.status_source().status()
+    }
+
+    /// A handle that reads [`Server::status`] from any thread.
+    pub fn status_source(&self) -> StatusSource {
+        StatusSource { readers: Arc::clone(&self.readers), progress: Arc::clone(&self.progress) }
     }
 
     /// Webhook deliveries not yet acknowledged by their receivers.
