@@ -22,12 +22,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint, Secret};
+use coldstream_sinks::webhooks::Endpoint;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::config::{Config, EndpointSection};
-use crate::receive::{Delivery, Receiver};
+use crate::config::Config;
+use crate::receive::Delivery;
 use crate::server::Server;
 
 /// What to run.
@@ -128,14 +128,9 @@ const MARKER: &str = ".coldstream-bench";
 
 /// Empties `dir` if it holds an earlier bench's data; refuses anything else.
 fn prepare(dir: &Path) -> anyhow::Result<()> {
-    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        if !dir.join(MARKER).exists() {
-            bail!("{} is not empty and not an earlier bench's data; give another --data", dir.display());
-        }
-        std::fs::remove_dir_all(dir)?;
+    if !crate::demo::fresh_dir(dir, MARKER, "bench").with_context(|| dir.display().to_string())? {
+        bail!("{} is not empty and not an earlier bench's data; give another --data", dir.display());
     }
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join(MARKER), b"made by coldstream bench; deleted by the next bench\n")?;
     Ok(())
 }
 
@@ -187,19 +182,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         workers: spec.workers,
         ..Config::default()
     };
-    let mut receivers = Vec::new();
-    for endpoint in Endpoint::ALL {
-        let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), Secret::parse(EXAMPLE_SECRET)?, false)
-            .await
-            .context("starting a webhook receiver")?;
-        *config.webhooks.endpoint_mut(endpoint) = Some(EndpointSection {
-            url: format!("http://{}/{}", receiver.addr(), endpoint.as_str()),
-            secret: EXAMPLE_SECRET.to_owned(),
-            timeout_ms: 10_000,
-            max_in_flight: 16,
-        });
-        receivers.push((endpoint, receiver));
-    }
+    let receivers = crate::receive::local_receivers(&mut config).await.context("starting a webhook receiver")?;
     let server = Server::start(&config).await?;
     let exe = std::env::current_exe().context("finding the coldstream binary")?;
     // Enough events for the duration; a flat-out fleet is stopped when it is up.
@@ -240,9 +223,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
             durable_at
         })
     };
-    let sample = |server: &Server| server.status();
     loop {
-        sample(&server);
         if let Some(status) = fleet.try_wait()? {
             if !status.success() {
                 bail!("the fleet failed ({status})");
@@ -258,10 +239,10 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     }
     // Which consumer finishes last: the views or the archive.
     let fleet_seconds = started.elapsed().as_secs_f64();
-    let fleet_done = sample(&server);
+    let fleet_done = server.status();
     let (mut views_at, mut archive_at) = (None, None);
     let status = loop {
-        let status = sample(&server);
+        let status = server.status();
         if views_at.is_none() && fleet_done.last_ingest_ms.is_none_or(|last| status.views_frontier > last) {
             views_at = Some(started.elapsed().as_secs_f64());
         }

@@ -383,7 +383,8 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     report.repeated = counts.iter().filter(|(key, n)| **n > 1 || !wanted.contains(*key)).count();
 
     // Views: the batch references over what is archived.
-    report.views = views_against_references(&spec.data_dir).await?;
+    let events: Vec<Event> = archived.into_iter().map(|(_, event)| event).collect();
+    report.views = views_against(&spec.data_dir, &events).await?;
     let ctx = crate::query::context(&spec.data_dir).await?;
 
     // Changelogs and webhooks: an uninterrupted recomputation.
@@ -449,9 +450,14 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
 /// the events in `events/`: `(view, rows, equal)`.
 pub async fn views_against_references(data_dir: &Path) -> anyhow::Result<Vec<(String, usize, bool)>> {
     let events: Vec<Event> = crate::rebuild::archived_events(data_dir)?.into_iter().map(|(_, event)| event).collect();
+    views_against(data_dir, &events).await
+}
+
+/// [`views_against_references`] with the archived events already read.
+async fn views_against(data_dir: &Path, events: &[Event]) -> anyhow::Result<Vec<(String, usize, bool)>> {
     let ctx = crate::query::context(data_dir).await?;
     let mut views = Vec::new();
-    for (view, sql, reference) in reference_views(&events) {
+    for (view, sql, reference) in reference_views(events) {
         let got = strings(&ctx, &sql).await?;
         views.push((view.to_owned(), got.len(), got == reference));
     }

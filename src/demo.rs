@@ -7,11 +7,9 @@ use std::time::{Duration, Instant};
 
 use datafusion::prelude::SessionContext;
 
-use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint, Secret};
-
-use crate::config::{Config, DEV_SECRET, EndpointSection};
+use crate::config::{Config, DEV_SECRET};
 use crate::query::{self, Format};
-use crate::receive::{Delivery, Receiver};
+use crate::receive::Delivery;
 use crate::server::Server;
 use crate::simulate::{self, Fleet, FleetSpec, RunSpec};
 
@@ -56,18 +54,26 @@ pub enum DemoError {
 const MARKER: &str = ".coldstream-demo";
 
 fn prepare(dir: &Path) -> Result<(), DemoError> {
-    let io = |e: std::io::Error| DemoError::Io(format!("{}: {e}", dir.display()));
-    if dir.exists() {
-        let empty = std::fs::read_dir(dir).map_err(io)?.next().is_none();
-        if !empty {
-            if !dir.join(MARKER).exists() {
-                return Err(DemoError::NotADemoDir(dir.display().to_string()));
-            }
-            std::fs::remove_dir_all(dir).map_err(io)?;
-        }
+    match fresh_dir(dir, MARKER, "demo") {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(DemoError::NotADemoDir(dir.display().to_string())),
+        Err(e) => Err(DemoError::Io(format!("{}: {e}", dir.display()))),
     }
-    std::fs::create_dir_all(dir).map_err(io)?;
-    std::fs::write(dir.join(MARKER), b"made by coldstream demo; deleted by the next demo\n").map_err(io)
+}
+
+/// Makes `dir` an empty folder holding only the `marker` file of `command`,
+/// deleting an earlier run's data there. Returns false, touching nothing,
+/// if `dir` holds anything else.
+pub(crate) fn fresh_dir(dir: &Path, marker: &str, command: &str) -> std::io::Result<bool> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        if !dir.join(marker).exists() {
+            return Ok(false);
+        }
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(marker), format!("made by coldstream {command}; deleted by the next {command}\n"))?;
+    Ok(true)
 }
 
 async fn show(ctx: &SessionContext, data_dir: &Path, title: &str, sql: &str) -> Result<(), DemoError> {
@@ -120,21 +126,9 @@ pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
         ..Config::default()
     };
     // A receiver per webhook endpoint, in this process.
-    let mut receivers = Vec::new();
-    for endpoint in Endpoint::ALL {
-        let secret = Secret::parse(EXAMPLE_SECRET).expect("the example secret parses");
-        let receiver = Receiver::start("127.0.0.1:0".parse().expect("a literal socket address"), secret, false)
-            .await
-            .map_err(|e| DemoError::Io(format!("starting a webhook receiver: {e}")))?;
-        let section = EndpointSection {
-            url: format!("http://{}/{}", receiver.addr(), endpoint.as_str()),
-            secret: EXAMPLE_SECRET.to_owned(),
-            timeout_ms: 10_000,
-            max_in_flight: 16,
-        };
-        *config.webhooks.endpoint_mut(endpoint) = Some(section);
-        receivers.push((endpoint, receiver));
-    }
+    let receivers = crate::receive::local_receivers(&mut config)
+        .await
+        .map_err(|e| DemoError::Io(format!("starting a webhook receiver: {e}")))?;
     let server = Server::start(&config).await?;
     let target = format!("http://{}", server.addr());
     println!(

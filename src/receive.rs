@@ -111,3 +111,25 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     shared.received.lock().expect("receiver lock").push(delivery);
     (StatusCode::NO_CONTENT, String::new())
 }
+
+/// Starts a receiver on a free loopback port for every webhook endpoint,
+/// under the example secret, and points `config`'s endpoints at them (the
+/// demo and the bench).
+pub async fn local_receivers(
+    config: &mut crate::config::Config,
+) -> std::io::Result<Vec<(coldstream_sinks::webhooks::Endpoint, Receiver)>> {
+    use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint};
+    let mut receivers = Vec::new();
+    for endpoint in Endpoint::ALL {
+        let secret = Secret::parse(EXAMPLE_SECRET).expect("the example secret parses");
+        let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), secret, false).await?;
+        *config.webhooks.endpoint_mut(endpoint) = Some(crate::config::EndpointSection {
+            url: format!("http://{}/{}", receiver.addr(), endpoint.as_str()),
+            secret: EXAMPLE_SECRET.to_owned(),
+            timeout_ms: 10_000,
+            max_in_flight: 16,
+        });
+        receivers.push((endpoint, receiver));
+    }
+    Ok(receivers)
+}

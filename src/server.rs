@@ -177,12 +177,12 @@ impl Server {
         let parquet = config.parquet();
         let (archive, resume) = EventArchive::open(&data_dir, parquet.clone())?;
         progress.archive_committed.store(resume.map_or(0, |(first, _)| first), Ordering::Release);
+        let log_starts = readers.first_offset()?;
         if let Some((first, _)) = resume
-            && first < readers.first_offset()?
+            && first < log_starts
         {
             return Err(ServerError::Inconsistent(format!(
-                "the archive in events/ resumes at log offset {first}, which retention removed (log/ starts at {}); run `coldstream rebuild --data DIR`",
-                readers.first_offset()?
+                "the archive in events/ resumes at log offset {first}, which retention removed (log/ starts at {log_starts}); run `coldstream rebuild --data DIR`"
             )));
         }
         let stop_archiver = Arc::new(AtomicBool::new(false));
