@@ -120,6 +120,11 @@ enum Command {
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Run flat out, then at 10, 25, 50 and 75 % of that rate, and draw
+        /// latency against throughput to this SVG file (the reports go
+        /// beside it as JSON).
+        #[arg(long, conflicts_with = "rate")]
+        curve: Option<PathBuf>,
     },
     /// A fleet of simulated fridges streaming to a gateway over gRPC.
     Simulate {
@@ -379,7 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("chaos checks failed");
             }
         }
-        Command::Bench { data, duration, rate, fridges, workers, seed, json } => {
+        Command::Bench { data, duration, rate, fridges, workers, seed, json, curve } => {
             init_logging("warn");
             let rate = match rate.as_str() {
                 "max" => None,
@@ -399,6 +404,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 workers,
                 seed,
             };
+            if let Some(path) = curve {
+                let points = runtime()?.block_on(coldstream::bench::curve::run_and_draw(&spec, &path))?;
+                print!("{}", coldstream::bench::curve::table(&points));
+                println!("curve: {} and {}", path.display(), path.with_extension("json").display());
+                return Ok(());
+            }
             let report = runtime()?.block_on(coldstream::bench::run(&spec))?;
             print!("{report}");
             if let Some(path) = json {

@@ -17,6 +17,8 @@
 //!   events, and its peak resident memory;
 //! - the machine and the settings.
 
+pub mod curve;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -151,18 +153,48 @@ fn logical_ms(delivery: &Delivery) -> Option<u64> {
     Some(chrono::DateTime::parse_from_rfc3339(stamp).ok()?.timestamp_millis() as u64)
 }
 
-/// Latencies of `deliveries`, from the wall time their change's commit was
-/// durable (`durable_at`: ingest time → first wall time it was durable).
-fn latency(of: &str, deliveries: &[&Delivery], durable_at: &[(u64, u64)]) -> Latency {
-    // 1 ms to an hour, 3 significant digits.
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("the bounds and precision are valid");
-    for delivery in deliveries {
-        let Some(time) = logical_ms(delivery) else { continue };
-        let index = durable_at.partition_point(|(t, _)| *t < time);
-        if let Some((_, acked_ms)) = durable_at.get(index) {
-            histogram.saturating_record(delivery.received_ms.saturating_sub(*acked_ms));
+/// The sampler's record of when each commit became durable and when the
+/// views passed it.
+#[derive(Default)]
+struct Samples {
+    /// (ingest time, the first wall time, ms, it was durable).
+    durable_at: Vec<(u64, u64)>,
+    /// (views frontier, the first wall time, ms, the views were past it).
+    views_at: Vec<(u64, u64)>,
+}
+
+impl Samples {
+    fn take(&mut self, status: crate::server::Status, now_ms: u64) {
+        if let Some(last) = status.last_ingest_ms
+            && self.durable_at.last().is_none_or(|(t, _)| *t < last)
+        {
+            self.durable_at.push((last, now_ms));
+        }
+        if self.views_at.last().is_none_or(|(f, _)| *f < status.views_frontier) {
+            self.views_at.push((status.views_frontier, now_ms));
         }
     }
+
+    /// From each sampled commit's durable moment to the moment every view
+    /// had it (the frontier passed it).
+    fn views_latency(&self) -> Latency {
+        let mut histogram = new_histogram();
+        for &(time, durable_ms) in &self.durable_at {
+            let index = self.views_at.partition_point(|(frontier, _)| *frontier <= time);
+            if let Some((_, views_ms)) = self.views_at.get(index) {
+                histogram.saturating_record(views_ms.saturating_sub(durable_ms));
+            }
+        }
+        summary("in the views", &histogram)
+    }
+}
+
+/// 1 ms to an hour, 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("the bounds and precision are valid")
+}
+
+fn summary(of: &str, histogram: &Histogram<u64>) -> Latency {
     Latency {
         of: of.to_owned(),
         count: histogram.len(),
@@ -171,6 +203,20 @@ fn latency(of: &str, deliveries: &[&Delivery], durable_at: &[(u64, u64)]) -> Lat
         p999_ms: histogram.value_at_quantile(0.999),
         max_ms: histogram.max(),
     }
+}
+
+/// Latencies of `deliveries`, from the wall time their change's commit was
+/// durable (`durable_at`: ingest time → first wall time it was durable).
+fn latency(of: &str, deliveries: &[&Delivery], durable_at: &[(u64, u64)]) -> Latency {
+    let mut histogram = new_histogram();
+    for delivery in deliveries {
+        let Some(time) = logical_ms(delivery) else { continue };
+        let index = durable_at.partition_point(|(t, _)| *t < time);
+        if let Some((_, acked_ms)) = durable_at.get(index) {
+            histogram.saturating_record(delivery.received_ms.saturating_sub(*acked_ms));
+        }
+    }
+    summary(of, &histogram)
 }
 
 /// Runs the benchmark.
@@ -211,16 +257,12 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     let sampler = {
         let (source, sampling) = (server.status_source(), std::sync::Arc::clone(&sampling));
         std::thread::spawn(move || {
-            let mut durable_at: Vec<(u64, u64)> = Vec::new();
+            let mut samples = Samples::default();
             while sampling.load(std::sync::atomic::Ordering::Acquire) {
-                if let Some(last) = source.status().last_ingest_ms
-                    && durable_at.last().is_none_or(|(t, _)| *t < last)
-                {
-                    durable_at.push((last, coldstream_sources::ingest::now_ms()));
-                }
+                samples.take(source.status(), coldstream_sources::ingest::now_ms());
                 std::thread::sleep(Duration::from_millis(1));
             }
-            durable_at
+            samples
         })
     };
     loop {
@@ -260,7 +302,8 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
     sampling.store(false, std::sync::atomic::Ordering::Release);
-    let durable_at = sampler.join().map_err(|_| anyhow::anyhow!("the latency sampler failed"))?;
+    let samples = sampler.join().map_err(|_| anyhow::anyhow!("the latency sampler failed"))?;
+    let durable_at = &samples.durable_at;
     // Let the last webhooks arrive before reading the receivers.
     let drained = Instant::now() + Duration::from_secs(60);
     while server.webhooks_pending() > 0 && Instant::now() < drained {
@@ -276,10 +319,11 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
             Endpoint::Accounting => "payment",
             Endpoint::Alerts => "alerts",
         };
-        latencies.push(latency(name, &first, &durable_at));
+        latencies.push(latency(name, &first, durable_at));
         all.extend(received.into_iter().filter(|d| !d.repeat));
     }
-    latencies.push(latency("all", &all.iter().collect::<Vec<_>>(), &durable_at));
+    latencies.push(latency("all", &all.iter().collect::<Vec<_>>(), durable_at));
+    latencies.push(samples.views_latency());
     server.shutdown().await?;
     for (_, receiver) in receivers {
         receiver.stop().await;
