@@ -403,6 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fridges: fridges as usize,
                 workers,
                 seed,
+                fleet_binary: None,
             };
             if let Some(path) = curve {
                 let points = runtime()?.block_on(coldstream::bench::curve::run_and_draw(&spec, &path))?;

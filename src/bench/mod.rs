@@ -47,6 +47,8 @@ pub struct BenchSpec {
     pub workers: usize,
     /// Seed of the fleet.
     pub seed: u64,
+    /// The `coldstream` binary that runs the fleet (`None`: this program).
+    pub fleet_binary: Option<PathBuf>,
 }
 
 /// Latency percentiles of one kind of webhook, in ms.
@@ -230,7 +232,10 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     };
     let receivers = crate::receive::local_receivers(&mut config).await.context("starting a webhook receiver")?;
     let server = Server::start(&config).await?;
-    let exe = std::env::current_exe().context("finding the coldstream binary")?;
+    let exe = match &spec.fleet_binary {
+        Some(binary) => binary.clone(),
+        None => std::env::current_exe().context("finding the coldstream binary")?,
+    };
     // Enough events for the duration; a flat-out fleet is stopped when it is up.
     let events = match spec.rate {
         Some(rate) => (rate * spec.duration.as_secs_f64()).ceil() as u64,

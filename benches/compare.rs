@@ -1,0 +1,308 @@
+//! coldstream side by side with what a team would otherwise use, on the same
+//! generated events in the same run, and the latency-throughput curve:
+//!
+//! 1. coldstream's dataflow (every view) fed one hour of fleet events at a
+//!    time, on 2 workers and on 1;
+//! 2. the COST baseline: one thread of hand-written Rust with hash maps
+//!    computing inventory and restock lines from all the events;
+//! 3. DataFusion SQL (`queries/restock_from_events.sql`) recomputing the
+//!    restock lines over the `events/` Parquet archive as the history grows
+//!    from 1 to 30 days, against coldstream's time to take in one more hour;
+//! 4. `coldstream bench --curve` (flat out, then 10, 25, 50, 75 %).
+//!
+//! Every alternative's restock lines (and the loop's inventory) are checked
+//! against coldstream's; a difference stops the run. The table is printed
+//! and written, with the curve, to `--out` (default `target/compare`):
+//! `compare.json`, `curve.svg`, `curve.json`.
+//!
+//! `cargo bench --bench compare -- [--days 30] [--fridges 50] [--duration 10] [--no-curve] [--out DIR]`
+
+#[path = "alternatives/cost.rs"]
+mod cost;
+#[path = "alternatives/recompute.rs"]
+mod recompute;
+#[path = "alternatives/workload.rs"]
+mod workload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coldstream::bench::BenchSpec;
+use coldstream_pipelines::views::{ViewBatch, ViewConfig, all};
+use coldstream_pipelines::{Event, Time};
+use coldstream_sinks::ParquetConfig;
+use coldstream_sinks::parquet::EventArchive;
+use cost::ByShelf;
+use differential_dataflow::input::Input;
+use serde_json::json;
+
+/// The history lengths (days) at which the alternatives are compared.
+const CHECK_DAYS: [i64; 6] = [1, 2, 4, 8, 15, 30];
+
+struct Args {
+    days: i64,
+    fridges: usize,
+    duration: f64,
+    curve: bool,
+    out: PathBuf,
+}
+
+fn args() -> Args {
+    let mut args = Args { days: 30, fridges: 50, duration: 10.0, curve: true, out: PathBuf::from("target/compare") };
+    let mut given = std::env::args().skip(1);
+    while let Some(arg) = given.next() {
+        let mut value = |name: &str| given.next().unwrap_or_else(|| panic!("{name} needs a value"));
+        match arg.as_str() {
+            "--days" => args.days = value("--days").parse().expect("--days is a whole number of days"),
+            "--fridges" => args.fridges = value("--fridges").parse().expect("--fridges is a number"),
+            "--duration" => args.duration = value("--duration").parse().expect("--duration is seconds"),
+            "--out" => args.out = PathBuf::from(value("--out")),
+            "--no-curve" => args.curve = false,
+            _ => {} // cargo's own `--bench`
+        }
+    }
+    args
+}
+
+/// What coldstream's dataflow did with the workload.
+struct Streamed {
+    /// Time to take in each hour of events (every view up to date).
+    per_hour: Vec<Duration>,
+    /// Restock lines at the end of each of `CHECK_DAYS`.
+    lines_at: BTreeMap<i64, ByShelf>,
+    inventory: ByShelf,
+    lines: ByShelf,
+    total: Duration,
+}
+
+/// `(record, count)` of a view, consolidated as changes arrive.
+#[derive(Default)]
+struct Consolidated {
+    inventory: BTreeMap<((String, String), i64), isize>,
+    lines: BTreeMap<((String, String), i64), isize>,
+}
+
+impl Consolidated {
+    fn take(&mut self, batches: &Receiver<ViewBatch>) {
+        fn apply<K: Ord>(into: &mut BTreeMap<K, isize>, record: K, diff: isize) {
+            *into.entry(record).or_insert(0) += diff;
+        }
+        for batch in batches.try_iter() {
+            match batch {
+                ViewBatch::Inventory(changes) => {
+                    for (row, _, diff) in changes {
+                        apply(&mut self.inventory, row, diff);
+                    }
+                }
+                ViewBatch::RestockOrders(changes) => {
+                    for ((key, line), _, diff) in changes {
+                        apply(&mut self.lines, (key, line.qty), diff);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.inventory.retain(|_, count| *count != 0);
+        self.lines.retain(|_, count| *count != 0);
+    }
+
+    fn rows(view: &BTreeMap<((String, String), i64), isize>) -> ByShelf {
+        view.iter().filter(|(_, count)| **count > 0).map(|((key, value), _)| (key.clone(), *value)).collect()
+    }
+}
+
+/// Feeds the workload to every view, one hour of events per logical time.
+fn stream(hours: &Arc<Vec<Vec<Event>>>, workers: usize) -> Streamed {
+    let (send, batches) = channel();
+    let send = Mutex::new(send);
+    let batches = Arc::new(Mutex::new(Some(batches)));
+    let hours = Arc::clone(hours);
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let send = send.lock().expect("no worker panics holding the sender").clone();
+        let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+            let (input, events) = scope.new_collection::<Event, isize>();
+            let probe = all(events, &ViewConfig::default()).deliver(move |batch| {
+                let _ = send.send(batch);
+            });
+            (input, probe)
+        });
+        let leader = worker.index() == 0;
+        let batches = if leader { batches.lock().expect("no worker panics").take() } else { None };
+        let mut views = Consolidated::default();
+        let mut streamed = Streamed {
+            per_hour: Vec::new(),
+            lines_at: BTreeMap::new(),
+            inventory: ByShelf::new(),
+            lines: ByShelf::new(),
+            total: Duration::ZERO,
+        };
+        let started = Instant::now();
+        for (hour, events) in hours.iter().enumerate() {
+            let began = Instant::now();
+            let time = hour as Time + 1;
+            input.advance_to(time);
+            if leader {
+                for event in events {
+                    input.insert(event.clone());
+                }
+            }
+            input.advance_to(time + 1);
+            input.flush();
+            worker.step_while(|| probe.less_than(&(time + 1)));
+            if let Some(batches) = &batches {
+                views.take(batches);
+                streamed.per_hour.push(began.elapsed());
+                let day = (hour as i64 + 1) / 24;
+                if (hour + 1) % 24 == 0 && CHECK_DAYS.contains(&day) {
+                    streamed.lines_at.insert(day, Consolidated::rows(&views.lines));
+                }
+            }
+        }
+        streamed.total = started.elapsed();
+        streamed.inventory = Consolidated::rows(&views.inventory);
+        streamed.lines = Consolidated::rows(&views.lines);
+        streamed
+    })
+    .expect("timely starts its workers");
+    let mut results = guards.join().into_iter().map(|r| r.expect("a worker finished"));
+    results.next().expect("the leader's result")
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = args();
+    let machine = coldstream::machine::describe();
+    println!("machine: {machine}");
+    let hours = Arc::new(workload::hours(args.fridges, args.days, 7));
+    let events: Vec<Event> = hours.iter().flatten().cloned().collect();
+    let n = events.len();
+    println!(
+        "workload: {} fridges, {} days of event time, {n} events (seed 7, no cold-chain excursions), one hour of events per batch",
+        args.fridges, args.days
+    );
+
+    // 1. coldstream, every view, incrementally.
+    let two = stream(&hours, 2);
+    let one = stream(&hours, 1);
+    for (workers, run) in [(2, &two), (1, &one)] {
+        println!(
+            "coldstream, {workers} worker(s): {n} events in {:.2} s = {:.0} events/s (every view up to date after each hour)",
+            run.total.as_secs_f64(),
+            n as f64 / run.total.as_secs_f64()
+        );
+    }
+    anyhow::ensure!(one.lines == two.lines && one.inventory == two.inventory, "1 and 2 workers disagree");
+
+    // 2. The COST baseline.
+    let mut loop_times = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (inventory, lines) = cost::inventory_and_restock(&events, 2);
+        loop_times.push(started.elapsed());
+        anyhow::ensure!(inventory == two.inventory, "the single-threaded loop's inventory differs from coldstream's");
+        anyhow::ensure!(lines == two.lines, "the single-threaded loop's restock lines differ from coldstream's");
+    }
+    let loop_time = *loop_times.iter().min().expect("three runs");
+    println!(
+        "single-threaded loop (inventory and restock only, from scratch): {:.2} s = {:.0} events/s; same inventory ({} rows) and restock lines ({})",
+        loop_time.as_secs_f64(),
+        n as f64 / loop_time.as_secs_f64(),
+        two.inventory.len(),
+        two.lines.len()
+    );
+
+    // 3. DataFusion recompute as the history grows.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let scratch = tempfile::tempdir()?;
+    let (mut archive, _) = EventArchive::open(scratch.path(), ParquetConfig::default())?;
+    let mut offset = 0u64;
+    let mut recompute = Vec::new();
+    for (day, day_hours) in hours.chunks(24).enumerate() {
+        let day = day as i64 + 1;
+        for (hour, events) in day_hours.iter().enumerate() {
+            let ingest_ms = ((day - 1) * 24 + hour as i64 + 1) as u64;
+            for event in events {
+                archive.push_event(offset, ingest_ms, event.clone());
+                offset += 1;
+            }
+        }
+        archive.flush(offset)?;
+        if !CHECK_DAYS.contains(&day) || day > args.days {
+            continue;
+        }
+        let mut took = Vec::new();
+        for _ in 0..3 {
+            let (lines, time) = runtime.block_on(recompute::restock_lines(scratch.path()))?;
+            anyhow::ensure!(
+                Some(&lines) == two.lines_at.get(&day),
+                "DataFusion's restock lines after day {day} differ from coldstream's"
+            );
+            took.push(time);
+        }
+        let hour_times = two.per_hour[((day - 1) * 24) as usize..(day * 24) as usize].to_vec();
+        let (sql, incremental) = (median(took), median(hour_times));
+        println!(
+            "day {day:>2}: {offset:>9} events archived; DataFusion recompute {:>8.1} ms, coldstream one more hour {:>6.1} ms ({:.0}x)",
+            ms(sql),
+            ms(incremental),
+            ms(sql) / ms(incremental).max(1e-3)
+        );
+        recompute.push(
+            json!({ "day": day, "events": offset, "datafusion_ms": ms(sql), "coldstream_hour_ms": ms(incremental) }),
+        );
+    }
+
+    // 4. The latency-throughput curve.
+    std::fs::create_dir_all(&args.out)?;
+    let curve = if args.curve {
+        let spec = BenchSpec {
+            data_dir: scratch.path().join("bench"),
+            duration: Duration::from_secs_f64(args.duration),
+            rate: None,
+            fridges: 200,
+            workers: 0,
+            seed: 1,
+            fleet_binary: Some(PathBuf::from(env!("CARGO_BIN_EXE_coldstream"))),
+        };
+        let path = args.out.join("curve.svg");
+        let points = runtime.block_on(coldstream::bench::curve::run_and_draw(&spec, &path))?;
+        print!("{}", coldstream::bench::curve::table(&points));
+        println!("curve: {}", path.display());
+        serde_json::to_value(&points)?
+    } else {
+        serde_json::Value::Null
+    };
+
+    let per_second = |d: Duration| n as f64 / d.as_secs_f64();
+    println!("\n{:<58} {:>14} {:>18}", "engine", "events/s", "coldstream (2 workers) is");
+    for (name, rate) in [
+        ("coldstream, every view, 2 workers", per_second(two.total)),
+        ("coldstream, every view, 1 worker", per_second(one.total)),
+        ("hand-written loop, 1 thread, inventory and restock only", per_second(loop_time)),
+    ] {
+        println!("{name:<58} {rate:>14.0} {:>17.2}x", per_second(two.total) / rate);
+    }
+    let summary = json!({
+        "machine": machine,
+        "workload": { "fridges": args.fridges, "days": args.days, "events": n, "seed": 7 },
+        "coldstream_events_per_second": { "workers_2": per_second(two.total), "workers_1": per_second(one.total) },
+        "single_thread_loop_events_per_second": per_second(loop_time),
+        "datafusion_recompute": recompute,
+        "curve": curve,
+    });
+    let path = args.out.join("compare.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)?;
+    println!("written: {}", path.display());
+    Ok(())
+}
