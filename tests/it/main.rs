@@ -5,6 +5,7 @@
 
 mod bench;
 mod cli;
+mod compare;
 mod durability;
 mod gateway;
 mod golden;
