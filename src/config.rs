@@ -272,6 +272,18 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The defaults, with data in `data_dir`, `workers` timely workers, and
+    /// the gateway on a free loopback port: a server in this process (the
+    /// demo, the bench).
+    pub fn loopback(data_dir: &Path, workers: usize) -> Config {
+        Config {
+            data_dir: data_dir.to_path_buf(),
+            listen: "127.0.0.1:0".parse().expect("a literal socket address"),
+            workers,
+            ..Config::default()
+        }
+    }
+
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)

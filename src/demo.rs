@@ -119,12 +119,7 @@ const VIEW_SAMPLES: &[(&str, &str)] = &[
 /// Runs the demo and prints its report.
 pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
     prepare(&spec.data_dir)?;
-    let mut config = Config {
-        data_dir: spec.data_dir.clone(),
-        listen: "127.0.0.1:0".parse().expect("a literal socket address"),
-        workers: spec.workers,
-        ..Config::default()
-    };
+    let mut config = Config::loopback(&spec.data_dir, spec.workers);
     // A receiver per webhook endpoint, in this process.
     let receivers = crate::receive::local_receivers(&mut config)
         .await

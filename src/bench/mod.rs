@@ -224,12 +224,7 @@ fn latency(of: &str, deliveries: &[&Delivery], durable_at: &[(u64, u64)]) -> Lat
 /// Runs the benchmark.
 pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     prepare(&spec.data_dir)?;
-    let mut config = Config {
-        data_dir: spec.data_dir.clone(),
-        listen: "127.0.0.1:0".parse().expect("a literal socket address"),
-        workers: spec.workers,
-        ..Config::default()
-    };
+    let mut config = Config::loopback(&spec.data_dir, spec.workers);
     let receivers = crate::receive::local_receivers(&mut config).await.context("starting a webhook receiver")?;
     let server = Server::start(&config).await?;
     let exe = match &spec.fleet_binary {
