@@ -5,20 +5,26 @@
 //!    time, on 2 workers and on 1;
 //! 2. the COST baseline: one thread of hand-written Rust with hash maps
 //!    computing inventory and restock lines from all the events;
-//! 3. DataFusion SQL (`queries/restock_from_events.sql`) recomputing the
+//! 3. Feldera's engine, the `dbsp` crate (`benches/dbsp`, built on first
+//!    use), computing inventory and restock lines incrementally, one hour
+//!    of events per transaction, on 2 workers and on 1;
+//! 4. DataFusion SQL (`queries/restock_from_events.sql`) recomputing the
 //!    restock lines over the `events/` Parquet archive as the history grows
-//!    from 1 to 30 days, against coldstream's time to take in one more hour;
-//! 4. `coldstream bench --curve` (flat out, then 10, 25, 50, 75 %).
+//!    from 1 to 30 days, against coldstream's (and dbsp's) time to take in
+//!    one more hour;
+//! 5. `coldstream bench --curve` (flat out, then 10, 25, 50, 75 %).
 //!
-//! Every alternative's restock lines (and the loop's inventory) are checked
-//! against coldstream's; a difference stops the run. The table is printed
-//! and written, with the curve, to `--out` (default `target/compare`):
-//! `compare.json`, `curve.svg`, `curve.json`.
+//! Every alternative's restock lines (and the loop's and dbsp's inventory)
+//! are checked against coldstream's; a difference stops the run. The table
+//! is printed and written, with the curve, to `--out` (default
+//! `target/compare`): `compare.json`, `curve.svg`, `curve.json`.
 //!
-//! `cargo bench --bench compare -- [--days 30] [--fridges 50] [--duration 10] [--no-curve] [--out DIR]`
+//! `cargo bench --bench compare -- [--days 30] [--fridges 50] [--duration 10] [--no-curve] [--no-dbsp] [--out DIR]`
 
 #[path = "alternatives/cost.rs"]
 mod cost;
+#[path = "alternatives/feldera.rs"]
+mod feldera;
 #[path = "alternatives/recompute.rs"]
 mod recompute;
 #[path = "alternatives/workload.rs"]
@@ -47,11 +53,13 @@ struct Args {
     fridges: usize,
     duration: f64,
     curve: bool,
+    dbsp: bool,
     out: PathBuf,
 }
 
 fn args() -> Args {
-    let mut args = Args { days: 30, fridges: 50, duration: 10.0, curve: true, out: PathBuf::from("target/compare") };
+    let mut args =
+        Args { days: 30, fridges: 50, duration: 10.0, curve: true, dbsp: true, out: PathBuf::from("target/compare") };
     let mut given = std::env::args().skip(1);
     while let Some(arg) = given.next() {
         let mut value = |name: &str| given.next().unwrap_or_else(|| panic!("{name} needs a value"));
@@ -61,6 +69,7 @@ fn args() -> Args {
             "--duration" => args.duration = value("--duration").parse().expect("--duration is seconds"),
             "--out" => args.out = PathBuf::from(value("--out")),
             "--no-curve" => args.curve = false,
+            "--no-dbsp" => args.dbsp = false,
             _ => {} // cargo's own `--bench`
         }
     }
@@ -171,6 +180,15 @@ fn stream(hours: &Arc<Vec<Vec<Event>>>, workers: usize) -> Streamed {
     results.next().expect("the leader's result")
 }
 
+/// The first few shelves where `theirs` differs from `ours`.
+fn differences(ours: &ByShelf, theirs: &ByShelf) -> String {
+    let shelves: std::collections::BTreeSet<_> = ours.keys().chain(theirs.keys()).collect();
+    let differ = shelves.into_iter().filter(|shelf| ours.get(*shelf) != theirs.get(*shelf));
+    let shown: Vec<_> =
+        differ.take(5).map(|shelf| format!("{shelf:?}: {:?} vs {:?}", ours.get(shelf), theirs.get(shelf))).collect();
+    shown.join("; ")
+}
+
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values.get(values.len() / 2).copied().unwrap_or_default()
@@ -222,9 +240,45 @@ fn main() -> anyhow::Result<()> {
         two.lines.len()
     );
 
-    // 3. DataFusion recompute as the history grows.
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // 3. dbsp, incrementally, on the same events.
     let scratch = tempfile::tempdir()?;
+    let dbsp = if args.dbsp {
+        let binary = feldera::build()?;
+        let rows = scratch.path().join("dbsp-rows.tsv");
+        feldera::write_rows(&hours, &rows)?;
+        let mut runs = Vec::new();
+        for workers in [2, 1] {
+            let run = feldera::run(&binary, &rows, workers, 2)?;
+            for (day, lines) in &two.lines_at {
+                let theirs = run.lines_by_day.get(day).cloned().unwrap_or_default();
+                anyhow::ensure!(
+                    &theirs == lines,
+                    "dbsp's restock lines after day {day} differ from coldstream's: {}",
+                    differences(lines, &theirs)
+                );
+            }
+            let mut stocked = two.inventory.clone();
+            stocked.retain(|_, qty| *qty != 0);
+            anyhow::ensure!(
+                run.inventory == stocked,
+                "dbsp's inventory differs from coldstream's: {}",
+                differences(&stocked, &run.inventory)
+            );
+            println!(
+                "dbsp, {workers} worker(s): {n} events in {:.2} s = {:.0} events/s (inventory and restock up to date after each hour); same inventory and restock lines",
+                run.total.as_secs_f64(),
+                n as f64 / run.total.as_secs_f64()
+            );
+            runs.push(run);
+        }
+        let one = runs.pop();
+        runs.pop().zip(one)
+    } else {
+        None
+    };
+
+    // 4. DataFusion recompute as the history grows.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (mut archive, _) = EventArchive::open(scratch.path(), ParquetConfig::default())?;
     let mut offset = 0u64;
     let mut recompute = Vec::new();
@@ -250,20 +304,26 @@ fn main() -> anyhow::Result<()> {
             );
             took.push(time);
         }
-        let hour_times = two.per_hour[((day - 1) * 24) as usize..(day * 24) as usize].to_vec();
-        let (sql, incremental) = (median(took), median(hour_times));
+        let hours_of_day = ((day - 1) * 24) as usize..(day * 24) as usize;
+        let (sql, incremental) = (median(took), median(two.per_hour[hours_of_day.clone()].to_vec()));
+        let dbsp_hour = dbsp.as_ref().map(|(two, _)| median(two.per_hour[hours_of_day].to_vec()));
+        let versus_dbsp = dbsp_hour.map(|d| format!(", dbsp one more hour {:>6.1} ms", ms(d))).unwrap_or_default();
         println!(
-            "day {day:>2}: {offset:>9} events archived; DataFusion recompute {:>8.1} ms, coldstream one more hour {:>6.1} ms ({:.0}x)",
+            "day {day:>2}: {offset:>9} events archived; DataFusion recompute {:>8.1} ms, coldstream one more hour {:>6.1} ms ({:.0}x){versus_dbsp}",
             ms(sql),
             ms(incremental),
             ms(sql) / ms(incremental).max(1e-3)
         );
-        recompute.push(
-            json!({ "day": day, "events": offset, "datafusion_ms": ms(sql), "coldstream_hour_ms": ms(incremental) }),
-        );
+        recompute.push(json!({
+            "day": day,
+            "events": offset,
+            "datafusion_ms": ms(sql),
+            "coldstream_hour_ms": ms(incremental),
+            "dbsp_hour_ms": dbsp_hour.map(ms),
+        }));
     }
 
-    // 4. The latency-throughput curve.
+    // 5. The latency-throughput curve.
     std::fs::create_dir_all(&args.out)?;
     let curve = if args.curve {
         let spec = BenchSpec {
@@ -286,11 +346,16 @@ fn main() -> anyhow::Result<()> {
 
     let per_second = |d: Duration| n as f64 / d.as_secs_f64();
     println!("\n{:<58} {:>14} {:>18}", "engine", "events/s", "coldstream (2 workers) is");
-    for (name, rate) in [
+    let mut engines = vec![
         ("coldstream, every view, 2 workers", per_second(two.total)),
         ("coldstream, every view, 1 worker", per_second(one.total)),
         ("hand-written loop, 1 thread, inventory and restock only", per_second(loop_time)),
-    ] {
+    ];
+    if let Some((dbsp_two, dbsp_one)) = &dbsp {
+        engines.push(("dbsp, 2 workers, inventory and restock only", per_second(dbsp_two.total)));
+        engines.push(("dbsp, 1 worker, inventory and restock only", per_second(dbsp_one.total)));
+    }
+    for (name, rate) in engines {
         println!("{name:<58} {rate:>14.0} {:>17.2}x", per_second(two.total) / rate);
     }
     let summary = json!({
@@ -298,6 +363,7 @@ fn main() -> anyhow::Result<()> {
         "workload": { "fridges": args.fridges, "days": args.days, "events": n, "seed": 7 },
         "coldstream_events_per_second": { "workers_2": per_second(two.total), "workers_1": per_second(one.total) },
         "single_thread_loop_events_per_second": per_second(loop_time),
+        "dbsp_events_per_second": dbsp.as_ref().map(|(two, one)| json!({ "workers_2": per_second(two.total), "workers_1": per_second(one.total) })),
         "datafusion_recompute": recompute,
         "curve": curve,
     });
