@@ -6,9 +6,12 @@
 //! window, open sessions, stock movements since the fold point), so once
 //! the 7-day window is full all three columns should level off.
 //!
-//! `cargo bench --bench bounded_state -- [days] [fridges]` (default 30 days,
-//! 20 fridges; about 3,960 events per fridge per simulated day). Each hour
-//! of event time arrives as one logical time, fridges in order.
+//! `cargo bench --bench bounded_state -- [days] [fridges] [skus]` (default
+//! 30 days, 20 fridges carrying 6 to 10 SKUs each; about 3,960 events per
+//! fridge per simulated day). Each hour of event time arrives as one
+//! logical time, fridges in order. The last two columns divide the
+//! resident memory and the operators' records by the (fridge, SKU) pairs
+//! on the planograms.
 
 use std::time::Instant;
 
@@ -16,18 +19,22 @@ use coldstream::simulate::{Fleet, FleetSpec};
 use coldstream_pipelines::event::{DAY_US, HOUR_US};
 use coldstream_pipelines::operators::{HeldRecords, OperatorHooks};
 use coldstream_pipelines::views::{ViewConfig, all};
-use coldstream_pipelines::{Event, Time};
+use coldstream_pipelines::{Event, Payload, Time};
 use differential_dataflow::input::Input;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let days: i64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(30);
     let fridges: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let skus: Option<usize> = args.get(2).and_then(|a| a.parse().ok());
+    let carried = skus.map_or("6 to 10".to_owned(), |n| n.to_string());
     println!("machine: {}", coldstream::machine::describe());
-    println!("workload: {fridges} fridges, {days} simulated days, seed 7, 2 workers, default horizon (6 h)");
     println!(
-        "{:>4} {:>11} {:>16} {:>16} {:>9} {:>8}",
-        "day", "events", "arranged records", "operator records", "RSS MiB", "secs"
+        "workload: {fridges} fridges carrying {carried} SKUs, {days} simulated days, seed 7, 2 workers, default horizon (6 h)"
+    );
+    println!(
+        "{:>4} {:>11} {:>16} {:>16} {:>9} {:>8} {:>9} {:>12}",
+        "day", "events", "arranged records", "operator records", "RSS MiB", "secs", "KiB/pair", "records/pair"
     );
 
     let arranged = HeldRecords::default();
@@ -43,10 +50,19 @@ fn main() {
         });
         let leader = worker.index() == 0;
         let start_us = 1_767_225_600_000_000; // 2026-01-01 00:00 UTC
-        let spec =
-            FleetSpec { seed: 7, fridges, events: fridges as u64 * 200 * 24 * days as u64, start_us, bad_rate: 0.0 };
+        let spec = FleetSpec {
+            seed: 7,
+            fridges,
+            events: fridges as u64 * 200 * 24 * days as u64,
+            start_us,
+            bad_rate: 0.0,
+            skus,
+        };
         let mut fleet = leader.then(|| Fleet::new(&spec));
         let mut fed = 0usize;
+        let pairs = fleet.as_ref().map_or(0, |fleet| {
+            fleet.back_office.iter().filter(|e| matches!(e.payload, Payload::PlanogramSet { .. })).count()
+        });
         if let Some(fleet) = &fleet {
             fed += fleet.back_office.len();
             for event in &fleet.back_office {
@@ -68,14 +84,18 @@ fn main() {
             input.flush();
             worker.step_while(|| probe.less_than(&(time + 1)));
             if leader && (hour + 1) % 24 == 0 {
+                let rss = coldstream::machine::rss_mib().unwrap_or(f64::NAN);
+                let held = operators.get();
                 println!(
-                    "{:>4} {:>11} {:>16} {:>16} {:>9.0} {:>8.1}",
+                    "{:>4} {:>11} {:>16} {:>16} {:>9.0} {:>8.1} {:>9.1} {:>12.0}",
                     (hour + 1) * HOUR_US / DAY_US,
                     fed,
                     arranged.get(),
-                    operators.get(),
-                    coldstream::machine::rss_mib().unwrap_or(f64::NAN),
-                    started.elapsed().as_secs_f64()
+                    held,
+                    rss,
+                    started.elapsed().as_secs_f64(),
+                    rss * 1024.0 / pairs as f64,
+                    held as f64 / pairs as f64
                 );
             }
         }

@@ -31,7 +31,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use prost::Message;
 
 fn events(n: u64) -> Vec<Event> {
-    let spec = FleetSpec { seed: 1, fridges: 50, events: n, start_us: 1_772_323_200_000_000, bad_rate: 0.0 };
+    let spec =
+        FleetSpec { seed: 1, fridges: 50, events: n, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
     Fleet::new(&spec).all_events()
 }
 

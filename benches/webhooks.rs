@@ -101,6 +101,7 @@ async fn outage(fridges: usize) {
         events,
         start_us: FleetSpec::start_before(now_us, fridges, events),
         bad_rate: 0.0,
+        skus: None,
     };
     let run = RunSpec {
         target: format!("http://{}", server.addr()),

@@ -326,7 +326,8 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
 
     // The fleet, as the simulator will generate it.
     let start_us = FleetSpec::start_before(chrono::Utc::now().timestamp_micros(), spec.fridges, spec.events);
-    let fleet_spec = FleetSpec { seed: spec.seed, fridges: spec.fridges, events: spec.events, start_us, bad_rate: 0.0 };
+    let fleet_spec =
+        FleetSpec { seed: spec.seed, fridges: spec.fridges, events: spec.events, start_us, bad_rate: 0.0, skus: None };
     let start = chrono::DateTime::from_timestamp_micros(start_us).context("the fleet's start")?.to_rfc3339();
     let fleet_log = std::fs::File::create(own.join("fleet.log"))?;
     let fleet = Command::new(&exe)

@@ -139,6 +139,7 @@ pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
         events: spec.events,
         start_us: FleetSpec::start_before(now_us, spec.fridges, spec.events),
         bad_rate: 0.0005,
+        skus: None,
     };
     let started = Instant::now();
     let run_spec = RunSpec { target, secret: DEV_SECRET.into(), rate: None, batch: 500, progress: true };

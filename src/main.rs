@@ -290,7 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .timestamp_micros(),
                 None => simulate::FleetSpec::start_before(chrono::Utc::now().timestamp_micros(), fridges, events),
             };
-            let spec = simulate::FleetSpec { seed, fridges, events, start_us, bad_rate };
+            let spec = simulate::FleetSpec { seed, fridges, events, start_us, bad_rate, skus: None };
             let run_spec = simulate::RunSpec {
                 target,
                 secret: secret(flag),

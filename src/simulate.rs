@@ -60,6 +60,9 @@ pub struct FleetSpec {
     pub start_us: i64,
     /// Share of fridge events made invalid on purpose.
     pub bad_rate: f64,
+    /// SKUs each fridge carries. `None`: 6 to 10 from a catalogue of 16
+    /// products. More than 16 widens the catalogue with plain products.
+    pub skus: Option<usize>,
 }
 
 impl FleetSpec {
@@ -70,6 +73,20 @@ impl FleetSpec {
         let start = now_us - ((hours * 1.2 + 1.0) * HOUR_US as f64) as i64;
         start - start.rem_euclid(MINUTE_US)
     }
+}
+
+/// The catalogue of a fleet whose fridges carry `skus` products: the 16
+/// named ones, then plain ones (`item-0017`, ...) up to `skus`. Steps of 3
+/// through it visit every product, so no fridge carries one twice.
+fn catalogue(skus: usize) -> Vec<(String, i64, bool)> {
+    let mut catalogue: Vec<_> =
+        CATALOGUE.iter().map(|(sku, price, perishable)| ((*sku).to_owned(), *price, *perishable)).collect();
+    let mut n = catalogue.len();
+    while n < skus || n % 3 == 0 {
+        n += 1;
+        catalogue.push((format!("item-{n:04}"), 100 + (n as i64 * 37) % 400, false));
+    }
+    catalogue
 }
 
 /// The fridge id of fridge number `i`.
@@ -252,8 +269,9 @@ impl Fleet {
             seq += 1;
             back_office.push(Event { source_id: BACK_OFFICE.into(), seq, event_time: setup_time, payload });
         };
-        for (sku, price, _) in CATALOGUE {
-            push(Payload::PriceChanged { sku: (*sku).into(), price_cents: *price, fridge_id: None }, &mut back_office);
+        let catalogue = catalogue(spec.skus.unwrap_or(0));
+        for (sku, price, _) in &catalogue {
+            push(Payload::PriceChanged { sku: sku.clone(), price_cents: *price, fridge_id: None }, &mut back_office);
         }
         let per_fridge = spec.events / spec.fridges.max(1) as u64;
         let extra = spec.events % spec.fridges.max(1) as u64;
@@ -270,10 +288,11 @@ impl Fleet {
                 &mut back_office,
             );
             let mut shelf = BTreeMap::new();
-            let carried = rng.random_range(6..=10);
-            let offset = rng.random_range(0..CATALOGUE.len());
+            let carried = spec.skus.unwrap_or_else(|| rng.random_range(6..=10));
+            let offset = rng.random_range(0..catalogue.len());
             for k in 0..carried {
-                let (sku, price, perishable) = CATALOGUE[(offset + k * 3) % CATALOGUE.len()];
+                let (sku, price, perishable) = &catalogue[(offset + k * 3) % catalogue.len()];
+                let (sku, price, perishable) = (sku.as_str(), *price, *perishable);
                 let par = rng.random_range(8..=24);
                 let min = rng.random_range(2..=5);
                 // Fridges on some sites charge a premium for one product.
@@ -537,4 +556,65 @@ pub async fn run(fleet: Fleet, spec: &RunSpec, total_events: u64) -> Result<Summ
     bar.finish_and_clear();
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    fn planograms(fleet: &Fleet) -> BTreeMap<String, BTreeSet<String>> {
+        let mut by_fridge: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for event in &fleet.back_office {
+            if let Payload::PlanogramSet { fridge_id, sku, .. } = &event.payload {
+                assert!(by_fridge.entry(fridge_id.clone()).or_default().insert(sku.clone()), "{sku} twice");
+            }
+        }
+        by_fridge
+    }
+
+    fn spec(skus: Option<usize>) -> FleetSpec {
+        FleetSpec { seed: 9, fridges: 5, events: 5_000, start_us: 1_767_225_600_000_000, bad_rate: 0.0, skus }
+    }
+
+    #[test]
+    fn fridges_carry_6_to_10_of_16_products_by_default() {
+        let fleet = Fleet::new(&spec(None));
+        let shelves = planograms(&fleet);
+        assert_eq!(shelves.len(), 5);
+        for skus in shelves.values() {
+            assert!((6..=10).contains(&skus.len()), "{skus:?}");
+            assert!(skus.iter().all(|sku| CATALOGUE.iter().any(|(name, ..)| name == sku)));
+        }
+    }
+
+    #[test]
+    fn wider_shelves_carry_every_sku_once_and_sell_only_those() {
+        let mut fleet = Fleet::new(&spec(Some(50)));
+        let shelves = planograms(&fleet);
+        let priced: BTreeSet<String> = fleet
+            .back_office
+            .iter()
+            .filter_map(|e| match &e.payload {
+                Payload::PriceChanged { sku, fridge_id: None, .. } => Some(sku.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(priced.len(), 50);
+        for skus in shelves.values() {
+            assert_eq!(skus.len(), 50);
+            assert!(skus.is_subset(&priced));
+        }
+        let mut sold = 0;
+        for fridge in &mut fleet.fridges {
+            for event in fridge.events_until(i64::MAX) {
+                if let Payload::ItemTaken { sku, .. } = &event.payload {
+                    assert!(shelves[&event.source_id].contains(sku), "{sku} is not on {}", event.source_id);
+                    sold += 1;
+                }
+            }
+        }
+        assert!(sold > 100, "only {sold} items taken");
+    }
 }

@@ -12,8 +12,14 @@ pub const START_US: i64 = 1_767_225_600_000_000;
 
 /// The events of each hour of event time.
 pub fn hours(fridges: usize, days: i64, seed: u64) -> Vec<Vec<Event>> {
-    let spec =
-        FleetSpec { seed, fridges, events: fridges as u64 * 200 * 24 * days as u64, start_us: START_US, bad_rate: 0.0 };
+    let spec = FleetSpec {
+        seed,
+        fridges,
+        events: fridges as u64 * 200 * 24 * days as u64,
+        start_us: START_US,
+        bad_rate: 0.0,
+        skus: None,
+    };
     let mut fleet = Fleet::new(&spec);
     let mut hours = Vec::with_capacity(days as usize * 24);
     for hour in 0..days * 24 {

@@ -17,7 +17,8 @@ use crate::support::query_csv;
 /// half each), archived and viewed as the server would, arriving in event
 /// time order in batches of 100 at 1 ms apart.
 fn fixture(dir: &Path) {
-    let spec = FleetSpec { seed: 42, fridges: 6, events: 24_000, start_us: 1_772_323_200_000_000, bad_rate: 0.0 };
+    let spec =
+        FleetSpec { seed: 42, fridges: 6, events: 24_000, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
     let mut events = Fleet::new(&spec).all_events();
     events.sort_by_key(|event| event.event_time);
     let config = ParquetConfig::default();

@@ -70,7 +70,8 @@ async fn duckdb_recomputes_the_same_inventory_from_the_parquet_events() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
-    let spec = FleetSpec { seed: 3, fridges: 6, events: 6_000, start_us: 1_772_323_200_000_000, bad_rate: 0.002 };
+    let spec =
+        FleetSpec { seed: 3, fridges: 6, events: 6_000, start_us: 1_772_323_200_000_000, bad_rate: 0.002, skus: None };
     let run = RunSpec {
         target: format!("http://{}", server.addr()),
         secret: DEV_SECRET.into(),

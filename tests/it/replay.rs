@@ -41,6 +41,7 @@ async fn processing_the_same_log_twice_gives_the_same_changes_at_the_same_times(
         events: 8_000,
         start_us: FleetSpec::start_before(now_us, 4, 8_000),
         bad_rate: 0.0,
+        skus: None,
     };
     let run = RunSpec {
         target: format!("http://{}", server.addr()),

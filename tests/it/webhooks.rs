@@ -357,7 +357,7 @@ async fn server_with_webhooks(dir: &Path, url: &str, max_pending: Option<usize>)
 }
 
 async fn run_fleet(target: &str, events: u64, rate: Option<f64>) {
-    let spec = FleetSpec { seed: 5, fridges: 6, events, start_us: 1_772_323_200_000_000, bad_rate: 0.0 };
+    let spec = FleetSpec { seed: 5, fridges: 6, events, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
     let run = RunSpec { target: target.to_owned(), secret: DEV_SECRET.into(), rate, batch: 50, progress: false };
     simulate::run(Fleet::new(&spec), &run, spec.events).await.unwrap();
 }

@@ -58,8 +58,8 @@ fn circuit(circuit: &mut RootCircuit, lead_time_days: i64) -> (Inputs, Outputs) 
 
     // Inputs arrive on whichever worker; `chain_aggregate` does not
     // exchange by key itself.
-    let latest_count = counts.shard().chain_aggregate(|count, _| count.clone(), |acc, count, _| acc.max(count.clone()));
-    let latest_plan = plans.shard().chain_aggregate(|plan, _| plan.clone(), |acc, plan, _| acc.max(plan.clone()));
+    let latest_count = counts.shard().chain_aggregate(|count, _| *count, |acc, count, _| acc.max(*count));
+    let latest_plan = plans.shard().chain_aggregate(|plan, _| *plan, |acc, plan, _| acc.max(*plan));
     let latest = active.shard().chain_aggregate(|time, _| *time, |acc, time, _| acc.max(*time));
 
     // On hand: the latest count plus the movements after it, or every
