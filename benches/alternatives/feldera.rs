@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use coldstream_pipelines::{Event, Payload};
 
-use crate::cost::ByShelf;
+use super::cost::ByShelf;
 
 /// What dbsp did with the workload.
 pub struct Run {

@@ -1,10 +1,15 @@
 //! The alternatives of `cargo bench --bench compare` compute what coldstream
 //! computes: on the same events, the single-threaded loop gives the same
 //! inventory and restock lines as coldstream's dataflow, and the DataFusion
-//! SQL over the archived events gives the same restock lines.
+//! SQL over the archived events gives the same restock lines; the rows
+//! written for dbsp carry every event that matters to them.
 
 #[path = "../../benches/alternatives/cost.rs"]
 mod cost;
+// Only the rows writer runs here: building dbsp itself takes 15 minutes.
+#[allow(dead_code)]
+#[path = "../../benches/alternatives/feldera.rs"]
+mod feldera;
 #[path = "../../benches/alternatives/recompute.rs"]
 mod recompute;
 #[path = "../../benches/alternatives/workload.rs"]
@@ -63,4 +68,66 @@ async fn the_alternatives_compute_the_same_inventory_and_restock_lines() {
     archive.flush(events.len() as u64).unwrap();
     let (sql_lines, _) = recompute::restock_lines(dir.path()).await.unwrap();
     assert_eq!(sql_lines, lines);
+}
+
+/// Inventory folded from the rows `feldera::write_rows` wrote, the way the
+/// dbsp circuit reads them: the latest count, plus the movements after it.
+fn inventory_from_rows(text: &str) -> cost::ByShelf {
+    let mut counts: BTreeMap<(String, String), (i64, i64, i64)> = BTreeMap::new();
+    let mut moves: Vec<((String, String), i64, i64)> = Vec::new();
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields.len(), 9, "{line}");
+        let shelf = (fields[2].to_owned(), fields[3].to_owned());
+        let (time, seq, a): (i64, i64, i64) =
+            (fields[4].parse().unwrap(), fields[5].parse().unwrap(), fields[6].parse().unwrap());
+        match fields[1] {
+            "C" => {
+                let latest = counts.entry(shelf).or_insert((time, seq, a));
+                *latest = (*latest).max((time, seq, a));
+            }
+            "T" => moves.push((shelf, time, -a)),
+            "R" | "D" => moves.push((shelf, time, a)),
+            "P" | "A" => {}
+            kind => panic!("unknown kind {kind}"),
+        }
+    }
+    let mut inventory: cost::ByShelf = counts.iter().map(|(shelf, (_, _, qty))| (shelf.clone(), *qty)).collect();
+    for (shelf, time, delta) in moves {
+        if counts.get(&shelf).is_none_or(|(counted_at, ..)| time > *counted_at) {
+            *inventory.entry(shelf).or_insert(0) += delta;
+        }
+    }
+    inventory.retain(|_, qty| *qty != 0);
+    inventory
+}
+
+#[test]
+fn the_rows_for_dbsp_carry_every_event_that_matters_to_inventory_and_restock() {
+    let hours = workload::hours(3, 2, 5);
+    let events: Vec<Event> = hours.iter().flatten().cloned().collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.tsv");
+    feldera::write_rows(&hours, &path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().next(), Some(format!("events {}", events.len()).as_str()));
+
+    // One row per fridge event and per planogram entry, in its hour.
+    let fridge_events = events.iter().filter(|e| !e.kind().is_back_office()).count();
+    let planograms = events.iter().filter(|e| matches!(e.payload, Payload::PlanogramSet { .. })).count();
+    assert_eq!(text.lines().count() - 1, fridge_events + planograms);
+    for (line, event) in text
+        .lines()
+        .skip(1)
+        .zip(events.iter().filter(|e| !e.kind().is_back_office() || matches!(e.payload, Payload::PlanogramSet { .. })))
+    {
+        let hour: usize = line.split('\t').next().unwrap().parse().unwrap();
+        assert!(hours[hour].contains(event), "{line} is not in hour {hour}");
+        assert!(line.contains(&event.event_time.to_string()), "{line} vs {event:?}");
+    }
+
+    let (mut inventory, _) = cost::inventory_and_restock(&events, 2);
+    inventory.retain(|_, qty| *qty != 0);
+    assert!(inventory.len() > 10);
+    assert_eq!(inventory_from_rows(&text), inventory);
 }
