@@ -56,11 +56,9 @@ fn circuit(circuit: &mut RootCircuit, lead_time_days: i64) -> (Inputs, Outputs) 
     let (moves, moves_in) = circuit.add_input_indexed_zset::<Shelf, Move>();
     let (active, active_in) = circuit.add_input_indexed_zset::<u32, i64>();
 
-    // Inputs arrive on whichever worker; `chain_aggregate` does not
-    // exchange by key itself.
-    let latest_count = counts.shard().chain_aggregate(|count, _| *count, |acc, count, _| acc.max(*count));
-    let latest_plan = plans.shard().chain_aggregate(|plan, _| *plan, |acc, plan, _| acc.max(*plan));
-    let latest = active.shard().chain_aggregate(|time, _| *time, |acc, time, _| acc.max(*time));
+    let latest_count = counts.chain_aggregate(|count, _| *count, |acc, count, _| acc.max(*count));
+    let latest_plan = plans.chain_aggregate(|plan, _| *plan, |acc, plan, _| acc.max(*plan));
+    let latest = active.chain_aggregate(|time, _| *time, |acc, time, _| acc.max(*time));
 
     // On hand: the latest count plus the movements after it, or every
     // movement on a shelf never counted (the default count is at time 0).
