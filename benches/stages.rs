@@ -87,63 +87,35 @@ fn views(c: &mut Criterion) {
     let mut group = c.benchmark_group("views");
     group.throughput(Throughput::Elements(all_events.len() as u64)).sample_size(10);
     let input = || arrivals.clone();
-    group.bench_function("cold_chain", |b| {
-        b.iter_batched(
-            input,
-            |a| {
-                let hooks = hooks.clone();
-                run_view(2, a, move |e| cold_chain(e, horizon, &hooks).0)
-            },
-            BatchSize::LargeInput,
-        )
+    // One view's dataflow, fed the same arrivals each iteration. A macro
+    // rather than a function: `run_view` needs the view closure written
+    // where its higher-ranked signature can be inferred.
+    macro_rules! bench_view {
+        ($name:expr, |$events:ident, $hooks:ident| $view:expr) => {
+            group.bench_function($name, |b| {
+                b.iter_batched(
+                    input,
+                    |a| {
+                        let $hooks = hooks.clone();
+                        run_view(2, a, move |$events| $view)
+                    },
+                    BatchSize::LargeInput,
+                )
+            })
+        };
+    }
+    bench_view!("cold_chain", |e, hooks| cold_chain(e, horizon, &hooks).0);
+    bench_view!("sessions_and_revenue", |e, hooks| sessions_and_revenue(e, horizon, &hooks).0);
+    bench_view!("sales_7d", |e, hooks| sales_7d(e, &hooks));
+    bench_view!("inventory (with the cold chain)", |e, hooks| {
+        let (excursions, settled) = cold_chain(e.clone(), horizon, &hooks);
+        inventory(e, excursions, settled, horizon, &hooks)
     });
-    group.bench_function("sessions_and_revenue", |b| {
-        b.iter_batched(
-            input,
-            |a| {
-                let hooks = hooks.clone();
-                run_view(2, a, move |e| sessions_and_revenue(e, horizon, &hooks).0)
-            },
-            BatchSize::LargeInput,
-        )
-    });
-    group.bench_function("sales_7d", |b| {
-        b.iter_batched(
-            input,
-            |a| {
-                let hooks = hooks.clone();
-                run_view(2, a, move |e| sales_7d(e, &hooks))
-            },
-            BatchSize::LargeInput,
-        )
-    });
-    group.bench_function("inventory (with the cold chain)", |b| {
-        b.iter_batched(
-            input,
-            |a| {
-                let hooks = hooks.clone();
-                run_view(2, a, move |e| {
-                    let (excursions, settled) = cold_chain(e.clone(), horizon, &hooks);
-                    inventory(e, excursions, settled, horizon, &hooks)
-                })
-            },
-            BatchSize::LargeInput,
-        )
-    });
-    group.bench_function("restock (with inventory and sales_7d)", |b| {
-        b.iter_batched(
-            input,
-            |a| {
-                let hooks = hooks.clone();
-                run_view(2, a, move |e| {
-                    let (excursions, settled) = cold_chain(e.clone(), horizon, &hooks);
-                    let on_hand = inventory(e.clone(), excursions, settled, horizon, &hooks);
-                    let sold = sales_7d(e.clone(), &hooks);
-                    restock_orders(e, on_hand, sold, lead, &hooks)
-                })
-            },
-            BatchSize::LargeInput,
-        )
+    bench_view!("restock (with inventory and sales_7d)", |e, hooks| {
+        let (excursions, settled) = cold_chain(e.clone(), horizon, &hooks);
+        let on_hand = inventory(e.clone(), excursions, settled, horizon, &hooks);
+        let sold = sales_7d(e.clone(), &hooks);
+        restock_orders(e, on_hand, sold, lead, &hooks)
     });
     group.bench_function("every view", |b| {
         b.iter_batched(input, |a| run_views(2, a, ViewConfig::default()), BatchSize::LargeInput)
