@@ -4,6 +4,8 @@
 //! SQL over the archived events gives the same restock lines; the rows
 //! written for dbsp carry every event that matters to them.
 
+#[path = "../../benches/alternatives/consolidated.rs"]
+mod consolidated;
 #[path = "../../benches/alternatives/cost.rs"]
 mod cost;
 // Only the rows writer runs here: building dbsp itself takes 15 minutes.
@@ -18,14 +20,10 @@ mod workload;
 use std::collections::BTreeMap;
 
 use coldstream_pipelines::harness::run_views;
-use coldstream_pipelines::views::{ViewBatch, ViewConfig, restock_lines_reference};
+use coldstream_pipelines::views::{ViewConfig, restock_lines_reference};
 use coldstream_pipelines::{Event, Payload, Time};
 use coldstream_sinks::ParquetConfig;
 use coldstream_sinks::parquet::EventArchive;
-
-fn rows<K: Ord + Clone>(changes: &BTreeMap<(K, i64), isize>) -> BTreeMap<K, i64> {
-    changes.iter().filter(|(_, count)| **count > 0).map(|((key, value), _)| (key.clone(), *value)).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_alternatives_compute_the_same_inventory_and_restock_lines() {
@@ -36,23 +34,11 @@ async fn the_alternatives_compute_the_same_inventory_and_restock_lines() {
         "the workload has no warm readings"
     );
     let arrivals = hours.iter().enumerate().map(|(hour, batch)| (hour as Time + 1, batch.clone())).collect();
-    let (mut inventory, mut lines) = (BTreeMap::new(), BTreeMap::new());
+    let mut views = consolidated::Consolidated::default();
     for batch in run_views(2, arrivals, ViewConfig::default()) {
-        match batch {
-            ViewBatch::Inventory(changes) => {
-                for (row, _, diff) in changes {
-                    *inventory.entry(row).or_insert(0) += diff;
-                }
-            }
-            ViewBatch::RestockOrders(changes) => {
-                for ((key, line), _, diff) in changes {
-                    *lines.entry((key, line.qty)).or_insert(0) += diff;
-                }
-            }
-            _ => {}
-        }
+        views.add(batch);
     }
-    let (inventory, lines) = (rows(&inventory), rows(&lines));
+    let (inventory, lines) = (views.inventory(), views.lines());
     assert!(inventory.len() > 20 && lines.len() > 5, "{} inventory rows, {} lines", inventory.len(), lines.len());
     assert_eq!(lines, restock_lines_reference(&events, 2));
 
