@@ -32,11 +32,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use coldstream_pipelines::Event;
-use coldstream_pipelines::views::{
-    Alert, alerts_reference, excursions_reference, inventory_reference, restock_lines_reference, revenue_reference,
-    sales_7d_reference, sessions_reference,
-};
-use coldstream_sinks::parquet::view_tables;
+use coldstream_pipelines::views::ViewConfig;
+use coldstream_sinks::parquet::{ChangeRow, decode_rows, view_tables};
 use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint, Outbox, Secret};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -457,106 +454,32 @@ pub async fn views_against_references(data_dir: &Path) -> anyhow::Result<Vec<(St
 /// [`views_against_references`] with the archived events already read.
 async fn views_against(data_dir: &Path, events: &[Event]) -> anyhow::Result<Vec<(String, usize, bool)>> {
     let ctx = crate::query::context(data_dir).await?;
-    let mut views = Vec::new();
-    for (view, sql, reference) in reference_views(events) {
-        let got = strings(&ctx, &sql).await?;
-        views.push((view.to_owned(), got.len(), got == reference));
+    let views = Config::default().views();
+    macro_rules! against_every_view {
+        ($($(#[$doc:meta])* $field:ident: $marker:ident => $record:ty,)*) => {
+            vec![$(view_against::<coldstream_pipelines::views::$marker>(&ctx, events, &views).await?,)*]
+        };
     }
-    Ok(views)
+    Ok(coldstream_pipelines::for_each_view!(against_every_view))
 }
 
-/// Each view's SQL over `*_now` and its batch reference, both as one
-/// `|`-joined string per row.
-fn reference_views(events: &[Event]) -> Vec<(&'static str, String, BTreeSet<String>)> {
-    let lead = crate::config::ViewsSection::default().lead_time_days;
-    let opt = |v: Option<i64>| v.map_or_else(String::new, |v| v.to_string());
-    let micros = |column: &str| format!("COALESCE(CAST(CAST({column} AS BIGINT) AS VARCHAR), '')");
-    vec![
-        (
-            "inventory_now",
-            "SELECT concat_ws('|', fridge_id, sku, CAST(on_hand AS VARCHAR)) FROM inventory_now".into(),
-            inventory_reference(events).into_iter().map(|((f, s), v)| format!("{f}|{s}|{v}")).collect(),
-        ),
-        (
-            "sales_7d_now",
-            "SELECT concat_ws('|', fridge_id, sku, CAST(units AS VARCHAR)) FROM sales_7d_now".into(),
-            sales_7d_reference(events).into_iter().map(|((f, s), v)| format!("{f}|{s}|{v}")).collect(),
-        ),
-        (
-            "sessions_now",
-            format!(
-                "SELECT concat_ws('|', fridge_id, session_id, status, COALESCE(CAST(expected_cents AS VARCHAR), ''), \
-                 COALESCE(CAST(captured_cents AS VARCHAR), ''), CAST(units AS VARCHAR), {}) FROM sessions_now",
-                micros("closed_at")
-            ),
-            sessions_reference(events)
-                .into_iter()
-                .map(|((f, s), r)| {
-                    let (status, expected, captured) =
-                        (r.status.as_str(), opt(r.expected_cents), opt(r.captured_cents));
-                    format!("{f}|{s}|{status}|{expected}|{captured}|{}|{}", r.units, opt(r.closed_at))
-                })
-                .collect(),
-        ),
-        (
-            "revenue_now",
-            format!(
-                "SELECT concat_ws('|', fridge_id, {}, CAST(captured_cents AS VARCHAR), CAST(sessions AS VARCHAR), \
-                 CAST(units AS VARCHAR)) FROM revenue_now",
-                micros("hour")
-            ),
-            revenue_reference(events)
-                .into_iter()
-                .map(|((f, hour), (cents, sessions, units))| format!("{f}|{hour}|{cents}|{sessions}|{units}"))
-                .collect(),
-        ),
-        (
-            "excursions_now",
-            format!(
-                "SELECT concat_ws('|', fridge_id, {}, {}, CAST(CAST(round(max_temperature_c * 10) AS BIGINT) AS VARCHAR)) \
-                 FROM excursions_now",
-                micros("start"),
-                micros("\"end\"")
-            ),
-            excursions_reference(events)
-                .into_iter()
-                .map(|((f, start), (end, max))| {
-                    format!("{f}|{start}|{end}|{}", (f64::from(max.0) * 10.0).round() as i64)
-                })
-                .collect(),
-        ),
-        (
-            "restock_orders_now",
-            "SELECT concat_ws('|', fridge_id, sku, CAST(qty AS VARCHAR)) FROM restock_orders_now".into(),
-            restock_lines_reference(events, lead).into_iter().map(|((f, s), q)| format!("{f}|{s}|{q}")).collect(),
-        ),
-        (
-            "alerts_now",
-            format!(
-                "SELECT concat_ws('|', type, fridge_id, COALESCE(sku, ''), {}) FROM alerts_now",
-                micros("excursion_start")
-            ),
-            alerts_reference(events)
-                .into_iter()
-                .map(|alert| match &alert {
-                    Alert::InventoryNegative { fridge_id, sku } => format!("{}|{fridge_id}|{sku}|", alert.kind()),
-                    Alert::ColdchainExcursion { fridge_id, start } => format!("{}|{fridge_id}||{start}", alert.kind()),
-                })
-                .collect(),
-        ),
-    ]
-}
-
-/// The first column of every row of `sql`, as strings.
-async fn strings(ctx: &datafusion::prelude::SessionContext, sql: &str) -> anyhow::Result<BTreeSet<String>> {
-    let batches = crate::query::run(ctx, sql).await.map_err(|e| anyhow::anyhow!(crate::query::one_line(&e)))?;
-    let mut rows = BTreeSet::new();
-    for batch in batches {
-        for row in 0..batch.num_rows() {
-            rows.insert(arrow::util::display::array_value_to_string(batch.column(0), row)?);
-        }
+/// The view `V`'s `<view>_now` table, read back into records, against the
+/// batch reference over `events`: `(table, rows, equal)`.
+async fn view_against<V: ChangeRow>(
+    ctx: &datafusion::prelude::SessionContext,
+    events: &[Event],
+    views: &ViewConfig,
+) -> anyhow::Result<(String, usize, bool)> {
+    let table = format!("{}_now", V::NAME);
+    let batches = crate::query::run(ctx, &format!("SELECT * FROM {table}"))
+        .await
+        .map_err(|e| anyhow::anyhow!(crate::query::one_line(&e)))?;
+    let mut now = BTreeSet::new();
+    for batch in &batches {
+        now.extend(decode_rows::<V>(batch)?.iter().map(V::project));
     }
-    Ok(rows)
+    let equal = now == V::reference(events, views);
+    Ok((table, now.len(), equal))
 }
 
 /// A changelog's net changes: every `(record, time)` whose diffs do not

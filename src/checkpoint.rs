@@ -3,10 +3,13 @@
 //!
 //! A checkpoint holds, for one logical time `T`, the state of every
 //! per-fridge operator (see `coldstream_pipelines::checkpoint`), the log
-//! offset of the first record at or after `T`, the view sink's state at
-//! its own frontier (the changelogs' buffered changes and the webhook
-//! derivation; every webhook message before that frontier is already in
-//! the outbox), and the ingest's seq map with the offset it covers.
+//! offset of the first record at or after `T`, every view sink's state at
+//! the sinks' own frontier, by sink name (the changelogs' buffered
+//! changes and the webhook derivation; every webhook message before that
+//! frontier is already in the outbox), and the ingest's seq map with the
+//! offset it covers. Its fingerprint names the settings, the views and
+//! the per-fridge operators the state was computed with: a checkpoint of
+//! another set is refused, never restored into empty state.
 //!
 //! Each is one file, `checkpoints/<T>-<keep_from>.ckpt`, where `keep_from`
 //! is the lowest log offset a restart from it reads. The file is
@@ -27,7 +30,7 @@ use coldstream_sources::ingest::SeqSnapshot;
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 8] = b"COLDCKPT";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 const HEADER_BYTES: usize = 8 + 4 + 8 + 4;
 
 /// Everything a restart needs besides the log tail and the sinks' files.
@@ -39,12 +42,10 @@ pub struct Checkpoint {
     pub offset: u64,
     /// Every per-fridge operator's state.
     pub dataflow: DataflowState,
-    /// The view sink's state, taken at this frontier.
+    /// The view sinks' state, taken at this frontier.
     pub sink_frontier: Time,
-    /// The changelogs' buffered changes (`ViewChangelogs::snapshot`).
-    pub changelogs: Vec<u8>,
-    /// The webhook derivation (`Webhooks::snapshot`).
-    pub webhooks: Vec<u8>,
+    /// Every view sink's state (`ViewSink::snapshot`), by sink name.
+    pub sinks: BTreeMap<String, Vec<u8>>,
     /// The ingest's seq map.
     pub seqs: SeqSnapshot,
 }
@@ -56,19 +57,50 @@ impl Checkpoint {
     }
 }
 
-/// The settings a checkpointed state depends on.
+/// What a checkpointed state depends on: the settings, and the dataflow
+/// that computed it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewsFingerprint {
     /// `views.horizon_hours`, in µs.
     pub horizon_us: i64,
     /// `views.lead_time_days`.
     pub lead_time_days: i64,
+    /// Every view's name, in list order.
+    pub views: Vec<String>,
+    /// Every per-fridge operator's stable id, sorted.
+    pub operators: Vec<String>,
 }
 
 impl ViewsFingerprint {
-    /// The fingerprint of `views`.
+    /// The fingerprint of the views built with `views`.
     pub fn of(views: &ViewConfig) -> Self {
-        ViewsFingerprint { horizon_us: views.horizon_us, lead_time_days: views.lead_time_days }
+        ViewsFingerprint {
+            horizon_us: views.horizon_us,
+            lead_time_days: views.lead_time_days,
+            views: coldstream_pipelines::views::NAMES.iter().map(|name| (*name).to_owned()).collect(),
+            operators: coldstream_pipelines::views::stateful_operators(views),
+        }
+    }
+
+    /// What of `self` differs from `other`, in the words of the config
+    /// and of the dataflow.
+    fn describe_against(&self, other: &ViewsFingerprint) -> String {
+        let hours = |us: i64| us / coldstream_pipelines::event::HOUR_US;
+        let mut parts = Vec::new();
+        if (self.horizon_us, self.lead_time_days) != (other.horizon_us, other.lead_time_days) {
+            parts.push(format!(
+                "views.horizon_hours = {} and views.lead_time_days = {}",
+                hours(self.horizon_us),
+                self.lead_time_days
+            ));
+        }
+        if self.views != other.views {
+            parts.push(format!("the views [{}]", self.views.join(", ")));
+        }
+        if self.operators != other.operators {
+            parts.push(format!("the per-fridge operators [{}]", self.operators.join(", ")));
+        }
+        parts.join(" and ")
     }
 }
 
@@ -84,21 +116,18 @@ pub enum CheckpointError {
         #[source]
         source: std::io::Error,
     },
-    /// The newest usable checkpoint was taken with other view settings.
+    /// The newest usable checkpoint was taken with other view settings,
+    /// or by a dataflow with other views or operators.
     #[error(
-        "checkpoint {file} was taken with views.horizon_hours = {then_hours} and views.lead_time_days = {then_lead}, but the config now says {now_hours} and {now_lead}; restore those settings, or run `coldstream rebuild --data DIR` to recompute the views with the new ones"
+        "checkpoint {file} was taken with {then}, but this server has {now}; restore those settings, or run `coldstream rebuild --data DIR` to recompute the views with the new ones"
     )]
     Settings {
         /// The checkpoint file.
         file: String,
-        /// Its horizon, in hours.
-        then_hours: i64,
-        /// Its lead time.
-        then_lead: i64,
-        /// The configured horizon, in hours.
-        now_hours: i64,
-        /// The configured lead time.
-        now_lead: i64,
+        /// What it was taken with.
+        then: String,
+        /// What the server has instead.
+        now: String,
     },
 }
 
@@ -207,13 +236,10 @@ impl CheckpointStore {
                 }
             };
             if checkpoint.views != *views {
-                let hours = |us: i64| us / coldstream_pipelines::event::HOUR_US;
                 return Err(CheckpointError::Settings {
                     file: path.display().to_string(),
-                    then_hours: hours(checkpoint.views.horizon_us),
-                    then_lead: checkpoint.views.lead_time_days,
-                    now_hours: hours(views.horizon_us),
-                    now_lead: views.lead_time_days,
+                    then: checkpoint.views.describe_against(views),
+                    now: views.describe_against(&checkpoint.views),
                 });
             }
             return Ok(Some((path, checkpoint)));
@@ -262,7 +288,7 @@ impl CheckpointStore {
 struct Gathering {
     offset: Option<u64>,
     parts: Vec<OperatorSnapshot>,
-    sink: Option<(Time, Vec<u8>, Vec<u8>)>,
+    sink: Option<(Time, BTreeMap<String, Vec<u8>>)>,
 }
 
 /// Gathers checkpoints in the view sink's thread and says when one is whole.
@@ -287,10 +313,11 @@ impl Gatherer {
         self.gathering.range(..=frontier).any(|(_, g)| g.sink.is_none())
     }
 
-    /// The sink's state at `frontier`, for every checkpoint at or before it.
-    pub fn sink(&mut self, frontier: Time, changelogs: Vec<u8>, webhooks: Vec<u8>) {
+    /// The sinks' states at `frontier`, by sink name, for every checkpoint
+    /// at or before it.
+    pub fn sink(&mut self, frontier: Time, sinks: BTreeMap<String, Vec<u8>>) {
         for (_, gathering) in self.gathering.range_mut(..=frontier) {
-            gathering.sink.get_or_insert_with(|| (frontier, changelogs.clone(), webhooks.clone()));
+            gathering.sink.get_or_insert_with(|| (frontier, sinks.clone()));
         }
     }
 
@@ -310,14 +337,13 @@ impl Gatherer {
             .0;
         let rest = self.gathering.split_off(&(time + 1));
         let whole = std::mem::replace(&mut self.gathering, rest).remove(&time).expect("the entry just found");
-        let (sink_frontier, changelogs, webhooks) = whole.sink.expect("checked whole");
+        let (sink_frontier, sinks) = whole.sink.expect("checked whole");
         Some(Checkpoint {
             views: views.clone(),
             offset: whole.offset.expect("checked whole"),
             dataflow: DataflowState::gather(time, whole.parts),
             sink_frontier,
-            changelogs,
-            webhooks,
+            sinks,
             seqs,
         })
     }
@@ -327,14 +353,22 @@ impl Gatherer {
 mod tests {
     use super::*;
 
+    fn fingerprint(lead_time_days: i64) -> ViewsFingerprint {
+        ViewsFingerprint {
+            horizon_us: 1,
+            lead_time_days,
+            views: vec!["inventory".into()],
+            operators: vec!["inventory.stock".into()],
+        }
+    }
+
     fn checkpoint(time: Time, offset: u64) -> Checkpoint {
         Checkpoint {
-            views: ViewsFingerprint { horizon_us: 1, lead_time_days: 2 },
+            views: fingerprint(2),
             offset,
             dataflow: DataflowState { time, operators: BTreeMap::new() },
             sink_frontier: time,
-            changelogs: vec![1, 2, 3],
-            webhooks: vec![4],
+            sinks: [("changelogs".to_owned(), vec![1, 2, 3]), ("webhooks".to_owned(), vec![4])].into(),
             seqs: SeqSnapshot { offset: offset + 5, highest: [("FR-1".to_owned(), 7)].into() },
         }
     }
@@ -343,7 +377,7 @@ mod tests {
     fn a_torn_or_corrupt_checkpoint_is_skipped_for_the_one_before() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = CheckpointStore::open(dir.path(), 3).expect("opens");
-        let views = ViewsFingerprint { horizon_us: 1, lead_time_days: 2 };
+        let views = fingerprint(2);
         store.write(&checkpoint(100, 10)).expect("writes");
         let (newest, _) = store.write(&checkpoint(200, 20)).expect("writes");
         // Torn: the last bytes never reached the disk.
@@ -374,8 +408,31 @@ mod tests {
         }
         assert_eq!(store.files().expect("lists").len(), 2);
         assert_eq!(store.keep_from().expect("lists"), Some(30));
-        let other = ViewsFingerprint { horizon_us: 1, lead_time_days: 3 };
+        let other = fingerprint(3);
         let refused = store.load(&other, &mut Vec::new()).expect_err("other settings");
         assert!(refused.to_string().contains("coldstream rebuild"), "{refused}");
+    }
+
+    #[test]
+    fn a_checkpoint_of_other_views_or_operators_is_refused_like_other_settings() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = CheckpointStore::open(dir.path(), 2).expect("opens");
+        store.write(&checkpoint(100, 10)).expect("writes");
+        let mut more_views = fingerprint(2);
+        more_views.views.push("shrinkage".into());
+        let refused = store.load(&more_views, &mut Vec::new()).expect_err("another view set").to_string();
+        assert!(refused.contains("shrinkage") && refused.contains("coldstream rebuild"), "{refused}");
+        assert!(!refused.contains('\n'), "{refused}");
+        let mut new_operator = fingerprint(2);
+        new_operator.operators.push("inventory.shrinkage".into());
+        let refused = store.load(&new_operator, &mut Vec::new()).expect_err("another operator set").to_string();
+        assert!(refused.contains("inventory.shrinkage") && refused.contains("coldstream rebuild"), "{refused}");
+    }
+
+    #[test]
+    fn the_fingerprint_names_every_view_and_operator() {
+        let fingerprint = ViewsFingerprint::of(&ViewConfig::default());
+        assert_eq!(fingerprint.views, coldstream_pipelines::views::NAMES);
+        assert!(fingerprint.operators.iter().any(|id| id == "restock.lines"), "{:?}", fingerprint.operators);
     }
 }

@@ -5,10 +5,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use coldstream_sources::log::embedded::{EmbeddedConfig, EmbeddedLog};
+use coldstream_sources::log::{EventLog, LogError};
 use serde::Deserialize;
 
 /// The whole configuration of `coldstream run`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the event log, Parquet files and state live.
@@ -21,7 +23,7 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The gRPC gateway.
     pub gateway: GatewaySection,
-    /// The embedded event log.
+    /// The event log: which kind, and its settings.
     pub log: LogSection,
     /// The Parquet sink.
     pub parquet: ParquetSection,
@@ -34,7 +36,7 @@ pub struct Config {
 }
 
 /// Checkpoints.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointSection {
     /// A checkpoint is taken each time the log's ingest time enters a new
@@ -53,8 +55,12 @@ impl Default for CheckpointSection {
     }
 }
 
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis() as u64
+}
+
 /// Webhooks.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksSection {
     /// Deliveries pending on disk beyond which the views wait and the
@@ -78,12 +84,13 @@ pub struct WebhooksSection {
 
 impl Default for WebhooksSection {
     fn default() -> Self {
+        let defaults = coldstream_sinks::webhooks::WebhookConfig::default();
         WebhooksSection {
-            max_pending: 100_000,
-            retry_initial_ms: 500,
-            retry_max_ms: 60_000,
-            breaker_failures: 10,
-            breaker_open_ms: 30_000,
+            max_pending: defaults.max_pending,
+            retry_initial_ms: millis(defaults.retry.initial),
+            retry_max_ms: millis(defaults.retry.max),
+            breaker_failures: defaults.retry.breaker_failures,
+            breaker_open_ms: millis(defaults.retry.breaker_open),
             procurement: None,
             accounting: None,
             alerts: None,
@@ -104,7 +111,7 @@ impl WebhooksSection {
 }
 
 /// One webhook endpoint.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSection {
     /// `http://host:port/path`.
@@ -120,15 +127,15 @@ pub struct EndpointSection {
 }
 
 fn default_timeout_ms() -> u64 {
-    10_000
+    millis(coldstream_sinks::webhooks::EndpointConfig::DEFAULT_TIMEOUT)
 }
 
 fn default_max_in_flight() -> usize {
-    16
+    coldstream_sinks::webhooks::EndpointConfig::DEFAULT_MAX_IN_FLIGHT
 }
 
 /// The views.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ViewsSection {
     /// The views keep state this many hours behind each fridge's latest
@@ -140,12 +147,16 @@ pub struct ViewsSection {
 
 impl Default for ViewsSection {
     fn default() -> Self {
-        ViewsSection { horizon_hours: 6, lead_time_days: 2 }
+        let defaults = coldstream_pipelines::views::ViewConfig::default();
+        ViewsSection {
+            horizon_hours: (defaults.horizon_us / coldstream_pipelines::event::HOUR_US) as u64,
+            lead_time_days: defaults.lead_time_days,
+        }
     }
 }
 
 /// Authentication.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// The fleet secret that tokens are derived from. `COLDSTREAM_SECRET`
@@ -157,7 +168,7 @@ pub struct AuthConfig {
 }
 
 /// The gRPC gateway.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewaySection {
     /// Events in one batch, at most.
@@ -170,10 +181,60 @@ pub struct GatewaySection {
     pub max_commit_records: usize,
 }
 
-/// The embedded event log.
-#[derive(Clone, Debug, Deserialize)]
+/// The event log: a closed choice of kinds, selected by `kind` (the
+/// embedded log when it is left out). Each kind has its own settings.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LogSection {
+    /// `kind = "embedded"`: segment files in `data_dir/log`, the default.
+    Embedded(EmbeddedSection),
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection::Embedded(EmbeddedSection::default())
+    }
+}
+
+impl<'de> Deserialize<'de> for LogSection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let kind = match table.remove("kind") {
+            None => "embedded".to_owned(),
+            Some(toml::Value::String(kind)) => kind,
+            Some(other) => return Err(D::Error::custom(format!("log.kind must be a string, not {other}"))),
+        };
+        match kind.as_str() {
+            "embedded" => toml::Value::Table(table).try_into().map(LogSection::Embedded).map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!("log.kind {other:?} is not a log this build has (\"embedded\")"))),
+        }
+    }
+}
+
+impl LogSection {
+    /// Opens (creating) the log of the data directory `data_dir`.
+    pub fn open(&self, data_dir: &Path) -> Result<Box<dyn EventLog>, LogError> {
+        match self {
+            LogSection::Embedded(embedded) => Ok(Box::new(EmbeddedLog::open(
+                data_dir.join("log"),
+                EmbeddedConfig { segment_bytes: embedded.segment_mb << 20 },
+            )?)),
+        }
+    }
+
+    /// How long records are kept after every consumer has covered them;
+    /// `None` for a log that keeps them by its own rules.
+    pub fn retention_ms(&self) -> Option<u64> {
+        match self {
+            LogSection::Embedded(embedded) => Some(embedded.retention_hours * 3_600_000),
+        }
+    }
+}
+
+/// The embedded event log (`[log] kind = "embedded"`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LogSection {
+pub struct EmbeddedSection {
     /// Size at which a log segment is closed and a new one started, in MiB.
     pub segment_mb: u64,
     /// A closed segment is removed once every consumer has covered it (the
@@ -184,7 +245,7 @@ pub struct LogSection {
 }
 
 /// The Parquet sink.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ParquetSection {
     /// Close a file once its buffered rows reach this many MiB.
@@ -234,15 +295,20 @@ impl Default for GatewaySection {
     }
 }
 
-impl Default for LogSection {
+impl Default for EmbeddedSection {
     fn default() -> Self {
-        LogSection { segment_mb: 128, retention_hours: 168 }
+        EmbeddedSection { segment_mb: EmbeddedConfig::default().segment_bytes >> 20, retention_hours: 168 }
     }
 }
 
 impl Default for ParquetSection {
     fn default() -> Self {
-        ParquetSection { roll_mb: 64, roll_seconds: 30, zstd_level: 3 }
+        let defaults = coldstream_sinks::ParquetConfig::default();
+        ParquetSection {
+            roll_mb: defaults.roll_bytes >> 20,
+            roll_seconds: defaults.roll_age.as_secs(),
+            zstd_level: defaults.zstd_level,
+        }
     }
 }
 
@@ -315,8 +381,11 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
         }
-        if self.log.segment_mb == 0 {
-            return Err(ConfigError::Invalid("log.segment_mb must be at least 1".into()));
+        match &self.log {
+            LogSection::Embedded(embedded) if embedded.segment_mb == 0 => {
+                return Err(ConfigError::Invalid("log.segment_mb must be at least 1".into()));
+            }
+            LogSection::Embedded(_) => {}
         }
         if !(1..=22).contains(&self.parquet.zstd_level) {
             return Err(ConfigError::Invalid(format!(
@@ -459,6 +528,8 @@ queue_batches = 1024
 max_commit_records = 50000
 
 [log]
+# Which log: "embedded" (segment files in data_dir/log; no server to run).
+kind = "embedded"
 # Size at which a log segment is closed and a new one started, in MiB.
 segment_mb = 128
 # A closed segment is removed once everything downstream has covered it
@@ -524,16 +595,47 @@ breaker_open_ms = 30000
 mod tests {
     use super::*;
 
+    /// `coldstream config default` prints every default: parsed back, it
+    /// is exactly [`Config::default`], field by field.
     #[test]
     fn the_printed_default_parses_to_the_defaults() {
         let parsed = Config::parse(DEFAULT_TOML, "default").expect("the default parses");
         let defaults = Config::default();
+        assert_eq!(parsed.data_dir, defaults.data_dir);
         assert_eq!(parsed.listen, defaults.listen);
-        assert_eq!(parsed.gateway.queue_batches, defaults.gateway.queue_batches);
-        assert_eq!(parsed.parquet.roll_seconds, defaults.parquet.roll_seconds);
-        assert_eq!(parsed.log.segment_mb, defaults.log.segment_mb);
-        assert_eq!(parsed.views.horizon_hours, defaults.views.horizon_hours);
-        assert_eq!(parsed.views.lead_time_days, defaults.views.lead_time_days);
+        assert_eq!(parsed.workers, defaults.workers);
+        assert_eq!(parsed.auth, defaults.auth);
+        assert_eq!(parsed.gateway, defaults.gateway);
+        assert_eq!(parsed.log, defaults.log);
+        assert_eq!(parsed.parquet, defaults.parquet);
+        assert_eq!(parsed.views, defaults.views);
+        assert_eq!(parsed.webhooks, defaults.webhooks);
+        assert_eq!(parsed.checkpoint, defaults.checkpoint);
+        assert_eq!(parsed, defaults);
+    }
+
+    /// The sections' defaults are the components' own.
+    #[test]
+    fn the_sections_take_their_defaults_from_the_components() {
+        let config = Config::default();
+        assert_eq!(config.views().horizon_us, coldstream_pipelines::views::ViewConfig::default().horizon_us);
+        assert_eq!(config.parquet().roll_bytes, coldstream_sinks::ParquetConfig::default().roll_bytes);
+        assert_eq!(
+            config.webhooks().expect("valid").max_pending,
+            coldstream_sinks::webhooks::WebhookConfig::default().max_pending
+        );
+    }
+
+    #[test]
+    fn the_log_is_a_closed_choice_of_kinds() {
+        let config = Config::parse("[log]\nsegment_mb = 4\n", "c.toml").expect("embedded by default");
+        assert_eq!(config.log, LogSection::Embedded(EmbeddedSection { segment_mb: 4, ..EmbeddedSection::default() }));
+        let named = Config::parse("[log]\nkind = \"embedded\"\nretention_hours = 0\n", "c.toml").expect("named");
+        assert_eq!(named.log.retention_ms(), Some(0));
+        let unknown = Config::parse("[log]\nkind = \"kafka\"\n", "c.toml").expect_err("no such log");
+        assert!(unknown.to_string().contains("kafka") && !unknown.to_string().contains('\n'), "{unknown}");
+        let stray = Config::parse("[log]\nkind = \"embedded\"\ntopic = \"x\"\n", "c.toml").expect_err("unknown key");
+        assert!(stray.to_string().contains("topic"), "{stray}");
     }
 
     #[test]

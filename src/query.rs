@@ -3,7 +3,9 @@
 //! Tables: `events` and `rejected` (partitioned by `dt`), one changelog per
 //! view (`inventory`, `sessions`, `revenue`, `sales_7d`, `excursions`,
 //! `restock_orders`, `alerts`), and the current state of each view
-//! (`<view>_now`), derived from its changelog by summing the diffs.
+//! (`<view>_now`), derived from its changelog by summing the diffs. Both
+//! the changelogs and the `_now` tables come from the list of views: a
+//! new view has its tables without a line here.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,17 +19,19 @@ use datafusion::datasource::listing::ListingOptions;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::prelude::SessionContext;
 
-/// The current-state views: each changelog's records whose diffs sum
-/// above zero.
-const NOW_VIEWS: &[(&str, &str, &str)] = &[
-    ("inventory_now", "inventory", "fridge_id, sku, on_hand"),
-    ("sessions_now", "sessions", "fridge_id, session_id, status, expected_cents, captured_cents, units, closed_at"),
-    ("revenue_now", "revenue", "fridge_id, hour, captured_cents, sessions, units"),
-    ("sales_7d_now", "sales_7d", "fridge_id, sku, units"),
-    ("excursions_now", "excursions", "fridge_id, start, \"end\", max_temperature_c"),
-    ("restock_orders_now", "restock_orders", "fridge_id, order_id, opened_at, sku, qty"),
-    ("alerts_now", "alerts", "type, fridge_id, sku, excursion_start"),
-];
+/// The current state of a view: the records of its changelog whose diffs
+/// sum above zero, with the changelog's columns but `time` and `diff`.
+fn now_sql(view: &str, changelog: &Schema) -> String {
+    let change_columns: Vec<String> = schema::change_columns().iter().map(|f| f.name().clone()).collect();
+    let columns: Vec<String> = changelog
+        .fields()
+        .iter()
+        .filter(|field| !change_columns.contains(field.name()))
+        .map(|field| format!("\"{}\"", field.name()))
+        .collect();
+    let columns = columns.join(", ");
+    format!("SELECT {columns} FROM {view} GROUP BY {columns} HAVING SUM(diff) > 0")
+}
 
 /// How query results are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -79,12 +83,10 @@ pub async fn context(data_dir: &Path) -> Result<SessionContext> {
     let failed = Arc::clone(&schema::WEBHOOKS_FAILED);
     register(&ctx, "webhooks_failed", &data_dir.join("webhooks_failed"), failed, false).await?;
     for (view, changelog) in view_tables() {
+        let now = now_sql(view, &changelog);
         register(&ctx, view, &data_dir.join("views").join(view), changelog, false).await?;
-    }
-    for (name, changelog, columns) in NOW_VIEWS {
-        let sql = format!("SELECT {columns} FROM {changelog} GROUP BY {columns} HAVING SUM(diff) > 0");
-        let view = ctx.sql(&sql).await?.into_view();
-        ctx.register_table(*name, view)?;
+        let table = ctx.sql(&now).await?.into_view();
+        ctx.register_table(format!("{view}_now"), table)?;
     }
     Ok(ctx)
 }

@@ -18,65 +18,46 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use coldstream_pipelines::checkpoint::Checkpoints;
-use coldstream_pipelines::operators::OperatorHooks;
-use coldstream_pipelines::views::ViewConfig;
 use coldstream_pipelines::{Event, Time};
 use coldstream_sinks::parquet::archive::{ArchivedRanges, read_events};
 use coldstream_sinks::parquet::{ViewChangelogs, list_parts};
 use coldstream_sinks::webhooks::Webhooks;
 use coldstream_sources::ingest::SeqSnapshot;
-use coldstream_sources::log::{LogError, LogReader, OpenReader, Record};
-use coldstream_sources::proto::{LogEntry, log_entry::Entry};
-use prost::Message;
+use coldstream_sources::log::LogError;
+use coldstream_sources::log::archive::{ArchiveLog, ArchiveStore, ArchivedRange, RangeContents};
 
-use crate::checkpoint::{CheckpointStore, Gatherer, ViewsFingerprint};
+use crate::checkpoint::{CheckpointStore, ViewsFingerprint};
 use crate::config::Config;
-use crate::runtime::{Resume, ViewMessage, Workers};
-use crate::server::{Checkpointing, Progress, ServerError};
+use crate::pipeline::{CheckpointPolicy, Pipeline, PipelineSpec, ResumePoint};
+use crate::server::{Progress, ServerError};
+use crate::view_sink::ViewSinks;
 
-/// The archive as a read-only log: every range's records at their offsets,
-/// accepted events in ingest-time order, each rejection as an empty record.
-/// Cloning shares it.
-#[derive(Clone)]
-pub struct ArchiveLog(Arc<Archive>);
-
-struct Archive {
-    ranges: Vec<((u64, u64), Vec<PathBuf>, usize)>,
-    end: u64,
-    last_ingest_ms: Option<u64>,
+/// The Parquet archive of a data directory (`events/`, `rejected/`), as
+/// ranges of log offsets for an [`ArchiveLog`].
+pub struct ParquetArchive {
+    ranges: Vec<ArchivedRange>,
+    files: Vec<(Vec<PathBuf>, usize)>,
 }
 
-impl ArchiveLog {
+impl ParquetArchive {
     /// Lists the archive under the data directory `root`; it must run from
     /// offset 0 without a gap.
-    pub fn open(root: &Path) -> Result<ArchiveLog, ServerError> {
+    pub fn list(root: &Path) -> Result<ParquetArchive, ServerError> {
         let archived = ArchivedRanges::list(root)?;
         archived.check_contiguous()?;
-        let end = archived.end();
-        let ranges: Vec<_> =
-            archived.ranges.into_iter().map(|(range, (files, rejected))| (range, files, rejected)).collect();
-        let last_ingest_ms = match ranges.last() {
-            Some((_, files, _)) => {
-                let mut last = None;
-                for file in files {
-                    last = last.max(read_events(file)?.iter().map(|(t, _)| *t).max());
-                }
-                last
-            }
-            None => None,
-        };
-        Ok(ArchiveLog(Arc::new(Archive { ranges, end, last_ingest_ms })))
+        let (ranges, files) =
+            archived.ranges.into_iter().map(|((from, to), files)| (ArchivedRange { from, to }, files)).unzip();
+        Ok(ParquetArchive { ranges, files })
+    }
+}
+
+impl ArchiveStore for ParquetArchive {
+    fn ranges(&self) -> &[ArchivedRange] {
+        &self.ranges
     }
 
-    /// The offset after the last archived record.
-    pub fn end(&self) -> u64 {
-        self.0.end
-    }
-
-    /// The records of the range at `index`, in offset order.
-    fn records(&self, index: usize) -> Result<Vec<Record>, LogError> {
-        let ((from, to), files, rejected) = &self.0.ranges[index];
+    fn load(&self, index: usize) -> Result<RangeContents, LogError> {
+        let (files, rejected) = &self.files[index];
         let mut events = Vec::new();
         for file in files {
             events.extend(read_events(file).map_err(|e| LogError::Corrupt {
@@ -85,90 +66,7 @@ impl ArchiveLog {
                 reason: e.to_string(),
             })?);
         }
-        // Day partitions split a range; its records are in ingest order.
-        events.sort_by_key(|(ingest_ms, _)| *ingest_ms);
-        let count = (to - from) as usize;
-        if events.len() + rejected != count {
-            tracing::warn!(
-                from,
-                to,
-                events = events.len(),
-                rejected,
-                "an archive range does not hold one row per offset"
-            );
-        }
-        let last = events.last().map_or(0, |(t, _)| *t);
-        let mut records: Vec<Record> = events
-            .into_iter()
-            .map(|(ingest_ms, event)| Record {
-                ingest_ms,
-                payload: LogEntry { entry: Some(Entry::Accepted(coldstream_sources::convert::encode(&event))) }
-                    .encode_to_vec(),
-            })
-            .collect();
-        // Rejections carry nothing the views read; they keep the offsets.
-        records.resize(count, Record { ingest_ms: last, payload: Vec::new() });
-        Ok(records)
-    }
-}
-
-impl OpenReader for ArchiveLog {
-    fn open(&self, offset: u64) -> Result<Box<dyn LogReader>, LogError> {
-        if offset > self.0.end {
-            return Err(LogError::OutOfRange { requested: offset, end: self.0.end });
-        }
-        let ranges = &self.0.ranges;
-        let index = ranges.iter().position(|((_, to), _, _)| *to > offset).unwrap_or(ranges.len());
-        Ok(Box::new(ArchiveReader { log: self.clone(), index, buffered: Vec::new(), position: offset }))
-    }
-
-    fn durable_offset(&self) -> u64 {
-        self.0.end
-    }
-
-    fn first_offset(&self) -> Result<u64, LogError> {
-        Ok(0)
-    }
-
-    fn durable_ingest_ms(&self) -> Option<u64> {
-        self.0.last_ingest_ms
-    }
-
-    fn subscribe(&self, _wake: Box<dyn Fn() + Send + Sync>) {}
-}
-
-struct ArchiveReader {
-    log: ArchiveLog,
-    /// The next range to load.
-    index: usize,
-    /// The loaded range's records from `position` on, reversed.
-    buffered: Vec<Record>,
-    position: u64,
-}
-
-impl LogReader for ArchiveReader {
-    fn read(&mut self, max: usize, out: &mut Vec<(u64, Record)>) -> Result<usize, LogError> {
-        let mut read = 0;
-        while read < max {
-            if self.buffered.is_empty() {
-                let Some(((from, _), _, _)) = self.log.0.ranges.get(self.index) else { break };
-                let mut records = self.log.records(self.index)?;
-                records.drain(..(self.position - from) as usize);
-                records.reverse();
-                self.buffered = records;
-                self.index += 1;
-                continue;
-            }
-            let record = self.buffered.pop().expect("checked non-empty");
-            out.push((self.position, record));
-            self.position += 1;
-            read += 1;
-        }
-        Ok(read)
-    }
-
-    fn position(&self) -> u64 {
-        self.position
+        Ok(RangeContents { events, rejected: *rejected })
     }
 }
 
@@ -201,7 +99,7 @@ pub struct Rebuilt {
 pub async fn rebuild(config: &Config) -> Result<Rebuilt, ServerError> {
     let started = Instant::now();
     let root = config.data_dir.clone();
-    let log = ArchiveLog::open(&root)?;
+    let log = ArchiveLog::open(ParquetArchive::list(&root)?)?;
     if log.end() == 0 {
         return Err(ServerError::Inconsistent(format!(
             "{} holds no archived events (events/ is empty or missing); nothing to rebuild from",
@@ -231,44 +129,29 @@ pub async fn rebuild(config: &Config) -> Result<Rebuilt, ServerError> {
     }
     webhooks.stopping().store(true, std::sync::atomic::Ordering::Release);
 
-    let (changes, messages) = std::sync::mpsc::sync_channel(256);
-    let checkpoints = {
-        let changes = changes.clone();
-        Checkpoints::new(None, move |snapshot| {
-            let _ = changes.send(ViewMessage::Snapshot(snapshot));
-        })
-    };
+    let seqs = SeqSnapshot { offset: log.end(), highest: archived_seqs(&root)? };
     let views = config.views();
     let fingerprint = ViewsFingerprint::of(&views);
-    let progress = Arc::new(Progress::default());
-    let seqs = SeqSnapshot { offset: log.end(), highest: archived_seqs(&root)? };
-    let checkpointing = Checkpointing {
-        store,
-        gatherer: Gatherer::default(),
-        fingerprint,
-        checkpoints: checkpoints.clone(),
-        seqs: Box::new(move || seqs.clone()),
-        log_dir: root.join("log"),
-        retention_ms: None,
-        progress: Arc::clone(&progress),
-    };
-    let sink = {
-        let progress = Arc::clone(&progress);
-        std::thread::Builder::new()
-            .name("view-sink".into())
-            .spawn(move || crate::server::sink_views(messages, changelogs, webhooks, &progress, checkpointing))
-            .map_err(|source| ServerError::Thread { name: "view-sink", source })?
-    };
-    let views = ViewConfig { hooks: OperatorHooks { checkpoints, ..views.hooks }, ..views };
-    // One checkpoint, at the end.
-    let resume = Resume { offset: 0, checkpoint_every_ms: u64::MAX, checkpoint_every_records: u64::MAX };
-    let readers: Arc<dyn OpenReader> = Arc::new(log.clone());
-    let workers = Workers::start(config.worker_threads(), views, readers, changes, resume)?;
-    tokio::task::spawn_blocking(move || workers.stop())
+    let pipeline = Pipeline::start(PipelineSpec {
+        log: Arc::new(log.clone()),
+        resume: ResumePoint { fingerprint: fingerprint.clone(), checkpoint: None },
+        views,
+        workers: config.worker_threads(),
+        sinks: ViewSinks::new(vec![Box::new(webhooks), Box::new(changelogs)]),
+        // One checkpoint, at the end.
+        checkpoints: CheckpointPolicy {
+            store,
+            every_ms: u64::MAX,
+            every_records: u64::MAX,
+            seqs: Box::new(move || seqs.clone()),
+            retention_ms: None,
+        },
+        progress: Arc::new(Progress::default()),
+    })?;
+    tokio::task::spawn_blocking(move || pipeline.stop())
         .await
-        .map_err(|e| ServerError::Inconsistent(format!("the rebuild's workers failed: {e}")))?;
-    sink.join().map_err(|_| ServerError::Inconsistent("the rebuild's view sink failed".into()))??;
-    let written = store_newest(&root, config)?;
+        .map_err(|e| ServerError::Inconsistent(format!("the rebuild's workers failed: {e}")))??;
+    let written = store_newest(&root, config, &fingerprint)?;
     let (time, offset) = written.ok_or_else(|| {
         ServerError::Inconsistent("the rebuild finished but wrote no checkpoint; run it again".into())
     })?;
@@ -276,10 +159,13 @@ pub async fn rebuild(config: &Config) -> Result<Rebuilt, ServerError> {
 }
 
 /// The newest checkpoint's time and log offset.
-fn store_newest(root: &Path, config: &Config) -> Result<Option<(Time, u64)>, ServerError> {
+fn store_newest(
+    root: &Path,
+    config: &Config,
+    fingerprint: &ViewsFingerprint,
+) -> Result<Option<(Time, u64)>, ServerError> {
     let store = CheckpointStore::open(root, config.checkpoint.keep)?;
-    let fingerprint = ViewsFingerprint::of(&config.views());
-    Ok(store.load(&fingerprint, &mut Vec::new())?.map(|(_, c)| (c.dataflow.time, c.offset)))
+    Ok(store.load(fingerprint, &mut Vec::new())?.map(|(_, c)| (c.dataflow.time, c.offset)))
 }
 
 fn io(context: String, source: std::io::Error) -> ServerError {

@@ -26,11 +26,9 @@ use std::time::Duration;
 use coldstream_pipelines::checkpoint::{Checkpoints, OperatorSnapshot};
 use coldstream_pipelines::views::{ViewBatch, ViewConfig};
 use coldstream_pipelines::{Event, Time};
-use coldstream_sources::log::{LogReader, OpenReader};
-use coldstream_sources::proto::{LogEntry, log_entry::Entry};
+use coldstream_sources::log::{Entry, LogReader, OpenReader};
 use differential_dataflow::AsCollection;
 use differential_dataflow::collection::VecCollection;
-use prost::Message;
 use timely::WorkerConfig;
 use timely::dataflow::Scope;
 use timely::dataflow::operators::generic::operator::source;
@@ -272,15 +270,11 @@ fn log_source<'s>(
                 if offset % peers != index {
                     continue;
                 }
-                match LogEntry::decode(record.payload.as_slice()) {
-                    Ok(LogEntry { entry: Some(Entry::Accepted(wire)) }) => match coldstream_sources::convert::decode(&wire) {
-                        Ok(event) => output.session(&*cap).give((event, record.ingest_ms, 1isize)),
-                        Err(rejection) => {
-                            tracing::warn!(offset, reason = %rejection.message, "skipping an undecodable event in the log")
-                        }
-                    },
+                let ingest_ms = record.ingest_ms;
+                match record.decode() {
+                    Ok(Entry::Accepted(event)) => output.session(&*cap).give((event, ingest_ms, 1isize)),
                     Ok(_) => {}
-                    Err(error) => tracing::warn!(offset, %error, "skipping an undecodable log record"),
+                    Err(error) => tracing::warn!(offset, %error, "skipping a log record"),
                 }
             }
             if read == READ_BATCH {

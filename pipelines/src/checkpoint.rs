@@ -26,7 +26,7 @@ use crate::Time;
 pub struct OperatorSnapshot {
     /// Every update before this time is applied, none at or after it.
     pub time: Time,
-    /// The operator's name (unique within the dataflow).
+    /// The operator's stable id (unique within the dataflow).
     pub operator: String,
     /// The worker that kept these fridges.
     pub worker: usize,
@@ -89,8 +89,8 @@ struct Inner {
     requests: Mutex<BTreeSet<Time>>,
     restored: Option<DataflowState>,
     deliver: Option<Deliver>,
-    /// Operators built on worker 0, and the number of workers.
-    registered: Mutex<(usize, usize)>,
+    /// The ids of the operators built on worker 0, and the number of workers.
+    registered: Mutex<(Vec<String>, usize)>,
     failed: Mutex<Option<RestoreError>>,
 }
 
@@ -132,8 +132,8 @@ impl Checkpoints {
     /// How many snapshots make one checkpoint (operators × workers), once
     /// worker 0 has built its dataflow.
     pub fn expected_snapshots(&self) -> usize {
-        let (operators, workers) = *self.0.registered.lock().expect("registrations are never poisoned");
-        operators * workers
+        let registered = self.0.registered.lock().expect("registrations are never poisoned");
+        registered.0.len() * registered.1
     }
 
     /// The first requested time after `after`.
@@ -145,12 +145,19 @@ impl Checkpoints {
         }
     }
 
-    pub(crate) fn register(&self, worker: usize, peers: usize) {
+    pub(crate) fn register(&self, operator: &str, worker: usize, peers: usize) {
         if worker == 0 {
             let mut registered = self.0.registered.lock().expect("registrations are never poisoned");
-            registered.0 += 1;
+            registered.0.push(operator.to_owned());
             registered.1 = peers;
         }
+    }
+
+    /// The ids of the per-fridge operators worker 0 has built, sorted.
+    pub fn operators(&self) -> Vec<String> {
+        let mut ids = self.0.registered.lock().expect("registrations are never poisoned").0.clone();
+        ids.sort();
+        ids
     }
 
     /// Why the restored state could not be used, if it could not: the
@@ -178,8 +185,18 @@ impl Checkpoints {
         worker: usize,
         peers: usize,
     ) -> Result<(HashMap<String, S>, T), RestoreError> {
-        let Some((shared, fridges)) = self.0.restored.as_ref().and_then(|s| s.operators.get(operator)) else {
+        let Some(restored) = self.0.restored.as_ref() else {
             return Ok((HashMap::new(), T::default()));
+        };
+        // Every operator hands over a snapshot, fridges or not: one that is
+        // missing was not in the dataflow the checkpoint was taken from,
+        // and starting it empty would silently lose what it should hold.
+        let Some((shared, fridges)) = restored.operators.get(operator) else {
+            return Err(RestoreError {
+                operator: operator.to_owned(),
+                reason: "the checkpoint holds no state for it (it was taken by a dataflow without this operator)"
+                    .into(),
+            });
         };
         let error = |e: bincode::Error| RestoreError { operator: operator.to_owned(), reason: e.to_string() };
         let table = if shared.is_empty() { T::default() } else { bincode::deserialize(shared).map_err(error)? };

@@ -14,11 +14,11 @@ use crate::views::{ViewBatch, ViewConfig};
 use crate::{Event, Time};
 
 /// A view under test: a function from the event collection to its output.
-pub trait View<D: 'static>:
+pub trait ViewFn<D: 'static>:
     Fn(VecCollection<'_, Time, Event>) -> VecCollection<'_, Time, D> + Send + Sync + 'static
 {
 }
-impl<D: 'static, F> View<D> for F where
+impl<D: 'static, F> ViewFn<D> for F where
     F: Fn(VecCollection<'_, Time, Event>) -> VecCollection<'_, Time, D> + Send + Sync + 'static
 {
 }
@@ -29,7 +29,7 @@ impl<D: 'static, F> View<D> for F where
 pub fn run_view<D, V>(workers: usize, arrivals: Vec<(Time, Vec<Event>)>, view: V) -> Vec<(D, Time, isize)>
 where
     D: ExchangeData + Hashable + Send,
-    V: View<D>,
+    V: ViewFn<D>,
 {
     let arrivals = Arc::new(arrivals);
     let (sender, receiver) = mpsc::channel();

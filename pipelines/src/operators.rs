@@ -162,14 +162,20 @@ fn hold<'a, I, C>(
 }
 
 /// Runs `S` per fridge over `input`, whose records are `(fridge_id, input)`.
+///
+/// `id` names the operator in timely's graph and keys its state in
+/// checkpoints: it must be unique within the dataflow and stay the same
+/// for as long as checkpoints taken with it are to be restored. The ids
+/// are part of the checkpoint fingerprint, so a checkpoint of a dataflow
+/// with other operators is refused rather than restored into empty state.
 pub fn by_fridge_in_time_order<'s, S: FridgeState<Shared = ()>>(
     input: VecCollection<'s, Time, (String, S::Input)>,
-    name: &str,
+    id: &'static str,
     new_state: impl Fn() -> S + 'static,
     hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, S::Output> {
     let none = timely::dataflow::operators::generic::operator::empty(input.inner.scope()).as_collection();
-    by_fridge_in_time_order_with(input, none, name, new_state, hooks)
+    by_fridge_in_time_order_with(input, none, id, new_state, hooks)
 }
 
 /// [`by_fridge_in_time_order`] with a shared table: `shared`'s changes
@@ -178,7 +184,7 @@ pub fn by_fridge_in_time_order<'s, S: FridgeState<Shared = ()>>(
 pub fn by_fridge_in_time_order_with<'s, S: FridgeState>(
     input: VecCollection<'s, Time, (String, S::Input)>,
     shared: VecCollection<'s, Time, <S::Shared as Shared>::Change>,
-    name: &str,
+    id: &'static str,
     new_state: impl Fn() -> S + 'static,
     hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, S::Output> {
@@ -189,11 +195,11 @@ pub fn by_fridge_in_time_order_with<'s, S: FridgeState>(
     let exchange = Exchange::new(|((fridge, _), _, _): &Update<S>| fridge.hashed());
     let (worker, peers) = (input.inner.scope().index(), input.inner.scope().peers());
     let (held, checkpoints) = (hooks.held.clone(), hooks.checkpoints.clone());
-    checkpoints.register(worker, peers);
-    let operator = name.to_owned();
+    checkpoints.register(id, worker, peers);
+    let operator = id.to_owned();
     input
         .inner
-        .binary_frontier(shared.inner.broadcast(), exchange, Pipeline, name, move |_capability, _info| {
+        .binary_frontier(shared.inner.broadcast(), exchange, Pipeline, id, move |_capability, _info| {
             let mut pending: BTreeMap<Time, Pending<S::Input, <S::Shared as Shared>::Change>> = BTreeMap::new();
             let (mut fridges, mut table): (HashMap<String, S>, S::Shared) =
                 checkpoints.restore(&operator, worker, peers).unwrap_or_else(|error| {

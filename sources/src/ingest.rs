@@ -136,8 +136,8 @@ fn highest_seqs(readers: &dyn OpenReader, start: SeqSnapshot) -> Result<HashMap<
         if reader.read(4096, &mut records)? == 0 {
             return Ok(highest);
         }
-        for (_, record) in &records {
-            if let Ok(LogEntry { entry: Some(Entry::Accepted(event)) }) = LogEntry::decode(record.payload.as_slice()) {
+        for (_, record) in records.drain(..) {
+            if let Ok(crate::log::Entry::Accepted(event)) = record.decode() {
                 let seq = highest.entry(event.source_id).or_insert(0);
                 *seq = (*seq).max(event.seq);
             }

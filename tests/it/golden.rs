@@ -5,17 +5,26 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use coldstream::checkpoint::CheckpointStore;
+use coldstream::pipeline::{CheckpointPolicy, Pipeline, PipelineSpec, ResumePoint};
+use coldstream::server::Progress;
 use coldstream::simulate::{Fleet, FleetSpec};
-use coldstream_pipelines::harness::run_views;
+use coldstream::view_sink::ViewSinks;
 use coldstream_pipelines::views::ViewConfig;
 use coldstream_sinks::ParquetConfig;
 use coldstream_sinks::parquet::{EventArchive, ViewChangelogs};
+use coldstream_sources::ingest::SeqSnapshot;
+use coldstream_sources::log::embedded::{EmbeddedConfig, EmbeddedLog};
+use coldstream_sources::log::{EventLog, Record};
 
 use crate::support::query_csv;
 
 /// 6 fridges, 24,000 events from 2026-03-01 00:00 UTC (about a day and a
-/// half each), archived and viewed as the server would, arriving in event
-/// time order in batches of 100 at 1 ms apart.
+/// half each), arriving in event time order in batches of 100 at 1 ms
+/// apart: archived, and written to a log that the server's own pipeline
+/// reads into the changelogs.
 fn fixture(dir: &Path) {
     let spec =
         FleetSpec { seed: 42, fridges: 6, events: 24_000, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
@@ -24,21 +33,35 @@ fn fixture(dir: &Path) {
     let config = ParquetConfig::default();
     let (mut archive, resume) = EventArchive::open(dir, config.clone()).unwrap();
     assert!(resume.is_none());
-    let mut arrivals = Vec::new();
+    let mut log = EmbeddedLog::open(dir.join("log"), EmbeddedConfig::default()).unwrap();
     for (batch, chunk) in events.chunks(100).enumerate() {
         let time = 1_000 + batch as u64;
         for (i, event) in chunk.iter().enumerate() {
             archive.push_event((batch * 100 + i) as u64, time, event.clone());
         }
-        arrivals.push((time, chunk.to_vec()));
+        let payloads: Vec<Vec<u8>> = chunk.iter().map(Record::accepted).collect();
+        log.append(time, &payloads).unwrap();
+        log.sync().unwrap();
     }
     archive.flush(events.len() as u64).unwrap();
-    let mut changelogs = ViewChangelogs::open(dir, config).unwrap();
-    let end = arrivals.last().unwrap().0 + 1;
-    for batch in run_views(2, arrivals, ViewConfig::default()) {
-        changelogs.push(batch);
-    }
-    changelogs.advance(end, true).unwrap();
+    let views = ViewConfig::default();
+    let pipeline = Pipeline::start(PipelineSpec {
+        log: log.readers(),
+        resume: ResumePoint::start_of_log(&views),
+        views,
+        workers: 2,
+        sinks: ViewSinks::new(vec![Box::new(ViewChangelogs::open(dir, config).unwrap())]),
+        checkpoints: CheckpointPolicy {
+            store: CheckpointStore::open(dir, 1).unwrap(),
+            every_ms: u64::MAX,
+            every_records: u64::MAX,
+            seqs: Box::new(SeqSnapshot::default),
+            retention_ms: None,
+        },
+        progress: Arc::new(Progress::default()),
+    })
+    .unwrap();
+    pipeline.stop().unwrap();
 }
 
 fn queries() -> Vec<PathBuf> {

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use coldstream::config::{Config, DEV_SECRET};
+use coldstream::config::{Config, DEV_SECRET, EmbeddedSection, LogSection};
 use coldstream::server::Server;
 use coldstream::simulate::{self, Fleet, FleetSpec, RunSpec};
 
@@ -13,8 +13,7 @@ use crate::support::{self, binary};
 /// segments of 1 MiB at once.
 fn trimming_config(dir: &Path) -> Config {
     let mut config = support::config(dir);
-    config.log.segment_mb = 1;
-    config.log.retention_hours = 0;
+    config.log = LogSection::Embedded(EmbeddedSection { segment_mb: 1, retention_hours: 0 });
     config.checkpoint.interval_seconds = 1;
     config.auth.allow_dev_secret = true;
     config

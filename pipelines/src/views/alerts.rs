@@ -76,3 +76,18 @@ pub fn alerts_reference(events: &[Event]) -> BTreeSet<Alert> {
         .map(|(fridge_id, start)| Alert::ColdchainExcursion { fridge_id, start });
     negative.chain(warm).collect()
 }
+
+/// The `alerts` view.
+pub struct Alerts;
+
+impl crate::views::View for Alerts {
+    type Reference = <Self as crate::views::Listed>::Record;
+
+    fn reference(events: &[Event], _config: &crate::views::ViewConfig) -> BTreeSet<Self::Reference> {
+        alerts_reference(events)
+    }
+
+    fn project(record: &Self::Record) -> Self::Reference {
+        record.clone()
+    }
+}

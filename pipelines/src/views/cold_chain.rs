@@ -19,7 +19,7 @@
 //! point is published per fridge as `settled`: no excursion starting
 //! before it can change, so inventory may fold its write-offs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use differential_dataflow::collection::VecCollection;
@@ -197,7 +197,7 @@ pub fn cold_chain<'s>(
         found: BTreeMap::new(),
         announced: false,
     };
-    let changes = by_fridge_in_time_order(readings, "Excursions", new_state, hooks);
+    let changes = by_fridge_in_time_order(readings, "cold_chain.runs", new_state, hooks);
     let excursions = changes.clone().flat_map(|change| match change {
         ColdChain::Excursion(key, excursion) => Some((key, excursion)),
         ColdChain::Settled(..) => None,
@@ -222,6 +222,21 @@ pub fn excursions_reference(events: &[Event]) -> BTreeMap<ExcursionKey, Excursio
         }
     }
     all
+}
+
+/// The `excursions` view.
+pub struct Excursions;
+
+impl crate::views::View for Excursions {
+    type Reference = <Self as crate::views::Listed>::Record;
+
+    fn reference(events: &[Event], _config: &crate::views::ViewConfig) -> BTreeSet<Self::Reference> {
+        excursions_reference(events).into_iter().collect()
+    }
+
+    fn project(record: &Self::Record) -> Self::Reference {
+        record.clone()
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 //! (the on-hand as of that point), which later events can only build on.
 //! Events older than the fold point are beyond the horizon and not applied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -289,7 +289,7 @@ pub fn inventory<'s>(
         warmed: false,
         settled: BTreeMap::new(),
     };
-    by_fridge_in_time_order(stock, "Inventory", new_state, hooks)
+    by_fridge_in_time_order(stock, "inventory.stock", new_state, hooks)
 }
 
 /// Every cold-chain write-off, `((fridge, sku), event_time)`, computed
@@ -336,6 +336,21 @@ pub fn inventory_reference(events: &[Event]) -> BTreeMap<InventoryKey, i64> {
         }
     }
     on_hand
+}
+
+/// The `inventory` view.
+pub struct Inventory;
+
+impl crate::views::View for Inventory {
+    type Reference = <Self as crate::views::Listed>::Record;
+
+    fn reference(events: &[Event], _config: &crate::views::ViewConfig) -> BTreeSet<Self::Reference> {
+        inventory_reference(events).into_iter().collect()
+    }
+
+    fn project(record: &Self::Record) -> Self::Reference {
+        record.clone()
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,13 @@
 //! The views of DOMAIN.md, one file each, every dataflow beside its batch
 //! reference implementation, and [`all`], which builds every view from
 //! the event collection the way the server runs them.
+//!
+//! The set of views is declared once, in [`for_each_view!`]: the
+//! [`Views`] and [`ViewBatch`] types, [`NAMES`], [`for_each`] and every
+//! consumer elsewhere (the Parquet changelogs, the SQL tables, the chaos
+//! harness, the checkpoint fingerprint, the tests) are generated from that
+//! list or iterate it. A view's own file says what it computes and how its
+//! batch reference is compared with it ([`View`]).
 
 pub mod alerts;
 pub mod cold_chain;
@@ -10,22 +17,100 @@ pub mod restock;
 pub mod sales_7d;
 pub mod sessions;
 
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+use differential_dataflow::ExchangeData;
 use differential_dataflow::collection::{AsCollection, VecCollection};
+use differential_dataflow::hashable::Hashable;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::vec::Partition;
 
-pub use alerts::{Alert, alerts, alerts_reference};
-pub use cold_chain::{Excursion, ExcursionKey, cold_chain, excursions, excursions_reference};
-pub use inventory::{InventoryKey, inventory, inventory_reference, write_offs_reference};
+pub use alerts::{Alert, Alerts, alerts, alerts_reference};
+pub use cold_chain::{Excursion, ExcursionKey, Excursions, cold_chain, excursions, excursions_reference};
+pub use inventory::{Inventory, InventoryKey, inventory, inventory_reference, write_offs_reference};
 pub use planogram::{Slot, SlotKey, planogram, planogram_reference};
-pub use restock::{RestockLine, order_id, restock_lines_reference, restock_orders};
-pub use sales_7d::{SALES_WINDOW_US, sales_7d, sales_7d_reference};
+pub use restock::{RestockLine, RestockOrders, order_id, restock_lines_reference, restock_orders};
+pub use sales_7d::{SALES_WINDOW_US, Sales7d, sales_7d, sales_7d_reference};
 pub use sessions::{
-    RevenueKey, SessionKey, SessionRow, SessionStatus, revenue_reference, sessions_and_revenue, sessions_reference,
+    Revenue, RevenueKey, SessionKey, SessionRow, SessionStatus, Sessions, revenue_reference, sessions_and_revenue,
+    sessions_reference,
 };
 
 use crate::operators::OperatorHooks;
 use crate::{Event, Time};
+
+/// The list of views: calls `$callback!` with one `name: Marker => Record`
+/// line per view, each with its doc comment. Everything that needs the
+/// whole set is generated from this one list; adding a view adds a line
+/// here.
+///
+/// `Marker` is the view's type in this module (it implements [`View`]);
+/// `name` is its field in [`Views`], its changelog folder and its SQL
+/// table; `Record` is one row of it.
+#[macro_export]
+macro_rules! for_each_view {
+    ($callback:ident) => {
+        $callback! {
+            /// `inventory(fridge_id, sku) → on_hand`.
+            inventory: Inventory => ($crate::views::InventoryKey, i64),
+            /// `sessions(fridge_id, session_id) → row`.
+            sessions: Sessions => ($crate::views::SessionKey, $crate::views::SessionRow),
+            /// `revenue(fridge_id, hour) → (captured_cents, sessions, units)`.
+            revenue: Revenue => ($crate::views::RevenueKey, (i64, i64, i64)),
+            /// `sales_7d(fridge_id, sku) → units`.
+            sales_7d: Sales7d => ($crate::views::InventoryKey, i64),
+            /// `excursions(fridge_id, start) → (end, max_temperature_c)`.
+            excursions: Excursions => ($crate::views::ExcursionKey, $crate::views::Excursion),
+            /// Lines of open restock orders, by `(fridge_id, sku)`.
+            restock_orders: RestockOrders => ($crate::views::InventoryKey, $crate::views::RestockLine),
+            /// Raised alerts.
+            alerts: Alerts => $crate::views::Alert,
+        }
+    };
+}
+
+/// A view's place in the list: generated for every view of
+/// [`for_each_view!`], so a view that is not listed cannot implement
+/// [`View`].
+pub trait Listed: Sized + 'static {
+    /// The view's name: its field in [`Views`], its folder under `views/`
+    /// and its SQL table.
+    const NAME: &'static str;
+    /// One record of the view.
+    type Record: ExchangeData + Hashable + Send;
+    /// The view's collection among all of them.
+    fn pick(views: Views<'_>) -> VecCollection<'_, Time, Self::Record>;
+    /// A batch of this view's changes.
+    fn batch(changes: Changes<Self::Record>) -> ViewBatch;
+    /// The changes of `batch`, if it is this view's.
+    fn changes(batch: &ViewBatch) -> Option<&Changes<Self::Record>>;
+    /// The changes of `batch` if it is this view's; `batch` back otherwise.
+    fn take(batch: ViewBatch) -> Result<Changes<Self::Record>, ViewBatch>;
+}
+
+/// One view, as its tests and its checks see it: what its batch
+/// reference computes, and how a record of the dataflow compares with it.
+pub trait View: Listed {
+    /// What the batch reference knows of one record. Most views' reference
+    /// computes whole records; a restock line's order id depends on the
+    /// logical time an order opened, which a batch over events cannot
+    /// know, so its reference gives the quantity per shelf.
+    type Reference: Ord + Clone + Debug;
+
+    /// The reference: the view's final state over `events`, in any order.
+    fn reference(events: &[Event], config: &ViewConfig) -> BTreeSet<Self::Reference>;
+
+    /// The part of `record` the reference computes.
+    fn project(record: &Self::Record) -> Self::Reference;
+}
+
+/// Something done once per view, with the view's type: [`for_each`]
+/// calls it for every view in list order.
+pub trait ForEachView {
+    /// Called for the view `V`.
+    fn view<V: View>(&mut self);
+}
 
 /// Settings of the views.
 #[derive(Clone, Debug)]
@@ -44,67 +129,100 @@ impl Default for ViewConfig {
     }
 }
 
-/// Every view of DOMAIN.md over one event collection.
-pub struct Views<'s> {
-    /// `inventory(fridge_id, sku) → on_hand`.
-    pub inventory: VecCollection<'s, Time, (InventoryKey, i64)>,
-    /// `sessions(fridge_id, session_id) → row`.
-    pub sessions: VecCollection<'s, Time, (SessionKey, SessionRow)>,
-    /// `revenue(fridge_id, hour) → (captured_cents, sessions, units)`.
-    pub revenue: VecCollection<'s, Time, (RevenueKey, (i64, i64, i64))>,
-    /// `sales_7d(fridge_id, sku) → units`.
-    pub sales_7d: VecCollection<'s, Time, (InventoryKey, i64)>,
-    /// `excursions(fridge_id, start) → (end, max_temperature_c)`.
-    pub excursions: VecCollection<'s, Time, (ExcursionKey, Excursion)>,
-    /// Lines of open restock orders, by `(fridge_id, sku)`.
-    pub restock_orders: VecCollection<'s, Time, (InventoryKey, RestockLine)>,
-    /// Raised alerts.
-    pub alerts: VecCollection<'s, Time, Alert>,
-}
-
 /// A collection of `(key, value)` rows.
 pub type Keyed<'s, K, V> = VecCollection<'s, Time, (K, V)>;
 
 /// Output changes: `(record, logical time, diff)`.
 pub type Changes<D> = Vec<(D, Time, isize)>;
 
-/// A batch of output changes of one view.
-#[derive(Clone, Debug)]
-#[allow(missing_docs)] // one variant per view of [`Views`]
-pub enum ViewBatch {
-    Inventory(Changes<(InventoryKey, i64)>),
-    Sessions(Changes<(SessionKey, SessionRow)>),
-    Revenue(Changes<(RevenueKey, (i64, i64, i64))>),
-    Sales7d(Changes<(InventoryKey, i64)>),
-    Excursions(Changes<(ExcursionKey, Excursion)>),
-    RestockOrders(Changes<(InventoryKey, RestockLine)>),
-    Alerts(Changes<Alert>),
+macro_rules! define_views {
+    ($($(#[$doc:meta])* $field:ident: $marker:ident => $record:ty,)*) => {
+        /// Every view of DOMAIN.md over one event collection.
+        pub struct Views<'s> {
+            $($(#[$doc])* pub $field: VecCollection<'s, Time, $record>,)*
+        }
+
+        /// A batch of output changes of one view.
+        #[derive(Clone, Debug)]
+        pub enum ViewBatch {
+            $($(#[$doc])* $marker(Changes<$record>),)*
+        }
+
+        /// Every view's name, in list order.
+        pub const NAMES: &[&str] = &[$(stringify!($field)),*];
+
+        $(
+            impl Listed for $marker {
+                const NAME: &'static str = stringify!($field);
+                type Record = $record;
+                fn pick(views: Views<'_>) -> VecCollection<'_, Time, $record> {
+                    views.$field
+                }
+                fn batch(changes: Changes<$record>) -> ViewBatch {
+                    ViewBatch::$marker(changes)
+                }
+                fn changes(batch: &ViewBatch) -> Option<&Changes<$record>> {
+                    match batch {
+                        ViewBatch::$marker(changes) => Some(changes),
+                        #[allow(unreachable_patterns)]
+                        _ => None,
+                    }
+                }
+                fn take(batch: ViewBatch) -> Result<Changes<$record>, ViewBatch> {
+                    match batch {
+                        ViewBatch::$marker(changes) => Ok(changes),
+                        #[allow(unreachable_patterns)]
+                        other => Err(other),
+                    }
+                }
+            }
+        )*
+
+        /// Calls `visitor` once for every view, in list order.
+        pub fn for_each(visitor: &mut impl ForEachView) {
+            $(visitor.view::<$marker>();)*
+        }
+
+        impl ViewBatch {
+            /// The name of the view whose changes these are.
+            pub fn view(&self) -> &'static str {
+                match self {
+                    $(ViewBatch::$marker(_) => stringify!($field),)*
+                }
+            }
+
+            /// How many changes the batch holds.
+            pub fn len(&self) -> usize {
+                match self {
+                    $(ViewBatch::$marker(changes) => changes.len(),)*
+                }
+            }
+
+            /// Whether the batch holds no change.
+            pub fn is_empty(&self) -> bool {
+                self.len() == 0
+            }
+        }
+
+        impl Views<'_> {
+            /// Hands every batch of output changes to `send`, and returns one
+            /// probe over all the outputs: a time is final in every view once
+            /// the probe has passed it.
+            pub fn deliver(self, send: impl Fn(ViewBatch) + Clone + 'static) -> ProbeHandle<Time> {
+                let probe = ProbeHandle::new();
+                $({
+                    let send = send.clone();
+                    self.$field
+                        .inspect_batch(move |_, changes| send(ViewBatch::$marker(changes.to_vec())))
+                        .probe_with(&probe);
+                })*
+                probe
+            }
+        }
+    };
 }
 
-impl Views<'_> {
-    /// Hands every batch of output changes to `send`, and returns one probe
-    /// over all the outputs: a time is final in every view once the probe
-    /// has passed it.
-    pub fn deliver(self, send: impl Fn(ViewBatch) + Clone + 'static) -> ProbeHandle<Time> {
-        let probe = ProbeHandle::new();
-        macro_rules! deliver {
-            ($collection:expr, $variant:ident) => {{
-                let send = send.clone();
-                $collection
-                    .inspect_batch(move |_, changes| send(ViewBatch::$variant(changes.to_vec())))
-                    .probe_with(&probe);
-            }};
-        }
-        deliver!(self.inventory, Inventory);
-        deliver!(self.sessions, Sessions);
-        deliver!(self.revenue, Revenue);
-        deliver!(self.sales_7d, Sales7d);
-        deliver!(self.excursions, Excursions);
-        deliver!(self.restock_orders, RestockOrders);
-        deliver!(self.alerts, Alerts);
-        probe
-    }
-}
+for_each_view!(define_views);
 
 /// Which views read an event: telemetry (0), a customer session (1), stock
 /// (2), the back office (3).
@@ -146,6 +264,23 @@ pub fn all<'s>(events: VecCollection<'s, Time, Event>, config: &ViewConfig) -> V
         restock_orders(back_office, inventory.clone(), sales_7d.clone(), config.lead_time_days, &config.hooks);
     let alerts = alerts(inventory.clone(), excursions.clone());
     Views { inventory, sessions, revenue, sales_7d, excursions, restock_orders, alerts }
+}
+
+/// The ids of every per-fridge operator [`all`] builds, sorted: what a
+/// checkpoint holds state for. Read off a dataflow built for the purpose
+/// (and never run), so the list cannot fall behind the views' code.
+pub fn stateful_operators(config: &ViewConfig) -> Vec<String> {
+    use differential_dataflow::input::Input;
+    let checkpoints = crate::checkpoint::Checkpoints::default();
+    let hooks = OperatorHooks { checkpoints: checkpoints.clone(), ..OperatorHooks::default() };
+    let config = ViewConfig { hooks, ..config.clone() };
+    timely::execute_directly(move |worker| {
+        worker.dataflow::<Time, _, _>(|scope| {
+            let (_input, events) = scope.new_collection::<Event, isize>();
+            all(events, &config).deliver(|_| {});
+        });
+    });
+    checkpoints.operators()
 }
 
 #[cfg(test)]

@@ -181,7 +181,7 @@ pub fn restock_orders<'s>(
     let on_hand = inventory.map(|((fridge, sku), units)| (fridge, Reading::OnHand(sku, units)));
     let sold = sales_7d.map(|((fridge, sku), units)| (fridge, Reading::Sold(sku, units)));
     let new_state = move || Restock { lead_time_days, shelves: BTreeMap::new(), lines: 0, opened_at: None };
-    by_fridge_in_time_order(plans.concat(on_hand).concat(sold), "Restock", new_state, hooks)
+    by_fridge_in_time_order(plans.concat(on_hand).concat(sold), "restock.lines", new_state, hooks)
 }
 
 /// The lines every fridge needs, by the batch reference: what every fridge needs,
@@ -197,6 +197,23 @@ pub fn restock_lines_reference(events: &[Event], lead_time_days: i64) -> BTreeMa
             line(slot, on_hand, sold, lead_time_days).map(|qty| (key, qty))
         })
         .collect()
+}
+
+/// The `restock_orders` view: its reference gives the quantity per shelf,
+/// since an order's id is the logical time it opened, which a batch over
+/// the events cannot know.
+pub struct RestockOrders;
+
+impl crate::views::View for RestockOrders {
+    type Reference = (InventoryKey, i64);
+
+    fn reference(events: &[Event], config: &crate::views::ViewConfig) -> BTreeSet<Self::Reference> {
+        restock_lines_reference(events, config.lead_time_days).into_iter().collect()
+    }
+
+    fn project((key, line): &Self::Record) -> Self::Reference {
+        (key.clone(), line.qty)
+    }
 }
 
 #[cfg(test)]

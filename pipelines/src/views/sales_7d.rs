@@ -11,7 +11,7 @@
 //! grows, so a movement that has left the window can never enter it again
 //! and is forgotten, and one that arrives already outside it is ignored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -120,7 +120,7 @@ pub fn sales_7d<'s>(
     events: VecCollection<'s, Time, Event>,
     hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, (InventoryKey, i64)> {
-    by_fridge_in_time_order(events.flat_map(|event| sighting(&event)), "Sales7d", Window::default, hooks)
+    by_fridge_in_time_order(events.flat_map(|event| sighting(&event)), "sales_7d.window", Window::default, hooks)
 }
 
 /// The batch reference of [`sales_7d`].
@@ -139,6 +139,21 @@ pub fn sales_7d_reference(events: &[Event]) -> BTreeMap<InventoryKey, i64> {
         }
     }
     units
+}
+
+/// The `sales_7d` view.
+pub struct Sales7d;
+
+impl crate::views::View for Sales7d {
+    type Reference = <Self as crate::views::Listed>::Record;
+
+    fn reference(events: &[Event], _config: &crate::views::ViewConfig) -> BTreeSet<Self::Reference> {
+        sales_7d_reference(events).into_iter().collect()
+    }
+
+    fn project(record: &Self::Record) -> Self::Reference {
+        record.clone()
+    }
 }
 
 #[cfg(test)]

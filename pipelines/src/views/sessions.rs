@@ -56,6 +56,18 @@ pub enum SessionStatus {
 }
 
 impl SessionStatus {
+    /// Every status.
+    pub const ALL: [SessionStatus; 8] = [
+        SessionStatus::Open,
+        SessionStatus::Empty,
+        SessionStatus::Unpriced,
+        SessionStatus::AwaitingPayment,
+        SessionStatus::Unpaid,
+        SessionStatus::Settled,
+        SessionStatus::Undercharged,
+        SessionStatus::Overcharged,
+    ];
+
     /// The name used in Parquet, SQL and webhooks.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -268,7 +280,7 @@ pub enum SessionChange {
 /// One fridge's sessions within the horizon, and the revenue hours they
 /// can still change.
 #[derive(Serialize, Deserialize)]
-struct Sessions {
+struct FridgeSessions {
     horizon_us: i64,
     latest: i64,
     /// Events before this time are beyond the horizon and not applied.
@@ -278,7 +290,7 @@ struct Sessions {
     revenue: BTreeMap<i64, (i64, i64, i64)>,
 }
 
-impl Sessions {
+impl FridgeSessions {
     /// Re-decides `ids` and pushes the changes of their rows and hours.
     fn refresh<'a>(
         &mut self,
@@ -352,7 +364,7 @@ impl Sessions {
     }
 }
 
-impl FridgeState for Sessions {
+impl FridgeState for FridgeSessions {
     type Input = Sighting;
     type Output = SessionChange;
     type Shared = PriceList;
@@ -417,14 +429,14 @@ pub fn sessions_and_revenue<'s>(
 ) -> (Keyed<'s, SessionKey, SessionRow>, Keyed<'s, RevenueKey, Totals>) {
     let sightings = events.clone().flat_map(|event| sighting(&event));
     let prices = events.flat_map(|event| price(&event));
-    let new_state = move || Sessions {
+    let new_state = move || FridgeSessions {
         horizon_us,
         latest: i64::MIN,
         floor: i64::MIN,
         sessions: HashMap::new(),
         revenue: BTreeMap::new(),
     };
-    let changes = by_fridge_in_time_order_with(sightings, prices, "Sessions", new_state, hooks);
+    let changes = by_fridge_in_time_order_with(sightings, prices, "sessions.sessions", new_state, hooks);
     let sessions = changes.clone().flat_map(|change| match change {
         SessionChange::Session(key, row) => Some((key, row)),
         SessionChange::Revenue(..) => None,
@@ -498,6 +510,36 @@ pub fn revenue_reference(events: &[Event]) -> BTreeMap<RevenueKey, (i64, i64, i6
         }
     }
     revenue
+}
+
+/// The `sessions` view.
+pub struct Sessions;
+
+impl crate::views::View for Sessions {
+    type Reference = <Self as crate::views::Listed>::Record;
+
+    fn reference(events: &[Event], _config: &crate::views::ViewConfig) -> BTreeSet<Self::Reference> {
+        sessions_reference(events).into_iter().collect()
+    }
+
+    fn project(record: &Self::Record) -> Self::Reference {
+        record.clone()
+    }
+}
+
+/// The `revenue` view.
+pub struct Revenue;
+
+impl crate::views::View for Revenue {
+    type Reference = <Self as crate::views::Listed>::Record;
+
+    fn reference(events: &[Event], _config: &crate::views::ViewConfig) -> BTreeSet<Self::Reference> {
+        revenue_reference(events).into_iter().collect()
+    }
+
+    fn project(record: &Self::Record) -> Self::Reference {
+        record.clone()
+    }
 }
 
 #[cfg(test)]

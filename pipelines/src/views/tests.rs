@@ -1,7 +1,12 @@
 //! Every view of [`all`] against its batch reference, on random fleets
 //! whose events arrive shuffled (hours and days late) or, for the bounded
-//! state, late by at most the horizon; and the same changes at the same
-//! times when the same arrivals are replayed.
+//! state, late by at most the horizon; the same changes at the same times
+//! when the same arrivals are replayed; and, since webhooks act on
+//! intermediate changes, the accumulated output at every arrival time
+//! against the reference over what has arrived so far.
+//!
+//! Each check runs every view of [`for_each_view!`] through [`for_each`]:
+//! a new view is checked without a line here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,7 +18,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::event::{DAY_US, HOUR_US};
 use crate::fleet_gen::{fleet, late_by_at_most, shuffled, with_offline_fridge};
-use crate::harness::{final_state, run_view};
+use crate::harness::{consolidate, final_state, run_view, run_views};
 
 /// A horizon longer than any generated history: nothing is forgotten.
 fn unbounded() -> ViewConfig {
@@ -46,93 +51,142 @@ pub(crate) fn keyed<K: Ord + Clone + std::fmt::Debug, V: Ord + Clone>(
         .collect()
 }
 
-fn inventory_of(workers: usize, arrivals: Vec<(Time, Vec<Event>)>, config: ViewConfig) -> BTreeMap<InventoryKey, i64> {
-    keyed(&run_all(workers, arrivals, config, |v| v.inventory))
+/// `V`'s changes among `batches`, consolidated and sorted by time.
+fn changes_of<V: View>(batches: &[ViewBatch]) -> Changes<V::Record> {
+    consolidate(batches.iter().filter_map(V::changes).flatten().cloned().collect())
 }
 
-fn excursions_of(
-    workers: usize,
-    arrivals: Vec<(Time, Vec<Event>)>,
-    config: ViewConfig,
-) -> BTreeMap<ExcursionKey, Excursion> {
-    keyed(&run_all(workers, arrivals, config, |v| v.excursions))
-}
-
-/// Open orders: the lines, and a check that each fridge's lines share one order.
-fn restock_of(workers: usize, arrivals: Vec<(Time, Vec<Event>)>, config: ViewConfig) -> BTreeMap<InventoryKey, i64> {
-    let lines = keyed(&run_all(workers, arrivals, config, |v| v.restock_orders));
-    let mut orders: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for ((fridge, _), line) in &lines {
-        assert_eq!(line.order_id, order_id(fridge, line.opened_at));
-        orders.entry(fridge).or_default().insert(&line.order_id);
+/// The accumulated state of `changes` with a time at or before `until`,
+/// projected onto what the reference computes; a record that is there
+/// more than once, or fewer than zero times, is an error.
+fn state_until<V: View>(changes: &[(V::Record, Time, isize)], until: Time) -> Result<BTreeSet<V::Reference>, String> {
+    let mut counts: BTreeMap<&V::Record, isize> = BTreeMap::new();
+    for (record, _, diff) in changes.iter().filter(|(_, time, _)| *time <= until) {
+        *counts.entry(record).or_insert(0) += diff;
     }
-    assert!(orders.values().all(|ids| ids.len() == 1), "a fridge with two open orders: {orders:?}");
-    lines.into_iter().map(|(key, line)| (key, line.qty)).collect()
+    let mut state = BTreeSet::new();
+    for (record, count) in counts {
+        match count {
+            0 => {}
+            1 => {
+                state.insert(V::project(record));
+            }
+            _ => return Err(format!("{}: {record:?} is there {count} times", V::NAME)),
+        }
+    }
+    Ok(state)
 }
 
-/// Excursions, inventory, sessions, revenue, 7-day sales and restock lines
-/// of `arrivals` equal the reference over `events`.
-fn every_keyed_view_is_exact(
+/// Every view's final state equals its reference over `events`.
+struct FinalStates<'a> {
+    batches: &'a [ViewBatch],
+    events: &'a [Event],
+    config: &'a ViewConfig,
+    failures: Vec<String>,
+}
+
+impl ForEachView for FinalStates<'_> {
+    fn view<V: View>(&mut self) {
+        let changes = changes_of::<V>(self.batches);
+        match state_until::<V>(&changes, Time::MAX) {
+            Ok(state) => {
+                let reference = V::reference(self.events, self.config);
+                if state != reference {
+                    let extra: Vec<_> = state.difference(&reference).take(3).collect();
+                    let missing: Vec<_> = reference.difference(&state).take(3).collect();
+                    self.failures.push(format!("{}: extra {extra:?}, missing {missing:?}", V::NAME));
+                }
+            }
+            Err(failure) => self.failures.push(failure),
+        }
+    }
+}
+
+/// Runs every view over `arrivals` and compares each final state with
+/// its reference over `events`.
+fn every_view_is_exact(
     workers: usize,
     events: &[Event],
     arrivals: Vec<(Time, Vec<Event>)>,
     config: ViewConfig,
 ) -> Result<(), TestCaseError> {
-    let lead = config.lead_time_days;
-    prop_assert_eq!(excursions_of(workers, arrivals.clone(), config.clone()), excursions_reference(events));
-    prop_assert_eq!(inventory_of(workers, arrivals.clone(), config.clone()), inventory_reference(events));
-    let sessions = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.sessions));
-    prop_assert_eq!(sessions, sessions_reference(events));
-    let revenue = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.revenue));
-    prop_assert_eq!(revenue, revenue_reference(events));
-    let sales = keyed(&run_all(workers, arrivals.clone(), config.clone(), |v| v.sales_7d));
-    prop_assert_eq!(sales, sales_7d_reference(events));
-    prop_assert_eq!(restock_of(workers, arrivals, config), restock_lines_reference(events, lead));
+    let batches = run_views(workers, arrivals, config.clone());
+    let mut check = FinalStates { batches: &batches, events, config: &config, failures: Vec::new() };
+    for_each(&mut check);
+    prop_assert!(check.failures.is_empty(), "{}", check.failures.join("\n"));
+    restock_orders_have_one_id_per_fridge(&changes_of::<RestockOrders>(&batches))
+}
+
+/// The open lines of a fridge share one order, whose id names the fridge
+/// and the time it opened.
+fn restock_orders_have_one_id_per_fridge(changes: &Changes<(InventoryKey, RestockLine)>) -> Result<(), TestCaseError> {
+    let mut orders: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for ((fridge, _), line) in final_state(changes).into_keys() {
+        prop_assert_eq!(&line.order_id, &order_id(&fridge, line.opened_at));
+        orders.entry(fridge).or_default().insert(line.order_id);
+    }
+    prop_assert!(orders.values().all(|ids| ids.len() == 1), "a fridge with two open orders: {:?}", orders);
     Ok(())
+}
+
+/// At every arrival time, every view's accumulated output equals its
+/// reference over the events arrived so far.
+struct AtEveryTime<'a> {
+    batches: &'a [ViewBatch],
+    arrivals: &'a [(Time, Vec<Event>)],
+    config: &'a ViewConfig,
+    failures: Vec<String>,
+}
+
+impl ForEachView for AtEveryTime<'_> {
+    fn view<V: View>(&mut self) {
+        let changes = changes_of::<V>(self.batches);
+        let mut arrived = Vec::new();
+        for (time, batch) in self.arrivals {
+            arrived.extend(batch.iter().cloned());
+            let reference = V::reference(&arrived, self.config);
+            match state_until::<V>(&changes, *time) {
+                Ok(state) if state == reference => {}
+                Ok(state) => {
+                    let extra: Vec<_> = state.difference(&reference).take(3).collect();
+                    let missing: Vec<_> = reference.difference(&state).take(3).collect();
+                    self.failures.push(format!("{} at time {time}: extra {extra:?}, missing {missing:?}", V::NAME));
+                    return;
+                }
+                Err(failure) => {
+                    self.failures.push(format!("{failure} at time {time}"));
+                    return;
+                }
+            }
+        }
+    }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(40))]
 
+    /// Inventory (write-offs included), sessions, revenue, 7-day sales,
+    /// excursions, restock lines and alerts equal their references over
+    /// the whole history, however it arrives.
     #[test]
-    fn inventory_with_write_offs_equals_the_reference((events, arrivals) in shuffled(fleet(90)), workers in 1usize..=2) {
-        prop_assert_eq!(inventory_of(workers, arrivals, unbounded()), inventory_reference(&events));
+    fn every_view_equals_its_reference((events, arrivals) in shuffled(fleet(90)), workers in 1usize..=2) {
+        every_view_is_exact(workers, &events, arrivals, unbounded())?;
     }
 
+    /// Webhooks are derived from intermediate changes: a line that is
+    /// briefly wrong and then corrected would send a spurious message. So
+    /// at every arrival time, not only at the end, each view must equal
+    /// the reference over what has arrived.
     #[test]
-    fn sessions_equal_the_reference((events, arrivals) in shuffled(fleet(90)), workers in 1usize..=2) {
-        prop_assert_eq!(keyed(&run_all(workers, arrivals, unbounded(), |v| v.sessions)), sessions_reference(&events));
-    }
-
-    #[test]
-    fn revenue_equals_the_reference((events, arrivals) in shuffled(fleet(90)), workers in 1usize..=2) {
-        prop_assert_eq!(keyed(&run_all(workers, arrivals, unbounded(), |v| v.revenue)), revenue_reference(&events));
-    }
-
-    #[test]
-    fn sales_7d_equals_the_reference((events, arrivals) in shuffled(fleet(90)), workers in 1usize..=2) {
-        prop_assert_eq!(keyed(&run_all(workers, arrivals, unbounded(), |v| v.sales_7d)), sales_7d_reference(&events));
-    }
-
-    #[test]
-    fn excursions_equal_the_reference((events, arrivals) in shuffled(fleet(90)), workers in 1usize..=2) {
-        prop_assert_eq!(excursions_of(workers, arrivals, unbounded()), excursions_reference(&events));
-    }
-
-    #[test]
-    fn restock_lines_equal_the_reference((events, arrivals) in shuffled(fleet(90)), workers in 1usize..=2) {
+    fn every_view_equals_its_reference_at_every_arrival_time(
+        (_, arrivals) in shuffled(fleet(90)),
+        workers in 1usize..=2,
+    ) {
         let config = unbounded();
-        let lead = config.lead_time_days;
-        prop_assert_eq!(restock_of(workers, arrivals, config), restock_lines_reference(&events, lead));
-    }
-
-    #[test]
-    fn alerts_equal_the_reference((events, arrivals) in shuffled(fleet(90)), workers in 1usize..=2) {
-        let raised: BTreeSet<Alert> = final_state(&run_all(workers, arrivals, unbounded(), |v| v.alerts))
-            .into_iter()
-            .map(|(alert, diff)| { assert_eq!(diff, 1); alert })
-            .collect();
-        prop_assert_eq!(raised, alerts_reference(&events));
+        let batches = run_views(workers, arrivals.clone(), config.clone());
+        let mut check = AtEveryTime { batches: &batches, arrivals: &arrivals, config: &config, failures: Vec::new() };
+        for_each(&mut check);
+        prop_assert!(check.failures.is_empty(), "{}", check.failures.join("\n"));
     }
 
     /// With a 6-hour horizon, events up to 5 hours late behind their
@@ -143,7 +197,7 @@ proptest! {
         workers in 1usize..=2,
     ) {
         let config = ViewConfig { horizon_us: 6 * HOUR_US, ..ViewConfig::default() };
-        every_keyed_view_is_exact(workers, &events, arrivals, config)?;
+        every_view_is_exact(workers, &events, arrivals, config)?;
     }
 
     /// A fridge that was offline for days and uploads its backlog after the
@@ -154,43 +208,37 @@ proptest! {
         (events, arrivals) in with_offline_fridge(fleet(90)),
         workers in 1usize..=2,
     ) {
-        let config = ViewConfig::default();
-        every_keyed_view_is_exact(workers, &events, arrivals, config)?;
+        every_view_is_exact(workers, &events, arrivals, ViewConfig::default())?;
     }
 
     /// Replaying the same arrivals gives the same changes at the same
-    /// logical times, order ids included.
+    /// logical times, order ids included, on one worker or two.
     #[test]
     fn replay_gives_the_same_changes_at_the_same_times((_, arrivals) in shuffled(fleet(90))) {
-        let first = run_all(2, arrivals.clone(), ViewConfig::default(), |v| v.restock_orders);
-        prop_assert_eq!(&first, &run_all(2, arrivals.clone(), ViewConfig::default(), |v| v.restock_orders));
-        let first = run_all(2, arrivals.clone(), ViewConfig::default(), |v| v.alerts);
-        prop_assert_eq!(&first, &run_all(1, arrivals.clone(), ViewConfig::default(), |v| v.alerts));
-        let first = run_all(2, arrivals.clone(), ViewConfig::default(), |v| v.sessions);
-        prop_assert_eq!(&first, &run_all(1, arrivals.clone(), ViewConfig::default(), |v| v.sessions));
-        let first = run_all(2, arrivals.clone(), ViewConfig::default(), |v| v.inventory);
-        prop_assert_eq!(&first, &run_all(1, arrivals, ViewConfig::default(), |v| v.inventory));
+        let first = every_change(run_views(2, arrivals.clone(), ViewConfig::default()));
+        prop_assert_eq!(&first, &every_change(run_views(2, arrivals.clone(), ViewConfig::default())));
+        prop_assert_eq!(&first, &every_change(run_views(1, arrivals, ViewConfig::default())));
     }
 }
 
-/// Every change of every view, as `(view, record, time, diff)`, consolidated.
-fn every_change(batches: Vec<ViewBatch>) -> Vec<((&'static str, String), Time, isize)> {
-    fn rows<D: std::fmt::Debug>(view: &'static str, changes: Changes<D>) -> Changes<(&'static str, String)> {
-        changes.into_iter().map(|(record, time, diff)| ((view, format!("{record:?}")), time, diff)).collect()
+/// Every change of every view, as `((view, record), time, diff)`.
+struct EveryChange<'a> {
+    batches: &'a [ViewBatch],
+    changes: Changes<(&'static str, String)>,
+}
+
+impl ForEachView for EveryChange<'_> {
+    fn view<V: View>(&mut self) {
+        let changes = changes_of::<V>(self.batches).into_iter();
+        self.changes.extend(changes.map(|(record, time, diff)| ((V::NAME, format!("{record:?}")), time, diff)));
     }
-    let mut all = Vec::new();
-    for batch in batches {
-        all.extend(match batch {
-            ViewBatch::Inventory(c) => rows("inventory", c),
-            ViewBatch::Sessions(c) => rows("sessions", c),
-            ViewBatch::Revenue(c) => rows("revenue", c),
-            ViewBatch::Sales7d(c) => rows("sales_7d", c),
-            ViewBatch::Excursions(c) => rows("excursions", c),
-            ViewBatch::RestockOrders(c) => rows("restock_orders", c),
-            ViewBatch::Alerts(c) => rows("alerts", c),
-        });
-    }
-    crate::harness::consolidate(all)
+}
+
+/// Every change of every view, consolidated.
+fn every_change(batches: Vec<ViewBatch>) -> Changes<(&'static str, String)> {
+    let mut every = EveryChange { batches: &batches, changes: Vec::new() };
+    for_each(&mut every);
+    consolidate(every.changes)
 }
 
 /// The state of every per-fridge operator at `at`, taken on `workers` workers.
@@ -205,7 +253,7 @@ fn checkpoint_at(workers: usize, arrivals: Vec<(Time, Vec<Event>)>, at: Time) ->
         hooks: OperatorHooks { checkpoints: checkpoints.clone(), ..Default::default() },
         ..Default::default()
     };
-    crate::harness::run_views(workers, arrivals, config);
+    run_views(workers, arrivals, config);
     let parts = std::mem::take(&mut *parts.lock().expect("no test thread panics"));
     assert_eq!(parts.len(), checkpoints.expected_snapshots(), "one snapshot per operator and worker");
     crate::checkpoint::DataflowState::gather(at, parts)
@@ -225,14 +273,53 @@ proptest! {
         after in 1usize..=2,
     ) {
         let at = arrivals[((arrivals.len() as f64 * split) as usize).min(arrivals.len() - 1)].0;
-        let whole = every_change(crate::harness::run_views(after, arrivals.clone(), ViewConfig::default()));
+        let whole = every_change(run_views(after, arrivals.clone(), ViewConfig::default()));
         let state = checkpoint_at(before, arrivals.clone(), at);
         prop_assert_eq!(state.time, at);
         let tail: Vec<_> = arrivals.into_iter().filter(|(time, _)| *time >= at).collect();
         let checkpoints = crate::checkpoint::Checkpoints::new(Some(state), |_| {});
         let config = ViewConfig { hooks: OperatorHooks { checkpoints, ..Default::default() }, ..Default::default() };
-        let resumed = every_change(crate::harness::run_views(after, tail, config));
+        let resumed = every_change(run_views(after, tail, config));
         let expected: Vec<_> = whole.into_iter().filter(|(_, time, _)| *time >= at).collect();
         prop_assert_eq!(resumed, expected);
     }
+}
+
+/// The names in [`NAMES`] are the views' own, in list order.
+#[test]
+fn the_list_names_every_view_once() {
+    struct Names(Vec<&'static str>);
+    impl ForEachView for Names {
+        fn view<V: View>(&mut self) {
+            self.0.push(V::NAME);
+        }
+    }
+    let mut names = Names(Vec::new());
+    for_each(&mut names);
+    assert_eq!(names.0, NAMES);
+    assert_eq!(NAMES.iter().collect::<BTreeSet<_>>().len(), NAMES.len(), "two views share a name: {NAMES:?}");
+}
+
+/// The operators a checkpoint holds are read off the dataflow itself, and
+/// a checkpoint that lacks one of them is refused instead of starting it
+/// empty.
+#[test]
+fn a_checkpoint_without_one_of_the_operators_is_refused() {
+    let operators = stateful_operators(&ViewConfig::default());
+    assert_eq!(
+        operators,
+        ["cold_chain.runs", "inventory.stock", "restock.lines", "sales_7d.window", "sessions.sessions"],
+        "the per-fridge operators' ids are part of every checkpoint's fingerprint"
+    );
+    let mut state = checkpoint_at(1, vec![(1_000, Vec::new())], 1_000);
+    assert_eq!(state.operators.keys().cloned().collect::<Vec<_>>(), operators);
+    state.operators.remove("restock.lines");
+    let checkpoints = crate::checkpoint::Checkpoints::new(Some(state), |_| {});
+    let config = ViewConfig {
+        hooks: OperatorHooks { checkpoints: checkpoints.clone(), ..Default::default() },
+        ..Default::default()
+    };
+    run_views(1, vec![(1_000, Vec::new())], config);
+    let failure = checkpoints.failure().expect("a missing operator is a failure");
+    assert!(failure.contains("restock.lines"), "{failure}");
 }

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Float32Array, Int64Array, StringArray, TimestampMicrosecondArray, TimestampMillisecondArray,
+    Array, ArrayRef, BooleanArray, Float32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use coldstream_pipelines::views::View;
 
 use super::{ParquetConfig, SinkError, list_parts, part_name, schema, write_part};
 
@@ -36,14 +36,57 @@ pub enum Cell<'a> {
     Bool(Option<bool>),
 }
 
-/// A view record that has a Parquet changelog.
-pub trait ChangeRow: Ord + Clone + Send + Serialize + DeserializeOwned + 'static {
-    /// The view's name: its folder under `views/` and its SQL table.
-    const VIEW: &'static str;
+/// One value read back from a changelog: [`Cell`], owned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// A string, or null.
+    Str(Option<String>),
+    /// An integer or timestamp, or null.
+    Int(Option<i64>),
+    /// A float, or null.
+    Float(Option<f32>),
+    /// A boolean, or null.
+    Bool(Option<bool>),
+}
+
+impl Value {
+    /// The string, if this is a non-null string.
+    pub fn str(&self) -> Option<&str> {
+        if let Value::Str(Some(text)) = self { Some(text) } else { None }
+    }
+
+    /// The integer or timestamp, if this is a non-null one.
+    pub fn int(&self) -> Option<i64> {
+        self.nullable_int().flatten()
+    }
+
+    /// The integer or timestamp, or `Some(None)` for a null one.
+    pub fn nullable_int(&self) -> Option<Option<i64>> {
+        if let Value::Int(value) = self { Some(*value) } else { None }
+    }
+
+    /// The nullable string.
+    pub fn nullable_str(&self) -> Option<Option<&str>> {
+        if let Value::Str(value) = self { Some(value.as_deref()) } else { None }
+    }
+
+    /// The float, if this is a non-null float.
+    pub fn float(&self) -> Option<f32> {
+        if let Value::Float(value) = self { *value } else { None }
+    }
+}
+
+/// A view with a Parquet changelog: the columns of its records (a public
+/// interface, documented in the README), how a record fills them, and how
+/// a row is read back into a record.
+pub trait ChangeRow: View {
     /// The record's columns (the changelog adds `time` and `diff`).
     fn columns() -> Vec<Field>;
     /// The record's values, one per column.
-    fn cells<'a>(&'a self, out: &mut Vec<Cell<'a>>);
+    fn cells<'a>(record: &'a Self::Record, out: &mut Vec<Cell<'a>>);
+    /// The record a row of [`ChangeRow::columns`] holds; `None` if the
+    /// values do not make one.
+    fn decode(row: &[Value]) -> Option<Self::Record>;
 }
 
 /// The changelog's full schema: the row's columns, then `time` and `diff`.
@@ -51,6 +94,69 @@ pub fn changelog_schema<R: ChangeRow>() -> SchemaRef {
     let mut fields = R::columns();
     fields.extend(schema::change_columns());
     Arc::new(Schema::new(fields))
+}
+
+/// The records of a view's rows (columns from [`ChangeRow::columns`],
+/// in that order; any columns after them, such as `time` and `diff`, are
+/// not read).
+pub fn decode_rows<R: ChangeRow>(batch: &RecordBatch) -> Result<Vec<R::Record>, SinkError> {
+    let width = R::columns().len();
+    let arrow_error = |source| SinkError::Arrow { table: R::NAME.into(), source };
+    if batch.num_columns() < width {
+        return Err(arrow_error(ArrowError::SchemaError(format!(
+            "{} columns, the view has {width}",
+            batch.num_columns()
+        ))));
+    }
+    let columns: Vec<Vec<Value>> = batch.columns()[..width]
+        .iter()
+        .map(|column| values(column.as_ref()))
+        .collect::<Result<_, _>>()
+        .map_err(arrow_error)?;
+    (0..batch.num_rows())
+        .map(|row| {
+            let values: Vec<Value> = columns.iter().map(|column| column[row].clone()).collect();
+            R::decode(&values).ok_or_else(|| {
+                arrow_error(ArrowError::ParseError(format!("row {row} is not a record of the view: {values:?}")))
+            })
+        })
+        .collect()
+}
+
+/// Every value of one column.
+fn values(column: &dyn Array) -> Result<Vec<Value>, ArrowError> {
+    fn typed<'a, A: 'static>(column: &'a dyn Array) -> Result<&'a A, ArrowError> {
+        column.as_any().downcast_ref::<A>().ok_or_else(|| ArrowError::CastError("a column of another type".into()))
+    }
+    let valid = |row: usize| column.is_valid(row);
+    let rows = 0..column.len();
+    Ok(match column.data_type() {
+        DataType::Utf8 => {
+            let array = typed::<StringArray>(column)?;
+            rows.map(|row| Value::Str(valid(row).then(|| array.value(row).to_owned()))).collect()
+        }
+        DataType::Int64 => {
+            let array = typed::<Int64Array>(column)?;
+            rows.map(|row| Value::Int(valid(row).then(|| array.value(row)))).collect()
+        }
+        DataType::Float32 => {
+            let array = typed::<Float32Array>(column)?;
+            rows.map(|row| Value::Float(valid(row).then(|| array.value(row)))).collect()
+        }
+        DataType::Boolean => {
+            let array = typed::<BooleanArray>(column)?;
+            rows.map(|row| Value::Bool(valid(row).then(|| array.value(row)))).collect()
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            let array = typed::<TimestampMicrosecondArray>(column)?;
+            rows.map(|row| Value::Int(valid(row).then(|| array.value(row)))).collect()
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            let array = typed::<TimestampMillisecondArray>(column)?;
+            rows.map(|row| Value::Int(valid(row).then(|| array.value(row)))).collect()
+        }
+        other => return Err(ArrowError::SchemaError(format!("column type {other} is not supported"))),
+    })
 }
 
 /// Builds one column from the cells at `index` of every row.
@@ -87,18 +193,21 @@ fn column(field: &Field, rows: &[Vec<Cell<'_>>], index: usize) -> Result<ArrayRe
 }
 
 /// Changes as a batch of [`changelog_schema`].
-pub fn changes_batch<R: ChangeRow>(schema: &SchemaRef, changes: &[(R, u64, i64)]) -> Result<RecordBatch, SinkError> {
+pub fn changes_batch<R: ChangeRow>(
+    schema: &SchemaRef,
+    changes: &[(R::Record, u64, i64)],
+) -> Result<RecordBatch, SinkError> {
     let rows: Vec<Vec<Cell<'_>>> = changes
         .iter()
-        .map(|(row, time, diff)| {
+        .map(|(record, time, diff)| {
             let mut cells = Vec::with_capacity(schema.fields().len());
-            row.cells(&mut cells);
+            R::cells(record, &mut cells);
             cells.push(Cell::Int(Some(*time as i64)));
             cells.push(Cell::Int(Some(*diff)));
             cells
         })
         .collect();
-    let arrow_error = |source| SinkError::Arrow { table: R::VIEW.into(), source };
+    let arrow_error = |source| SinkError::Arrow { table: R::NAME.into(), source };
     let columns = schema
         .fields()
         .iter()
@@ -140,7 +249,7 @@ pub struct Changelog<R: ChangeRow> {
     /// Changes before this time came back from a checkpoint; a replay's
     /// copies of them are dropped.
     restored: u64,
-    buffer: Vec<(R, u64, i64)>,
+    buffer: Vec<(R::Record, u64, i64)>,
     oldest: Option<Instant>,
 }
 
@@ -149,9 +258,9 @@ pub struct Changelog<R: ChangeRow> {
 const CHECKPOINT_ROWS: usize = 50_000;
 
 impl<R: ChangeRow> Changelog<R> {
-    /// Opens the changelog of `R::VIEW` under the data directory `root`.
+    /// Opens the changelog of `R::NAME` under the data directory `root`.
     pub fn open(root: &Path, config: ParquetConfig) -> Result<Self, SinkError> {
-        let dir = root.join("views").join(R::VIEW);
+        let dir = root.join("views").join(R::NAME);
         let covered = list_parts(&dir)?.into_iter().map(|(_, _, to)| to).max().unwrap_or(0);
         Ok(Changelog {
             dir,
@@ -170,7 +279,7 @@ impl<R: ChangeRow> Changelog<R> {
     }
 
     /// Buffers a change; one that is already committed is dropped.
-    pub fn push(&mut self, row: R, time: u64, diff: i64) {
+    pub fn push(&mut self, row: R::Record, time: u64, diff: i64) {
         if time >= self.covered.max(self.restored) {
             self.oldest.get_or_insert_with(Instant::now);
             self.buffer.push((row, time, diff));
@@ -179,7 +288,7 @@ impl<R: ChangeRow> Changelog<R> {
 
     /// The buffered changes before `frontier`, for a checkpoint; if there
     /// are many, they are written to a file first and none are returned.
-    pub fn checkpoint(&mut self, frontier: u64) -> Result<Vec<(R, u64, i64)>, SinkError> {
+    pub fn checkpoint(&mut self, frontier: u64) -> Result<Vec<(R::Record, u64, i64)>, SinkError> {
         if self.buffer.len() > CHECKPOINT_ROWS {
             self.advance(frontier, true)?;
         }
@@ -188,7 +297,7 @@ impl<R: ChangeRow> Changelog<R> {
 
     /// Takes back the changes of a checkpoint taken at `frontier`; those
     /// already in files are dropped.
-    pub fn restore(&mut self, changes: Vec<(R, u64, i64)>, frontier: u64) {
+    pub fn restore(&mut self, changes: Vec<(R::Record, u64, i64)>, frontier: u64) {
         self.restored = frontier;
         self.buffer.retain(|(_, time, _)| *time >= frontier);
         self.buffer.extend(changes.into_iter().filter(|(_, time, _)| *time >= self.covered));
@@ -217,7 +326,7 @@ impl<R: ChangeRow> Changelog<R> {
         let ready = consolidate(ready);
         let mut written = false;
         if !ready.is_empty() {
-            let batch = changes_batch(&self.schema, &ready)?;
+            let batch = changes_batch::<R>(&self.schema, &ready)?;
             written = write_part(&self.dir, &part_name(self.covered, frontier), &batch, &self.config)?;
         }
         self.covered = frontier;

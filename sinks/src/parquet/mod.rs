@@ -24,7 +24,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 pub use archive::{EventArchive, RejectedRow};
-pub use changelog::{Cell, ChangeRow, Changelog, changelog_schema};
+pub use changelog::{Cell, ChangeRow, Changelog, Value, changelog_schema, decode_rows};
 pub use views::{ViewChangelogs, view_tables};
 
 /// Settings of the Parquet sink.
@@ -80,12 +80,15 @@ pub enum SinkError {
     /// A checkpoint's part for this sink is unusable.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The webhook outbox failed.
+    #[error("{0}")]
+    Outbox(#[from] crate::webhooks::OutboxError),
 }
 
 impl SinkError {
     /// Whether trying again later may succeed (a full disk may be freed).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, SinkError::Io { .. })
+        matches!(self, SinkError::Io { .. } | SinkError::Outbox(_))
     }
 
     fn io(context: impl Into<String>, source: std::io::Error) -> Self {

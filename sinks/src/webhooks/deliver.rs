@@ -37,6 +37,13 @@ pub struct EndpointConfig {
     pub max_in_flight: usize,
 }
 
+impl EndpointConfig {
+    /// The default of [`EndpointConfig::timeout`].
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default of [`EndpointConfig::max_in_flight`].
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+}
+
 /// Retries and the circuit breaker.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {

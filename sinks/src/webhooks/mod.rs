@@ -28,9 +28,10 @@ pub use outbox::{Outbox, OutboxError};
 pub use sign::{EXAMPLE_SECRET, Secret, SignatureError};
 
 use crate::parquet::ParquetConfig;
+use crate::{SinkError, ViewSink};
 
 /// Settings of the webhook sink.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct WebhookConfig {
     /// The endpoints to deliver to; messages for others are not kept.
     pub endpoints: Vec<(Endpoint, EndpointConfig)>,
@@ -39,6 +40,12 @@ pub struct WebhookConfig {
     /// Pending deliveries on disk beyond which the view sink waits (and
     /// ingestion slows) until receivers catch up.
     pub max_pending: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig { endpoints: Vec::new(), retry: RetryPolicy::default(), max_pending: 100_000 }
+    }
 }
 
 /// The view sink's side of the webhooks: turns view changes into messages
@@ -158,5 +165,27 @@ impl Webhooks {
             }
         }
         Ok(())
+    }
+}
+
+impl ViewSink for Webhooks {
+    fn name(&self) -> &'static str {
+        "webhooks"
+    }
+
+    fn push(&mut self, batch: &ViewBatch) {
+        Webhooks::push(self, batch);
+    }
+
+    fn advance(&mut self, frontier: Time, _closing: bool) -> Result<(), SinkError> {
+        Ok(Webhooks::advance(self, frontier)?)
+    }
+
+    fn snapshot(&mut self, _frontier: Time) -> Result<Vec<u8>, SinkError> {
+        Ok(Webhooks::snapshot(self))
+    }
+
+    fn restore(&mut self, snapshot: &[u8], frontier: Time) -> Result<(), SinkError> {
+        Webhooks::restore(self, snapshot, frontier).map_err(SinkError::Checkpoint)
     }
 }

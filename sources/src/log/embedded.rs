@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{EventLog, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Record};
+use super::{EventLog, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Payload, Record};
 
 const HEADER_BYTES: usize = 16;
 
@@ -117,7 +117,7 @@ fn read_frame(reader: &mut impl Read) -> std::io::Result<Frame> {
     if actual != crc {
         return Ok(Frame::Torn(format!("crc {actual:08x} does not match {crc:08x}")));
     }
-    Ok(Frame::Record(Record { ingest_ms, payload }, (HEADER_BYTES + len) as u64))
+    Ok(Frame::Record(Record { ingest_ms, payload: Payload::Encoded(payload) }, (HEADER_BYTES + len) as u64))
 }
 
 fn encode_frame(out: &mut impl Write, ingest_ms: u64, payload: &[u8]) -> std::io::Result<()> {
@@ -300,7 +300,7 @@ impl EventLog for EmbeddedLog {
 /// before `before` and whose last record is at or before `until_ms`
 /// (ingest time). The active segment is never removed. Returns how many
 /// segments were removed.
-pub fn trim(dir: &Path, before: u64, until_ms: u64) -> Result<usize, LogError> {
+fn trim(dir: &Path, before: u64, until_ms: u64) -> Result<usize, LogError> {
     let bases = segments(dir)?;
     let mut removed = 0;
     for pair in bases.windows(2) {
@@ -370,6 +370,10 @@ impl OpenReader for EmbeddedReaders {
 
     fn subscribe(&self, wake: Box<dyn Fn() + Send + Sync>) {
         self.0.wakers.lock().expect("wakers are never poisoned").push(wake);
+    }
+
+    fn trim(&self, before: u64, until_ms: u64) -> Result<usize, LogError> {
+        trim(&self.0.dir, before, until_ms)
     }
 }
 

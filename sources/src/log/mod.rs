@@ -10,20 +10,89 @@
 //! is what lets the dataflows' frontiers advance.
 //!
 //! Implementations: [`embedded`] (segment files in the data directory, the
-//! default). Every implementation passes the [`conformance`] suite.
+//! default), and [`archive`], a read-only log over what the archiver wrote
+//! to Parquet (what `coldstream rebuild` replays). Every implementation
+//! passes the [`conformance`] suite (a read-only one, its read half). A
+//! record's content is decoded in one place, [`Record::decode`].
 
+pub mod archive;
 pub mod conformance;
 pub mod embedded;
 
 use std::sync::Arc;
+
+use coldstream_pipelines::Event;
+use prost::Message;
+
+use crate::proto::{LogEntry, RejectedEvent, log_entry};
 
 /// One record of the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// Milliseconds since the Unix epoch at which the record was appended.
     pub ingest_ms: u64,
-    /// The encoded `coldstream.v1.LogEntry`.
-    pub payload: Vec<u8>,
+    /// What it holds.
+    pub payload: Payload,
+}
+
+/// What a record holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// An encoded `coldstream.v1.LogEntry`, as a log stores it.
+    Encoded(Vec<u8>),
+    /// An accepted event, already decoded: a log that keeps events as
+    /// data (the Parquet archive) hands them over as they are.
+    Event(Box<Event>),
+    /// A record that holds nothing the views read (a rejection, which
+    /// the archive keeps in `rejected/`); it keeps its offset.
+    Skipped,
+}
+
+/// A record's content, decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Entry {
+    /// An accepted event.
+    Accepted(Event),
+    /// A rejected event with its reason, for the dead letter.
+    Rejected(RejectedEvent),
+    /// Nothing a consumer reads.
+    Skipped,
+}
+
+/// A record that does not decode; consumers skip it and say so.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not a `LogEntry`.
+    #[error("undecodable log record: {0}")]
+    Record(#[from] prost::DecodeError),
+    /// A `LogEntry` without an entry.
+    #[error("empty log entry")]
+    Empty,
+    /// An accepted event that no longer passes the acceptance rules.
+    #[error("undecodable event in the log: {0}")]
+    Event(String),
+}
+
+impl Record {
+    /// What the record holds: the one place log records are decoded.
+    pub fn decode(self) -> Result<Entry, DecodeError> {
+        match self.payload {
+            Payload::Event(event) => Ok(Entry::Accepted(*event)),
+            Payload::Skipped => Ok(Entry::Skipped),
+            Payload::Encoded(bytes) => match LogEntry::decode(bytes.as_slice())?.entry {
+                Some(log_entry::Entry::Accepted(wire)) => {
+                    crate::convert::decode(&wire).map(Entry::Accepted).map_err(|r| DecodeError::Event(r.message))
+                }
+                Some(log_entry::Entry::Rejected(rejected)) => Ok(Entry::Rejected(rejected)),
+                None => Err(DecodeError::Empty),
+            },
+        }
+    }
+
+    /// The payload of an accepted event, as a log stores it.
+    pub fn accepted(event: &Event) -> Vec<u8> {
+        LogEntry { entry: Some(log_entry::Entry::Accepted(crate::convert::encode(event))) }.encode_to_vec()
+    }
 }
 
 /// What can go wrong with a log.
@@ -120,6 +189,12 @@ pub trait OpenReader: Send + Sync {
     fn durable_ingest_ms(&self) -> Option<u64>;
     /// Calls `wake` after every sync that made new records durable.
     fn subscribe(&self, wake: Box<dyn Fn() + Send + Sync>);
+    /// Retention: removes what the log holds before offset `before`, as far
+    /// as its storage allows and only where the records are no newer than
+    /// `until_ms` (ingest time); returns how many storage units (segments)
+    /// went. The caller guarantees every consumer has covered `before`. A
+    /// log that cannot remove anything (a read-only one) removes nothing.
+    fn trim(&self, before: u64, until_ms: u64) -> Result<usize, LogError>;
 }
 
 /// Reads durable records in offset order.

@@ -1,0 +1,176 @@
+//! The pipeline, assembled in one place: a log, the views over it on
+//! timely workers, the view sinks, and checkpoints, from a resume point.
+//!
+//! `coldstream run`, `coldstream rebuild` and the tests all build their
+//! pipeline with [`Pipeline::start`], so that a rebuild (or a test)
+//! computes the very changes, order ids and webhook ids the server does.
+
+use std::sync::Arc;
+use std::sync::mpsc::sync_channel;
+use std::thread::JoinHandle;
+
+use coldstream_pipelines::checkpoint::Checkpoints;
+use coldstream_pipelines::operators::OperatorHooks;
+use coldstream_pipelines::views::ViewConfig;
+use coldstream_sources::ingest::SeqSnapshot;
+use coldstream_sources::log::OpenReader;
+
+use crate::checkpoint::{Checkpoint, CheckpointStore, ViewsFingerprint};
+use crate::runtime::{Resume, ViewMessage, Workers};
+use crate::server::{Progress, ServerError, spawn};
+use crate::view_sink::{Checkpointing, ViewSinks, sink_views};
+
+/// Where the views start: a checkpoint, or the log's first record.
+pub struct ResumePoint {
+    /// What the views' state depends on, as this build computes them.
+    pub fingerprint: ViewsFingerprint,
+    /// The checkpoint to resume from; `None` reads the log from offset 0.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+impl ResumePoint {
+    /// From the log's first record, with nothing restored.
+    pub fn start_of_log(views: &ViewConfig) -> ResumePoint {
+        ResumePoint { fingerprint: ViewsFingerprint::of(views), checkpoint: None }
+    }
+
+    /// The newest usable checkpoint in `store`, checked against the log
+    /// it resumes.
+    pub fn load(store: &CheckpointStore, views: &ViewConfig, log: &dyn OpenReader) -> Result<ResumePoint, ServerError> {
+        let fingerprint = ViewsFingerprint::of(views);
+        let mut skipped = Vec::new();
+        let loaded = store.load(&fingerprint, &mut skipped)?;
+        let (first, durable) = (log.first_offset()?, log.durable_offset());
+        let checkpoint = match loaded {
+            Some((path, checkpoint)) => {
+                if checkpoint.offset > durable || checkpoint.keep_from() < first {
+                    return Err(ServerError::Inconsistent(format!(
+                        "checkpoint {} resumes the log at offset {} (seqs from {}), but log/ holds offsets {first} to {durable}: log records are missing; move {} aside and run `coldstream rebuild --data DIR`",
+                        path.display(),
+                        checkpoint.offset,
+                        checkpoint.seqs.offset,
+                        store.dir().display(),
+                    )));
+                }
+                tracing::info!(
+                    file = %path.display(),
+                    time = checkpoint.dataflow.time,
+                    offset = checkpoint.offset,
+                    fridge_states = checkpoint.dataflow.fridge_states(),
+                    "resuming the views from a checkpoint"
+                );
+                Some(checkpoint)
+            }
+            None if first > 0 => {
+                return Err(ServerError::Inconsistent(format!(
+                    "no usable checkpoint in {}{}, and retention removed the log before offset {first}; run `coldstream rebuild --data DIR` to recompute the views from the Parquet archive",
+                    store.dir().display(),
+                    if skipped.is_empty() { String::new() } else { format!(" (damaged: {})", skipped.join("; ")) },
+                )));
+            }
+            None => None,
+        };
+        Ok(ResumePoint { fingerprint, checkpoint })
+    }
+
+    /// The seq map a restart of the ingest starts from.
+    pub fn seqs(&self) -> SeqSnapshot {
+        self.checkpoint.as_ref().map(|c| c.seqs.clone()).unwrap_or_default()
+    }
+}
+
+/// How often the pipeline checkpoints, and what retention may remove.
+pub struct CheckpointPolicy {
+    /// Where checkpoints go.
+    pub store: CheckpointStore,
+    /// A checkpoint whenever the ingest time enters a new interval of this
+    /// many milliseconds...
+    pub every_ms: u64,
+    /// ... or a commit starts this many records after the last one.
+    pub every_records: u64,
+    /// The ingest's latest seq map, for each checkpoint.
+    pub seqs: Box<dyn Fn() -> SeqSnapshot + Send>,
+    /// Log retention after each checkpoint; `None` removes nothing.
+    pub retention_ms: Option<u64>,
+}
+
+/// Everything a pipeline is made of.
+pub struct PipelineSpec {
+    /// The log the workers read.
+    pub log: Arc<dyn OpenReader>,
+    /// The views' settings (the pipeline supplies their hooks).
+    pub views: ViewConfig,
+    /// Timely worker threads.
+    pub workers: usize,
+    /// Where the views' changes go.
+    pub sinks: ViewSinks,
+    /// Where the views start.
+    pub resume: ResumePoint,
+    /// Checkpoints and retention.
+    pub checkpoints: CheckpointPolicy,
+    /// Where the pipeline reports how far the views have got.
+    pub progress: Arc<Progress>,
+}
+
+/// A running pipeline: the workers and the view sink.
+pub struct Pipeline {
+    workers: Workers,
+    view_sink: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Pipeline {
+    /// Restores the sinks and the operators from the resume point and
+    /// starts the view sink and the workers.
+    pub fn start(spec: PipelineSpec) -> Result<Pipeline, ServerError> {
+        let PipelineSpec { log, views, workers, mut sinks, resume, checkpoints: policy, progress } = spec;
+        let ResumePoint { fingerprint, checkpoint } = resume;
+        let (dataflow, offset) = match checkpoint {
+            Some(checkpoint) => {
+                sinks.restore(&checkpoint.sinks, checkpoint.sink_frontier)?;
+                (Some(checkpoint.dataflow), checkpoint.offset)
+            }
+            None => (None, 0),
+        };
+        tracing::info!(
+            resume_offset = offset,
+            views_covered_ms = sinks.resumes_at(),
+            last_ingest = ?log.durable_ingest_ms(),
+            "views resume"
+        );
+        let (changes, messages) = sync_channel(256);
+        let checkpoints = {
+            let changes = changes.clone();
+            Checkpoints::new(dataflow, move |snapshot| {
+                let _ = changes.send(ViewMessage::Snapshot(snapshot));
+            })
+        };
+        let checkpointing = Checkpointing::new(
+            policy.store,
+            fingerprint,
+            checkpoints.clone(),
+            policy.seqs,
+            Arc::clone(&log),
+            policy.retention_ms,
+            progress,
+        );
+        let view_sink = spawn("view-sink", move || {
+            let sunk = sink_views(messages, sinks, checkpointing);
+            if let Err(error) = &sunk {
+                tracing::error!(%error, "the view sink stopped; the views fall behind until the server restarts");
+            }
+            sunk
+        })?;
+        let views = ViewConfig { hooks: OperatorHooks { checkpoints, ..views.hooks }, ..views };
+        let resume =
+            Resume { offset, checkpoint_every_ms: policy.every_ms, checkpoint_every_records: policy.every_records };
+        let workers = Workers::start(workers, views, log, changes, resume)?;
+        Ok(Pipeline { workers, view_sink })
+    }
+
+    /// Reads the log to its durable end, hands every change to the sinks,
+    /// takes a last checkpoint and waits for all of it.
+    pub fn stop(self) -> Result<(), ServerError> {
+        self.workers.stop();
+        self.view_sink.join().map_err(|_| ServerError::Inconsistent("the view sink panicked".into()))?
+    }
+}

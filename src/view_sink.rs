@@ -1,0 +1,226 @@
+//! The view sink: one thread that hands the workers' view changes to every
+//! [`ViewSink`] as the frontier passes them, and gathers and writes the
+//! checkpoints (the operators' states, the sinks' states by name, the log
+//! offset and the seq map), then lets the log's retention remove what
+//! every consumer has covered.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use coldstream_pipelines::Time;
+use coldstream_pipelines::checkpoint::Checkpoints;
+use coldstream_pipelines::views::ViewBatch;
+use coldstream_sinks::ViewSink;
+use coldstream_sources::ingest::SeqSnapshot;
+use coldstream_sources::log::OpenReader;
+
+use crate::checkpoint::{CheckpointStore, Gatherer, ViewsFingerprint};
+use crate::runtime::ViewMessage;
+use crate::server::{Progress, ServerError};
+
+/// The sinks of the views' changes, in the order they are handed each
+/// batch; the last one takes the batch itself.
+pub struct ViewSinks(Vec<Box<dyn ViewSink>>);
+
+impl ViewSinks {
+    /// The sinks, in order. Their names must differ: they key the sinks'
+    /// states in a checkpoint.
+    pub fn new(sinks: Vec<Box<dyn ViewSink>>) -> ViewSinks {
+        ViewSinks(sinks)
+    }
+
+    /// Hands `batch` to every sink.
+    pub fn push(&mut self, batch: ViewBatch) {
+        if let Some((last, others)) = self.0.split_last_mut() {
+            for sink in others {
+                sink.push(&batch);
+            }
+            last.take(batch);
+        }
+    }
+
+    /// Every change before `frontier` has been pushed.
+    pub fn advance(&mut self, frontier: Time, closing: bool) -> Result<(), ServerError> {
+        for sink in &mut self.0 {
+            sink.advance(frontier, closing).map_err(|source| ServerError::ViewSink { sink: sink.name(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Every sink's state at `frontier`, by name.
+    pub fn snapshot(&mut self, frontier: Time) -> Result<BTreeMap<String, Vec<u8>>, ServerError> {
+        let mut states = BTreeMap::new();
+        for sink in &mut self.0 {
+            let state =
+                sink.snapshot(frontier).map_err(|source| ServerError::ViewSink { sink: sink.name(), source })?;
+            states.insert(sink.name().to_owned(), state);
+        }
+        Ok(states)
+    }
+
+    /// Gives every sink its state of a checkpoint taken at `frontier`.
+    pub fn restore(&mut self, states: &BTreeMap<String, Vec<u8>>, frontier: Time) -> Result<(), ServerError> {
+        for sink in &mut self.0 {
+            let Some(state) = states.get(sink.name()) else {
+                return Err(ServerError::Inconsistent(format!(
+                    "the checkpoint holds no state of the {} sink; run `coldstream rebuild --data DIR`",
+                    sink.name()
+                )));
+            };
+            sink.restore(state, frontier).map_err(|source| ServerError::ViewSink { sink: sink.name(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Changes before this time were acted on by every sink before this start.
+    pub fn resumes_at(&self) -> Time {
+        self.0.iter().map(|sink| sink.resumes_at()).max().unwrap_or(0)
+    }
+}
+
+/// How the view sink takes checkpoints.
+pub struct Checkpointing {
+    /// Where checkpoints are written.
+    pub store: CheckpointStore,
+    /// What the state depends on.
+    pub fingerprint: ViewsFingerprint,
+    /// The operators' side: how many snapshots make one checkpoint.
+    pub checkpoints: Checkpoints,
+    /// The ingest's latest seq map.
+    pub seqs: Box<dyn Fn() -> SeqSnapshot + Send>,
+    /// The log, for retention.
+    pub log: Arc<dyn OpenReader>,
+    /// Log retention; `None` removes nothing.
+    pub retention_ms: Option<u64>,
+    /// Where the view sink says how far the views have got.
+    pub progress: Arc<Progress>,
+    gatherer: Gatherer,
+}
+
+impl Checkpointing {
+    /// Checkpointing into `store`.
+    pub fn new(
+        store: CheckpointStore,
+        fingerprint: ViewsFingerprint,
+        checkpoints: Checkpoints,
+        seqs: Box<dyn Fn() -> SeqSnapshot + Send>,
+        log: Arc<dyn OpenReader>,
+        retention_ms: Option<u64>,
+        progress: Arc<Progress>,
+    ) -> Checkpointing {
+        Checkpointing {
+            store,
+            fingerprint,
+            checkpoints,
+            seqs,
+            log,
+            retention_ms,
+            progress,
+            gatherer: Gatherer::default(),
+        }
+    }
+
+    /// Gives the sinks' state at `frontier` to the checkpoints that need it.
+    fn sink_at(&mut self, frontier: u64, sinks: &mut ViewSinks) -> Result<(), ServerError> {
+        if self.gatherer.wants_sink(frontier) {
+            let states = sinks.snapshot(frontier)?;
+            self.gatherer.sink(frontier, states);
+        }
+        Ok(())
+    }
+
+    /// Writes the newest whole checkpoint, if there is one, and trims the log.
+    fn write_whole(&mut self) {
+        let Some(checkpoint) =
+            self.gatherer.take_whole(self.checkpoints.expected_snapshots(), &self.fingerprint, (self.seqs)())
+        else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        match self.store.write(&checkpoint) {
+            Ok((path, bytes)) => {
+                self.progress.checkpoints.fetch_add(1, Ordering::AcqRel);
+                tracing::debug!(
+                    file = %path.display(),
+                    bytes,
+                    fridge_states = checkpoint.dataflow.fridge_states(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "checkpoint written"
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, "writing a checkpoint failed; the next one will try again");
+                return;
+            }
+        }
+        let Some(retention_ms) = self.retention_ms else { return };
+        let keep_from = match self.store.keep_from() {
+            Ok(keep_from) => keep_from.unwrap_or(0),
+            Err(error) => return tracing::warn!(%error, "listing checkpoints for retention"),
+        };
+        // The archive's last range stays in the log: a restart writes it
+        // again, and a rebuild resumes the log after it.
+        let archived = self.progress.archive_committed.load(Ordering::Acquire);
+        let until_ms = coldstream_sources::ingest::now_ms().saturating_sub(retention_ms);
+        match self.log.trim(keep_from.min(archived), until_ms) {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, before = keep_from.min(archived), "log retention removed segments"),
+            Err(error) => tracing::warn!(%error, "log retention"),
+        }
+    }
+}
+
+/// Hands view changes to every sink as the frontier passes them, and
+/// gathers checkpoints, until the workers have stopped and the last
+/// checkpoint is written.
+pub fn sink_views(
+    messages: Receiver<ViewMessage>,
+    mut sinks: ViewSinks,
+    mut checkpointing: Checkpointing,
+) -> Result<(), ServerError> {
+    let resume_at = sinks.resumes_at();
+    let progress = Arc::clone(&checkpointing.progress);
+    let mut closed = false;
+    loop {
+        let message = if closed {
+            // The last operators' snapshots may still be on their way.
+            match messages.recv_timeout(Duration::from_secs(10)) {
+                Ok(message) => message,
+                Err(_) => {
+                    tracing::warn!("the last checkpoint did not complete; the next start replays from the one before");
+                    return Ok(());
+                }
+            }
+        } else {
+            match messages.recv() {
+                Ok(message) => message,
+                Err(_) => return Ok(()),
+            }
+        };
+        match message {
+            ViewMessage::Changes(batch) => sinks.push(batch),
+            ViewMessage::Frontier(frontier) => {
+                sinks.advance(frontier, false)?;
+                if frontier >= resume_at {
+                    progress.views.store(frontier, Ordering::Release);
+                }
+                checkpointing.sink_at(frontier, &mut sinks)?;
+            }
+            ViewMessage::Closed(frontier) => {
+                sinks.advance(frontier, true)?;
+                progress.views.store(frontier, Ordering::Release);
+                checkpointing.sink_at(frontier, &mut sinks)?;
+                closed = true;
+            }
+            ViewMessage::CheckpointAt { time, offset } => checkpointing.gatherer.offset(time, offset),
+            ViewMessage::Snapshot(snapshot) => checkpointing.gatherer.part(snapshot),
+        }
+        checkpointing.write_whole();
+        if closed && checkpointing.gatherer.is_empty() {
+            return Ok(());
+        }
+    }
+}
