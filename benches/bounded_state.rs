@@ -15,8 +15,8 @@
 
 use std::time::Instant;
 
-use coldstream::simulate::{Fleet, FleetSpec};
 use coldstream_pipelines::event::{DAY_US, HOUR_US};
+use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_pipelines::operators::{HeldRecords, OperatorHooks};
 use coldstream_pipelines::views::{ViewConfig, all};
 use coldstream_pipelines::{Event, Payload, Time};

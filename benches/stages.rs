@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use coldstream::simulate::{Fleet, FleetSpec};
+use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_pipelines::harness::{run_view, run_views};
 use coldstream_pipelines::operators::OperatorHooks;
 use coldstream_pipelines::views::{ViewConfig, cold_chain, inventory, restock_orders, sales_7d, sessions_and_revenue};

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use coldstream::config::{Config, DEV_SECRET, EndpointSection};
 use coldstream::receive::Receiver;
 use coldstream::server::Server;
-use coldstream::simulate::{self, Fleet, FleetSpec, RunSpec};
+use coldstream::simulate::{self, RunSpec};
+use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_sinks::ParquetConfig;
 use coldstream_sinks::webhooks::deliver::dispatch;
 use coldstream_sinks::webhooks::{

@@ -3,8 +3,8 @@
 //! readings are replaced by 4 °C ones, so that no cold-chain excursion (and
 //! no write-off, which the alternatives do not implement) happens.
 
-use coldstream::simulate::{Fleet, FleetSpec};
 use coldstream_pipelines::event::{HOUR_US, Temperature};
+use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_pipelines::{Event, Payload};
 
 /// 2026-01-01 00:00 UTC, in µs.

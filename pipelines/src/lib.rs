@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod event;
+pub mod fleet;
 #[cfg(test)]
 mod fleet_gen;
 pub mod harness;

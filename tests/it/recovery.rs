@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use coldstream::config::{Config, DEV_SECRET, EmbeddedSection, LogSection};
 use coldstream::server::Server;
-use coldstream::simulate::{self, Fleet, FleetSpec, RunSpec};
+use coldstream::simulate::{self, RunSpec};
+use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 
 use crate::support::{self, binary};
 

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use coldstream::config::DEV_SECRET;
-use coldstream::simulate::{self, Fleet, FleetSpec, RunSpec};
+use coldstream::simulate::{self, RunSpec};
+use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_sinks::parquet::view_tables;
 
 use crate::support::{query_csv, start};

@@ -19,7 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use coldstream::config::{Config, DEV_SECRET};
 use coldstream::server::Server;
-use coldstream::simulate::{self, Fleet, FleetSpec, RunSpec};
+use coldstream::simulate::{self, RunSpec};
+use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 
 use crate::support::{ServerProcess, query_csv};
 

@@ -108,6 +108,33 @@ enum Breaker {
     Probing,
 }
 
+impl Breaker {
+    /// An attempt was answered (delivered, or refused for good): the
+    /// circuit closes. Returns whether it was anything but closed with no
+    /// failures.
+    fn answered(&mut self) -> bool {
+        let changed = *self != Breaker::Closed { failures: 0 };
+        *self = Breaker::Closed { failures: 0 };
+        changed
+    }
+
+    /// An attempt failed at `now`: one more failure, and the circuit opens
+    /// at the policy's count (a failed probe opens it again at once).
+    /// Returns whether it opened.
+    fn failed(&mut self, retry: &RetryPolicy, now: Instant) -> bool {
+        match *self {
+            Breaker::Closed { failures } if failures + 1 < retry.breaker_failures => {
+                *self = Breaker::Closed { failures: failures + 1 };
+                false
+            }
+            _ => {
+                *self = Breaker::Open { until: now + retry.breaker_open };
+                true
+            }
+        }
+    }
+}
+
 /// Lanes by key, and which of them may send now or later. Every lane is in
 /// exactly one place: `ready`, `waiting` (until its retry time), or in
 /// flight.
@@ -241,15 +268,14 @@ pub async fn dispatch(
                 let Some(message) = lanes.head(&key).cloned() else { continue };
                 match outcome {
                     Outcome::Delivered => {
-                        if breaker != (Breaker::Closed { failures: 0 }) {
+                        if breaker.answered() {
                             tracing::info!(endpoint = name, "endpoint answers again: circuit closed");
                         }
-                        breaker = Breaker::Closed { failures: 0 };
                         let _ = done.send(message.id.clone());
                         lanes.finish(&key);
                     }
                     Outcome::Permanent(status, answer) => {
-                        breaker = Breaker::Closed { failures: 0 };
+                        breaker.answered();
                         tracing::error!(endpoint = name, id = %message.id, kind = %message.kind, status,
                             "permanent failure: moved to webhooks_failed/");
                         let failed = FailedDelivery { message: message.clone(), status, answer };
@@ -269,16 +295,10 @@ pub async fn dispatch(
                         let (attempt, delay) = lanes.retry_later(key, &retry);
                         tracing::warn!(endpoint = name, id = %message.id, attempt, %reason,
                             retry_in_ms = delay.as_millis() as u64, "delivery failed");
-                        breaker = match breaker {
-                            Breaker::Closed { failures } if failures + 1 < retry.breaker_failures => {
-                                Breaker::Closed { failures: failures + 1 }
-                            }
-                            _ => {
-                                tracing::warn!(endpoint = name, open_for_ms = retry.breaker_open.as_millis() as u64,
-                                    "circuit open: the endpoint keeps failing");
-                                Breaker::Open { until: Instant::now() + retry.breaker_open }
-                            }
-                        };
+                        if breaker.failed(&retry, Instant::now()) {
+                            tracing::warn!(endpoint = name, open_for_ms = retry.breaker_open.as_millis() as u64,
+                                "circuit open: the endpoint keeps failing");
+                        }
                     }
                 }
             }
@@ -350,5 +370,88 @@ async fn attempt(client: &Client<HttpConnector, Full<Bytes>>, config: &EndpointC
             Outcome::Permanent(status, text)
         }
         Ok(Ok((status, _))) => Outcome::Retry(format!("HTTP {status}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: &str, key: &str) -> Message {
+        Message {
+            id: id.into(),
+            endpoint: Endpoint::Procurement,
+            key: key.into(),
+            kind: "restock.opened".into(),
+            time: 1,
+            body: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn a_lane_sends_its_messages_one_at_a_time_in_order_and_keys_do_not_wait_for_each_other() {
+        let mut lanes = Lanes::default();
+        for (id, key) in [("m1", "FR-1"), ("m2", "FR-1"), ("m3", "FR-2")] {
+            lanes.add(message(id, key));
+        }
+        assert_eq!(lanes.ready, ["FR-1", "FR-2"], "one entry per key, however many messages it holds");
+        assert_eq!(lanes.head("FR-1").map(|m| m.id.as_str()), Some("m1"));
+        lanes.ready.clear();
+        lanes.finish("FR-1");
+        assert_eq!(lanes.ready, ["FR-1"]);
+        assert_eq!(lanes.head("FR-1").map(|m| m.id.as_str()), Some("m2"));
+        lanes.finish("FR-1");
+        lanes.finish("FR-2");
+        assert!(lanes.is_empty());
+    }
+
+    #[test]
+    fn a_failed_lane_is_ready_again_only_after_its_backoff() {
+        let retry = RetryPolicy { initial: Duration::from_secs(60), ..RetryPolicy::default() };
+        let mut lanes = Lanes::default();
+        lanes.add(message("m1", "FR-1"));
+        lanes.ready.clear();
+        let (attempts, delay) = lanes.retry_later("FR-1".into(), &retry);
+        assert_eq!(attempts, 1);
+        assert!(delay >= Duration::from_secs(30) && delay <= Duration::from_secs(60), "{delay:?}");
+        lanes.wake(Instant::now());
+        assert!(lanes.ready.is_empty(), "woken before its time");
+        assert!(lanes.next_wake().is_some());
+        lanes.wake(Instant::now() + Duration::from_secs(61));
+        assert_eq!(lanes.ready, ["FR-1"]);
+        assert_eq!(lanes.head("FR-1").map(|m| m.id.as_str()), Some("m1"), "the same message is tried again");
+    }
+
+    #[test]
+    fn the_backoff_doubles_with_equal_jitter_up_to_its_cap() {
+        let retry = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(1_000),
+            ..RetryPolicy::default()
+        };
+        for (attempt, full) in [(0, 100), (1, 200), (2, 400), (3, 800), (4, 1_000), (30, 1_000)] {
+            let delay = retry.backoff(attempt).as_millis() as u64;
+            assert!((full / 2..=full).contains(&delay), "attempt {attempt}: {delay} ms, not in {}..={full}", full / 2);
+        }
+    }
+
+    #[test]
+    fn the_breaker_opens_after_its_failures_a_failed_probe_reopens_it_and_an_answer_closes_it() {
+        let retry =
+            RetryPolicy { breaker_failures: 3, breaker_open: Duration::from_secs(30), ..RetryPolicy::default() };
+        let now = Instant::now();
+        let mut breaker = Breaker::Closed { failures: 0 };
+        assert!(!breaker.failed(&retry, now));
+        assert!(!breaker.failed(&retry, now));
+        assert_eq!(breaker, Breaker::Closed { failures: 2 });
+        assert!(breaker.failed(&retry, now), "the third failure in a row opens it");
+        assert_eq!(breaker, Breaker::Open { until: now + Duration::from_secs(30) });
+        breaker = Breaker::Probing;
+        assert!(breaker.failed(&retry, now), "a failed probe opens it again");
+        breaker = Breaker::Probing;
+        assert!(breaker.answered());
+        assert_eq!(breaker, Breaker::Closed { failures: 0 });
+        assert!(!breaker.answered(), "closing a closed breaker is no change");
+        assert!(!breaker.failed(&retry, now), "an answer resets the count");
     }
 }

@@ -261,3 +261,149 @@ fn alert_message(alert: &Alert, raised: bool, time: Time) -> Message {
     };
     message(Endpoint::Alerts, "alerts", key, alert.kind(), time, data)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use coldstream_pipelines::views::order_id;
+
+    use super::*;
+
+    fn line(sku: &str, opened_at: Time, qty: i64) -> ((String, String), RestockLine) {
+        (("FR-1".into(), sku.into()), RestockLine { order_id: order_id("FR-1", opened_at), opened_at, qty })
+    }
+
+    fn lines(changes: Vec<(((String, String), RestockLine), Time, isize)>) -> ViewBatch {
+        ViewBatch::RestockOrders(changes)
+    }
+
+    fn kinds(messages: &[Message]) -> Vec<&str> {
+        messages.iter().map(|m| m.kind.as_str()).collect()
+    }
+
+    fn body(message: &Message) -> serde_json::Value {
+        serde_json::from_str(&message.body).expect("a JSON body")
+    }
+
+    #[test]
+    fn a_restock_order_opens_changes_and_closes_with_one_message_each() {
+        let mut derive = Derive::default();
+        derive.push(&lines(vec![(line("cola", 10, 6), 10, 1), (line("salad", 10, 2), 10, 1)]));
+        let opened = derive.advance(11);
+        assert_eq!(kinds(&opened), ["restock.opened"]);
+        assert_eq!(
+            (opened[0].key.as_str(), opened[0].time, opened[0].endpoint),
+            ("FR-1/RO-FR-1-10", 10, Endpoint::Procurement)
+        );
+        assert_eq!(body(&opened[0])["data"]["lines"].as_array().map(Vec::len), Some(2));
+        // A quantity changes: the old line is retracted and the new one inserted at one time.
+        derive.push(&lines(vec![(line("cola", 10, 6), 20, -1), (line("cola", 10, 9), 20, 1)]));
+        let updated = derive.advance(21);
+        assert_eq!(kinds(&updated), ["restock.updated"]);
+        assert_eq!(body(&updated[0])["data"]["lines"][0], serde_json::json!({ "sku": "cola", "qty": 9 }));
+        derive.push(&lines(vec![(line("cola", 10, 9), 30, -1), (line("salad", 10, 2), 30, -1)]));
+        let closed = derive.advance(31);
+        assert_eq!(kinds(&closed), ["restock.closed"]);
+        assert_eq!(body(&closed[0])["data"]["lines"], serde_json::json!([]));
+        let ids: BTreeSet<&str> = [&opened[0], &updated[0], &closed[0]].iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids.len(), 3, "each message has its own id");
+    }
+
+    #[test]
+    fn a_line_inserted_and_retracted_at_one_time_sends_nothing_whatever_the_order() {
+        let mut derive = Derive::default();
+        derive.push(&lines(vec![(line("cola", 10, 6), 10, -1)]));
+        derive.push(&lines(vec![(line("cola", 10, 6), 10, 1)]));
+        assert!(derive.advance(11).is_empty());
+        assert!(derive.orders.is_empty(), "no order is left open");
+    }
+
+    #[test]
+    fn a_time_is_derived_only_once_the_frontier_has_passed_it() {
+        let mut derive = Derive::default();
+        derive.push(&lines(vec![(line("cola", 50, 1), 50, 1)]));
+        assert!(derive.advance(50).is_empty(), "time 50 is not complete before the frontier passes it");
+        assert_eq!(kinds(&derive.advance(51)), ["restock.opened"]);
+    }
+
+    #[test]
+    fn ids_come_from_the_change_so_a_replay_gives_the_same_ones() {
+        let run = || {
+            let mut derive = Derive::default();
+            derive.push(&lines(vec![(line("cola", 10, 6), 10, 1)]));
+            derive.push(&ViewBatch::Alerts(vec![(
+                Alert::ColdchainExcursion { fridge_id: "FR-1".into(), start: 5 },
+                12,
+                1,
+            )]));
+            derive.advance(13).into_iter().map(|m| (m.id, m.body)).collect::<Vec<_>>()
+        };
+        let first = run();
+        assert_eq!(first.len(), 2);
+        assert_eq!(first, run());
+        assert!(first.iter().all(|(id, _)| id.starts_with("msg_") && id.len() == 4 + 32), "{first:?}");
+    }
+
+    fn session(status: SessionStatus, captured: Option<i64>, units: i64) -> ViewBatch {
+        let row = SessionRow { status, expected_cents: Some(450), captured_cents: captured, units, closed_at: Some(1) };
+        ViewBatch::Sessions(vec![((("FR-1".into(), "s1".into()), row), 10, 1)])
+    }
+
+    #[test]
+    fn settled_and_discrepant_sessions_go_to_accounting_and_other_statuses_do_not() {
+        let mut derive = Derive::default();
+        derive.push(&session(SessionStatus::AwaitingPayment, None, 1));
+        assert!(derive.advance(11).is_empty());
+        derive.push(&session(SessionStatus::Settled, Some(450), 1));
+        let settled = derive.advance(11);
+        assert_eq!(kinds(&settled), ["payment.settled"]);
+        assert_eq!((settled[0].endpoint, settled[0].key.as_str()), (Endpoint::Accounting, "FR-1/s1"));
+        let mut derive = Derive::default();
+        derive.push(&session(SessionStatus::Overcharged, Some(900), 1));
+        assert_eq!(kinds(&derive.advance(11)), ["payment.discrepancy"]);
+    }
+
+    #[test]
+    fn a_session_row_that_changes_only_in_what_accounting_does_not_read_sends_nothing_again() {
+        let mut derive = Derive::default();
+        derive.push(&session(SessionStatus::Settled, Some(450), 1));
+        assert_eq!(derive.advance(11).len(), 1);
+        let row = |units| SessionRow {
+            status: SessionStatus::Settled,
+            expected_cents: Some(450),
+            captured_cents: Some(450),
+            units,
+            closed_at: Some(1),
+        };
+        let key: SessionKey = ("FR-1".into(), "s1".into());
+        derive.push(&ViewBatch::Sessions(vec![((key.clone(), row(1)), 20, -1), ((key, row(2)), 20, 1)]));
+        assert!(derive.advance(21).is_empty());
+    }
+
+    #[test]
+    fn alerts_are_raised_and_cleared() {
+        let mut derive = Derive::default();
+        let alert = Alert::InventoryNegative { fridge_id: "FR-1".into(), sku: "cola".into() };
+        derive.push(&ViewBatch::Alerts(vec![(alert.clone(), 10, 1), (alert.clone(), 20, -1)]));
+        let messages = derive.advance(21);
+        let states: Vec<_> = messages.iter().map(|m| body(m)["data"]["state"].as_str().map(str::to_owned)).collect();
+        assert_eq!(states, [Some("raised".to_owned()), Some("cleared".to_owned())]);
+        assert!(messages.iter().all(|m| m.endpoint == Endpoint::Alerts && m.key == "FR-1/cola"));
+    }
+
+    #[test]
+    fn a_restored_derivation_drops_replayed_changes_and_keeps_its_open_orders() {
+        let mut before = Derive::default();
+        before.push(&lines(vec![(line("cola", 10, 6), 10, 1)]));
+        assert_eq!(before.advance(11).len(), 1);
+        let snapshot = before.snapshot();
+        let mut after = Derive::default();
+        after.restore(&snapshot, 11).expect("decodes");
+        // The replay from the dataflow's checkpoint repeats time 10.
+        after.push(&lines(vec![(line("cola", 10, 6), 10, 1)]));
+        assert!(after.advance(11).is_empty(), "the replayed opening is not sent twice");
+        after.push(&lines(vec![(line("cola", 10, 6), 30, -1)]));
+        assert_eq!(kinds(&after.advance(31)), ["restock.closed"]);
+    }
+}
