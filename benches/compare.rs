@@ -38,7 +38,6 @@ use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use coldstream::bench::BenchSpec;
 use coldstream_pipelines::views::{ViewConfig, all};
 use coldstream_pipelines::{Event, Time};
 use coldstream_sinks::ParquetConfig;
@@ -296,20 +295,19 @@ fn main() -> anyhow::Result<()> {
     // 5. The latency-throughput curve.
     std::fs::create_dir_all(&args.out)?;
     let curve = if args.curve {
-        let spec = BenchSpec {
-            data_dir: scratch.path().join("bench"),
-            duration: Duration::from_secs_f64(args.duration),
-            rate: None,
-            fridges: 200,
-            workers: 0,
-            seed: 1,
-            fleet_binary: Some(PathBuf::from(env!("CARGO_BIN_EXE_coldstream"))),
-        };
+        // `coldstream bench --curve`, the engineers' own command, with its
+        // standard workload (200 fridges, seed 1, one worker per core).
         let path = args.out.join("curve.svg");
-        let points = runtime.block_on(coldstream::bench::curve::run_and_draw(&spec, &path))?;
-        print!("{}", coldstream::bench::curve::table(&points));
-        println!("curve: {}", path.display());
-        serde_json::to_value(&points)?
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_coldstream"))
+            .args(["bench", "--duration", &args.duration.to_string(), "--curve"])
+            .arg(&path)
+            .arg("--data")
+            .arg(scratch.path().join("bench"))
+            .status()?;
+        if !status.success() {
+            anyhow::bail!("coldstream bench --curve failed: {status}");
+        }
+        serde_json::from_str(&std::fs::read_to_string(path.with_extension("json"))?)?
     } else {
         serde_json::Value::Null
     };

@@ -15,15 +15,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coldstream::config::{Config, DEV_SECRET, EndpointSection};
-use coldstream::receive::Receiver;
 use coldstream::server::Server;
-use coldstream::simulate::{self, RunSpec};
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_sinks::ParquetConfig;
 use coldstream_sinks::webhooks::deliver::dispatch;
+use coldstream_sinks::webhooks::receiver::Receiver;
 use coldstream_sinks::webhooks::{
     DeadLetter, EXAMPLE_SECRET, Endpoint, EndpointConfig, Message, Outbox, RetryPolicy, Secret,
 };
+use coldstream_sources::simulator::{self as simulate, RunSpec};
 
 fn secret() -> Secret {
     Secret::parse(EXAMPLE_SECRET).expect("the example secret parses")

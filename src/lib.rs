@@ -1,20 +1,18 @@
-//! coldstream's server side: configuration, the pipeline server that wires
-//! the gateway, the event log, the timely workers and the sinks together,
-//! the fleet simulator, and SQL over the Parquet logs. The command line in
-//! `main.rs` is a thin layer over these.
+//! coldstream's server, as a library: configuration, the server that wires
+//! the gateway, the event log, the archiver and the pipeline together; the
+//! pipeline (timely workers, the view sink, checkpoints), the rebuild from
+//! the archive, and SQL over the Parquet logs. The tools that drive it
+//! (demo, simulate, chaos, bench, receive) are commands of the binary, in
+//! `commands/`, one file or folder each.
 
 pub mod archiver;
-pub mod bench;
-pub mod chaos;
 pub mod checkpoint;
 pub mod config;
-pub mod demo;
 pub mod machine;
 pub mod pipeline;
 pub mod query;
 pub mod rebuild;
-pub mod receive;
 pub mod runtime;
 pub mod server;
-pub mod simulate;
+pub mod verify;
 pub mod view_sink;

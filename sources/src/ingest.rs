@@ -301,3 +301,54 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use coldstream_pipelines::Event;
+    use coldstream_pipelines::fleet::{Fleet, FleetSpec};
+
+    use super::*;
+    use crate::log::embedded::{EmbeddedConfig, EmbeddedLog};
+
+    /// One fridge's first events, seqs 1, 2, …
+    fn events() -> Vec<Event> {
+        let spec =
+            FleetSpec { seed: 5, fridges: 1, events: 12, start_us: 1_767_225_600_000_000, bad_rate: 0.0, skus: None };
+        let mut fleet = Fleet::new(&spec);
+        let events = fleet.fridges[0].events_until(i64::MAX);
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
+        events
+    }
+
+    fn candidates(events: &[Event]) -> Vec<Candidate> {
+        events.iter().map(|event| Candidate::Accepted(crate::convert::encode(event))).collect()
+    }
+
+    fn start(dir: &std::path::Path) -> (Ingest, JoinHandle<()>) {
+        let log = EmbeddedLog::open(dir, EmbeddedConfig::default()).expect("opens");
+        Ingest::start(Box::new(log), IngestConfig::default(), SeqSnapshot::default()).expect("starts")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_seq_at_or_below_the_highest_durable_one_is_a_duplicate_across_batches_and_restarts() {
+        use Outcome::{Appended, Duplicate};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let events = events();
+        let (ingest, writer) = start(dir.path());
+        assert_eq!(ingest.append(candidates(&events[..5])).await.expect("durable"), [Appended; 5]);
+        let resent = ingest.append(candidates(&events[3..8])).await.expect("durable");
+        assert_eq!(resent, [Duplicate, Duplicate, Appended, Appended, Appended]);
+        assert_eq!(ingest.highest_durable_seq(&events[0].source_id), 8);
+        drop(ingest);
+        writer.join().expect("the writer stops");
+        // After a restart the seqs come back from the log itself.
+        let (ingest, _writer) = start(dir.path());
+        assert_eq!(ingest.highest_durable_seq(&events[0].source_id), 8);
+        let after = ingest.append(candidates(&events[6..10])).await.expect("durable");
+        assert_eq!(after, [Duplicate, Duplicate, Appended, Appended]);
+        let mut reader = ingest.readers().open(0).expect("reads");
+        let mut records = Vec::new();
+        while reader.read(100, &mut records).expect("reads") > 0 {}
+        assert_eq!(records.len(), 10, "each event is in the log once");
+    }
+}

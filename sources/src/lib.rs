@@ -8,6 +8,7 @@ pub mod convert;
 pub mod gateway;
 pub mod ingest;
 pub mod log;
+pub mod simulator;
 
 /// The gRPC contract compiled from `proto/coldstream/v1/`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

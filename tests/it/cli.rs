@@ -46,3 +46,30 @@ fn the_default_config_is_printed_and_parses() {
     let text = String::from_utf8(output.stdout).unwrap();
     coldstream::config::Config::parse(&text, "printed").unwrap();
 }
+
+/// `coldstream demo` end to end on a small fleet: it sends, waits for
+/// every view and webhook, reports, and leaves data to query.
+#[test]
+fn the_demo_runs_end_to_end_on_a_small_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let output = binary()
+        .args(["demo", "--fridges", "3", "--events", "3000", "--workers", "2", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    for line in ["fleet: sent", "end to end:", "webhooks:"] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+    let count = binary()
+        .args(["query", "--format", "csv", "--data"])
+        .arg(&data)
+        .arg("SELECT COUNT(*) AS n FROM events")
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&count.stdout);
+    let archived: u64 = csv.lines().nth(1).and_then(|n| n.trim().parse().ok()).unwrap_or_else(|| panic!("{csv}"));
+    assert!(archived >= 3000, "the demo's events are archived: {csv}");
+}

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use coldstream::config::DEV_SECRET;
-use coldstream::simulate::{self, RunSpec};
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
+use coldstream_sources::simulator::{self as simulate, RunSpec};
 
 use crate::support::{query_csv, start};
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use coldstream::config::{Config, DEV_SECRET, EmbeddedSection, LogSection};
 use coldstream::server::Server;
-use coldstream::simulate::{self, RunSpec};
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
+use coldstream_sources::simulator::{self as simulate, RunSpec};
 
 use crate::support::{self, binary};
 
@@ -53,7 +53,9 @@ fn checkpoints(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 async fn assert_views_equal_the_references(dir: &Path) {
-    for (view, rows, equal) in coldstream::chaos::views_against_references(dir).await.unwrap() {
+    for coldstream::verify::ViewCheck { table: view, rows, equal } in
+        coldstream::verify::views_against_references(dir).await.unwrap()
+    {
         assert!(equal, "{view} ({rows} rows) differs from its batch reference");
         if view == "inventory_now" {
             assert!(rows > 0, "inventory is empty");

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use coldstream::config::DEV_SECRET;
-use coldstream::simulate::{self, RunSpec};
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_sinks::parquet::view_tables;
+use coldstream_sources::simulator::{self as simulate, RunSpec};
 
 use crate::support::{query_csv, start};
 

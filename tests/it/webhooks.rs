@@ -19,8 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use coldstream::config::{Config, DEV_SECRET};
 use coldstream::server::Server;
-use coldstream::simulate::{self, RunSpec};
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
+use coldstream_sources::simulator::{self as simulate, RunSpec};
 
 use crate::support::{ServerProcess, query_csv};
 
@@ -495,7 +495,7 @@ async fn a_full_outbox_slows_ingestion_instead_of_dropping_and_catches_up_when_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bundled_receiver_accepts_signed_deliveries_and_refuses_a_wrong_signature() {
-    let receiver = coldstream::receive::Receiver::start(
+    let receiver = coldstream_sinks::webhooks::receiver::Receiver::start(
         "127.0.0.1:0".parse().unwrap(),
         Secret::parse(EXAMPLE_SECRET).unwrap(),
         false,

@@ -125,7 +125,7 @@ pub fn decode_rows<R: ChangeRow>(batch: &RecordBatch) -> Result<Vec<R::Record>, 
 
 /// Every value of one column.
 fn values(column: &dyn Array) -> Result<Vec<Value>, ArrowError> {
-    fn typed<'a, A: 'static>(column: &'a dyn Array) -> Result<&'a A, ArrowError> {
+    fn typed<A: 'static>(column: &dyn Array) -> Result<&A, ArrowError> {
         column.as_any().downcast_ref::<A>().ok_or_else(|| ArrowError::CastError("a column of another type".into()))
     }
     let valid = |row: usize| column.is_valid(row);
@@ -341,8 +341,10 @@ mod tests {
 
     use super::*;
 
+    type Shelf = ((String, String), i64);
+
     /// Every change in the changelog's files, with its time and diff.
-    fn written(root: &Path) -> Vec<(((String, String), i64), i64, i64)> {
+    fn written(root: &Path) -> Vec<(Shelf, i64, i64)> {
         let mut all = Vec::new();
         for (path, _, _) in list_parts(&root.join("views").join("inventory")).expect("lists") {
             let file = std::fs::File::open(&path).expect("opens");
@@ -364,7 +366,7 @@ mod tests {
         all
     }
 
-    fn change(time: u64, on_hand: i64) -> (((String, String), i64), u64, i64) {
+    fn change(time: u64, on_hand: i64) -> (Shelf, u64, i64) {
         ((("FR-1".to_owned(), "cola".to_owned()), on_hand), time, 1)
     }
 

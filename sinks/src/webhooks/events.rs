@@ -274,7 +274,7 @@ mod tests {
         (("FR-1".into(), sku.into()), RestockLine { order_id: order_id("FR-1", opened_at), opened_at, qty })
     }
 
-    fn lines(changes: Vec<(((String, String), RestockLine), Time, isize)>) -> ViewBatch {
+    fn lines(changes: coldstream_pipelines::views::Changes<((String, String), RestockLine)>) -> ViewBatch {
         ViewBatch::RestockOrders(changes)
     }
 

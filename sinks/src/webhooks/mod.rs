@@ -8,6 +8,7 @@ pub mod dead_letter;
 pub mod deliver;
 pub mod events;
 pub mod outbox;
+pub mod receiver;
 pub mod sign;
 
 use std::collections::HashMap;

@@ -18,9 +18,12 @@ use super::{Entry, EventLog, LogError, OpenReader, Payload, Record};
 /// Opens (or reopens) the log with the given name.
 pub type Factory<'a> = &'a dyn Fn(&str) -> Result<Box<dyn EventLog>, LogError>;
 
-/// Makes a log named `name` holding `commits`: each a batch of events
-/// committed together at an ingest time, the times increasing.
-pub type ReadFactory<'a> = &'a dyn Fn(&str, &[(u64, Vec<Event>)]) -> Arc<dyn OpenReader>;
+/// Batches of events, each committed together at an ingest time, the
+/// times increasing.
+pub type Commits = [(u64, Vec<Event>)];
+
+/// Makes a log named `name` holding the commits.
+pub type ReadFactory<'a> = &'a dyn Fn(&str, &Commits) -> Arc<dyn OpenReader>;
 
 /// A read check of the suite.
 pub type ReadCheck = fn(ReadFactory<'_>);
@@ -42,7 +45,7 @@ pub fn run_read_half(factory: ReadFactory<'_>) {
 
 /// A read-only factory over a writable log: appends each commit's events
 /// as accepted log entries and syncs; for running the read half on it.
-pub fn written<'a>(factory: Factory<'a>) -> impl Fn(&str, &[(u64, Vec<Event>)]) -> Arc<dyn OpenReader> + 'a {
+pub fn written<'a>(factory: Factory<'a>) -> impl Fn(&str, &Commits) -> Arc<dyn OpenReader> + 'a {
     move |name, commits| {
         let mut log = factory(name).expect("open");
         for (ingest_ms, events) in commits {

@@ -1,4 +1,5 @@
-//! `coldstream simulate`: a fleet of simulated fridges over real gRPC.
+//! A fleet of simulated fridges over real gRPC, as `coldstream simulate`,
+//! the tests and the benches drive it.
 //!
 //! The fleet itself is the pure generator `coldstream_pipelines::fleet`;
 //! [`run`] drives it against a gateway, one stream per fridge, and spoils
@@ -6,22 +7,22 @@
 
 use std::time::{Duration, Instant};
 
+use crate::auth::{Principal, Tokens};
+use crate::client::{self, ClientError, Delivered, Fridge};
+use crate::convert::encode;
 use coldstream_pipelines::fleet::BACK_OFFICE;
 pub use coldstream_pipelines::fleet::{Fleet, FleetSpec};
-use coldstream_sources::auth::{Principal, Tokens};
-use coldstream_sources::client::{self, ClientError, Delivered, Fridge};
-use coldstream_sources::convert::encode;
 use rand::Rng;
 use rand::rngs::SmallRng;
 
 /// Makes an event invalid the way real devices do.
-fn spoil(event: &mut coldstream_sources::proto::Event, rng: &mut SmallRng) {
-    use coldstream_sources::proto::event::Payload as Wire;
+fn spoil(event: &mut crate::proto::Event, rng: &mut SmallRng) {
+    use crate::proto::event::Payload as Wire;
     match rng.random_range(0..3) {
         0 => event.payload = None,
         1 => event.event_time_us += 3_600_000_000 * 24 * 365,
         _ => {
-            event.payload = Some(Wire::ItemTaken(coldstream_sources::proto::ItemTaken {
+            event.payload = Some(Wire::ItemTaken(crate::proto::ItemTaken {
                 session_id: "S-glitch".into(),
                 sku: "cola-330".into(),
                 qty: Some(0),
@@ -85,8 +86,8 @@ impl std::fmt::Display for Summary {
 async fn publish_retrying(
     target: &str,
     token: &str,
-    events: Vec<coldstream_sources::proto::Event>,
-) -> Result<coldstream_sources::proto::Ack, ClientError> {
+    events: Vec<crate::proto::Event>,
+) -> Result<crate::proto::Ack, ClientError> {
     let mut attempt = 0u32;
     loop {
         let result = match client::channel(target).await {

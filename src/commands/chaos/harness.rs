@@ -32,15 +32,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use coldstream_pipelines::Event;
-use coldstream_pipelines::views::ViewConfig;
-use coldstream_sinks::parquet::{ChangeRow, decode_rows, view_tables};
+use coldstream_sinks::parquet::view_tables;
 use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint, Outbox, Secret};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::Config;
-use crate::receive::Receiver;
-use crate::simulate::{Fleet, FleetSpec};
+use coldstream::config::Config;
+use coldstream_pipelines::fleet::{Fleet, FleetSpec};
+use coldstream_sinks::webhooks::receiver::Receiver;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -82,7 +81,7 @@ pub struct ChaosReport {
     /// Events there more than once.
     pub repeated: usize,
     /// Rows of each `*_now` view, and whether it equals the reference.
-    pub views: Vec<(String, usize, bool)>,
+    pub views: Vec<coldstream::verify::ViewCheck>,
     /// Changelog rows that differ from the uninterrupted recomputation.
     pub changelog_differences: usize,
     /// Webhook messages derived, delivered at least once, delivered more than once.
@@ -99,7 +98,7 @@ impl ChaosReport {
         self.lost == 0
             && self.repeated == 0
             && self.archived == self.events
-            && self.views.iter().all(|(_, _, ok)| *ok)
+            && self.views.iter().all(|check| check.equal)
             && self.changelog_differences == 0
             && self.webhooks.0 == self.webhooks.1
             && self.webhook_strays == 0
@@ -136,7 +135,7 @@ impl std::fmt::Display for ChaosReport {
             "events: {} sent and acked, {} in events/, {} lost, {} repeated",
             self.events, self.archived, self.lost, self.repeated
         )?;
-        for (view, rows, ok) in &self.views {
+        for coldstream::verify::ViewCheck { table: view, rows, equal: ok } in &self.views {
             writeln!(
                 f,
                 "{view}: {rows} rows, {}",
@@ -373,17 +372,17 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     // Events: exactly once.
     let expected: Vec<Event> = Fleet::new(&fleet_spec).all_events();
     report.events = expected.len();
-    let archived = crate::rebuild::archived_events(&spec.data_dir)?;
+    let archived = coldstream::rebuild::archived_events(&spec.data_dir)?;
     report.archived = archived.len();
-    let counts = crate::rebuild::archived_counts(&archived);
+    let counts = coldstream::rebuild::archived_counts(&archived);
     let wanted: BTreeSet<(String, u64)> = expected.iter().map(|e| (e.source_id.clone(), e.seq)).collect();
     report.lost = wanted.iter().filter(|key| !counts.contains_key(*key)).count();
     report.repeated = counts.iter().filter(|(key, n)| **n > 1 || !wanted.contains(*key)).count();
 
     // Views: the batch references over what is archived.
     let events: Vec<Event> = archived.into_iter().map(|(_, event)| event).collect();
-    report.views = views_against(&spec.data_dir, &events).await?;
-    let ctx = crate::query::context(&spec.data_dir).await?;
+    report.views = coldstream::verify::views_against(&spec.data_dir, &events).await?;
+    let ctx = coldstream::query::context(&spec.data_dir).await?;
 
     // Changelogs and webhooks: an uninterrupted recomputation.
     let scratch = own.join("recomputed");
@@ -392,8 +391,8 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     }
     let mut config = Config::load(&config_path)?;
     config.data_dir = scratch.clone();
-    crate::rebuild::rebuild(&config).await?;
-    let recomputed = crate::query::context(&scratch).await?;
+    coldstream::rebuild::rebuild(&config).await?;
+    let recomputed = coldstream::query::context(&scratch).await?;
     for (view, _) in view_tables() {
         let (live, again) = (net_changes(&ctx, view).await?, net_changes(&recomputed, view).await?);
         report.changelog_differences += live.symmetric_difference(&again).count();
@@ -444,50 +443,12 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     Ok(report)
 }
 
-/// Compares every `*_now` view of `data_dir` with its batch reference over
-/// the events in `events/`: `(view, rows, equal)`.
-pub async fn views_against_references(data_dir: &Path) -> anyhow::Result<Vec<(String, usize, bool)>> {
-    let events: Vec<Event> = crate::rebuild::archived_events(data_dir)?.into_iter().map(|(_, event)| event).collect();
-    views_against(data_dir, &events).await
-}
-
-/// [`views_against_references`] with the archived events already read.
-async fn views_against(data_dir: &Path, events: &[Event]) -> anyhow::Result<Vec<(String, usize, bool)>> {
-    let ctx = crate::query::context(data_dir).await?;
-    let views = Config::default().views();
-    macro_rules! against_every_view {
-        ($($(#[$doc:meta])* $field:ident: $marker:ident => $record:ty,)*) => {
-            vec![$(view_against::<coldstream_pipelines::views::$marker>(&ctx, events, &views).await?,)*]
-        };
-    }
-    Ok(coldstream_pipelines::for_each_view!(against_every_view))
-}
-
-/// The view `V`'s `<view>_now` table, read back into records, against the
-/// batch reference over `events`: `(table, rows, equal)`.
-async fn view_against<V: ChangeRow>(
-    ctx: &datafusion::prelude::SessionContext,
-    events: &[Event],
-    views: &ViewConfig,
-) -> anyhow::Result<(String, usize, bool)> {
-    let table = format!("{}_now", V::NAME);
-    let batches = crate::query::run(ctx, &format!("SELECT * FROM {table}"))
-        .await
-        .map_err(|e| anyhow::anyhow!(crate::query::one_line(&e)))?;
-    let mut now = BTreeSet::new();
-    for batch in &batches {
-        now.extend(decode_rows::<V>(batch)?.iter().map(V::project));
-    }
-    let equal = now == V::reference(events, views);
-    Ok((table, now.len(), equal))
-}
-
 /// A changelog's net changes: every `(record, time)` whose diffs do not
 /// sum to zero, with the sum.
 async fn net_changes(ctx: &datafusion::prelude::SessionContext, view: &str) -> anyhow::Result<BTreeSet<String>> {
-    let batches = crate::query::run(ctx, &format!("SELECT * FROM {view}"))
+    let batches = coldstream::query::run(ctx, &format!("SELECT * FROM {view}"))
         .await
-        .map_err(|e| anyhow::anyhow!(crate::query::one_line(&e)))?;
+        .map_err(|e| anyhow::anyhow!(coldstream::query::one_line(&e)))?;
     let mut sums: BTreeMap<String, i64> = BTreeMap::new();
     for batch in batches {
         let diff = batch.num_columns() - 1;

@@ -9,19 +9,19 @@ use std::path::Path;
 use anyhow::Context;
 use plotters::prelude::*;
 
-use super::{BenchReport, BenchSpec, Latency};
+use super::harness::{BenchReport, BenchSpec, Latency};
 
 /// Fractions of the flat-out rate the curve is measured at, besides it.
 pub const FRACTIONS: [f64; 4] = [0.1, 0.25, 0.5, 0.75];
 
 /// Every run of the curve, slowest rate first, the flat-out one last.
 pub async fn run(spec: &BenchSpec, fractions: &[f64]) -> anyhow::Result<Vec<BenchReport>> {
-    let flat_out = super::run(&BenchSpec { rate: None, ..spec.clone() }).await.context("the flat-out run")?;
+    let flat_out = super::harness::run(&BenchSpec { rate: None, ..spec.clone() }).await.context("the flat-out run")?;
     eprintln!("flat out: {:.0} events/s end to end", flat_out.events_per_second);
     let mut points = Vec::with_capacity(fractions.len() + 1);
     for fraction in fractions {
         let rate = (flat_out.events_per_second * fraction).round().max(1.0);
-        let report = super::run(&BenchSpec { rate: Some(rate), ..spec.clone() })
+        let report = super::harness::run(&BenchSpec { rate: Some(rate), ..spec.clone() })
             .await
             .with_context(|| format!("the run at {rate} events/s"))?;
         eprintln!("at {rate} events/s: {:.0} events/s end to end", report.events_per_second);

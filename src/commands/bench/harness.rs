@@ -17,8 +17,6 @@
 //!   events, and its peak resident memory;
 //! - the machine and the settings.
 
-pub mod curve;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,9 +26,9 @@ use coldstream_sinks::webhooks::Endpoint;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::config::Config;
-use crate::receive::Delivery;
-use crate::server::Server;
+use coldstream::config::Config;
+use coldstream::server::Server;
+use coldstream_sinks::webhooks::receiver::Delivery;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -132,7 +130,7 @@ const MARKER: &str = ".coldstream-bench";
 
 /// Empties `dir` if it holds an earlier bench's data; refuses anything else.
 fn prepare(dir: &Path) -> anyhow::Result<()> {
-    if !crate::demo::fresh_dir(dir, MARKER, "bench").with_context(|| dir.display().to_string())? {
+    if !super::super::fresh_dir(dir, MARKER, "bench").with_context(|| dir.display().to_string())? {
         bail!("{} is not empty and not an earlier bench's data; give another --data", dir.display());
     }
     Ok(())
@@ -166,7 +164,7 @@ struct Samples {
 }
 
 impl Samples {
-    fn take(&mut self, status: crate::server::Status, now_ms: u64) {
+    fn take(&mut self, status: coldstream::server::Status, now_ms: u64) {
         if let Some(last) = status.last_ingest_ms
             && self.durable_at.last().is_none_or(|(t, _)| *t < last)
         {
@@ -225,7 +223,7 @@ fn latency(of: &str, deliveries: &[&Delivery], durable_at: &[(u64, u64)]) -> Lat
 pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     prepare(&spec.data_dir)?;
     let mut config = Config::loopback(&spec.data_dir, spec.workers);
-    let receivers = crate::receive::local_receivers(&mut config).await.context("starting a webhook receiver")?;
+    let receivers = super::super::local_receivers(&mut config).await.context("starting a webhook receiver")?;
     let server = Server::start(&config).await?;
     let exe = match &spec.fleet_binary {
         Some(binary) => binary.clone(),
@@ -242,7 +240,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     let mut fleet = Command::new(&exe)
         .args(["simulate", "--target", &format!("http://{}", server.addr()), "--bad-rate", "0"])
         .args(["--fridges", &spec.fridges.to_string(), "--events", &events.to_string(), "--rate", &rate])
-        .args(["--seed", &spec.seed.to_string(), "--secret", crate::config::DEV_SECRET])
+        .args(["--seed", &spec.seed.to_string(), "--secret", coldstream::config::DEV_SECRET])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -330,7 +328,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     }
     let events = status.durable_offset;
     Ok(BenchReport {
-        machine: crate::machine::describe(),
+        machine: coldstream::machine::describe(),
         settings: json!({
             "rate": rate,
             "duration_s": spec.duration.as_secs_f64(),
@@ -348,6 +346,6 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         fleet_seconds,
         latency: latencies,
         cpu_seconds_per_million_events: cpu / (events.max(1) as f64 / 1e6),
-        peak_rss_mib: crate::machine::peak_rss_mib().unwrap_or(0.0),
+        peak_rss_mib: coldstream::machine::peak_rss_mib().unwrap_or(0.0),
     })
 }

@@ -7,12 +7,12 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use super::Secret;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use coldstream_sinks::webhooks::Secret;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -106,30 +106,9 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     if shared.print {
         println!("{id} {kind}{} {}", if repeat { " (repeat)" } else { "" }, json["data"]);
     }
-    let received_ms = coldstream_sources::ingest::now_ms();
+    let received_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let delivery = Delivery { id, kind, data: json["data"].clone(), body, repeat, received_ms };
     shared.received.lock().expect("receiver lock").push(delivery);
     (StatusCode::NO_CONTENT, String::new())
-}
-
-/// Starts a receiver on a free loopback port for every webhook endpoint,
-/// under the example secret, and points `config`'s endpoints at them (the
-/// demo and the bench).
-pub async fn local_receivers(
-    config: &mut crate::config::Config,
-) -> std::io::Result<Vec<(coldstream_sinks::webhooks::Endpoint, Receiver)>> {
-    use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint};
-    let mut receivers = Vec::new();
-    for endpoint in Endpoint::ALL {
-        let secret = Secret::parse(EXAMPLE_SECRET).expect("the example secret parses");
-        let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), secret, false).await?;
-        *config.webhooks.endpoint_mut(endpoint) = Some(crate::config::EndpointSection {
-            url: format!("http://{}/{}", receiver.addr(), endpoint.as_str()),
-            secret: EXAMPLE_SECRET.to_owned(),
-            timeout_ms: 10_000,
-            max_in_flight: 16,
-        });
-        receivers.push((endpoint, receiver));
-    }
-    Ok(receivers)
 }

@@ -7,11 +7,14 @@ use std::time::{Duration, Instant};
 
 use datafusion::prelude::SessionContext;
 
-use crate::config::{Config, DEV_SECRET};
-use crate::query::{self, Format};
-use crate::receive::Delivery;
-use crate::server::Server;
-use crate::simulate::{self, Fleet, FleetSpec, RunSpec};
+use super::{DataArgs, FleetArgs, init_logging, runtime};
+
+use coldstream::config::{Config, DEV_SECRET};
+use coldstream::query::{self, Format};
+use coldstream::server::Server;
+use coldstream_pipelines::fleet::{Fleet, FleetSpec};
+use coldstream_sinks::webhooks::receiver::Delivery;
+use coldstream_sources::simulator::{self as simulate, RunSpec};
 
 /// The demo's settings.
 #[derive(Clone, Debug)]
@@ -39,7 +42,7 @@ pub enum DemoError {
     Io(String),
     /// The server.
     #[error("{0}")]
-    Server(#[from] crate::server::ServerError),
+    Server(#[from] coldstream::server::ServerError),
     /// The simulated fleet.
     #[error("simulated fleet: {0}")]
     Fleet(#[from] coldstream_sources::client::ClientError),
@@ -54,26 +57,11 @@ pub enum DemoError {
 const MARKER: &str = ".coldstream-demo";
 
 fn prepare(dir: &Path) -> Result<(), DemoError> {
-    match fresh_dir(dir, MARKER, "demo") {
+    match super::fresh_dir(dir, MARKER, "demo") {
         Ok(true) => Ok(()),
         Ok(false) => Err(DemoError::NotADemoDir(dir.display().to_string())),
         Err(e) => Err(DemoError::Io(format!("{}: {e}", dir.display()))),
     }
-}
-
-/// Makes `dir` an empty folder holding only the `marker` file of `command`,
-/// deleting an earlier run's data there. Returns false, touching nothing,
-/// if `dir` holds anything else.
-pub(crate) fn fresh_dir(dir: &Path, marker: &str, command: &str) -> std::io::Result<bool> {
-    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        if !dir.join(marker).exists() {
-            return Ok(false);
-        }
-        std::fs::remove_dir_all(dir)?;
-    }
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join(marker), format!("made by coldstream {command}; deleted by the next {command}\n"))?;
-    Ok(true)
 }
 
 async fn show(ctx: &SessionContext, data_dir: &Path, title: &str, sql: &str) -> Result<(), DemoError> {
@@ -117,11 +105,11 @@ const VIEW_SAMPLES: &[(&str, &str)] = &[
 ];
 
 /// Runs the demo and prints its report.
-pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
+pub async fn demo(spec: DemoSpec) -> Result<(), DemoError> {
     prepare(&spec.data_dir)?;
     let mut config = Config::loopback(&spec.data_dir, spec.workers);
     // A receiver per webhook endpoint, in this process.
-    let receivers = crate::receive::local_receivers(&mut config)
+    let receivers = super::local_receivers(&mut config)
         .await
         .map_err(|e| DemoError::Io(format!("starting a webhook receiver: {e}")))?;
     let server = Server::start(&config).await?;
@@ -163,7 +151,7 @@ pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
         accepted as f64 / end_to_end.as_secs_f64()
     );
     println!("log: {} records (accepted and dead-lettered)", status.durable_offset);
-    if let Some(peak) = crate::machine::peak_rss_mib() {
+    if let Some(peak) = coldstream::machine::peak_rss_mib() {
         println!("peak memory: {peak:.0} MiB resident");
     }
     let delivered: Vec<Delivery> = receivers.iter().flat_map(|(_, r)| r.received()).collect();
@@ -201,5 +189,35 @@ pub async fn run(spec: DemoSpec) -> Result<(), DemoError> {
         show(&ctx, &spec.data_dir, title, sql).await?;
     }
     println!("\nTry: cargo run --release -- query --data {dir} \"SELECT COUNT(*) FROM events\"");
+    Ok(())
+}
+
+/// The demo's fleet and where its data goes.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where the demo's data goes (replaced if it holds an earlier demo).
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Fridge events to simulate.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// Timely worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+}
+
+/// Runs the demo.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    init_logging("warn");
+    let spec = DemoSpec {
+        data_dir: args.data.dir(),
+        events: args.events,
+        fridges: args.fleet.fridges as usize,
+        seed: args.fleet.seed,
+        workers: args.workers,
+    };
+    runtime()?.block_on(demo(spec))?;
     Ok(())
 }

@@ -1,0 +1,192 @@
+//! One file per subcommand, each with its clap `Args`; the argument groups
+//! several commands share ([`FleetArgs`], [`DataArgs`]) are declared once
+//! here. This is the only layer that uses `anyhow`: the library's errors
+//! are typed, and a command turns them into one line for the terminal.
+
+pub mod bench;
+pub mod chaos;
+pub mod config;
+pub mod demo;
+pub mod query;
+pub mod rebuild;
+pub mod receive;
+pub mod run;
+pub mod simulate;
+pub mod token;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use coldstream::config::{self as settings, Config};
+
+/// Every subcommand.
+#[derive(Subcommand)]
+pub enum Command {
+    /// The whole system on one machine: server, simulated fleet, report.
+    Demo(demo::Args),
+    /// The long-running pipeline server.
+    Run(run::Args),
+    /// Recomputes every view from the Parquet archive in events/ (stop the
+    /// server first): for a lost checkpoint or changed view settings.
+    Rebuild(rebuild::Args),
+    /// Crash test: runs the server and a simulated fleet as processes,
+    /// SIGKILLs the server at random moments, restarts it, and checks that
+    /// no acked event, view change or webhook was lost or repeated.
+    Chaos(chaos::Args),
+    /// End-to-end throughput and latency: the pipeline and local webhook
+    /// receivers here, a simulated fleet in a separate process.
+    Bench(bench::Args),
+    /// A fleet of simulated fridges streaming to a gateway over gRPC.
+    Simulate(simulate::Args),
+    /// SQL over the Parquet logs (DataFusion).
+    Query(query::Args),
+    /// Prints the bearer token of a fridge or back-office client.
+    Token(token::Args),
+    /// A webhook receiver that verifies signatures and prints each delivery.
+    Receive(receive::Args),
+    /// Configuration helpers.
+    Config(config::Args),
+}
+
+impl Command {
+    /// Runs the subcommand.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::Demo(args) => demo::run(args),
+            Command::Run(args) => run::run(args),
+            Command::Rebuild(args) => rebuild::run(args),
+            Command::Chaos(args) => chaos::run(args),
+            Command::Bench(args) => bench::run(args),
+            Command::Simulate(args) => simulate::run(args),
+            Command::Query(args) => query::run(args),
+            Command::Token(args) => token::run(args),
+            Command::Receive(args) => receive::run(args),
+            Command::Config(args) => config::run(args),
+        }
+    }
+}
+
+/// The simulated fleet: how many fridges, and the seed of every choice.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct FleetArgs {
+    /// Simulated fridges.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub fridges: u64,
+    /// Seed of the simulated fleet.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// The data directory.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataArgs {
+    /// The data directory [default: the config's `data_dir`, else
+    /// ./coldstream-data].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// The directory given, or the default one.
+    pub fn dir(&self) -> PathBuf {
+        self.data.clone().unwrap_or_else(|| Config::default().data_dir)
+    }
+}
+
+/// A TOML configuration file and the overrides every server command takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConfigArgs {
+    /// A TOML configuration file (`coldstream config default` prints one).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Overrides `workers` (timely worker threads; 0: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+impl ConfigArgs {
+    /// The config file (or the defaults) with the command line's overrides.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(data) = &self.data.data {
+            config.data_dir = data.clone();
+        }
+        if let Some(workers) = self.workers {
+            config.workers = workers;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `--rate`: events per second, or `max`.
+pub fn rate(text: &str) -> anyhow::Result<Option<f64>> {
+    match text {
+        "max" => Ok(None),
+        text => match text.parse::<f64>() {
+            Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(Some(rate)),
+            _ => bail!("--rate must be a positive number of events per second or `max`, not {text:?}"),
+        },
+    }
+}
+
+/// The fleet secret: the flag, `COLDSTREAM_SECRET`, or the development one.
+pub fn secret(flag: Option<String>) -> String {
+    flag.or_else(|| std::env::var("COLDSTREAM_SECRET").ok()).unwrap_or_else(|| settings::DEV_SECRET.to_owned())
+}
+
+/// Logs to stderr at `default` unless `COLDSTREAM_LOG` says otherwise.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COLDSTREAM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// The async runtime a command runs on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+/// Starts a receiver on a free loopback port for every webhook endpoint,
+/// under the example secret, and points `config`'s endpoints at them (the
+/// demo and the bench).
+pub async fn local_receivers(
+    config: &mut Config,
+) -> std::io::Result<Vec<(coldstream_sinks::webhooks::Endpoint, coldstream_sinks::webhooks::receiver::Receiver)>> {
+    use coldstream_sinks::webhooks::receiver::Receiver;
+    use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint, Secret};
+    let mut receivers = Vec::new();
+    for endpoint in Endpoint::ALL {
+        let secret = Secret::parse(EXAMPLE_SECRET).expect("the example secret parses");
+        let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), secret, false).await?;
+        *config.webhooks.endpoint_mut(endpoint) = Some(coldstream::config::EndpointSection {
+            url: format!("http://{}/{}", receiver.addr(), endpoint.as_str()),
+            secret: EXAMPLE_SECRET.to_owned(),
+            timeout_ms: 10_000,
+            max_in_flight: 16,
+        });
+        receivers.push((endpoint, receiver));
+    }
+    Ok(receivers)
+}
+
+/// Makes `dir` an empty folder holding only the `marker` file of `command`,
+/// deleting an earlier run's data there. Returns false, touching nothing,
+/// if `dir` holds anything else.
+pub fn fresh_dir(dir: &std::path::Path, marker: &str, command: &str) -> std::io::Result<bool> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        if !dir.join(marker).exists() {
+            return Ok(false);
+        }
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(marker), format!("made by coldstream {command}; deleted by the next {command}\n"))?;
+    Ok(true)
+}

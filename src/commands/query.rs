@@ -1,0 +1,51 @@
+//! `coldstream query`: SQL over the Parquet logs.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use coldstream::query::{self, Format};
+
+use super::{DataArgs, init_logging, runtime};
+
+/// The statement, where to run it and how to print the answer.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Read the SQL from a file (`-` for standard input).
+    #[arg(short = 'f', long = "file", conflicts_with = "sql")]
+    pub file: Option<PathBuf>,
+    /// The SQL statement.
+    pub sql: Option<String>,
+}
+
+/// Runs the statement and prints its rows.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    init_logging("warn");
+    let sql = match (args.file, args.sql) {
+        (Some(path), _) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).context("reading SQL from standard input")?;
+            text
+        }
+        (Some(path), _) => std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+        (None, Some(sql)) => sql,
+        (None, None) => bail!("give a SQL statement or -f FILE"),
+    };
+    let data = args.data.dir();
+    let output = runtime()?.block_on(async {
+        let one_line = |e: datafusion::error::DataFusionError| anyhow::anyhow!(query::one_line(&e));
+        let ctx = query::context(&data).await.map_err(one_line)?;
+        let batches = query::run(&ctx, &sql).await.map_err(one_line)?;
+        query::render(&batches, args.format).map_err(one_line)
+    })?;
+    print!("{output}");
+    if !output.ends_with('\n') {
+        println!();
+    }
+    Ok(())
+}
