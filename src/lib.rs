@@ -12,7 +12,7 @@ pub mod machine;
 pub mod pipeline;
 pub mod query;
 pub mod rebuild;
-pub mod runtime;
 pub mod server;
 pub mod verify;
 pub mod view_sink;
+pub mod workers;

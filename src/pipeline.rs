@@ -16,9 +16,9 @@ use coldstream_sources::ingest::SeqSnapshot;
 use coldstream_sources::log::OpenReader;
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, ViewsFingerprint};
-use crate::runtime::{Resume, ViewMessage, Workers};
 use crate::server::{Progress, ServerError, spawn};
 use crate::view_sink::{Checkpointing, ViewSinks, sink_views};
+use crate::workers::{Resume, ViewMessage, Workers};
 
 /// Where the views start: a checkpoint, or the log's first record.
 pub struct ResumePoint {

@@ -28,8 +28,8 @@ use crate::archiver::archive_log;
 use crate::checkpoint::{CheckpointError, CheckpointStore};
 use crate::config::Config;
 use crate::pipeline::{CheckpointPolicy, Pipeline, PipelineSpec, ResumePoint};
-use crate::runtime::RuntimeError;
 use crate::view_sink::ViewSinks;
+use crate::workers::RuntimeError;
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]

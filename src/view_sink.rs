@@ -18,8 +18,8 @@ use coldstream_sources::ingest::SeqSnapshot;
 use coldstream_sources::log::OpenReader;
 
 use crate::checkpoint::{CheckpointStore, Gatherer, ViewsFingerprint};
-use crate::runtime::ViewMessage;
 use crate::server::{Progress, ServerError};
+use crate::workers::ViewMessage;
 
 /// The sinks of the views' changes, in the order they are handed each
 /// batch; the last one takes the batch itself.

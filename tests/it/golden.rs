@@ -74,6 +74,18 @@ fn queries() -> Vec<PathBuf> {
     files
 }
 
+/// Every view of the list is read by at least one golden query.
+#[test]
+fn every_view_has_a_golden_query() {
+    let texts: Vec<String> = queries().iter().map(|file| std::fs::read_to_string(file).unwrap()).collect();
+    for view in coldstream_pipelines::views::NAMES {
+        assert!(
+            texts.iter().any(|sql| sql.contains(view)),
+            "no query in queries/ reads the view {view}: add one with its expected output"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_queries_match_their_expected_output() {
     let dir = tempfile::tempdir().unwrap();

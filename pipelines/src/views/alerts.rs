@@ -77,17 +77,8 @@ pub fn alerts_reference(events: &[Event]) -> BTreeSet<Alert> {
     negative.chain(warm).collect()
 }
 
-/// The `alerts` view.
-pub struct Alerts;
-
-impl crate::views::View for Alerts {
-    type Reference = <Self as crate::views::Listed>::Record;
-
-    fn reference(events: &[Event], _config: &crate::views::ViewConfig) -> BTreeSet<Self::Reference> {
-        alerts_reference(events)
-    }
-
-    fn project(record: &Self::Record) -> Self::Reference {
-        record.clone()
-    }
-}
+view_with_exact_reference!(
+    /// The `alerts` view.
+    Alerts,
+    alerts_reference
+);

@@ -19,7 +19,7 @@
 //! point is published per fridge as `settled`: no excursion starting
 //! before it can change, so inventory may fold its write-offs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use differential_dataflow::collection::VecCollection;
@@ -224,20 +224,11 @@ pub fn excursions_reference(events: &[Event]) -> BTreeMap<ExcursionKey, Excursio
     all
 }
 
-/// The `excursions` view.
-pub struct Excursions;
-
-impl crate::views::View for Excursions {
-    type Reference = <Self as crate::views::Listed>::Record;
-
-    fn reference(events: &[Event], _config: &crate::views::ViewConfig) -> BTreeSet<Self::Reference> {
-        excursions_reference(events).into_iter().collect()
-    }
-
-    fn project(record: &Self::Record) -> Self::Reference {
-        record.clone()
-    }
-}
+view_with_exact_reference!(
+    /// The `excursions` view.
+    Excursions,
+    excursions_reference
+);
 
 #[cfg(test)]
 mod tests {

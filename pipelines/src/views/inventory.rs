@@ -17,7 +17,7 @@
 //! (the on-hand as of that point), which later events can only build on.
 //! Events older than the fold point are beyond the horizon and not applied.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -338,20 +338,11 @@ pub fn inventory_reference(events: &[Event]) -> BTreeMap<InventoryKey, i64> {
     on_hand
 }
 
-/// The `inventory` view.
-pub struct Inventory;
-
-impl crate::views::View for Inventory {
-    type Reference = <Self as crate::views::Listed>::Record;
-
-    fn reference(events: &[Event], _config: &crate::views::ViewConfig) -> BTreeSet<Self::Reference> {
-        inventory_reference(events).into_iter().collect()
-    }
-
-    fn project(record: &Self::Record) -> Self::Reference {
-        record.clone()
-    }
-}
+view_with_exact_reference!(
+    /// The `inventory` view.
+    Inventory,
+    inventory_reference
+);
 
 #[cfg(test)]
 mod tests {

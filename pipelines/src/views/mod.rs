@@ -9,6 +9,30 @@
 //! list or iterate it. A view's own file says what it computes and how its
 //! batch reference is compared with it ([`View`]).
 
+/// Declares `$marker`, the [`View`] of a view whose batch reference,
+/// `$reference(events)`, computes its whole records.
+macro_rules! view_with_exact_reference {
+    ($(#[$doc:meta])* $marker:ident, $reference:path) => {
+        $(#[$doc])*
+        pub struct $marker;
+
+        impl crate::views::View for $marker {
+            type Reference = <Self as crate::views::Listed>::Record;
+
+            fn reference(
+                events: &[crate::Event],
+                _config: &crate::views::ViewConfig,
+            ) -> std::collections::BTreeSet<Self::Reference> {
+                $reference(events).into_iter().collect()
+            }
+
+            fn project(record: &Self::Record) -> Self::Reference {
+                record.clone()
+            }
+        }
+    };
+}
+
 pub mod alerts;
 pub mod cold_chain;
 pub mod inventory;

@@ -11,7 +11,7 @@
 //! grows, so a movement that has left the window can never enter it again
 //! and is forgotten, and one that arrives already outside it is ignored.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -141,20 +141,11 @@ pub fn sales_7d_reference(events: &[Event]) -> BTreeMap<InventoryKey, i64> {
     units
 }
 
-/// The `sales_7d` view.
-pub struct Sales7d;
-
-impl crate::views::View for Sales7d {
-    type Reference = <Self as crate::views::Listed>::Record;
-
-    fn reference(events: &[Event], _config: &crate::views::ViewConfig) -> BTreeSet<Self::Reference> {
-        sales_7d_reference(events).into_iter().collect()
-    }
-
-    fn project(record: &Self::Record) -> Self::Reference {
-        record.clone()
-    }
-}
+view_with_exact_reference!(
+    /// The `sales_7d` view.
+    Sales7d,
+    sales_7d_reference
+);
 
 #[cfg(test)]
 mod tests {

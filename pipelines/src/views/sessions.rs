@@ -512,35 +512,17 @@ pub fn revenue_reference(events: &[Event]) -> BTreeMap<RevenueKey, (i64, i64, i6
     revenue
 }
 
-/// The `sessions` view.
-pub struct Sessions;
+view_with_exact_reference!(
+    /// The `sessions` view.
+    Sessions,
+    sessions_reference
+);
 
-impl crate::views::View for Sessions {
-    type Reference = <Self as crate::views::Listed>::Record;
-
-    fn reference(events: &[Event], _config: &crate::views::ViewConfig) -> BTreeSet<Self::Reference> {
-        sessions_reference(events).into_iter().collect()
-    }
-
-    fn project(record: &Self::Record) -> Self::Reference {
-        record.clone()
-    }
-}
-
-/// The `revenue` view.
-pub struct Revenue;
-
-impl crate::views::View for Revenue {
-    type Reference = <Self as crate::views::Listed>::Record;
-
-    fn reference(events: &[Event], _config: &crate::views::ViewConfig) -> BTreeSet<Self::Reference> {
-        revenue_reference(events).into_iter().collect()
-    }
-
-    fn project(record: &Self::Record) -> Self::Reference {
-        record.clone()
-    }
-}
+view_with_exact_reference!(
+    /// The `revenue` view.
+    Revenue,
+    revenue_reference
+);
 
 #[cfg(test)]
 mod tests {
