@@ -17,7 +17,7 @@ use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SQLOptions, SessionContext};
 
 /// The current state of a view: the records of its changelog whose diffs
 /// sum above zero, with the changelog's columns but `time` and `diff`.
@@ -91,9 +91,24 @@ pub async fn context(data_dir: &Path) -> Result<SessionContext> {
     Ok(ctx)
 }
 
-/// Runs one SQL statement.
+/// What analysts' SQL may do: read. No DDL (`CREATE`, `DROP`), no DML
+/// (`INSERT`, `COPY … TO`), no statements (`SET`, transactions): a query
+/// over a live data directory must never write into it or change the
+/// session.
+fn read_only() -> SQLOptions {
+    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+}
+
+/// Runs one SQL statement, which must only read.
 pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
-    ctx.sql(sql).await?.collect().await
+    let plan = ctx.state().create_logical_plan(sql).await?;
+    read_only().verify_plan(&plan).map_err(|refused| {
+        DataFusionError::Plan(format!(
+            "coldstream SQL is read-only: {}",
+            refused.to_string().trim_start_matches("Error during planning: ")
+        ))
+    })?;
+    ctx.execute_logical_plan(plan).await?.collect().await
 }
 
 /// Renders batches in `format`.
