@@ -29,7 +29,7 @@ use coldstream_sources::log::archive::{ArchiveLog, ArchiveStore, ArchivedRange, 
 use crate::checkpoint::{CheckpointStore, ViewsFingerprint};
 use crate::config::Config;
 use crate::pipeline::{CheckpointPolicy, Pipeline, PipelineSpec, ResumePoint};
-use crate::server::{Progress, ServerError};
+use crate::server::{DataDirLock, Progress, ServerError};
 use crate::view_sink::ViewSinks;
 
 /// The Parquet archive of a data directory (`events/`, `rejected/`), as
@@ -99,6 +99,7 @@ pub struct Rebuilt {
 pub async fn rebuild(config: &Config) -> Result<Rebuilt, ServerError> {
     let started = Instant::now();
     let root = config.data_dir.clone();
+    let _lock = DataDirLock::take(&root)?;
     let log = ArchiveLog::open(ParquetArchive::list(&root)?)?;
     if log.end() == 0 {
         return Err(ServerError::Inconsistent(format!(

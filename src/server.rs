@@ -67,6 +67,14 @@ pub enum ServerError {
     /// The data directory's parts do not fit together.
     #[error("{0}")]
     Inconsistent(String),
+    /// Another process owns the data directory.
+    #[error("{dir} is in use by another coldstream process{holder}; stop it first, or give this one another --data")]
+    InUse {
+        /// The data directory.
+        dir: String,
+        /// Who holds it, as the lock file says (` (pid N)`), if it says.
+        holder: String,
+    },
     /// A thread could not be started.
     #[error("starting thread {name}: {source}")]
     Thread {
@@ -76,6 +84,43 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The lock of a data directory: one process owns it, from before it
+/// touches any file there until it has stopped. A second `coldstream run`
+/// or a `coldstream rebuild` on a live server's directory is refused
+/// instead of truncating its log's tail, removing its temporary files or
+/// delivering its webhooks. Readers (`coldstream query`) take no lock.
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    /// Takes the lock of `dir` (creating `dir/LOCK`), or says who holds it.
+    pub fn take(dir: &Path) -> Result<DataDirLock, ServerError> {
+        use std::io::Write;
+        let path = dir.join("LOCK");
+        let io = |source| LogError::Io { context: format!("opening {}", path.display()), source };
+        let mut file =
+            std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                return Err(ServerError::InUse {
+                    dir: dir.display().to_string(),
+                    holder: if holder.is_empty() { String::new() } else { format!(" (pid {holder})") },
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(io(source).into()),
+        }
+        // Who holds it, for the message a second process prints.
+        let written =
+            file.set_len(0).and_then(|_| writeln!(file, "{}", std::process::id())).and_then(|_| file.sync_all());
+        written.map_err(|source| LogError::Io { context: format!("writing {}", path.display()), source })?;
+        Ok(DataDirLock { _file: file })
+    }
 }
 
 /// How far each consumer of the log has got.
@@ -149,6 +194,8 @@ pub struct Server {
     dispatchers: Vec<tokio::task::JoinHandle<()>>,
     outbox: Arc<std::sync::Mutex<coldstream_sinks::webhooks::Outbox>>,
     stopping_webhooks: Arc<AtomicBool>,
+    /// Held until the server has stopped (dropped last, with the server).
+    _lock: DataDirLock,
 }
 
 impl Server {
@@ -158,6 +205,7 @@ impl Server {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .map_err(|e| LogError::Io { context: format!("creating {}", data_dir.display()), source: e })?;
+        let lock = DataDirLock::take(&data_dir)?;
         let log = config.log.open(&data_dir)?;
         let readers = log.readers();
         let held_at_start = (readers.durable_offset(), log.last_ingest_ms());
@@ -253,6 +301,7 @@ impl Server {
             dispatchers,
             outbox,
             stopping_webhooks,
+            _lock: lock,
         })
     }
 

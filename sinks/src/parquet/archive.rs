@@ -22,7 +22,7 @@ use arrow::record_batch::RecordBatch;
 use chrono::DateTime;
 use coldstream_pipelines::{Event, Payload};
 
-use super::{ParquetConfig, SinkError, list_parts, part_name, schema, write_part};
+use super::{ParquetConfig, SinkError, list_parts, part_name, remove_leftovers, schema, write_part};
 
 /// A rejected event as the dead letter keeps it.
 #[derive(Clone, Debug)]
@@ -71,6 +71,8 @@ impl EventArchive {
     pub fn open(root: &Path, config: ParquetConfig) -> Result<(Self, Option<(u64, u64)>), SinkError> {
         let events_dir = root.join("events");
         let rejected_dir = root.join("rejected");
+        remove_leftovers(&events_dir)?;
+        remove_leftovers(&rejected_dir)?;
         let last = list_parts(&events_dir)?
             .into_iter()
             .chain(list_parts(&rejected_dir)?)

@@ -261,6 +261,7 @@ impl<R: ChangeRow> Changelog<R> {
     /// Opens the changelog of `R::NAME` under the data directory `root`.
     pub fn open(root: &Path, config: ParquetConfig) -> Result<Self, SinkError> {
         let dir = root.join("views").join(R::NAME);
+        super::remove_leftovers(&dir)?;
         let covered = list_parts(&dir)?.into_iter().map(|(_, _, to)| to).max().unwrap_or(0);
         Ok(Changelog {
             dir,

@@ -108,36 +108,61 @@ pub fn parse_part_name(name: &str) -> Option<(u64, u64)> {
     Some((from.parse().ok()?, to.parse().ok()?))
 }
 
-/// Every part file below `dir` (one level of partition folders deep), with
-/// its range. Leftover temporary files from a crash are removed.
-pub fn list_parts(dir: &Path) -> Result<Vec<(PathBuf, u64, u64)>, SinkError> {
-    let mut parts = Vec::new();
-    if !dir.exists() {
-        return Ok(parts);
-    }
+/// The folders part files may be in: `dir` and its partition folders.
+fn part_folders(dir: &Path) -> Result<Vec<PathBuf>, SinkError> {
     let mut folders = vec![dir.to_path_buf()];
-    let read = |folder: &Path| {
-        std::fs::read_dir(folder).map_err(|e| SinkError::io(format!("listing {}", folder.display()), e))
-    };
-    for entry in read(dir)? {
+    for entry in std::fs::read_dir(dir).map_err(|e| SinkError::io(format!("listing {}", dir.display()), e))? {
         let entry = entry.map_err(|e| SinkError::io(format!("listing {}", dir.display()), e))?;
         if entry.path().is_dir() {
             folders.push(entry.path());
         }
     }
-    for folder in folders {
-        for entry in read(&folder)? {
-            let entry = entry.map_err(|e| SinkError::io(format!("listing {}", folder.display()), e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.ends_with(".tmp") {
-                std::fs::remove_file(entry.path())
-                    .map_err(|e| SinkError::io(format!("removing {}", entry.path().display()), e))?;
-            } else if let Some((from, to)) = parse_part_name(&name) {
-                parts.push((entry.path(), from, to));
+    Ok(folders)
+}
+
+/// The names of the files in `folder`, with their paths.
+fn files_in(folder: &Path) -> Result<Vec<(String, PathBuf)>, SinkError> {
+    let listing = |e| SinkError::io(format!("listing {}", folder.display()), e);
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(folder).map_err(listing)? {
+        let entry = entry.map_err(listing)?;
+        files.push((entry.file_name().to_string_lossy().into_owned(), entry.path()));
+    }
+    Ok(files)
+}
+
+/// Every part file below `dir` (one level of partition folders deep), with
+/// its range. Only reads: a reader (an analyst's query) may list while the
+/// server writes, and a temporary file is a write in progress.
+pub fn list_parts(dir: &Path) -> Result<Vec<(PathBuf, u64, u64)>, SinkError> {
+    let mut parts = Vec::new();
+    if !dir.exists() {
+        return Ok(parts);
+    }
+    for folder in part_folders(dir)? {
+        for (name, path) in files_in(&folder)? {
+            if let Some((from, to)) = parse_part_name(&name) {
+                parts.push((path, from, to));
             }
         }
     }
     Ok(parts)
+}
+
+/// Removes the temporary files a crash left below `dir`: for the writer of
+/// `dir` alone, when it opens (the server holds the data directory's lock).
+pub fn remove_leftovers(dir: &Path) -> Result<(), SinkError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for folder in part_folders(dir)? {
+        for (name, path) in files_in(&folder)? {
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                std::fs::remove_file(&path).map_err(|e| SinkError::io(format!("removing {}", path.display()), e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), SinkError> {
@@ -176,6 +201,24 @@ pub fn empty(schema: &SchemaRef) -> RecordBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An analyst's query lists parts while the server writes one: the
+    /// listing must leave the write in progress alone.
+    #[test]
+    fn listing_parts_leaves_a_write_in_progress_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let day = dir.path().join("dt=2026-03-01");
+        std::fs::create_dir_all(&day).expect("creates");
+        let writing = day.join(format!(".{}.tmp", part_name(0, 5)));
+        std::fs::write(&writing, b"half a file").expect("writes");
+        std::fs::write(day.join(part_name(5, 9)), b"a part").expect("writes");
+        let parts = list_parts(dir.path()).expect("lists");
+        assert_eq!(parts.iter().map(|(_, from, to)| (*from, *to)).collect::<Vec<_>>(), [(5, 9)]);
+        assert!(writing.exists(), "a listing removed the writer's temporary file");
+        remove_leftovers(dir.path()).expect("removes");
+        assert!(!writing.exists(), "the writer, at open, removes what a crash left");
+        assert_eq!(list_parts(dir.path()).expect("lists").len(), 1);
+    }
 
     #[test]
     fn part_names_round_trip_and_sort_by_range() {
