@@ -18,7 +18,19 @@ pub struct Args {
     pub listen: Option<std::net::SocketAddr>,
 }
 
-/// Runs the server until Ctrl-C, then drains the log into every sink.
+/// Waits for Ctrl-C (SIGINT) or SIGTERM, the signal service managers
+/// (systemd, Docker, Kubernetes) stop a process with.
+async fn stop_signal() -> anyhow::Result<()> {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("listening for SIGTERM")?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C"),
+        _ = terminate.recv() => Ok(()),
+    }
+}
+
+/// Runs the server until Ctrl-C or SIGTERM, then drains the log into every
+/// sink and takes a last checkpoint.
 pub fn run(args: Args) -> anyhow::Result<()> {
     init_logging("info");
     let mut config = args.config.load()?;
@@ -36,8 +48,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let server = Server::start(&config).await?;
         // Scripts and tests read the bound address from this line.
         println!("coldstream listening on {}", server.addr());
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
+        let stop = stop_signal();
+        tokio::pin!(stop);
         tokio::select! {
             status = server.replayed(Duration::from_secs(86_400)) => {
                 if status.is_ok() {
@@ -46,9 +58,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     let line = format!("coldstream caught up in {} ms\n", started.elapsed().as_millis());
                     let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());
                 }
-                (&mut ctrl_c).await.context("waiting for Ctrl-C")?;
+                (&mut stop).await?;
             }
-            signal = &mut ctrl_c => signal.context("waiting for Ctrl-C")?,
+            stopped = &mut stop => stopped?,
         }
         tracing::info!("shutting down: draining the log into every sink");
         server.shutdown().await?;

@@ -94,8 +94,14 @@ impl ServerProcess {
     }
 
     /// SIGINT: the server drains the log into every sink and exits.
-    pub fn stop(mut self) {
-        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
+    pub fn stop(self) {
+        self.stop_with("-INT");
+    }
+
+    /// `signal` (`-INT`, `-TERM`): the server drains the log into every
+    /// sink, takes a last checkpoint and exits 0.
+    pub fn stop_with(mut self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         for _ in 0..600 {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -105,7 +111,7 @@ impl ServerProcess {
             std::thread::sleep(Duration::from_millis(100));
         }
         self.child.kill().unwrap();
-        panic!("the server did not stop within 60 s of SIGINT");
+        panic!("the server did not stop within 60 s of {signal}");
     }
 }
 
