@@ -100,7 +100,7 @@ impl DataDirLock {
     pub fn take(dir: &Path) -> Result<DataDirLock, ServerError> {
         use std::io::Write;
         let path = dir.join("LOCK");
-        let io = |source| LogError::Io { context: format!("opening {}", path.display()), source };
+        let io = |source: std::io::Error| ServerError::Inconsistent(format!("opening {}: {source}", path.display()));
         let mut file =
             std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
         match file.try_lock() {
@@ -113,12 +113,12 @@ impl DataDirLock {
                     holder: if holder.is_empty() { String::new() } else { format!(" (pid {holder})") },
                 });
             }
-            Err(std::fs::TryLockError::Error(source)) => return Err(io(source).into()),
+            Err(std::fs::TryLockError::Error(source)) => return Err(io(source)),
         }
         // Who holds it, for the message a second process prints.
         let written =
             file.set_len(0).and_then(|_| writeln!(file, "{}", std::process::id())).and_then(|_| file.sync_all());
-        written.map_err(|source| LogError::Io { context: format!("writing {}", path.display()), source })?;
+        written.map_err(|source| ServerError::Inconsistent(format!("writing {}: {source}", path.display())))?;
         Ok(DataDirLock { _file: file })
     }
 }

@@ -84,19 +84,19 @@ impl ViewSinks {
 /// How the view sink takes checkpoints.
 pub struct Checkpointing {
     /// Where checkpoints are written.
-    pub store: CheckpointStore,
+    store: CheckpointStore,
     /// What the state depends on.
-    pub fingerprint: ViewsFingerprint,
+    fingerprint: ViewsFingerprint,
     /// The operators' side: how many snapshots make one checkpoint.
-    pub checkpoints: Checkpoints,
+    checkpoints: Checkpoints,
     /// The ingest's latest seq map.
-    pub seqs: Box<dyn Fn() -> SeqSnapshot + Send>,
+    seqs: Box<dyn Fn() -> SeqSnapshot + Send>,
     /// The log, for retention.
-    pub log: Arc<dyn OpenReader>,
+    log: Arc<dyn OpenReader>,
     /// Log retention; `None` removes nothing.
-    pub retention_ms: Option<u64>,
+    retention_ms: Option<u64>,
     /// Where the view sink says how far the views have got.
-    pub progress: Arc<Progress>,
+    progress: Arc<Progress>,
     gatherer: Gatherer,
 }
 
