@@ -30,7 +30,7 @@ use coldstream_sources::ingest::SeqSnapshot;
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 8] = b"COLDCKPT";
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 const HEADER_BYTES: usize = 8 + 4 + 8 + 4;
 
 /// Everything a restart needs besides the log tail and the sinks' files.
@@ -351,6 +351,9 @@ impl Gatherer {
 
 #[cfg(test)]
 mod tests {
+    use coldstream_sources::auth::Principal;
+    use coldstream_sources::ingest::Position;
+
     use super::*;
 
     fn fingerprint(lead_time_days: i64) -> ViewsFingerprint {
@@ -369,7 +372,10 @@ mod tests {
             dataflow: DataflowState { time, operators: BTreeMap::new() },
             sink_frontier: time,
             sinks: [("changelogs".to_owned(), vec![1, 2, 3]), ("webhooks".to_owned(), vec![4])].into(),
-            seqs: SeqSnapshot { offset: offset + 5, highest: [("FR-1".to_owned(), 7)].into() },
+            seqs: SeqSnapshot {
+                offset: offset + 5,
+                highest: [(Principal::Fridge("FR-1".into()), Position { incarnation: 1, seq: 7 })].into(),
+            },
         }
     }
 

@@ -179,6 +179,9 @@ pub struct GatewaySection {
     pub queue_batches: usize,
     /// Records in one group commit (one fsync), at most.
     pub max_commit_records: usize,
+    /// How far a seq may jump above its source's highest durable seq;
+    /// beyond it the event is refused `seq_gap`.
+    pub max_seq_gap: u64,
 }
 
 /// The event log: a closed choice of kinds, selected by `kind` (the
@@ -291,6 +294,7 @@ impl Default for GatewaySection {
             max_in_flight_batches: defaults.max_in_flight_batches,
             queue_batches: ingest.queue_batches,
             max_commit_records: ingest.max_commit_records,
+            max_seq_gap: ingest.max_seq_gap,
         }
     }
 }
@@ -380,6 +384,9 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
+        }
+        if self.gateway.max_seq_gap == 0 {
+            return Err(ConfigError::Invalid("gateway.max_seq_gap must be at least 1".into()));
         }
         match &self.log {
             LogSection::Embedded(embedded) if embedded.segment_mb == 0 => {
@@ -526,6 +533,9 @@ max_in_flight_batches = 8
 queue_batches = 1024
 # Records in one group commit (one fsync), at most.
 max_commit_records = 50000
+# How far a seq may jump above its source's highest durable seq; beyond it
+# the event is refused `seq_gap`, so one bad counter cannot silence a fridge.
+max_seq_gap = 1000000
 
 [log]
 # Which log: "embedded" (segment files in data_dir/log; no server to run).

@@ -12,7 +12,7 @@
 //! and a checkpoint at the archive's end lets `coldstream run` go on from
 //! the log after it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -70,16 +70,15 @@ impl ArchiveStore for ParquetArchive {
     }
 }
 
-/// The highest seq of every source in the archive.
-fn archived_seqs(root: &Path) -> Result<HashMap<String, u64>, ServerError> {
-    let mut highest: HashMap<String, u64> = HashMap::new();
+/// The position of every source in the archive, covering the log up to `offset`.
+fn archived_seqs(root: &Path, offset: u64) -> Result<SeqSnapshot, ServerError> {
+    let mut seqs = SeqSnapshot { offset, ..SeqSnapshot::default() };
     for (path, _, _) in list_parts(&root.join("events"))? {
         for (_, event) in read_events(&path)? {
-            let seq = highest.entry(event.source_id).or_insert(0);
-            *seq = (*seq).max(event.seq);
+            seqs.observe(&event);
         }
     }
-    Ok(highest)
+    Ok(seqs)
 }
 
 /// What a rebuild did.
@@ -130,7 +129,7 @@ pub async fn rebuild(config: &Config) -> Result<Rebuilt, ServerError> {
     }
     webhooks.stopping().store(true, std::sync::atomic::Ordering::Release);
 
-    let seqs = SeqSnapshot { offset: log.end(), highest: archived_seqs(&root)? };
+    let seqs = archived_seqs(&root, log.end())?;
     let views = config.views();
     let fingerprint = ViewsFingerprint::of(&views);
     let pipeline = Pipeline::start(PipelineSpec {

@@ -217,6 +217,7 @@ impl Server {
             IngestConfig {
                 queue_batches: config.gateway.queue_batches,
                 max_commit_records: config.gateway.max_commit_records,
+                max_seq_gap: config.gateway.max_seq_gap,
             },
             resume.seqs(),
         )?;

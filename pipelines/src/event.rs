@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 pub struct Event {
     /// The fridge id for fridge events, the back-office client id otherwise.
     pub source_id: String,
-    /// Strictly increasing per source, starting at 1.
+    /// The source's incarnation: raised whenever its seq counter restarts
+    /// (a wiped flash), 0 when the source does not say.
+    pub incarnation: u64,
+    /// Strictly increasing per source and incarnation, starting at 1.
     pub seq: u64,
     /// When it happened, in microseconds since the Unix epoch (UTC).
     pub event_time: i64,

@@ -122,7 +122,7 @@ impl SimFridge {
             let Some((time, payload)) = self.queue.pop_front() else { break };
             self.seq += 1;
             self.remaining -= 1;
-            out.push(Event { source_id: self.id.clone(), seq: self.seq, event_time: time, payload });
+            out.push(Event { source_id: self.id.clone(), incarnation: 0, seq: self.seq, event_time: time, payload });
         }
         out
     }
@@ -263,7 +263,13 @@ impl Fleet {
         let mut seq = 0u64;
         let mut push = |payload: Payload, back_office: &mut Vec<Event>| {
             seq += 1;
-            back_office.push(Event { source_id: BACK_OFFICE.into(), seq, event_time: setup_time, payload });
+            back_office.push(Event {
+                source_id: BACK_OFFICE.into(),
+                incarnation: 0,
+                seq,
+                event_time: setup_time,
+                payload,
+            });
         };
         let catalogue = catalogue(spec.skus.unwrap_or(0));
         for (sku, price, _) in &catalogue {

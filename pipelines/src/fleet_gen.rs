@@ -61,6 +61,7 @@ fn numbered(raw: Vec<(i64, (usize, Payload))>) -> Vec<Event> {
             seqs[source] += 1;
             Event {
                 source_id: FRIDGES.get(source).map_or("backoffice", |f| f).to_owned(),
+                incarnation: 0,
                 seq: seqs[source],
                 event_time,
                 payload,

@@ -8,8 +8,22 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// The authenticated identity of a connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The id rule of fridges and back-office clients, as a pattern.
+pub const ID_RULE: &str = "[A-Za-z0-9][A-Za-z0-9._-]{0,63}";
+
+/// Whether `id` follows [`ID_RULE`]: no `/`, no spaces, so a fridge id can
+/// never be read as a back-office name.
+pub fn valid_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    (1..=64).contains(&bytes.len())
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The authenticated identity of a connection, and the namespace its seqs,
+/// its deduplication and its token live in: a back-office client named like
+/// a fridge shares nothing with it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Principal {
     /// A fridge, by fridge id.
     Fridge(String),
@@ -18,6 +32,16 @@ pub enum Principal {
 }
 
 impl Principal {
+    /// A fridge, if `id` follows the id rule.
+    pub fn fridge(id: &str) -> Option<Principal> {
+        valid_id(id).then(|| Principal::Fridge(id.to_owned()))
+    }
+
+    /// A back-office client, if `id` follows the id rule.
+    pub fn back_office(id: &str) -> Option<Principal> {
+        valid_id(id).then(|| Principal::BackOffice(id.to_owned()))
+    }
+
     /// The id the principal's events carry as `source_id`.
     pub fn source_id(&self) -> &str {
         match self {
@@ -97,6 +121,17 @@ mod tests {
         assert!(!tokens.verify(&Principal::BackOffice("FR-000001".into()), &token));
         assert!(!Tokens::new("other").verify(&fridge, &token));
         assert!(!tokens.verify(&fridge, "not hex"));
+    }
+
+    #[test]
+    fn ids_follow_the_id_rule() {
+        for good in ["FR-000123", "a", "bo.prices_1", &"x".repeat(64)] {
+            assert!(valid_id(good), "{good}");
+        }
+        for bad in ["", "-FR", ".x", "backoffice/FR-1", "FR 1", "FR\n", "é", &"x".repeat(65)] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+        assert_eq!(Principal::fridge("backoffice/prices"), None);
     }
 
     #[test]

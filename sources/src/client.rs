@@ -86,11 +86,22 @@ pub struct Session {
 }
 
 impl Session {
-    /// Says hello as `fridge_id` and waits for `Welcome`.
+    /// Says hello as `fridge_id` (incarnation 0) and waits for `Welcome`.
     pub async fn open(channel: Channel, fridge_id: &str, token: &str) -> Result<Session, ClientError> {
+        Session::open_as(channel, fridge_id, 0, token).await
+    }
+
+    /// Says hello as `fridge_id` in `incarnation` and waits for `Welcome`.
+    pub async fn open_as(
+        channel: Channel,
+        fridge_id: &str,
+        incarnation: u64,
+        token: &str,
+    ) -> Result<Session, ClientError> {
         let (outbound, receiver) = mpsc::channel(16);
-        let hello =
-            FridgeMessage { kind: Some(fridge_message::Kind::Hello(Hello { fridge_id: fridge_id.to_owned() })) };
+        let hello = FridgeMessage {
+            kind: Some(fridge_message::Kind::Hello(Hello { fridge_id: fridge_id.to_owned(), incarnation })),
+        };
         outbound.send(hello).await.map_err(|_| ClientError::Protocol("stream closed before Hello"))?;
         let mut client = FridgeGatewayClient::new(channel);
         let mut inbound = client.stream(authorized(ReceiverStream::new(receiver), token)?).await?.into_inner();
@@ -146,6 +157,8 @@ pub struct Fridge {
     endpoint: String,
     fridge_id: String,
     token: String,
+    /// The incarnation announced in `Hello` (raise it when the seq counter restarts).
+    pub incarnation: u64,
     session: Option<Session>,
     unacked: VecDeque<Event>,
     next_batch: u64,
@@ -162,6 +175,7 @@ impl Fridge {
             endpoint: endpoint.into(),
             fridge_id: fridge_id.into(),
             token: token.into(),
+            incarnation: 0,
             session: None,
             unacked: VecDeque::new(),
             next_batch: 1,
@@ -214,7 +228,9 @@ impl Fridge {
 
     async fn round_trip(&mut self, tally: &mut Delivered) -> Result<(), ClientError> {
         if self.session.is_none() {
-            let session = Session::open(channel(&self.endpoint).await?, &self.fridge_id, &self.token).await?;
+            let session =
+                Session::open_as(channel(&self.endpoint).await?, &self.fridge_id, self.incarnation, &self.token)
+                    .await?;
             // What is durable needs no resending; the gateway would only
             // answer it as a duplicate.
             while self.unacked.front().is_some_and(|e| e.seq <= session.highest_durable_seq) {
@@ -245,6 +261,6 @@ impl Fridge {
 /// Publishes back-office events as `source_id`.
 pub async fn publish(channel: Channel, source_id: &str, token: &str, events: Vec<Event>) -> Result<Ack, ClientError> {
     let mut client = FridgeGatewayClient::new(channel);
-    let request = PublishRequest { source_id: source_id.to_owned(), events };
+    let request = PublishRequest { source_id: source_id.to_owned(), events, incarnation: 0 };
     Ok(client.publish(authorized(request, token)?).await?.into_inner())
 }

@@ -29,6 +29,8 @@ impl Rejection {
 
 /// The largest `qty` an event may carry.
 pub const MAX_QTY: i64 = 1000;
+/// The largest amount or price, in cents (one million in the currency).
+pub const MAX_MONEY_CENTS: i64 = 100_000_000;
 /// How far ahead of the gateway clock an event time may be.
 pub const MAX_CLOCK_SKEW_US: i64 = 5 * 60 * 1_000_000;
 
@@ -117,13 +119,14 @@ pub fn decode(event: &proto::Event) -> Result<Event, Rejection> {
             perishable: present(p.perishable, "perishable")?,
         },
     };
-    Ok(Event { source_id, seq: event.seq, event_time: event.event_time_us, payload })
+    Ok(Event { source_id, incarnation: 0, seq: event.seq, event_time: event.event_time_us, payload })
 }
 
 /// Applies every acceptance rule to an event received from `principal`
 /// when the gateway clock read `now_us`.
 pub fn accept(event: &proto::Event, principal: &Principal, now_us: i64) -> Result<Event, Rejection> {
     let decoded = decode(event)?;
+    check_ids(&decoded)?;
     if decoded.source_id != principal.source_id() {
         return Err(Rejection::new(
             RejectReason::WrongSource,
@@ -150,6 +153,25 @@ pub fn accept(event: &proto::Event, principal: &Principal, now_us: i64) -> Resul
     Ok(decoded)
 }
 
+/// Every id an event names follows the id rule. Only new events are
+/// checked: records already in the log stay readable.
+fn check_ids(event: &Event) -> Result<(), Rejection> {
+    let check = |id: &str, field: &str| {
+        if crate::auth::valid_id(id) {
+            Ok(())
+        } else {
+            Err(malformed(format!("{field} {id:?} is not an id ({})", crate::auth::ID_RULE)))
+        }
+    };
+    check(&event.source_id, "source_id")?;
+    match &event.payload {
+        Payload::PriceChanged { fridge_id: Some(fridge_id), .. }
+        | Payload::FridgeRegistered { fridge_id, .. }
+        | Payload::PlanogramSet { fridge_id, .. } => check(fridge_id, "fridge_id"),
+        _ => Ok(()),
+    }
+}
+
 fn check_ranges(payload: &Payload) -> Result<(), Rejection> {
     let qty = |qty: i64, low: i64| {
         if (low..=MAX_QTY).contains(&qty) {
@@ -159,10 +181,15 @@ fn check_ranges(payload: &Payload) -> Result<(), Rejection> {
         }
     };
     let money = |cents: i64, field: &str| {
-        if cents >= 0 {
-            Ok(())
-        } else {
+        if cents < 0 {
             Err(Rejection::new(RejectReason::NegativeMoney, format!("{field} {cents} is negative")))
+        } else if cents > MAX_MONEY_CENTS {
+            Err(Rejection::new(
+                RejectReason::MoneyOutOfRange,
+                format!("{field} {cents} is above the limit of {MAX_MONEY_CENTS} cents"),
+            ))
+        } else {
+            Ok(())
         }
     };
     match payload {

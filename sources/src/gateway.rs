@@ -20,11 +20,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Principal, Tokens, bearer};
-use crate::convert::accept;
-use crate::ingest::{Candidate, Ingest, IngestError, Outcome, Pending};
+use crate::auth::{ID_RULE, Principal, Tokens, bearer};
+use crate::convert::{Rejection, accept};
+use crate::ingest::{Candidate, Ingest, IngestError, Outcome, Pending, stale};
 use crate::proto::{
-    self, Ack, FridgeMessage, GatewayMessage, PublishRequest, RejectedEvent, Rejection, Welcome,
+    self, Ack, FridgeMessage, GatewayMessage, PublishRequest, RejectedEvent, Welcome,
     fridge_gateway_server::FridgeGateway, fridge_gateway_server::FridgeGatewayServer, fridge_message, gateway_message,
 };
 
@@ -83,6 +83,7 @@ impl Gateway {
     async fn submit(
         &self,
         principal: &Principal,
+        incarnation: u64,
         batch_id: u64,
         events: Vec<proto::Event>,
     ) -> Result<AckFuture, Status> {
@@ -97,12 +98,15 @@ impl Gateway {
         let mut candidates = Vec::with_capacity(events.len());
         let mut reasons = Vec::with_capacity(events.len());
         let mut seqs = Vec::with_capacity(events.len());
+        let mut before = None;
         for event in events {
             seqs.push(event.seq);
-            match accept(&event, principal, now) {
-                Ok(_) => {
+            let verdict = accept(&event, principal, now).and_then(|_| in_order(before, event.seq));
+            before = before.max(Some(event.seq));
+            match verdict {
+                Ok(()) => {
                     reasons.push(None);
-                    candidates.push(Candidate::Accepted(event));
+                    candidates.push(Candidate::Accepted { event, source: principal.clone(), incarnation });
                 }
                 Err(rejection) => {
                     reasons.push(Some(rejection.clone()));
@@ -122,7 +126,8 @@ impl Gateway {
         Ok(AckFuture {
             pending,
             ingest: self.ingest.clone(),
-            source_id: principal.source_id().to_owned(),
+            source: principal.clone(),
+            incarnation,
             batch_id,
             seqs,
             reasons,
@@ -172,14 +177,26 @@ pub enum GatewayError {
     Transport(#[source] tonic::transport::Error),
 }
 
+/// The seq rule within a batch: each seq above every one before it.
+fn in_order(before: Option<u64>, seq: u64) -> Result<(), Rejection> {
+    match before {
+        Some(before) if seq <= before => Err(Rejection {
+            code: proto::RejectReason::SeqOrder,
+            message: format!("seq {seq} is not above seq {before} earlier in the same batch"),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A queued batch on its way to becoming an ack.
 struct AckFuture {
     pending: Pending,
     ingest: Ingest,
-    source_id: String,
+    source: Principal,
+    incarnation: u64,
     batch_id: u64,
     seqs: Vec<u64>,
-    reasons: Vec<Option<crate::convert::Rejection>>,
+    reasons: Vec<Option<Rejection>>,
 }
 
 impl AckFuture {
@@ -190,13 +207,13 @@ impl AckFuture {
             match (outcome, reason) {
                 (Outcome::Appended, _) => ack.accepted.push(seq),
                 (Outcome::Duplicate, _) => ack.duplicates.push(seq),
-                (Outcome::DeadLettered, Some(reason)) => {
-                    ack.rejected.push(Rejection { seq, code: reason.code as i32, message: reason.message })
+                (Outcome::Refused(reason), _) | (Outcome::DeadLettered, Some(reason)) => {
+                    ack.rejected.push(proto::Rejection { seq, code: reason.code as i32, message: reason.message })
                 }
                 (Outcome::DeadLettered, None) => unreachable!("only rejected candidates are dead-lettered"),
             }
         }
-        ack.highest_durable_seq = self.ingest.highest_durable_seq(&self.source_id);
+        ack.highest_durable_seq = self.ingest.position(&self.source).seq_in(self.incarnation).unwrap_or(0);
         Ok(ack)
     }
 }
@@ -218,36 +235,46 @@ impl FridgeGateway for Gateway {
             Some(FridgeMessage { kind: Some(fridge_message::Kind::Hello(hello)) }) => hello,
             _ => return Err(Status::invalid_argument("the first message of a stream must be Hello")),
         };
-        if hello.fridge_id.trim().is_empty() {
-            return Err(Status::invalid_argument("Hello.fridge_id is missing"));
-        }
-        let principal = Principal::Fridge(hello.fridge_id);
+        let principal = Principal::fridge(&hello.fridge_id).ok_or_else(|| {
+            Status::invalid_argument(format!("Hello.fridge_id {:?} is not an id ({ID_RULE})", hello.fridge_id))
+        })?;
         if !self.tokens.verify(&principal, &token) {
             tracing::warn!(fridge_id = principal.source_id(), "refused a stream with a wrong token");
             return Err(Status::unauthenticated(format!("the token is not valid for {principal}")));
         }
+        let position = self.ingest.position(&principal);
+        let highest_durable_seq = position
+            .seq_in(hello.incarnation)
+            .ok_or_else(|| Status::failed_precondition(stale(&principal, hello.incarnation, position)))?;
         let (outbound, acks) = mpsc::channel(self.config.max_in_flight_batches.max(1) * 2);
-        let welcome = Welcome { highest_durable_seq: self.ingest.highest_durable_seq(principal.source_id()) };
+        let welcome = Welcome { highest_durable_seq, incarnation: hello.incarnation };
         outbound
             .send(Ok(GatewayMessage { kind: Some(gateway_message::Kind::Welcome(welcome)) }))
             .await
             .map_err(|_| Status::cancelled("the fridge went away"))?;
         let gateway = self.clone();
-        tokio::spawn(async move { gateway.connection(principal, inbound, outbound).await });
+        let incarnation = hello.incarnation;
+        tokio::spawn(async move { gateway.connection(principal, incarnation, inbound, outbound).await });
         Ok(Response::new(ReceiverStream::new(acks)))
     }
 
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<Ack>, Status> {
         let token = token(&request)?;
         let request = request.into_inner();
-        if request.source_id.trim().is_empty() {
-            return Err(Status::invalid_argument("PublishRequest.source_id is missing"));
-        }
-        let principal = Principal::BackOffice(request.source_id);
+        let principal = Principal::back_office(&request.source_id).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "PublishRequest.source_id {:?} is not an id ({ID_RULE})",
+                request.source_id
+            ))
+        })?;
         if !self.tokens.verify(&principal, &token) {
             return Err(Status::unauthenticated(format!("the token is not valid for {principal}")));
         }
-        let ack = self.submit(&principal, 0, request.events).await?.ack().await?;
+        let position = self.ingest.position(&principal);
+        if position.seq_in(request.incarnation).is_none() {
+            return Err(Status::failed_precondition(stale(&principal, request.incarnation, position)));
+        }
+        let ack = self.submit(&principal, request.incarnation, 0, request.events).await?.ack().await?;
         Ok(Response::new(ack))
     }
 }
@@ -257,6 +284,7 @@ impl Gateway {
     async fn connection(
         self,
         principal: Principal,
+        incarnation: u64,
         mut inbound: Streaming<FridgeMessage>,
         outbound: mpsc::Sender<Result<GatewayMessage, Status>>,
     ) {
@@ -267,7 +295,7 @@ impl Gateway {
                 message = inbound.message(), if open && in_flight.len() < self.config.max_in_flight_batches => {
                     match message {
                         Ok(Some(FridgeMessage { kind: Some(fridge_message::Kind::Batch(batch)) })) => {
-                            match self.submit(&principal, batch.batch_id, batch.events).await {
+                            match self.submit(&principal, incarnation, batch.batch_id, batch.events).await {
                                 Ok(ack) => in_flight.push_back(ack.ack()),
                                 Err(status) => {
                                     let _ = outbound.send(Err(status)).await;

@@ -2,14 +2,22 @@
 //!
 //! Connections hand batches of candidate records to [`Ingest::append`]
 //! through a bounded queue; a dedicated thread drains whatever is queued,
-//! drops duplicates by `(source_id, seq)`, appends the rest with one ingest
-//! time, fsyncs once, and only then answers every waiting batch. A stalled
-//! disk therefore fills the queue and slows acks; it never grows memory.
+//! applies the seq rules, appends what passes with one ingest time, fsyncs
+//! once, and only then answers every waiting batch. A stalled disk
+//! therefore fills the queue and slows acks; it never grows memory.
 //!
-//! The highest durable seq of every source survives restarts: the writer
-//! publishes a copy with the log offset it covers (about four times a second),
-//! the server keeps the latest in its checkpoints, and on start the map is
-//! that copy plus what the log holds after its offset.
+//! The seq rules (see the README's "Sources and seqs"): every source (a
+//! [`Principal`]: fridges and back-office clients are separate namespaces)
+//! has a [`Position`], its highest durable `(incarnation, seq)`. An event
+//! of a lower incarnation is refused as stale; a higher incarnation starts
+//! a new seq space at 0; a seq at or below the position is a duplicate; a
+//! seq more than `max_seq_gap` above it is refused (`seq_gap`), so one bad
+//! counter cannot silence a fridge.
+//!
+//! The positions survive restarts: the writer publishes a copy with the log
+//! offset it covers (about four times a second), the server keeps the
+//! latest in its checkpoints, and on start the map is that copy plus what
+//! the log holds after its offset.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,27 +27,38 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::Principal;
+use crate::convert::Rejection;
 use crate::log::{EventLog, LogError, OpenReader};
-use crate::proto::{self, LogEntry, log_entry::Entry};
+use crate::proto::{self, LogEntry, RejectReason, RejectedEvent, log_entry::Entry};
 
 /// A record offered for appending.
 #[derive(Debug)]
 pub enum Candidate {
-    /// An event that passed the acceptance rules.
-    Accepted(proto::Event),
+    /// An event that passed the acceptance rules; the seq rules remain.
+    Accepted {
+        /// The event.
+        event: proto::Event,
+        /// Who sent it: the namespace its seq lives in.
+        source: Principal,
+        /// The sender's incarnation.
+        incarnation: u64,
+    },
     /// A rejected event, for the dead letter (never deduplicated).
     Rejected(proto::RejectedEvent),
 }
 
 /// What became of a candidate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Appended and fsynced.
     Appended,
-    /// Its `(source_id, seq)` was already durable; not appended again.
+    /// Its `(source, incarnation, seq)` was already durable; not appended again.
     Duplicate,
-    /// Kept in the dead letter, fsynced.
+    /// Rejected before it was offered; kept in the dead letter, fsynced.
     DeadLettered,
+    /// Refused by the seq rules; kept in the dead letter, fsynced.
+    Refused(Rejection),
 }
 
 /// Why a batch could not be made durable.
@@ -53,13 +72,6 @@ pub enum IngestError {
     Stopped,
 }
 
-impl IngestError {
-    /// Whether the sender should retry later.
-    pub fn is_retryable(&self) -> bool {
-        true
-    }
-}
-
 /// Settings of the writer.
 #[derive(Clone, Debug)]
 pub struct IngestConfig {
@@ -67,11 +79,13 @@ pub struct IngestConfig {
     pub queue_batches: usize,
     /// Records in one group commit, at most.
     pub max_commit_records: usize,
+    /// How far above a source's highest durable seq a seq may jump.
+    pub max_seq_gap: u64,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        IngestConfig { queue_batches: 1024, max_commit_records: 50_000 }
+        IngestConfig { queue_batches: 1024, max_commit_records: 50_000, max_seq_gap: 1_000_000 }
     }
 }
 
@@ -95,7 +109,7 @@ struct Request {
 #[derive(Clone)]
 pub struct Ingest {
     queue: mpsc::Sender<Request>,
-    highest: Arc<Mutex<HashMap<String, u64>>>,
+    highest: Arc<Mutex<HashMap<Principal, Position>>>,
     published: Arc<Mutex<SeqSnapshot>>,
     readers: Arc<dyn OpenReader>,
 }
@@ -105,22 +119,93 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The highest durable seq of every source, and the log offset up to which
-/// it covers the log.
+/// Where a source stands: its highest durable seq, in its highest
+/// incarnation. Ordered by incarnation, then seq.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    /// The incarnation.
+    pub incarnation: u64,
+    /// The highest durable seq in it (0 before its first event).
+    pub seq: u64,
+}
+
+impl Position {
+    /// The highest durable seq as a source in `incarnation` sees it: 0 in
+    /// a newer incarnation, `None` in a stale one.
+    pub fn seq_in(self, incarnation: u64) -> Option<u64> {
+        match incarnation.cmp(&self.incarnation) {
+            std::cmp::Ordering::Less => None,
+            std::cmp::Ordering::Equal => Some(self.seq),
+            std::cmp::Ordering::Greater => Some(0),
+        }
+    }
+}
+
+/// The stale-incarnation refusal, in one wording for streams and events.
+pub fn stale(source: &Principal, incarnation: u64, position: Position) -> String {
+    format!(
+        "{source} announced incarnation {incarnation}, but incarnation {} is already durable: a stale device or a restored image; raise the incarnation",
+        position.incarnation
+    )
+}
+
+/// What the seq rules make of an event of `source` at `incarnation`, `seq`,
+/// when the source stands at `position`.
+fn judge(
+    source: &Principal,
+    position: Position,
+    incarnation: u64,
+    seq: u64,
+    max_gap: u64,
+) -> Result<Option<Position>, Rejection> {
+    let Some(highest) = position.seq_in(incarnation) else {
+        return Err(Rejection { code: RejectReason::StaleIncarnation, message: stale(source, incarnation, position) });
+    };
+    if seq <= highest {
+        return Ok(None);
+    }
+    if seq - highest > max_gap {
+        return Err(Rejection {
+            code: RejectReason::SeqGap,
+            message: format!(
+                "seq {seq} is {} above the highest durable seq {highest} (gateway.max_seq_gap is {max_gap}); send the events in between first",
+                seq - highest
+            ),
+        });
+    }
+    Ok(Some(Position { incarnation, seq }))
+}
+
+/// The highest durable position of every source, and the log offset up to
+/// which it covers the log.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SeqSnapshot {
     /// Every record before this offset is in `highest`.
     pub offset: u64,
-    /// `source_id → seq`.
-    pub highest: HashMap<String, u64>,
+    /// `source → position`.
+    pub highest: HashMap<Principal, Position>,
+}
+
+impl SeqSnapshot {
+    /// Takes in an accepted event read back from a log or an archive.
+    pub fn observe(&mut self, event: &coldstream_pipelines::Event) {
+        let source = if event.kind().is_back_office() {
+            Principal::BackOffice(event.source_id.clone())
+        } else {
+            Principal::Fridge(event.source_id.clone())
+        };
+        let position = self.highest.entry(source).or_default();
+        *position = (*position).max(Position { incarnation: event.incarnation, seq: event.seq });
+    }
 }
 
 /// How often the writer publishes a [`SeqSnapshot`].
 const SEQ_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// The highest seq of every source: `start`, then the log from its offset.
-fn highest_seqs(readers: &dyn OpenReader, start: SeqSnapshot) -> Result<HashMap<String, u64>, LogError> {
-    let SeqSnapshot { offset, mut highest } = start;
+/// The position of every source: `start`, then the log from its offset.
+fn highest_seqs(readers: &dyn OpenReader, start: SeqSnapshot) -> Result<HashMap<Principal, Position>, LogError> {
+    let offset = start.offset;
+    let mut seqs = start;
     let first = readers.first_offset()?;
     if offset < first {
         tracing::warn!(
@@ -134,12 +219,11 @@ fn highest_seqs(readers: &dyn OpenReader, start: SeqSnapshot) -> Result<HashMap<
     loop {
         records.clear();
         if reader.read(4096, &mut records)? == 0 {
-            return Ok(highest);
+            return Ok(seqs.highest);
         }
         for (_, record) in records.drain(..) {
             if let Ok(crate::log::Entry::Accepted(event)) = record.decode() {
-                let seq = highest.entry(event.source_id).or_insert(0);
-                *seq = (*seq).max(event.seq);
+                seqs.observe(&event);
             }
         }
     }
@@ -193,9 +277,9 @@ impl Ingest {
         self.submit(candidates).await?.await
     }
 
-    /// The highest durable seq of `source_id` (0 if none).
-    pub fn highest_durable_seq(&self, source_id: &str) -> u64 {
-        self.highest.lock().expect("the seq map is never poisoned").get(source_id).copied().unwrap_or(0)
+    /// The highest durable position of `source` (zero if none).
+    pub fn position(&self, source: &Principal) -> Position {
+        self.highest.lock().expect("the seq map is never poisoned").get(source).copied().unwrap_or_default()
     }
 
     /// Opens readers of the log this writer appends to.
@@ -207,7 +291,7 @@ impl Ingest {
 struct Writer {
     log: Box<dyn EventLog>,
     requests: mpsc::Receiver<Request>,
-    highest: Arc<Mutex<HashMap<String, u64>>>,
+    highest: Arc<Mutex<HashMap<Principal, Position>>>,
     published: Arc<Mutex<SeqSnapshot>>,
     last_published: std::time::Instant,
     config: IngestConfig,
@@ -239,31 +323,45 @@ impl Writer {
 
     fn commit(&mut self, group: &mut Vec<Request>, payloads: &mut Vec<Vec<u8>>) {
         payloads.clear();
-        let mut pending: HashMap<String, u64> = HashMap::new();
+        let mut pending: HashMap<Principal, Position> = HashMap::new();
         let mut outcomes: Vec<Vec<Outcome>> = Vec::with_capacity(group.len());
         {
             let highest = self.highest.lock().expect("the seq map is never poisoned");
             for request in group.iter_mut() {
                 let mut answer = Vec::with_capacity(request.candidates.len());
                 for candidate in request.candidates.drain(..) {
-                    let entry = match candidate {
-                        Candidate::Accepted(event) => {
-                            let durable = highest.get(&event.source_id).copied().unwrap_or(0);
-                            let seen = pending.get(&event.source_id).copied().unwrap_or(0).max(durable);
-                            if event.seq <= seen {
-                                answer.push(Outcome::Duplicate);
-                                continue;
+                    let (entry, incarnation) = match candidate {
+                        Candidate::Accepted { event, source, incarnation } => {
+                            let position =
+                                pending.get(&source).or_else(|| highest.get(&source)).copied().unwrap_or_default();
+                            match judge(&source, position, incarnation, event.seq, self.config.max_seq_gap) {
+                                Ok(None) => {
+                                    answer.push(Outcome::Duplicate);
+                                    continue;
+                                }
+                                Ok(Some(next)) => {
+                                    pending.insert(source, next);
+                                    answer.push(Outcome::Appended);
+                                    (Entry::Accepted(event), incarnation)
+                                }
+                                Err(rejection) => {
+                                    let refused = Entry::Rejected(RejectedEvent {
+                                        principal: source.to_string(),
+                                        event: Some(event),
+                                        code: rejection.code as i32,
+                                        message: rejection.message.clone(),
+                                    });
+                                    answer.push(Outcome::Refused(rejection));
+                                    (refused, incarnation)
+                                }
                             }
-                            pending.insert(event.source_id.clone(), event.seq);
-                            answer.push(Outcome::Appended);
-                            Entry::Accepted(event)
                         }
                         Candidate::Rejected(rejected) => {
                             answer.push(Outcome::DeadLettered);
-                            Entry::Rejected(rejected)
+                            (Entry::Rejected(rejected), 0)
                         }
                     };
-                    payloads.push(LogEntry { entry: Some(entry) }.encode_to_vec());
+                    payloads.push(LogEntry { entry: Some(entry), incarnation }.encode_to_vec());
                 }
                 outcomes.push(answer);
             }
@@ -277,8 +375,8 @@ impl Writer {
         match result {
             Ok(()) => {
                 let mut highest = self.highest.lock().expect("the seq map is never poisoned");
-                for (source, seq) in pending {
-                    highest.insert(source, seq);
+                for (source, position) in pending {
+                    highest.insert(source, position);
                 }
                 let snapshot = (self.last_published.elapsed() >= SEQ_SNAPSHOT_EVERY)
                     .then(|| SeqSnapshot { offset: self.log.end_offset(), highest: highest.clone() });
@@ -320,13 +418,50 @@ mod tests {
         events
     }
 
+    fn fridge(events: &[Event]) -> Principal {
+        Principal::Fridge(events[0].source_id.clone())
+    }
+
+    fn candidates_in(incarnation: u64, events: &[Event]) -> Vec<Candidate> {
+        events
+            .iter()
+            .map(|event| Candidate::Accepted {
+                event: crate::convert::encode(event),
+                source: fridge(events),
+                incarnation,
+            })
+            .collect()
+    }
+
     fn candidates(events: &[Event]) -> Vec<Candidate> {
-        events.iter().map(|event| Candidate::Accepted(crate::convert::encode(event))).collect()
+        candidates_in(0, events)
     }
 
     fn start(dir: &std::path::Path) -> (Ingest, JoinHandle<()>) {
         let log = EmbeddedLog::open(dir, EmbeddedConfig::default()).expect("opens");
-        Ingest::start(Box::new(log), IngestConfig::default(), SeqSnapshot::default()).expect("starts")
+        Ingest::start(
+            Box::new(log),
+            IngestConfig { max_seq_gap: 100, ..IngestConfig::default() },
+            SeqSnapshot::default(),
+        )
+        .expect("starts")
+    }
+
+    fn codes(outcomes: &[Outcome]) -> Vec<Option<RejectReason>> {
+        outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                Outcome::Refused(rejection) => Some(rejection.code),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn records(ingest: &Ingest) -> Vec<crate::log::Entry> {
+        let mut reader = ingest.readers().open(0).expect("reads");
+        let mut records = Vec::new();
+        while reader.read(100, &mut records).expect("reads") > 0 {}
+        records.into_iter().map(|(_, record)| record.decode().expect("decodes")).collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,20 +470,82 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let events = events();
         let (ingest, writer) = start(dir.path());
-        assert_eq!(ingest.append(candidates(&events[..5])).await.expect("durable"), [Appended; 5]);
+        assert_eq!(ingest.append(candidates(&events[..5])).await.expect("durable"), vec![Appended; 5]);
         let resent = ingest.append(candidates(&events[3..8])).await.expect("durable");
         assert_eq!(resent, [Duplicate, Duplicate, Appended, Appended, Appended]);
-        assert_eq!(ingest.highest_durable_seq(&events[0].source_id), 8);
+        assert_eq!(ingest.position(&fridge(&events)), Position { incarnation: 0, seq: 8 });
         drop(ingest);
         writer.join().expect("the writer stops");
         // After a restart the seqs come back from the log itself.
         let (ingest, _writer) = start(dir.path());
-        assert_eq!(ingest.highest_durable_seq(&events[0].source_id), 8);
+        assert_eq!(ingest.position(&fridge(&events)).seq, 8);
         let after = ingest.append(candidates(&events[6..10])).await.expect("durable");
         assert_eq!(after, [Duplicate, Duplicate, Appended, Appended]);
-        let mut reader = ingest.readers().open(0).expect("reads");
-        let mut records = Vec::new();
-        while reader.read(100, &mut records).expect("reads") > 0 {}
-        assert_eq!(records.len(), 10, "each event is in the log once");
+        assert_eq!(records(&ingest).len(), 10, "each event is in the log once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_seq_far_beyond_the_highest_durable_one_is_refused_and_silences_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let events = events();
+        let (ingest, _writer) = start(dir.path());
+        let mut wild = crate::convert::encode(&events[0]);
+        wild.seq = u64::MAX;
+        let refused = ingest
+            .append(vec![Candidate::Accepted { event: wild, source: fridge(&events), incarnation: 0 }])
+            .await
+            .expect("durable");
+        assert_eq!(codes(&refused), [Some(RejectReason::SeqGap)]);
+        assert_eq!(ingest.position(&fridge(&events)).seq, 0, "the refused seq moved nothing");
+        let real = ingest.append(candidates(&events[..10])).await.expect("durable");
+        assert_eq!(real, vec![Outcome::Appended; 10]);
+        let entries = records(&ingest);
+        assert!(matches!(&entries[0], crate::log::Entry::Rejected(r) if r.code == RejectReason::SeqGap as i32));
+        assert_eq!(entries.len(), 11, "the refused event is in the dead letter, the ten real ones in the log");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_higher_incarnation_starts_a_new_seq_space_and_a_lower_one_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let events = events();
+        let (ingest, writer) = start(dir.path());
+        ingest.append(candidates(&events[..6])).await.expect("durable");
+        // The flash was wiped: seqs restart at 1 in incarnation 1.
+        let fresh = ingest.append(candidates_in(1, &events[..3])).await.expect("durable");
+        assert_eq!(fresh, vec![Outcome::Appended; 3]);
+        assert_eq!(ingest.position(&fridge(&events)), Position { incarnation: 1, seq: 3 });
+        let stale = ingest.append(candidates_in(0, &events[6..8])).await.expect("durable");
+        assert_eq!(codes(&stale), [Some(RejectReason::StaleIncarnation); 2]);
+        drop(ingest);
+        writer.join().expect("the writer stops");
+        let (ingest, _writer) = start(dir.path());
+        assert_eq!(ingest.position(&fridge(&events)), Position { incarnation: 1, seq: 3 }, "from the log");
+        let accepted: Vec<_> = records(&ingest)
+            .into_iter()
+            .filter_map(|entry| match entry {
+                crate::log::Entry::Accepted(event) => Some((event.incarnation, event.seq)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(accepted, [(0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (0, 6), (1, 1), (1, 2), (1, 3)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_back_office_client_named_like_a_fridge_shares_none_of_its_seqs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let events = events();
+        let (ingest, _writer) = start(dir.path());
+        let as_back_office: Vec<_> = events[..10]
+            .iter()
+            .map(|event| Candidate::Accepted {
+                event: crate::convert::encode(event),
+                source: Principal::BackOffice(event.source_id.clone()),
+                incarnation: 0,
+            })
+            .collect();
+        ingest.append(as_back_office).await.expect("durable");
+        assert_eq!(ingest.position(&fridge(&events)).seq, 0);
+        let own = ingest.append(candidates(&events[..10])).await.expect("durable");
+        assert_eq!(own, vec![Outcome::Appended; 10]);
     }
 }

@@ -82,7 +82,7 @@ async fn wrong_or_missing_tokens_are_refused() {
     assert!(unauthenticated(Session::open(channel.clone(), "FR-000001", "00ff").await));
     let mut raw = proto::fridge_gateway_client::FridgeGatewayClient::new(channel.clone());
     let hello = proto::FridgeMessage {
-        kind: Some(proto::fridge_message::Kind::Hello(proto::Hello { fridge_id: "FR-000001".into() })),
+        kind: Some(proto::fridge_message::Kind::Hello(proto::Hello { fridge_id: "FR-000001".into(), incarnation: 0 })),
     };
     let refused = raw.stream(tokio_stream::iter(vec![hello])).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
@@ -90,6 +90,7 @@ async fn wrong_or_missing_tokens_are_refused() {
     // A fridge's token does not open the back office.
     let price = encode(&coldstream_pipelines::Event {
         source_id: "FR-000001".into(),
+        incarnation: 0,
         seq: 1,
         event_time: 1_700_000_000_000_000,
         payload: Payload::PriceChanged { sku: "cola".into(), price_cents: 100, fridge_id: None },

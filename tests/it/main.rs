@@ -9,6 +9,7 @@ mod compare;
 mod durability;
 mod gateway;
 mod golden;
+mod hostile;
 mod log;
 mod other_engine;
 mod recovery;

@@ -41,7 +41,7 @@ pub async fn session(addr: &str, fridge_id: &str) -> Session {
 pub fn event(fridge_id: &str, seq: u64, minute: i64, payload: coldstream_pipelines::Payload) -> Event {
     assert!(minute < 180, "test events must stay in the past");
     let base = chrono::Utc::now().timestamp_micros() / 3_600_000_000 * 3_600_000_000 - 3 * 3_600_000_000;
-    Event { source_id: fridge_id.into(), seq, event_time: base + minute * 60_000_000, payload }
+    Event { source_id: fridge_id.into(), incarnation: 0, seq, event_time: base + minute * 60_000_000, payload }
 }
 
 /// Runs SQL over a data directory and returns CSV.

@@ -244,6 +244,7 @@ mod tests {
     fn telemetry(seq: u64, minute: i64, celsius: f32) -> Event {
         Event {
             source_id: "FR-1".into(),
+            incarnation: 0,
             seq,
             event_time: minute * MINUTE_US,
             payload: Payload::Telemetry { temperature_c: Temperature(celsius), door_open: false },
@@ -271,12 +272,14 @@ mod tests {
     fn shelf() -> Vec<Event> {
         let plan = |seq, sku: &str, perishable| Event {
             source_id: "bo".into(),
+            incarnation: 0,
             seq,
             event_time: 0,
             payload: Payload::PlanogramSet { fridge_id: "FR-1".into(), sku: sku.into(), par: 12, min: 3, perishable },
         };
         let count = |seq, sku: &str| Event {
             source_id: "FR-1".into(),
+            incarnation: 0,
             seq,
             event_time: MINUTE_US,
             payload: Payload::StockCounted { sku: sku.into(), qty: 10 },
@@ -302,6 +305,7 @@ mod tests {
         // A customer takes a salad after the write-off (minute 10 + 30): it counts against the 0.
         long.push(Event {
             source_id: "FR-1".into(),
+            incarnation: 0,
             seq: 500,
             event_time: 45 * MINUTE_US,
             payload: Payload::ItemTaken { session_id: "s".into(), sku: "salad".into(), qty: 1 },

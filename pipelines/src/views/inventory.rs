@@ -356,7 +356,7 @@ mod tests {
     }
 
     fn event(seq: u64, minute: i64, payload: Payload) -> Event {
-        Event { source_id: "FR-1".into(), seq, event_time: minute * crate::event::MINUTE_US, payload }
+        Event { source_id: "FR-1".into(), incarnation: 0, seq, event_time: minute * crate::event::MINUTE_US, payload }
     }
 
     #[test]

@@ -225,7 +225,7 @@ mod tests {
 
     fn at(seq: u64, minute: i64, payload: Payload) -> Event {
         let source = if matches!(payload, Payload::PlanogramSet { .. }) { "bo" } else { "FR-1" };
-        Event { source_id: source.into(), seq, event_time: minute * MINUTE_US, payload }
+        Event { source_id: source.into(), incarnation: 0, seq, event_time: minute * MINUTE_US, payload }
     }
 
     fn take(seq: u64, qty: i64) -> Event {

@@ -156,7 +156,7 @@ mod tests {
     use crate::views::tests::{keyed, run_all};
 
     fn at(seq: u64, hour: i64, payload: Payload) -> Event {
-        Event { source_id: "FR-1".into(), seq, event_time: hour * HOUR_US, payload }
+        Event { source_id: "FR-1".into(), incarnation: 0, seq, event_time: hour * HOUR_US, payload }
     }
 
     fn take(seq: u64, hour: i64, qty: i64) -> Event {

@@ -545,7 +545,7 @@ mod tests {
     }
 
     fn at(source: &str, seq: u64, minute: i64, payload: Payload) -> Event {
-        Event { source_id: source.into(), seq, event_time: minute * MINUTE_US, payload }
+        Event { source_id: source.into(), incarnation: 0, seq, event_time: minute * MINUTE_US, payload }
     }
 
     fn sessions_by_dataflow(workers: usize, arrivals: Vec<(Time, Vec<Event>)>) -> BTreeMap<SessionKey, SessionRow> {

@@ -282,7 +282,9 @@ pub fn events_batch(rows: &[&(u64, Event)]) -> Result<RecordBatch, SinkError> {
     let mut ingest_time = TimestampMillisecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
     let mut kind = StringBuilder::new();
     let mut payload = PayloadColumns::default();
+    let mut incarnation = UInt64Builder::with_capacity(rows.len());
     for (ingest_ms, event) in rows.iter().map(|r| (&r.0, &r.1)) {
+        incarnation.append_value(event.incarnation);
         source_id.append_value(&event.source_id);
         seq.append_value(event.seq);
         fridge_id.append_option(event.fridge_id());
@@ -300,6 +302,7 @@ pub fn events_batch(rows: &[&(u64, Event)]) -> Result<RecordBatch, SinkError> {
         Arc::new(kind.finish()),
     ];
     columns.extend(payload.finish());
+    columns.push(Arc::new(incarnation.finish()));
     RecordBatch::try_new(Arc::clone(&schema::EVENTS), columns)
         .map_err(|source| SinkError::Arrow { table: "events".into(), source })
 }
@@ -438,6 +441,8 @@ pub fn read_events(path: &Path) -> Result<Vec<(u64, Event)>, SinkError> {
         let perishable = column!("perishable", BooleanArray);
         let region = column!("region", StringArray);
         let site = column!("site", StringArray);
+        // Files written before incarnations existed have no such column.
+        let incarnation = batch.column_by_name("incarnation").and_then(|c| c.as_any().downcast_ref::<UInt64Array>());
         for i in 0..batch.num_rows() {
             let text = |a: &StringArray| (!a.is_null(i)).then(|| a.value(i).to_owned());
             let need = |v: Option<String>, col: &str| v.ok_or_else(|| bad(&format!("row {i}: {col} is null")));
@@ -503,6 +508,7 @@ pub fn read_events(path: &Path) -> Result<Vec<(u64, Event)>, SinkError> {
             };
             let event = Event {
                 source_id: source_id.value(i).to_owned(),
+                incarnation: incarnation.filter(|c| c.is_valid(i)).map_or(0, |c| c.value(i)),
                 seq: seq.value(i),
                 event_time: event_time.value(i),
                 payload,
@@ -572,6 +578,7 @@ mod tests {
         let mut events = Fleet::new(&spec).all_events();
         events.extend(one_of_each().into_iter().enumerate().map(|(i, payload)| Event {
             source_id: "FR-1".into(),
+            incarnation: 0,
             seq: 1_000_000 + i as u64,
             event_time: spec.start_us + i as i64,
             payload,

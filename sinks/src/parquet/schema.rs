@@ -33,6 +33,8 @@ pub static EVENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("perishable", DataType::Boolean, true),
         Field::new("region", DataType::Utf8, true),
         Field::new("site", DataType::Utf8, true),
+        // Null in files written before incarnations existed.
+        Field::new("incarnation", DataType::UInt64, true),
     ]))
 });
 

@@ -62,9 +62,22 @@ pub struct Message {
     pub body: String,
 }
 
-fn message(endpoint: Endpoint, view: &str, key: String, kind: &str, time: Time, data: serde_json::Value) -> Message {
-    let digest = Sha256::digest(format!("{view}\n{key}\n{time}\n{kind}").as_bytes());
-    let id = format!("msg_{}", &hex::encode(digest)[..32]);
+/// The `webhook-id` of a change: a hash of the view, the key's parts, the
+/// logical time and the type, each part length-prefixed so that no two
+/// different changes encode alike (`("a/b", "c")` and `("a", "b/c")` differ).
+fn message_id(view: &str, key: &[&str], time: Time, kind: &str) -> String {
+    let mut hash = Sha256::new();
+    let time = time.to_string();
+    for part in [view].iter().chain(key).chain([&time.as_str(), &kind]) {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part.as_bytes());
+    }
+    format!("msg_{}", &hex::encode(hash.finalize())[..32])
+}
+
+fn message(endpoint: Endpoint, view: &str, key: [&str; 2], kind: &str, time: Time, data: serde_json::Value) -> Message {
+    let id = message_id(view, &key, time, kind);
+    let key = key.join("/");
     let timestamp = chrono::DateTime::from_timestamp_millis(time as i64)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default();
@@ -207,14 +220,7 @@ impl Derive {
                 lines.iter().map(|(sku, qty)| json!({ "sku": sku, "qty": qty })).collect()
             };
             let data = json!({ "order_id": order_id, "fridge_id": fridge, "opened_at_ms": opened_at, "lines": lines });
-            out.push(message(
-                Endpoint::Procurement,
-                "restock_orders",
-                format!("{fridge}/{order_id}"),
-                kind,
-                time,
-                data,
-            ));
+            out.push(message(Endpoint::Procurement, "restock_orders", [&fridge, &order_id], kind, time, data));
         }
         for ((fridge, session), (before, after)) in sessions {
             let Some(row) = after else { continue };
@@ -235,7 +241,7 @@ impl Derive {
                 "units": row.units,
                 "closed_at_us": row.closed_at,
             });
-            out.push(message(Endpoint::Accounting, "sessions", format!("{fridge}/{session}"), kind, time, data));
+            out.push(message(Endpoint::Accounting, "sessions", [&fridge, &session], kind, time, data));
         }
     }
 }
@@ -251,15 +257,16 @@ fn payment_kind(row: &SessionRow) -> Option<&'static str> {
 
 fn alert_message(alert: &Alert, raised: bool, time: Time) -> Message {
     let state = if raised { "raised" } else { "cleared" };
-    let (key, data) = match alert {
+    match alert {
         Alert::InventoryNegative { fridge_id, sku } => {
-            (format!("{fridge_id}/{sku}"), json!({ "fridge_id": fridge_id, "sku": sku, "state": state }))
+            let data = json!({ "fridge_id": fridge_id, "sku": sku, "state": state });
+            message(Endpoint::Alerts, "alerts", [fridge_id, sku], alert.kind(), time, data)
         }
         Alert::ColdchainExcursion { fridge_id, start } => {
-            (format!("{fridge_id}/{start}"), json!({ "fridge_id": fridge_id, "start_us": start, "state": state }))
+            let data = json!({ "fridge_id": fridge_id, "start_us": start, "state": state });
+            message(Endpoint::Alerts, "alerts", [fridge_id, &start.to_string()], alert.kind(), time, data)
         }
-    };
-    message(Endpoint::Alerts, "alerts", key, alert.kind(), time, data)
+    }
 }
 
 #[cfg(test)]
@@ -348,6 +355,16 @@ mod tests {
     fn session(status: SessionStatus, captured: Option<i64>, units: i64) -> ViewBatch {
         let row = SessionRow { status, expected_cents: Some(450), captured_cents: captured, units, closed_at: Some(1) };
         ViewBatch::Sessions(vec![((("FR-1".into(), "s1".into()), row), 10, 1)])
+    }
+
+    #[test]
+    fn webhook_ids_of_keys_that_join_alike_differ() {
+        assert_ne!(
+            message_id("sessions", &["FR-1", "a/b"], 5, "payment.settled"),
+            message_id("sessions", &["FR-1/a", "b"], 5, "payment.settled")
+        );
+        assert_ne!(message_id("alerts", &["FR-1", "12"], 3, "x"), message_id("alerts", &["FR-1", "1"], 23, "x"));
+        assert_eq!(message_id("sessions", &["FR-1", "s"], 5, "k"), message_id("sessions", &["FR-1", "s"], 5, "k"));
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub fn written<'a>(factory: Factory<'a>) -> impl Fn(&str, &Commits) -> Arc<dyn O
 pub fn event(seq: u64) -> Event {
     Event {
         source_id: format!("FR-{:06}", seq % 7),
+        incarnation: 0,
         seq,
         event_time: 1_700_000_000_000_000 + seq as i64 * 1_000_000,
         payload: Happened::ItemTaken {

@@ -79,19 +79,26 @@ impl Record {
         match self.payload {
             Payload::Event(event) => Ok(Entry::Accepted(*event)),
             Payload::Skipped => Ok(Entry::Skipped),
-            Payload::Encoded(bytes) => match LogEntry::decode(bytes.as_slice())?.entry {
-                Some(log_entry::Entry::Accepted(wire)) => {
-                    crate::convert::decode(&wire).map(Entry::Accepted).map_err(|r| DecodeError::Event(r.message))
+            Payload::Encoded(bytes) => {
+                let LogEntry { entry, incarnation } = LogEntry::decode(bytes.as_slice())?;
+                match entry {
+                    Some(log_entry::Entry::Accepted(wire)) => crate::convert::decode(&wire)
+                        .map(|event| Entry::Accepted(Event { incarnation, ..event }))
+                        .map_err(|r| DecodeError::Event(r.message)),
+                    Some(log_entry::Entry::Rejected(rejected)) => Ok(Entry::Rejected(rejected)),
+                    None => Err(DecodeError::Empty),
                 }
-                Some(log_entry::Entry::Rejected(rejected)) => Ok(Entry::Rejected(rejected)),
-                None => Err(DecodeError::Empty),
-            },
+            }
         }
     }
 
     /// The payload of an accepted event, as a log stores it.
     pub fn accepted(event: &Event) -> Vec<u8> {
-        LogEntry { entry: Some(log_entry::Entry::Accepted(crate::convert::encode(event))) }.encode_to_vec()
+        LogEntry {
+            entry: Some(log_entry::Entry::Accepted(crate::convert::encode(event))),
+            incarnation: event.incarnation,
+        }
+        .encode_to_vec()
     }
 }
 
