@@ -106,7 +106,7 @@ async fn outage(fridges: usize) {
     };
     let run = RunSpec {
         target: format!("http://{}", server.addr()),
-        secret: DEV_SECRET.into(),
+        tokens: coldstream_sources::auth::Tokens::new(DEV_SECRET),
         rate: None,
         batch: 500,
         progress: false,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use coldstream_sources::auth::{Key, Principal, Tokens};
 use coldstream_sources::log::embedded::{EmbeddedConfig, EmbeddedLog};
 use coldstream_sources::log::{EventLog, LogError};
 use serde::Deserialize;
@@ -159,12 +160,90 @@ impl Default for ViewsSection {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// The fleet secret that tokens are derived from. `COLDSTREAM_SECRET`
-    /// overrides it; the built-in development secret is refused by `run`
-    /// unless `allow_dev_secret` is set.
+    /// The fleet key that signs new tokens. `COLDSTREAM_SECRET` overrides
+    /// it; the built-in development secret is refused unless
+    /// `allow_dev_secret` is set.
     pub secret: String,
+    /// The id of `secret`, named in every token it signs.
+    pub key_id: String,
+    /// Older keys that still verify tokens while fridges move to new ones.
+    pub previous_keys: Vec<PreviousKey>,
+    /// Principals refused whatever their token: fridge ids, or
+    /// `backoffice/<id>`.
+    pub revoked: Vec<String>,
+    /// Accept tokens of the old form (the bare HMAC of the principal's
+    /// name), which can only be checked once the request body is read.
+    pub legacy_tokens: bool,
     /// Accept the built-in development secret (for local trials only).
     pub allow_dev_secret: bool,
+}
+
+/// A key that verifies tokens but no longer signs them.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousKey {
+    /// Its id, as tokens name it.
+    pub id: String,
+    /// Its secret.
+    pub secret: String,
+}
+
+/// The shortest secret a key may have.
+pub const MIN_SECRET_CHARS: usize = 16;
+
+impl AuthConfig {
+    /// The fleet secret in effect: `COLDSTREAM_SECRET` if set, else `secret`.
+    pub fn effective_secret(&self) -> Result<String, ConfigError> {
+        match std::env::var("COLDSTREAM_SECRET") {
+            Ok(secret) if secret.is_empty() => {
+                Err(ConfigError::Invalid("COLDSTREAM_SECRET is set but empty; unset it or give the secret".into()))
+            }
+            Ok(secret) => Ok(secret),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(ConfigError::Invalid("COLDSTREAM_SECRET is not UTF-8".into()))
+            }
+            Err(std::env::VarError::NotPresent) => Ok(self.secret.clone()),
+        }
+    }
+
+    /// The token checker these settings describe, with the secret in
+    /// effect; the development secret only where allowed.
+    pub fn tokens(&self) -> Result<Tokens, ConfigError> {
+        self.tokens_with(&self.effective_secret()?, true)
+    }
+
+    fn tokens_with(&self, secret: &str, refuse_dev_secret: bool) -> Result<Tokens, ConfigError> {
+        let check = |id: &str, secret: &str, name: &str| {
+            if !coldstream_sources::auth::valid_id(id) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} id {id:?} is not an id ({})",
+                    coldstream_sources::auth::ID_RULE
+                )));
+            }
+            if secret.chars().count() < MIN_SECRET_CHARS {
+                return Err(ConfigError::Invalid(format!("{name} must be at least {MIN_SECRET_CHARS} characters")));
+            }
+            if refuse_dev_secret && secret == DEV_SECRET && !self.allow_dev_secret {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} is the built-in development secret; set auth.secret or COLDSTREAM_SECRET (or auth.allow_dev_secret = true for a local trial)"
+                )));
+            }
+            Ok(Key::new(id, secret))
+        };
+        let mut keys = vec![check(&self.key_id, secret, "auth.secret")?];
+        for key in &self.previous_keys {
+            if keys.iter().any(|k| k.id == key.id) {
+                return Err(ConfigError::Invalid(format!("auth.previous_keys: key id {:?} appears twice", key.id)));
+            }
+            keys.push(check(&key.id, &key.secret, "auth.previous_keys secret")?);
+        }
+        let revoked = self
+            .revoked
+            .iter()
+            .map(|name| name.parse::<Principal>().map_err(|e| ConfigError::Invalid(format!("auth.revoked: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Tokens::with_keys(keys).revoke(revoked).legacy(self.legacy_tokens))
+    }
 }
 
 /// The gRPC gateway.
@@ -182,6 +261,15 @@ pub struct GatewaySection {
     /// How far a seq may jump above its source's highest durable seq;
     /// beyond it the event is refused `seq_gap`.
     pub max_seq_gap: u64,
+    /// Open connections, at most; one more is closed at once.
+    pub max_connections: usize,
+    /// Concurrent calls on one connection, at most.
+    pub max_streams_per_connection: u32,
+    /// Seconds a new stream may take to send `Hello`.
+    pub hello_timeout_seconds: u64,
+    /// Seconds between HTTP/2 pings on an idle connection; a peer that does
+    /// not answer within as long is dropped.
+    pub keepalive_seconds: u64,
 }
 
 /// The event log: a closed choice of kinds, selected by `kind` (the
@@ -281,7 +369,14 @@ impl Default for Config {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { secret: DEV_SECRET.to_owned(), allow_dev_secret: false }
+        AuthConfig {
+            secret: DEV_SECRET.to_owned(),
+            key_id: "k1".to_owned(),
+            previous_keys: Vec::new(),
+            revoked: Vec::new(),
+            legacy_tokens: false,
+            allow_dev_secret: false,
+        }
     }
 }
 
@@ -295,6 +390,10 @@ impl Default for GatewaySection {
             queue_batches: ingest.queue_batches,
             max_commit_records: ingest.max_commit_records,
             max_seq_gap: ingest.max_seq_gap,
+            max_connections: defaults.max_connections,
+            max_streams_per_connection: defaults.max_streams_per_connection,
+            hello_timeout_seconds: defaults.hello_timeout.as_secs(),
+            keepalive_seconds: defaults.keepalive.as_secs(),
         }
     }
 }
@@ -350,6 +449,7 @@ impl Config {
             data_dir: data_dir.to_path_buf(),
             listen: "127.0.0.1:0".parse().expect("a literal socket address"),
             workers,
+            auth: AuthConfig { allow_dev_secret: true, ..AuthConfig::default() },
             ..Config::default()
         }
     }
@@ -371,28 +471,53 @@ impl Config {
         Ok(config)
     }
 
+    /// The gateway's settings (not yet holding for a full sink).
+    pub fn gateway(&self) -> coldstream_sources::gateway::GatewayConfig {
+        coldstream_sources::gateway::GatewayConfig {
+            max_batch_events: self.gateway.max_batch_events,
+            max_in_flight_batches: self.gateway.max_in_flight_batches,
+            max_connections: self.gateway.max_connections,
+            max_streams_per_connection: self.gateway.max_streams_per_connection,
+            hello_timeout: Duration::from_secs(self.gateway.hello_timeout_seconds),
+            keepalive: Duration::from_secs(self.gateway.keepalive_seconds),
+            hold: Default::default(),
+        }
+    }
+
     /// Checks value ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("gateway.max_batch_events", self.gateway.max_batch_events),
-            ("gateway.max_in_flight_batches", self.gateway.max_in_flight_batches),
-            ("gateway.queue_batches", self.gateway.queue_batches),
-            ("gateway.max_commit_records", self.gateway.max_commit_records),
-            ("parquet.roll_mb", self.parquet.roll_mb),
+        const HOUR_S: u128 = 3600;
+        const DAY_S: u128 = 24 * HOUR_S;
+        let (segment_mb, retention_hours) = match &self.log {
+            LogSection::Embedded(embedded) => (embedded.segment_mb, embedded.retention_hours),
+        };
+        let g = &self.gateway;
+        let c = &self.checkpoint;
+        // Every number has an upper bound too: none may wrap when scaled to
+        // bytes or milliseconds, or overflow a deadline.
+        let ranges: [(&str, u128, u128, u128); 17] = [
+            ("workers", self.workers as u128, 0, 1024),
+            ("gateway.max_batch_events", g.max_batch_events as u128, 1, 1_000_000),
+            ("gateway.max_in_flight_batches", g.max_in_flight_batches as u128, 1, 1024),
+            ("gateway.queue_batches", g.queue_batches as u128, 1, 1_000_000),
+            ("gateway.max_commit_records", g.max_commit_records as u128, 1, 10_000_000),
+            ("gateway.max_seq_gap", g.max_seq_gap as u128, 1, 1 << 48),
+            ("gateway.max_connections", g.max_connections as u128, 1, 1_000_000),
+            ("gateway.max_streams_per_connection", g.max_streams_per_connection as u128, 1, 10_000),
+            ("gateway.hello_timeout_seconds", g.hello_timeout_seconds as u128, 1, HOUR_S),
+            ("gateway.keepalive_seconds", g.keepalive_seconds as u128, 1, DAY_S),
+            ("log.segment_mb", segment_mb as u128, 1, 64 * 1024),
+            ("log.retention_hours", retention_hours as u128, 0, 100 * 365 * 24),
+            ("parquet.roll_mb", self.parquet.roll_mb as u128, 1, 64 * 1024),
+            ("parquet.roll_seconds", self.parquet.roll_seconds as u128, 0, 7 * DAY_S),
+            ("checkpoint.interval_seconds", c.interval_seconds as u128, 1, DAY_S),
+            ("checkpoint.every_records", c.every_records as u128, 0, 1 << 48),
+            ("checkpoint.keep", c.keep as u128, 1, 1000),
         ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+        for (name, value, low, high) in ranges {
+            if !(low..=high).contains(&value) {
+                return Err(ConfigError::Invalid(format!("{name} {value} is not in {low}..={high}")));
             }
-        }
-        if self.gateway.max_seq_gap == 0 {
-            return Err(ConfigError::Invalid("gateway.max_seq_gap must be at least 1".into()));
-        }
-        match &self.log {
-            LogSection::Embedded(embedded) if embedded.segment_mb == 0 => {
-                return Err(ConfigError::Invalid("log.segment_mb must be at least 1".into()));
-            }
-            LogSection::Embedded(_) => {}
         }
         if !(1..=22).contains(&self.parquet.zstd_level) {
             return Err(ConfigError::Invalid(format!(
@@ -412,15 +537,8 @@ impl Config {
                 self.views.lead_time_days
             )));
         }
-        if self.auth.secret.len() < 16 {
-            return Err(ConfigError::Invalid("auth.secret must be at least 16 characters".into()));
-        }
+        self.auth.tokens_with(&self.auth.secret, false)?;
         self.webhooks()?;
-        if self.checkpoint.interval_seconds == 0 || self.checkpoint.keep == 0 {
-            return Err(ConfigError::Invalid(
-                "checkpoint.interval_seconds and checkpoint.keep must be at least 1".into(),
-            ));
-        }
         Ok(())
     }
 
@@ -428,16 +546,17 @@ impl Config {
     pub fn webhooks(&self) -> Result<coldstream_sinks::webhooks::WebhookConfig, ConfigError> {
         use coldstream_sinks::webhooks::{Endpoint, EndpointConfig, RetryPolicy, Secret};
         let w = &self.webhooks;
-        let positive = [
-            ("webhooks.max_pending", w.max_pending as u64),
-            ("webhooks.retry_initial_ms", w.retry_initial_ms),
-            ("webhooks.retry_max_ms", w.retry_max_ms),
-            ("webhooks.breaker_failures", w.breaker_failures as u64),
-            ("webhooks.breaker_open_ms", w.breaker_open_ms),
+        const DAY_MS: u64 = 24 * 3_600_000;
+        let ranges = [
+            ("webhooks.max_pending", w.max_pending as u64, 1, 100_000_000),
+            ("webhooks.retry_initial_ms", w.retry_initial_ms, 1, DAY_MS),
+            ("webhooks.retry_max_ms", w.retry_max_ms, 1, 7 * DAY_MS),
+            ("webhooks.breaker_failures", w.breaker_failures as u64, 1, 1_000_000),
+            ("webhooks.breaker_open_ms", w.breaker_open_ms, 1, DAY_MS),
         ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+        for (name, value, low, high) in ranges {
+            if !(low..=high).contains(&value) {
+                return Err(ConfigError::Invalid(format!("{name} {value} is not in {low}..={high}")));
             }
         }
         let mut endpoints = Vec::new();
@@ -461,9 +580,9 @@ impl Config {
                 })?;
             let secret = Secret::parse(&section.secret)
                 .map_err(|e| ConfigError::Invalid(format!("webhooks.{name}.secret: {e}")))?;
-            if section.timeout_ms == 0 || section.max_in_flight == 0 {
+            if !(1..=600_000).contains(&section.timeout_ms) || !(1..=10_000).contains(&section.max_in_flight) {
                 return Err(ConfigError::Invalid(format!(
-                    "webhooks.{name}.timeout_ms and max_in_flight must be at least 1"
+                    "webhooks.{name}: timeout_ms must be in 1..=600000 and max_in_flight in 1..=10000"
                 )));
             }
             let timeout = Duration::from_millis(section.timeout_ms);
@@ -517,10 +636,21 @@ listen = "127.0.0.1:50051"
 workers = 0
 
 [auth]
-# The fleet secret tokens are derived from (a fridge's token is the hex
-# HMAC-SHA256 of its id; `coldstream token` prints them). At least 16
-# characters. COLDSTREAM_SECRET overrides it.
+# The fleet key that signs tokens (`coldstream token` prints them). At
+# least 16 characters. COLDSTREAM_SECRET overrides it.
 secret = "coldstream-dev-secret"
+# Its id, named in every token it signs.
+key_id = "k1"
+# Keys that still verify tokens while fridges move to tokens of the new key:
+# previous_keys = [{ id = "k0", secret = "…" }]
+previous_keys = []
+# Fridges (by id) and back-office clients (`backoffice/<id>`) refused
+# whatever their token.
+revoked = []
+# Accept tokens of the old form (the bare HMAC of the principal's name).
+# They can only be checked once the body is read; turn this off once every
+# fridge holds a token from `coldstream token`.
+legacy_tokens = false
 # Accept the built-in development secret above (local trials only).
 allow_dev_secret = false
 
@@ -536,6 +666,15 @@ max_commit_records = 50000
 # How far a seq may jump above its source's highest durable seq; beyond it
 # the event is refused `seq_gap`, so one bad counter cannot silence a fridge.
 max_seq_gap = 1000000
+# Open connections, at most; one more is closed at once.
+max_connections = 10000
+# Concurrent calls on one connection, at most (a fridge needs one).
+max_streams_per_connection = 16
+# Seconds a new stream may take to send Hello.
+hello_timeout_seconds = 10
+# Seconds between HTTP/2 pings on an idle connection; a peer that does not
+# answer within as long is dropped.
+keepalive_seconds = 30
 
 [log]
 # Which log: "embedded" (segment files in data_dir/log; no server to run).
@@ -654,6 +793,38 @@ mod tests {
         assert_eq!(config.workers, 3);
         assert_eq!(config.parquet.roll_seconds, 5);
         assert_eq!(config.parquet.zstd_level, 3);
+    }
+
+    #[test]
+    fn every_number_has_an_upper_bound_so_nothing_wraps_or_overflows_a_deadline() {
+        for (snippet, name) in [
+            ("[log]\nretention_hours = 9223372036854775807\n", "log.retention_hours"),
+            ("[gateway]\nhello_timeout_seconds = 9223372036854775807\n", "gateway.hello_timeout_seconds"),
+            ("[checkpoint]\ninterval_seconds = 9223372036854775807\n", "checkpoint.interval_seconds"),
+            ("[webhooks]\nretry_max_ms = 9223372036854775807\n", "webhooks.retry_max_ms"),
+            ("[parquet]\nroll_mb = 9223372036854775807\n", "parquet.roll_mb"),
+            ("[log]\nsegment_mb = 9223372036854775807\n", "log.segment_mb"),
+        ] {
+            let error = Config::parse(snippet, "c.toml").expect_err(name);
+            assert!(error.to_string().contains(name), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_development_secret_and_short_or_duplicate_keys_are_refused() {
+        let auth = AuthConfig::default();
+        let refused = auth.tokens_with(DEV_SECRET, true).expect_err("the dev secret");
+        assert!(refused.to_string().contains("development secret"), "{refused}");
+        let allowed = AuthConfig { allow_dev_secret: true, ..AuthConfig::default() };
+        assert!(allowed.tokens_with(DEV_SECRET, true).is_ok());
+        assert!(auth.tokens_with("short", true).is_err());
+        let twice = AuthConfig {
+            previous_keys: vec![PreviousKey { id: "k1".into(), secret: "another-secret-of-16".into() }],
+            ..AuthConfig::default()
+        };
+        assert!(twice.tokens_with("a-secret-of-16-chars", true).expect_err("k1 twice").to_string().contains("twice"));
+        let revoked = AuthConfig { revoked: vec!["FR 1".into()], ..AuthConfig::default() };
+        assert!(revoked.tokens_with("a-secret-of-16-chars", true).is_err());
     }
 
     #[test]

@@ -18,7 +18,6 @@ use std::time::Duration;
 use coldstream_sinks::SinkError;
 use coldstream_sinks::parquet::{EventArchive, ViewChangelogs};
 use coldstream_sinks::webhooks::{OutboxError, Webhooks};
-use coldstream_sources::auth::Tokens;
 use coldstream_sources::gateway::{Gateway, GatewayConfig, GatewayError, bind};
 use coldstream_sources::ingest::{Ingest, IngestConfig};
 use coldstream_sources::log::{LogError, OpenReader};
@@ -272,16 +271,7 @@ impl Server {
 
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
-        let secret = std::env::var("COLDSTREAM_SECRET").unwrap_or_else(|_| config.auth.secret.clone());
-        let gateway = Gateway::new(
-            ingest,
-            Tokens::new(secret),
-            GatewayConfig {
-                max_batch_events: config.gateway.max_batch_events,
-                max_in_flight_batches: config.gateway.max_in_flight_batches,
-                hold,
-            },
-        );
+        let gateway = Gateway::new(ingest, config.auth.tokens()?, GatewayConfig { hold, ..config.gateway() });
         let (shutdown, stopped) = oneshot::channel::<()>();
         let gateway = tokio::spawn(gateway.serve(listener, async move {
             let _ = stopped.await;

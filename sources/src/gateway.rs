@@ -11,16 +11,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{ID_RULE, Principal, Tokens, bearer};
+use crate::auth::{ID_RULE, Principal, Tokens, Verified, bearer};
 use crate::convert::{Rejection, accept};
 use crate::ingest::{Candidate, Ingest, IngestError, Outcome, Pending, stale};
 use crate::proto::{
@@ -35,6 +36,15 @@ pub struct GatewayConfig {
     pub max_batch_events: usize,
     /// Batches of one connection waiting for their ack, at most.
     pub max_in_flight_batches: usize,
+    /// Open TCP connections, at most; one more is closed at once.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams (calls) on one connection, at most.
+    pub max_streams_per_connection: u32,
+    /// How long a new stream may take to send `Hello`.
+    pub hello_timeout: Duration,
+    /// HTTP/2 pings on an idle connection this often; a peer that does not
+    /// answer within the same time is dropped.
+    pub keepalive: Duration,
     /// While set (by a sink that is full), batches wait before they are
     /// appended: fridges see slower acks instead of anything being dropped.
     pub hold: Arc<AtomicBool>,
@@ -42,8 +52,63 @@ pub struct GatewayConfig {
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig { max_batch_events: 10_000, max_in_flight_batches: 8, hold: Arc::default() }
+        GatewayConfig {
+            max_batch_events: 10_000,
+            max_in_flight_batches: 8,
+            max_connections: 10_000,
+            max_streams_per_connection: 16,
+            hello_timeout: Duration::from_secs(10),
+            keepalive: Duration::from_secs(30),
+            hold: Arc::default(),
+        }
     }
+}
+
+/// Encoded bytes allowed per event of a full batch: a message larger than
+/// `max_batch_events` times this is refused before it is decoded. Typical
+/// events encode to 40 to 120 bytes.
+pub const BYTES_PER_EVENT: usize = 512;
+
+impl GatewayConfig {
+    /// The largest message the gateway decodes.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_batch_events.saturating_mul(BYTES_PER_EVENT).saturating_add(64 * 1024)
+    }
+}
+
+/// Says that something was refused, at most once a second, with how many
+/// more since the last time: a flood of bad tokens or connections cannot
+/// flood the log.
+#[derive(Default)]
+struct RefusalLog {
+    second: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl RefusalLog {
+    fn refused(&self, what: &dyn std::fmt::Display) {
+        let now = crate::auth::now_s();
+        let last = self.second.load(Ordering::Relaxed);
+        if now != last && self.second.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            let more = self.suppressed.swap(0, Ordering::Relaxed);
+            tracing::warn!(refused = %what, more_since_last_report = more, "refused a caller");
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Checks the token from the request's metadata, before the body is read,
+/// and hands what it proves to the handler.
+fn authenticate(tokens: &Tokens, refusals: &RefusalLog, mut request: Request<()>) -> Result<Request<()>, Status> {
+    let verified = token(&request).and_then(|token| {
+        tokens.verify(&token, crate::auth::now_s()).map_err(|refusal| {
+            refusals.refused(&refusal);
+            Status::unauthenticated(refusal.to_string())
+        })
+    })?;
+    request.extensions_mut().insert(verified);
+    Ok(request)
 }
 
 /// The gateway service.
@@ -52,6 +117,7 @@ pub struct Gateway {
     ingest: Ingest,
     tokens: Tokens,
     config: GatewayConfig,
+    refusals: Arc<RefusalLog>,
 }
 
 fn now_us() -> i64 {
@@ -62,7 +128,7 @@ fn unavailable(error: IngestError) -> Status {
     Status::unavailable(format!("events are not durable, send them again: {error}"))
 }
 
-fn token<T>(request: &Request<T>) -> Result<String, Status> {
+fn token(request: &Request<()>) -> Result<String, Status> {
     let header = request
         .metadata()
         .get("authorization")
@@ -76,7 +142,20 @@ fn token<T>(request: &Request<T>) -> Result<String, Status> {
 impl Gateway {
     /// A gateway appending through `ingest` and checking tokens with `tokens`.
     pub fn new(ingest: Ingest, tokens: Tokens, config: GatewayConfig) -> Self {
-        Gateway { ingest, tokens, config }
+        Gateway { ingest, tokens, config, refusals: Arc::default() }
+    }
+
+    /// What the interceptor proved about the caller's token, confirmed
+    /// against the principal the body names.
+    fn confirm<T>(&self, request: &Request<T>, principal: &Principal) -> Result<(), Status> {
+        let verified = request
+            .extensions()
+            .get::<Verified>()
+            .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))?;
+        self.tokens.confirm(verified, principal).map_err(|refusal| {
+            self.refusals.refused(&refusal);
+            Status::unauthenticated(refusal.to_string())
+        })
     }
 
     /// Checks a batch and queues it; the returned future yields its ack.
@@ -147,11 +226,21 @@ impl Gateway {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| GatewayError::Reflection(e.to_string()))?;
+        let config = self.config.clone();
+        let (tokens, refusals) = (self.tokens.clone(), Arc::clone(&self.refusals));
+        let gateway = InterceptedService::new(
+            FridgeGatewayServer::new(self).max_decoding_message_size(config.max_message_bytes()),
+            move |request| authenticate(&tokens, &refusals, request),
+        );
         tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(config.max_streams_per_connection))
+            .http2_keepalive_interval(Some(config.keepalive))
+            .http2_keepalive_timeout(Some(config.keepalive))
+            .tcp_keepalive(Some(config.keepalive))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(FridgeGatewayServer::new(self))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .add_service(gateway)
+            .serve_with_incoming_shutdown(capped(listener, config.max_connections), shutdown)
             .await
             .map_err(GatewayError::Transport)
     }
@@ -228,20 +317,23 @@ fn ack_message(ack: Result<Ack, Status>) -> Result<GatewayMessage, Status> {
 impl FridgeGateway for Gateway {
     type StreamStream = AckStream;
 
-    async fn stream(&self, request: Request<Streaming<FridgeMessage>>) -> Result<Response<AckStream>, Status> {
-        let token = token(&request)?;
-        let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+    async fn stream(&self, mut request: Request<Streaming<FridgeMessage>>) -> Result<Response<AckStream>, Status> {
+        let first =
+            tokio::time::timeout(self.config.hello_timeout, request.get_mut().message()).await.map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no Hello within {} s of opening the stream",
+                    self.config.hello_timeout.as_secs()
+                ))
+            })??;
+        let hello = match first {
             Some(FridgeMessage { kind: Some(fridge_message::Kind::Hello(hello)) }) => hello,
             _ => return Err(Status::invalid_argument("the first message of a stream must be Hello")),
         };
         let principal = Principal::fridge(&hello.fridge_id).ok_or_else(|| {
             Status::invalid_argument(format!("Hello.fridge_id {:?} is not an id ({ID_RULE})", hello.fridge_id))
         })?;
-        if !self.tokens.verify(&principal, &token) {
-            tracing::warn!(fridge_id = principal.source_id(), "refused a stream with a wrong token");
-            return Err(Status::unauthenticated(format!("the token is not valid for {principal}")));
-        }
+        self.confirm(&request, &principal)?;
+        let inbound = request.into_inner();
         let position = self.ingest.position(&principal);
         let highest_durable_seq = position
             .seq_in(hello.incarnation)
@@ -259,17 +351,12 @@ impl FridgeGateway for Gateway {
     }
 
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<Ack>, Status> {
-        let token = token(&request)?;
-        let request = request.into_inner();
-        let principal = Principal::back_office(&request.source_id).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "PublishRequest.source_id {:?} is not an id ({ID_RULE})",
-                request.source_id
-            ))
+        let body = request.get_ref();
+        let principal = Principal::back_office(&body.source_id).ok_or_else(|| {
+            Status::invalid_argument(format!("PublishRequest.source_id {:?} is not an id ({ID_RULE})", body.source_id))
         })?;
-        if !self.tokens.verify(&principal, &token) {
-            return Err(Status::unauthenticated(format!("the token is not valid for {principal}")));
-        }
+        self.confirm(&request, &principal)?;
+        let request = request.into_inner();
         let position = self.ingest.position(&principal);
         if position.seq_in(request.incarnation).is_none() {
             return Err(Status::failed_precondition(stale(&principal, request.incarnation, position)));
@@ -323,6 +410,104 @@ impl Gateway {
             }
         }
     }
+}
+
+/// A connection that holds one of the gateway's connection permits.
+struct Capped {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Capped {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Capped {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// The connections `listener` accepts, at most `max` open at once: one more
+/// is closed at once (and said, at most once a second), so a flood of
+/// connections costs a file descriptor for a moment, never memory.
+fn capped(listener: TcpListener, max: usize) -> impl futures::Stream<Item = std::io::Result<Capped>> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(max.max(1)));
+    let refused = Arc::new(RefusalLog::default());
+    futures::stream::unfold(listener, move |listener| {
+        let (permits, refused) = (Arc::clone(&permits), Arc::clone(&refused));
+        async move {
+            loop {
+                let accepted = listener.accept().await;
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    // A failed accept (out of descriptors, a reset) is the
+                    // peer's problem, not the gateway's: keep accepting.
+                    Err(error) => {
+                        tracing::debug!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                match Arc::clone(&permits).try_acquire_owned() {
+                    Ok(permit) => {
+                        let _ = stream.set_nodelay(true);
+                        return Some((Ok(Capped { stream, _permit: permit }), listener));
+                    }
+                    Err(_) => {
+                        drop(stream);
+                        refused.refused(&format_args!(
+                            "a connection from {peer}: the gateway holds gateway.max_connections ({max}) already"
+                        ));
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Binds `addr`, for [`Gateway::serve`].

@@ -36,8 +36,8 @@ fn spoil(event: &mut crate::proto::Event, rng: &mut SmallRng) {
 pub struct RunSpec {
     /// The gateway, e.g. `http://127.0.0.1:50051`.
     pub target: String,
-    /// The fleet secret, to derive tokens.
-    pub secret: String,
+    /// Issues the fleet's tokens.
+    pub tokens: Tokens,
     /// Events per second for the whole fleet; `None` for as fast as possible.
     pub rate: Option<f64>,
     /// Events per batch, at most.
@@ -107,7 +107,7 @@ async fn publish_retrying(
 /// Drives `fleet` against a gateway until every event is acknowledged.
 pub async fn run(fleet: Fleet, spec: &RunSpec, total_events: u64) -> Result<Summary, ClientError> {
     let started = Instant::now();
-    let tokens = Tokens::new(&spec.secret);
+    let tokens = &spec.tokens;
     let mut summary = Summary::default();
     for chunk in fleet.back_office.chunks(500) {
         let token = tokens.issue(&Principal::BackOffice(BACK_OFFICE.into()));

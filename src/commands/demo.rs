@@ -14,6 +14,7 @@ use coldstream::query::{self, Format};
 use coldstream::server::Server;
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_sinks::webhooks::receiver::Delivery;
+use coldstream_sources::auth::Tokens;
 use coldstream_sources::simulator::{self as simulate, RunSpec};
 
 /// The demo's settings.
@@ -130,7 +131,7 @@ pub async fn demo(spec: DemoSpec) -> Result<(), DemoError> {
         skus: None,
     };
     let started = Instant::now();
-    let run_spec = RunSpec { target, secret: DEV_SECRET.into(), rate: None, batch: 500, progress: true };
+    let run_spec = RunSpec { target, tokens: Tokens::new(DEV_SECRET), rate: None, batch: 500, progress: true };
     let summary = simulate::run(Fleet::new(&fleet_spec), &run_spec, spec.events).await?;
     let limit = Duration::from_secs(600);
     let status = server.caught_up(limit).await.map_err(|_| DemoError::Timeout(limit))?;

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use coldstream::config::{self as settings, Config};
+use coldstream_sources::auth::{Key, Tokens};
 
 /// Every subcommand.
 #[derive(Subcommand)]
@@ -136,9 +137,45 @@ pub fn rate(text: &str) -> anyhow::Result<Option<f64>> {
     }
 }
 
-/// The fleet secret: the flag, `COLDSTREAM_SECRET`, or the development one.
-pub fn secret(flag: Option<String>) -> String {
-    flag.or_else(|| std::env::var("COLDSTREAM_SECRET").ok()).unwrap_or_else(|| settings::DEV_SECRET.to_owned())
+/// The fleet key that signs tokens: never a command-line value, which any
+/// user of the machine could read in `ps`.
+#[derive(clap::Args)]
+pub struct KeyArgs {
+    /// A file holding the fleet secret (else `COLDSTREAM_SECRET`, else the
+    /// development secret).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// The key's id, as the server's `auth.key_id` names it.
+    #[arg(long, default_value = "k1")]
+    pub key_id: String,
+}
+
+impl KeyArgs {
+    /// The secret: the file, `COLDSTREAM_SECRET`, or the development one.
+    pub fn secret(&self) -> anyhow::Result<String> {
+        if let Some(path) = &self.secret_file {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading --secret-file {}", path.display()))?;
+            let secret = text.trim_end_matches(['\n', '\r']).to_owned();
+            if secret.is_empty() {
+                bail!("--secret-file {} is empty", path.display());
+            }
+            return Ok(secret);
+        }
+        match std::env::var("COLDSTREAM_SECRET") {
+            Ok(secret) if secret.is_empty() => bail!("COLDSTREAM_SECRET is set but empty; unset it or give the secret"),
+            Ok(secret) => Ok(secret),
+            Err(_) => Ok(settings::DEV_SECRET.to_owned()),
+        }
+    }
+
+    /// Tokens signed with the key.
+    pub fn tokens(&self) -> anyhow::Result<Tokens> {
+        if !coldstream_sources::auth::valid_id(&self.key_id) {
+            bail!("--key-id {:?} is not an id ({})", self.key_id, coldstream_sources::auth::ID_RULE);
+        }
+        Ok(Tokens::with_keys(vec![Key::new(&self.key_id, self.secret()?)]))
+    }
 }
 
 /// Logs to stderr at `default` unless `COLDSTREAM_LOG` says otherwise.

@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use coldstream::config::DEV_SECRET;
+use anyhow::Context;
 use coldstream::server::Server;
 
 use super::{ConfigArgs, init_logging, runtime};
@@ -37,12 +36,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    let secret_from_env = std::env::var("COLDSTREAM_SECRET").is_ok();
-    if config.auth.secret == DEV_SECRET && !secret_from_env && !config.auth.allow_dev_secret {
-        bail!(
-            "no fleet secret: set auth.secret in the config or COLDSTREAM_SECRET (or auth.allow_dev_secret = true for a local trial)"
-        );
-    }
+    // Every secret is checked before anything is opened.
+    config.auth.tokens()?;
     runtime()?.block_on(async move {
         let started = std::time::Instant::now();
         let server = Server::start(&config).await?;

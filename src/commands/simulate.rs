@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_sources::simulator::{self as simulate, RunSpec};
 
-use super::{FleetArgs, init_logging, runtime, secret};
+use super::{FleetArgs, KeyArgs, init_logging, runtime};
 
 /// The gateway and the fleet.
 #[derive(clap::Args)]
@@ -30,9 +30,8 @@ pub struct Args {
     /// Share of events made invalid on purpose (0 to 1).
     #[arg(long, default_value_t = 0.0005)]
     pub bad_rate: f64,
-    /// The fleet secret (or COLDSTREAM_SECRET).
-    #[arg(long)]
-    pub secret: Option<String>,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 /// Sends the fleet's events and prints what the gateway answered.
@@ -52,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let spec = FleetSpec { seed: args.fleet.seed, fridges, events, start_us, bad_rate: args.bad_rate, skus: None };
     let run_spec = RunSpec {
         target: args.target,
-        secret: secret(args.secret),
+        tokens: args.key.tokens()?,
         rate,
         batch: args.batch,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),

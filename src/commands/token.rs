@@ -1,11 +1,11 @@
 //! `coldstream token`: the bearer token of a fridge or back-office client.
 
 use anyhow::bail;
-use coldstream_sources::auth::{Principal, Tokens};
+use coldstream_sources::auth::{Principal, now_s};
 
-use super::secret;
+use super::KeyArgs;
 
-/// Whose token.
+/// Whose token, and for how long.
 #[derive(clap::Args)]
 pub struct Args {
     /// A fridge id.
@@ -14,18 +14,39 @@ pub struct Args {
     /// A back-office client id.
     #[arg(long)]
     pub back_office: Option<String>,
-    /// The fleet secret (or COLDSTREAM_SECRET).
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Days the token is valid.
+    #[arg(long, default_value_t = 365)]
+    pub valid_days: u64,
+    /// The old form (the bare HMAC of the name), for a server that still
+    /// accepts it (`auth.legacy_tokens`); it never expires.
     #[arg(long)]
-    pub secret: Option<String>,
+    pub legacy: bool,
 }
 
 /// Prints the token.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let principal = match (args.fridge, args.back_office) {
-        (Some(id), _) => Principal::Fridge(id),
-        (None, Some(id)) => Principal::BackOffice(id),
+    let principal = match (&args.fridge, &args.back_office) {
+        (Some(id), _) => Principal::fridge(id),
+        (None, Some(id)) => Principal::back_office(id),
         (None, None) => bail!("give --fridge ID or --back-office ID"),
     };
-    println!("{}", Tokens::new(secret(args.secret)).issue(&principal));
+    let Some(principal) = principal else {
+        bail!(
+            "{:?} is not an id ({})",
+            args.fridge.or(args.back_office).unwrap_or_default(),
+            coldstream_sources::auth::ID_RULE
+        );
+    };
+    if !(1..=3650).contains(&args.valid_days) {
+        bail!("--valid-days must be in 1..=3650");
+    }
+    let tokens = args.key.tokens()?;
+    if args.legacy {
+        println!("{}", tokens.issue_legacy(&principal));
+    } else {
+        println!("{}", tokens.issue_until(&principal, now_s() + args.valid_days * 86_400));
+    }
     Ok(())
 }

@@ -3,13 +3,13 @@
 //! promise that once broke: an ack means durable, nothing is lost or
 //! counted twice, bad input is data and never a crash.
 
+use coldstream::server::Server;
 use coldstream_pipelines::Payload;
-use coldstream_sources::auth::{Principal, Tokens};
 use coldstream_sources::client::{self, ClientError, Session};
 use coldstream_sources::convert::encode;
 use coldstream_sources::proto::{self, RejectReason};
 
-use crate::support::{event, fridge_token, query_csv, start};
+use crate::support::{back_office_token, event, fridge_token, query_csv, start};
 
 fn taken(fridge: &str, seq: u64) -> proto::Event {
     encode(&event(fridge, seq, 1, Payload::ItemTaken { session_id: "S1".into(), sku: "cola".into(), qty: 1 }))
@@ -28,10 +28,6 @@ fn status_code<T>(result: Result<T, ClientError>) -> Option<tonic::Code> {
         Err(ClientError::Status(status)) => Some(status.code()),
         _ => None,
     }
-}
-
-fn back_office_token(id: &str) -> String {
-    Tokens::new(coldstream::config::DEV_SECRET).issue(&Principal::BackOffice(id.into()))
 }
 
 /// Sends one batch and waits for its ack.
@@ -136,11 +132,14 @@ async fn ids_outside_the_id_rule_are_refused_so_no_fridge_token_can_publish_pric
     let server = start(dir.path()).await;
     let addr = format!("http://{}", server.addr());
     let channel = client::channel(&addr).await.unwrap();
-    // A fridge named `backoffice/…` would hold the token of a back-office client.
+    // A fridge named `backoffice/…` would hold the token of a back-office
+    // client: no token can name it, and no Hello may.
     let named = "backoffice/prices";
     let opened = Session::open(channel.clone(), named, &fridge_token(named)).await;
+    assert_eq!(status_code(opened), Some(tonic::Code::Unauthenticated));
+    let opened = Session::open(channel.clone(), named, &fridge_token("FR-000001")).await;
     assert_eq!(status_code(opened), Some(tonic::Code::InvalidArgument));
-    let published = client::publish(channel.clone(), "a b", &back_office_token("a b"), Vec::new()).await;
+    let published = client::publish(channel.clone(), "a b", &back_office_token("prices"), Vec::new()).await;
     assert_eq!(status_code(published), Some(tonic::Code::InvalidArgument));
     // A back-office event naming a fridge id outside the rule is malformed.
     let plan = encode(&event(
@@ -175,5 +174,126 @@ async fn money_beyond_the_limit_is_refused_instead_of_wrapping_a_sum() {
     ));
     let ack = client::publish(channel, "prices", &back_office_token("prices"), vec![price]).await.unwrap();
     assert_eq!(codes(&ack), [(1, RejectReason::MoneyOutOfRange)]);
+    server.shutdown().await.unwrap();
+}
+
+/// A server with `change` applied to the tests' configuration.
+async fn start_with(dir: &std::path::Path, change: impl FnOnce(&mut coldstream::config::Config)) -> Server {
+    let mut config = crate::support::config(dir);
+    change(&mut config);
+    Server::start(&config).await.unwrap()
+}
+
+fn empty_events(n: usize) -> Vec<proto::Event> {
+    vec![proto::Event::default(); n]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_requests_are_refused_before_their_body_is_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), |c| c.gateway.max_batch_events = 100).await;
+    let channel = client::channel(&format!("http://{}", server.addr())).await.unwrap();
+    // 100,000 empty events: twice the decode limit of a 100-event batch.
+    let flood = empty_events(100_000);
+    let forged =
+        client::publish(channel.clone(), "prices", "cs1:k1:backoffice:prices:99999999999:00", flood.clone()).await;
+    assert_eq!(status_code(forged), Some(tonic::Code::Unauthenticated), "refused on its metadata alone");
+    let missing = client::publish(channel.clone(), "prices", "", flood.clone()).await;
+    assert_eq!(status_code(missing), Some(tonic::Code::Unauthenticated));
+    // With a valid token, the same body is refused by the decode limit, not decoded.
+    let authenticated = client::publish(channel.clone(), "prices", &back_office_token("prices"), flood).await;
+    assert_eq!(status_code(authenticated), Some(tonic::Code::OutOfRange));
+    // A batch within the limits still goes through on the same connection.
+    let fine = client::publish(channel, "prices", &back_office_token("prices"), Vec::new()).await;
+    assert!(fine.is_ok(), "{fine:?}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_never_says_hello_is_closed_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), |c| c.gateway.hello_timeout_seconds = 1).await;
+    let channel = client::channel(&format!("http://{}", server.addr())).await.unwrap();
+    let (_silent, nothing) = tokio::sync::mpsc::channel::<proto::FridgeMessage>(1);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(nothing));
+    request.metadata_mut().insert("authorization", format!("Bearer {}", fridge_token("FR-000001")).parse().unwrap());
+    let mut gateway = proto::fridge_gateway_client::FridgeGatewayClient::new(channel);
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(60), gateway.stream(request)).await.unwrap();
+    assert_eq!(answer.err().map(|s| s.code()), Some(tonic::Code::DeadlineExceeded));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_is_capped_and_the_fleet_gets_back_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), |c| c.gateway.max_connections = 2).await;
+    let addr = format!("http://{}", server.addr());
+    let first = crate::support::session(&addr, "FR-000001").await;
+    let second = crate::support::session(&addr, "FR-000002").await;
+    let third = match client::channel(&addr).await {
+        Ok(channel) => Session::open(channel, "FR-000003", &fridge_token("FR-000003")).await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    assert!(third.is_err(), "a third connection is over the cap");
+    drop(first);
+    // The freed permit lets the next fridge in (the close takes a moment to reach the server).
+    let mut admitted = false;
+    for _ in 0..100 {
+        if let Ok(channel) = client::channel(&addr).await
+            && Session::open(channel, "FR-000003", &fridge_token("FR-000003")).await.is_ok()
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "a connection closed frees its place");
+    drop(second);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rotate_expire_and_a_revoked_fridge_is_refused() {
+    use coldstream::config::PreviousKey;
+    use coldstream_sources::auth::{Key, Principal, Tokens, now_s};
+    let dir = tempfile::tempdir().unwrap();
+    let new_secret = "the-next-fleet-secret-2027";
+    let server = start_with(dir.path(), |c| {
+        c.auth.secret = new_secret.into();
+        c.auth.key_id = "k2".into();
+        c.auth.previous_keys = vec![PreviousKey { id: "k1".into(), secret: crate::support::TEST_SECRET.into() }];
+        c.auth.revoked = vec!["FR-000666".into()];
+    })
+    .await;
+    let channel = client::channel(&format!("http://{}", server.addr())).await.unwrap();
+    let open = |fridge: &'static str, token: String| {
+        let channel = channel.clone();
+        async move { Session::open(channel, fridge, &token).await.map(|_| ()) }
+    };
+    // Issued before the rotation, under k1: still accepted.
+    assert!(open("FR-000001", fridge_token("FR-000001")).await.is_ok());
+    // Issued under the new key.
+    let next = Tokens::with_keys(vec![Key::new("k2", new_secret)]);
+    assert!(open("FR-000002", next.issue(&Principal::Fridge("FR-000002".into()))).await.is_ok());
+    // Another fridge's token, an expired one, a revoked fridge, the old form.
+    assert_eq!(status_code(open("FR-000003", fridge_token("FR-000001")).await), Some(tonic::Code::Unauthenticated));
+    let expired = next.issue_until(&Principal::Fridge("FR-000004".into()), now_s() - 1);
+    assert_eq!(status_code(open("FR-000004", expired).await), Some(tonic::Code::Unauthenticated));
+    let revoked = next.issue(&Principal::Fridge("FR-000666".into()));
+    assert_eq!(status_code(open("FR-000666", revoked).await), Some(tonic::Code::Unauthenticated));
+    let legacy = next.issue_legacy(&Principal::Fridge("FR-000005".into()));
+    assert_eq!(status_code(open("FR-000005", legacy.clone()).await), Some(tonic::Code::Unauthenticated));
+    server.shutdown().await.unwrap();
+    // While the config allows it, the old form is checked once Hello names the fridge.
+    let server = start_with(dir.path(), |c| {
+        c.auth.secret = new_secret.into();
+        c.auth.key_id = "k2".into();
+        c.auth.legacy_tokens = true;
+    })
+    .await;
+    let channel = client::channel(&format!("http://{}", server.addr())).await.unwrap();
+    assert!(Session::open(channel.clone(), "FR-000005", &legacy).await.is_ok());
+    let as_other = Session::open(channel, "FR-000006", &legacy).await;
+    assert_eq!(status_code(as_other), Some(tonic::Code::Unauthenticated));
     server.shutdown().await.unwrap();
 }

@@ -7,7 +7,6 @@
 use std::process::Command;
 use std::time::Duration;
 
-use coldstream::config::DEV_SECRET;
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_sources::simulator::{self as simulate, RunSpec};
 
@@ -75,7 +74,7 @@ async fn duckdb_recomputes_the_same_inventory_from_the_parquet_events() {
         FleetSpec { seed: 3, fridges: 6, events: 6_000, start_us: 1_772_323_200_000_000, bad_rate: 0.002, skus: None };
     let run = RunSpec {
         target: format!("http://{}", server.addr()),
-        secret: DEV_SECRET.into(),
+        tokens: crate::support::tokens(),
         rate: None,
         batch: 200,
         progress: false,

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use coldstream::config::{Config, DEV_SECRET, EmbeddedSection, LogSection};
+use coldstream::config::{Config, EmbeddedSection, LogSection};
 use coldstream::server::Server;
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_sources::simulator::{self as simulate, RunSpec};
@@ -25,7 +25,7 @@ async fn run_fleet(target: &str, seed: u64, events: u64) {
     let spec = FleetSpec { seed, fridges: 8, events, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
     let run = RunSpec {
         target: target.to_owned(),
-        secret: DEV_SECRET.into(),
+        tokens: crate::support::tokens(),
         rate: Some(20_000.0),
         batch: 200,
         progress: false,

@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use coldstream::config::DEV_SECRET;
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_sinks::parquet::view_tables;
 use coldstream_sources::simulator::{self as simulate, RunSpec};
@@ -46,7 +45,7 @@ async fn processing_the_same_log_twice_gives_the_same_changes_at_the_same_times(
     };
     let run = RunSpec {
         target: format!("http://{}", server.addr()),
-        secret: DEV_SECRET.into(),
+        tokens: crate::support::tokens(),
         rate: None,
         batch: 250,
         progress: false,

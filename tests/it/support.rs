@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use coldstream::config::{Config, DEV_SECRET};
+use coldstream::config::Config;
 use coldstream::query;
 use coldstream::server::Server;
 use coldstream_pipelines::Event;
@@ -16,6 +16,7 @@ use coldstream_sources::client::Session;
 pub fn config(dir: &Path) -> Config {
     let mut config =
         Config { data_dir: dir.to_path_buf(), listen: "127.0.0.1:0".parse().unwrap(), workers: 2, ..Config::default() };
+    config.auth.secret = TEST_SECRET.into();
     config.parquet.roll_seconds = 1;
     config
 }
@@ -25,9 +26,22 @@ pub async fn start(dir: &Path) -> Server {
     Server::start(&config(dir)).await.unwrap()
 }
 
-/// The token of a fridge under the development secret.
+/// The fleet secret of the tests' servers.
+pub const TEST_SECRET: &str = "coldstream-test-fleet-secret";
+
+/// Tokens under the tests' fleet secret.
+pub fn tokens() -> Tokens {
+    Tokens::new(TEST_SECRET)
+}
+
+/// The token of a fridge under the tests' fleet secret.
 pub fn fridge_token(fridge_id: &str) -> String {
-    Tokens::new(DEV_SECRET).issue(&Principal::Fridge(fridge_id.into()))
+    tokens().issue(&Principal::Fridge(fridge_id.into()))
+}
+
+/// The token of a back-office client under the tests' fleet secret.
+pub fn back_office_token(id: &str) -> String {
+    tokens().issue(&Principal::BackOffice(id.into()))
 }
 
 /// Opens a stream as `fridge_id` with its correct token.
@@ -73,7 +87,7 @@ impl ServerProcess {
             .args(["run", "--listen", "127.0.0.1:0", "--workers", "2", "--data"])
             .arg(dir)
             .args(extra)
-            .env("COLDSTREAM_SECRET", DEV_SECRET)
+            .env("COLDSTREAM_SECRET", TEST_SECRET)
             .env("COLDSTREAM_LOG", log)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -17,7 +17,7 @@ use coldstream_sinks::webhooks::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use coldstream::config::{Config, DEV_SECRET};
+use coldstream::config::Config;
 use coldstream::server::Server;
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_sources::simulator::{self as simulate, RunSpec};
@@ -354,12 +354,13 @@ async fn server_with_webhooks(dir: &Path, url: &str, max_pending: Option<usize>)
     config.data_dir = dir.to_path_buf();
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.workers = 2;
+    config.auth.secret = crate::support::TEST_SECRET.into();
     Server::start(&config).await.unwrap()
 }
 
 async fn run_fleet(target: &str, events: u64, rate: Option<f64>) {
     let spec = FleetSpec { seed: 5, fridges: 6, events, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
-    let run = RunSpec { target: target.to_owned(), secret: DEV_SECRET.into(), rate, batch: 50, progress: false };
+    let run = RunSpec { target: target.to_owned(), tokens: crate::support::tokens(), rate, batch: 50, progress: false };
     simulate::run(Fleet::new(&spec), &run, spec.events).await.unwrap();
 }
 

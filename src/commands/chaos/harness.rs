@@ -327,7 +327,8 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     let start = chrono::DateTime::from_timestamp_micros(start_us).context("the fleet's start")?.to_rfc3339();
     let fleet_log = std::fs::File::create(own.join("fleet.log"))?;
     let fleet = Command::new(&exe)
-        .args(["simulate", "--target", &format!("http://{listen}"), "--secret", FLEET_SECRET, "--bad-rate", "0"])
+        .args(["simulate", "--target", &format!("http://{listen}"), "--bad-rate", "0"])
+        .env("COLDSTREAM_SECRET", FLEET_SECRET)
         .args(["--fridges", &spec.fridges.to_string(), "--events", &spec.events.to_string()])
         .args(["--seed", &spec.seed.to_string(), "--start", &start, "--rate", &spec.rate.to_string()])
         .stdout(fleet_log.try_clone()?)
