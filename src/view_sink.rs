@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use coldstream_pipelines::Time;
@@ -173,6 +173,10 @@ impl Checkpointing {
     }
 }
 
+/// How long the view sink waits for a message before it lets the sinks
+/// close files that have waited long enough.
+const IDLE_TICK: Duration = Duration::from_millis(200);
+
 /// Hands view changes to every sink as the frontier passes them, and
 /// gathers checkpoints, until the workers have stopped and the last
 /// checkpoint is written.
@@ -184,6 +188,7 @@ pub fn sink_views(
     let resume_at = sinks.resumes_at();
     let progress = Arc::clone(&checkpointing.progress);
     let mut closed = false;
+    let mut last_frontier = None;
     loop {
         let message = if closed {
             // The last operators' snapshots may still be on their way.
@@ -195,14 +200,23 @@ pub fn sink_views(
                 }
             }
         } else {
-            match messages.recv() {
+            match messages.recv_timeout(IDLE_TICK) {
                 Ok(message) => message,
-                Err(_) => return Ok(()),
+                // Nothing new: a quiet log still lets files that have waited
+                // `roll_seconds` close, so the views reach Parquet.
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(frontier) = last_frontier {
+                        sinks.advance(frontier, false)?;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
         };
         match message {
             ViewMessage::Changes(batch) => sinks.push(batch),
             ViewMessage::Frontier(frontier) => {
+                last_frontier = Some(frontier);
                 sinks.advance(frontier, false)?;
                 if frontier >= resume_at {
                     progress.views.store(frontier, Ordering::Release);

@@ -297,3 +297,24 @@ async fn tokens_rotate_expire_and_a_revoked_fridge_is_refused() {
     assert_eq!(status_code(as_other), Some(tonic::Code::Unauthenticated));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_views_reach_parquet_within_roll_seconds_once_ingestion_pauses() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await; // parquet.roll_seconds = 1
+    let addr = format!("http://{}", server.addr());
+    let mut fridge = crate::support::session(&addr, "FR-000001").await;
+    let counted = encode(&event("FR-000001", 1, 0, Payload::StockCounted { sku: "cola".into(), qty: 7 }));
+    assert_eq!(send(&mut fridge, 1, vec![counted]).await.accepted, [1]);
+    // No commit follows: the fleet is quiet. The live server's files alone must show the count.
+    let mut seen = String::new();
+    for _ in 0..600 {
+        seen = query_csv(dir.path(), "SELECT fridge_id, sku, on_hand FROM inventory_now").await;
+        if seen.lines().count() > 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, "fridge_id,sku,on_hand\nFR-000001,cola,7\n");
+    server.shutdown().await.unwrap();
+}
