@@ -233,6 +233,15 @@ impl Server {
                 "the archive in events/ resumes at log offset {first}, which retention removed (log/ starts at {log_starts}); run `coldstream rebuild --data DIR`"
             )));
         }
+        if let Some((_, end)) = archived
+            && end > readers.durable_offset()
+        {
+            return Err(ServerError::Inconsistent(format!(
+                "the archive in events/ covers log offsets up to {end}, but log/ ends at {}: the log lost records that were acknowledged (a replaced or restored log/ directory); put the right log/ back, or move {} aside and run `coldstream rebuild --data DIR`",
+                readers.durable_offset(),
+                data_dir.join("log").display()
+            )));
+        }
         let stop_archiver = Arc::new(AtomicBool::new(false));
         let archiver = {
             let (readers, progress, stop) = (Arc::clone(&readers), Arc::clone(&progress), Arc::clone(&stop_archiver));

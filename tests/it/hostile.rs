@@ -318,3 +318,23 @@ async fn the_views_reach_parquet_within_roll_seconds_once_ingestion_pauses() {
     assert_eq!(seen, "fridge_id,sku,on_hand\nFR-000001,cola,7\n");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_directory_replaced_under_its_archive_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = format!("http://{}", server.addr());
+    let mut fridge = crate::support::session(&addr, "FR-000001").await;
+    assert_eq!(send(&mut fridge, 1, takes("FR-000001", 1..=20)).await.accepted.len(), 20);
+    server.caught_up(std::time::Duration::from_secs(60)).await.unwrap();
+    server.shutdown().await.unwrap();
+    // An operator restores an old, empty log/ beside the newer archive: the
+    // checkpoints say records are missing.
+    std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+    let refused = Server::start(&crate::support::config(dir.path())).await.err().expect("refused");
+    assert!(refused.to_string().contains("log records are missing"), "{refused}");
+    // Without the checkpoints either, the archive says so: its offsets would be reused.
+    std::fs::remove_dir_all(dir.path().join("checkpoints")).unwrap();
+    let refused = Server::start(&crate::support::config(dir.path())).await.err().expect("refused");
+    assert!(refused.to_string().contains("lost records"), "{refused}");
+}

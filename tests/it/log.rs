@@ -73,3 +73,46 @@ fn a_corrupted_last_record_is_dropped_not_served() {
     let log = EmbeddedLog::open(dir.path(), EmbeddedConfig::default()).unwrap();
     assert_eq!(records(&log), vec![b"first".to_vec()]);
 }
+
+#[test]
+fn a_corrupt_record_in_the_middle_of_the_active_segment_is_refused_not_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100]).collect();
+    {
+        let mut log = EmbeddedLog::open(dir.path(), EmbeddedConfig::default()).unwrap();
+        log.append(5, &payloads).unwrap();
+        log.sync().unwrap();
+    }
+    // Flip one payload byte of the fourth record: six acked records follow it.
+    let segment = dir.path().join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[3 * 116 + 16 + 50] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+    let error = EmbeddedLog::open(dir.path(), EmbeddedConfig::default()).err().expect("refused");
+    assert!(matches!(error, LogError::Corrupt { position: 348, .. }), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("00000000000000000000.log") && message.contains("348"), "{message}");
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing was truncated");
+}
+
+#[test]
+fn a_failed_fsync_cuts_the_segment_back_to_what_was_durable_and_appending_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EmbeddedLog::open(dir.path(), EmbeddedConfig::default()).unwrap();
+    log.append(5, &[b"durable".to_vec()]).unwrap();
+    log.sync().unwrap();
+    log.fail_next_syncs(1);
+    log.append(6, &[b"never durable".to_vec()]).unwrap();
+    assert!(log.sync().is_err());
+    assert_eq!(log.readers().durable_offset(), 1);
+    // The next append recovers first: the failed record is gone from the file.
+    log.append(7, &[b"after".to_vec()]).unwrap();
+    log.sync().unwrap();
+    assert_eq!(records(&log), vec![b"durable".to_vec(), b"after".to_vec()]);
+    drop(log);
+    // A restart (no reboot) reads exactly the durable records.
+    let log = EmbeddedLog::open(dir.path(), EmbeddedConfig::default()).unwrap();
+    assert_eq!(records(&log), vec![b"durable".to_vec(), b"after".to_vec()]);
+    let segment = dir.path().join(format!("{:020}.log", 0));
+    assert_eq!(std::fs::metadata(segment).unwrap().len(), 2 * 16 + 7 + 5);
+}

@@ -5,9 +5,17 @@
 //! `len: u32 | crc32c: u32 | ingest_ms: u64 | payload`, little-endian, the
 //! CRC covering the ingest time and the payload. [`EmbeddedLog::sync`]
 //! flushes and fsyncs the active segment (group commit: the writer appends
-//! many records, then syncs once). On open, a torn tail (a last record cut
-//! short by a crash, or one whose CRC does not match) is truncated, and
-//! everything before it is kept.
+//! many records, then syncs once). On open, a torn tail (the last frame
+//! cut short by a crash, or a last frame whose CRC does not match, or
+//! zeros to the end) is truncated, and everything before it is kept; a bad
+//! frame with records after it is corruption, and the log refuses to open,
+//! naming the file and the byte.
+//!
+//! A failed write or fsync (a full disk, an I/O error) cuts the active
+//! segment back to its durable length (what the last successful sync
+//! covered), so nothing that was never durable can later be read as
+//! durable; the next append retries from there, so a disk that frees up
+//! resumes appending without a restart.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -42,7 +50,14 @@ pub struct EmbeddedLog {
     end_offset: u64,
     last_ingest_ms: Option<u64>,
     shared: Arc<Shared>,
+    /// Why the last write or sync failed; the next append recovers first.
     failed: Option<String>,
+    /// The active segment's length at the last successful sync.
+    durable_bytes: u64,
+    /// The last durable record's ingest time.
+    durable_last_ingest_ms: Option<u64>,
+    /// Syncs still to fail on purpose (fault tests).
+    failing_syncs: u32,
 }
 
 struct Shared {
@@ -174,6 +189,16 @@ impl EmbeddedLog {
             .map_err(|e| LogError::io(format!("opening {}", active_path.display()), e))?;
         if let Some(reason) = torn {
             let len = file.metadata().map_err(|e| LogError::io("stat of the active segment", e))?.len();
+            if !is_tail(&active_path, valid, len)? {
+                return Err(LogError::Corrupt {
+                    file: active_path.display().to_string(),
+                    position: valid,
+                    reason: format!(
+                        "{reason}, with {} more bytes after it that were written (and may have been acknowledged) later",
+                        len - valid
+                    ),
+                });
+            }
             tracing::warn!(
                 segment = %active_path.display(),
                 kept_bytes = valid,
@@ -206,12 +231,48 @@ impl EmbeddedLog {
             last_ingest_ms,
             shared,
             failed: None,
+            durable_bytes: valid,
+            durable_last_ingest_ms: last_ingest_ms,
+            failing_syncs: 0,
         })
     }
 
     fn fail<T>(&mut self, error: LogError) -> Result<T, LogError> {
+        tracing::error!(%error, "the event log failed; it is cut back to its durable length on the next append");
         self.failed = Some(error.to_string());
         Err(error)
+    }
+
+    /// Makes the next `n` syncs fail as a failing disk would, to test what
+    /// follows.
+    #[doc(hidden)]
+    pub fn fail_next_syncs(&mut self, n: u32) {
+        self.failing_syncs = n;
+    }
+
+    /// After a failure: drops what was written since the last sync, from
+    /// the buffer and from the file, and resumes at the durable end.
+    fn recover(&mut self) -> Result<(), LogError> {
+        let Some(reason) = self.failed.clone() else { return Ok(()) };
+        let path = self.active_path.clone();
+        let cut = || -> std::io::Result<File> {
+            let mut file = OpenOptions::new().read(true).write(true).open(&path)?;
+            file.set_len(self.durable_bytes)?;
+            file.sync_all()?;
+            file.seek(SeekFrom::Start(self.durable_bytes))?;
+            Ok(file)
+        };
+        let file = cut().map_err(|e| {
+            LogError::Failed(format!("{reason}; cutting {} back to its durable length failed: {e}", path.display()))
+        })?;
+        // The buffered bytes were never durable: drop them unwritten.
+        let (_, _unwritten) = std::mem::replace(&mut self.active, BufWriter::with_capacity(1 << 20, file)).into_parts();
+        self.end_offset = self.shared.durable.load(Ordering::Acquire);
+        self.active_bytes = self.durable_bytes;
+        self.last_ingest_ms = self.durable_last_ingest_ms;
+        self.failed = None;
+        tracing::info!(segment = %path.display(), durable_end = self.end_offset, "the event log recovered; appending again");
+        Ok(())
     }
 
     fn roll(&mut self) -> Result<(), LogError> {
@@ -227,15 +288,30 @@ impl EmbeddedLog {
         self.active = BufWriter::with_capacity(1 << 20, file);
         self.active_path = path;
         self.active_bytes = 0;
+        self.durable_bytes = 0;
         Ok(())
     }
 }
 
+/// Whether the bad frame at `at` in a segment of `len` bytes is its torn
+/// tail: a header cut short, a frame reaching the end of the file, or
+/// nothing but zeros after it. Anything else has records after it.
+fn is_tail(path: &Path, at: u64, len: u64) -> Result<bool, LogError> {
+    let io = |e| LogError::io(format!("reading {}", path.display()), e);
+    let mut file = File::open(path).map_err(io)?;
+    file.seek(SeekFrom::Start(at)).map_err(io)?;
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest).map_err(io)?;
+    if rest.len() < HEADER_BYTES || rest.iter().all(|b| *b == 0) {
+        return Ok(true);
+    }
+    let claimed = u32::from_le_bytes(rest[0..4].try_into().expect("4-byte slice")) as u64;
+    Ok(at + HEADER_BYTES as u64 + claimed >= len)
+}
+
 impl EventLog for EmbeddedLog {
     fn append(&mut self, ingest_ms: u64, payloads: &[Vec<u8>]) -> Result<u64, LogError> {
-        if let Some(reason) = &self.failed {
-            return Err(LogError::Failed(reason.clone()));
-        }
+        self.recover()?;
         if let Some(too_large) = payloads.iter().find(|p| p.len() > MAX_RECORD_BYTES) {
             return Err(LogError::TooLarge(too_large.len()));
         }
@@ -272,9 +348,16 @@ impl EventLog for EmbeddedLog {
         if self.shared.durable.load(Ordering::Acquire) == self.end_offset {
             return Ok(());
         }
-        if let Err(e) = self.active.flush().and_then(|_| self.active.get_ref().sync_data()) {
+        let injected = (self.failing_syncs > 0).then(|| {
+            self.failing_syncs -= 1;
+            std::io::Error::other("an injected fsync failure")
+        });
+        let synced = self.active.flush().and_then(|_| self.active.get_ref().sync_data());
+        if let Some(e) = injected.map_or(synced.err(), Some) {
             return self.fail(LogError::io(format!("fsync of {}", self.active_path.display()), e));
         }
+        self.durable_bytes = self.active_bytes;
+        self.durable_last_ingest_ms = self.last_ingest_ms;
         self.shared.durable_ingest.store(self.last_ingest_ms.map_or(0, |t| t + 1), Ordering::Release);
         self.shared.durable.store(self.end_offset, Ordering::Release);
         for wake in self.shared.wakers.lock().expect("wakers are never poisoned").iter() {
