@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod query;
 pub mod rebuild;
 pub mod server;
+pub mod supervise;
 pub mod verify;
 pub mod view_sink;
 pub mod workers;

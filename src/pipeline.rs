@@ -16,7 +16,8 @@ use coldstream_sources::ingest::SeqSnapshot;
 use coldstream_sources::log::OpenReader;
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, ViewsFingerprint};
-use crate::server::{Progress, ServerError, spawn};
+use crate::server::{Progress, ServerError};
+use crate::supervise::{Failures, panic_message, supervised};
 use crate::view_sink::{Checkpointing, ViewSinks, sink_views};
 use crate::workers::{Resume, ViewMessage, Workers};
 
@@ -110,6 +111,8 @@ pub struct PipelineSpec {
     pub checkpoints: CheckpointPolicy,
     /// Where the pipeline reports how far the views have got.
     pub progress: Arc<Progress>,
+    /// Where the view sink reports that it stopped.
+    pub failures: Failures,
 }
 
 /// A running pipeline: the workers and the view sink.
@@ -122,7 +125,7 @@ impl Pipeline {
     /// Restores the sinks and the operators from the resume point and
     /// starts the view sink and the workers.
     pub fn start(spec: PipelineSpec) -> Result<Pipeline, ServerError> {
-        let PipelineSpec { log, views, workers, mut sinks, resume, checkpoints: policy, progress } = spec;
+        let PipelineSpec { log, views, workers, mut sinks, resume, checkpoints: policy, progress, failures } = spec;
         let ResumePoint { fingerprint, checkpoint } = resume;
         let (dataflow, offset) = match checkpoint {
             Some(checkpoint) => {
@@ -153,13 +156,7 @@ impl Pipeline {
             policy.retention_ms,
             progress,
         );
-        let view_sink = spawn("view-sink", move || {
-            let sunk = sink_views(messages, sinks, checkpointing);
-            if let Err(error) = &sunk {
-                tracing::error!(%error, "the view sink stopped; the views fall behind until the server restarts");
-            }
-            sunk
-        })?;
+        let view_sink = supervised("view sink", &failures, move || sink_views(messages, sinks, checkpointing))?;
         let views = ViewConfig { hooks: OperatorHooks { checkpoints, ..views.hooks }, ..views };
         let resume =
             Resume { offset, checkpoint_every_ms: policy.every_ms, checkpoint_every_records: policy.every_records };
@@ -171,6 +168,8 @@ impl Pipeline {
     /// takes a last checkpoint and waits for all of it.
     pub fn stop(self) -> Result<(), ServerError> {
         self.workers.stop();
-        self.view_sink.join().map_err(|_| ServerError::Inconsistent("the view sink panicked".into()))?
+        self.view_sink.join().unwrap_or_else(|panic| {
+            Err(ServerError::Inconsistent(format!("the view sink panicked: {}", panic_message(&*panic))))
+        })
     }
 }

@@ -147,6 +147,7 @@ pub async fn rebuild(config: &Config) -> Result<Rebuilt, ServerError> {
             retention_ms: None,
         },
         progress: Arc::new(Progress::default()),
+        failures: Default::default(),
     })?;
     tokio::task::spawn_blocking(move || pipeline.stop())
         .await

@@ -27,6 +27,7 @@ use crate::archiver::archive_log;
 use crate::checkpoint::{CheckpointError, CheckpointStore};
 use crate::config::Config;
 use crate::pipeline::{CheckpointPolicy, Pipeline, PipelineSpec, ResumePoint};
+use crate::supervise::{Failures, panic_message, supervised};
 use crate::view_sink::ViewSinks;
 use crate::workers::RuntimeError;
 
@@ -189,6 +190,9 @@ pub struct Server {
     stop_archiver: Arc<AtomicBool>,
     archiver: JoinHandle<Result<(), ServerError>>,
     pipeline: Pipeline,
+    failures: Failures,
+    /// Follows the components' health into the gateway's.
+    watcher: tokio::task::JoinHandle<()>,
     /// Webhook delivery, one task per endpoint.
     dispatchers: Vec<tokio::task::JoinHandle<()>>,
     outbox: Arc<std::sync::Mutex<coldstream_sinks::webhooks::Outbox>>,
@@ -242,15 +246,12 @@ impl Server {
                 data_dir.join("log").display()
             )));
         }
+        let failures = Failures::default();
         let stop_archiver = Arc::new(AtomicBool::new(false));
         let archiver = {
             let (readers, progress, stop) = (Arc::clone(&readers), Arc::clone(&progress), Arc::clone(&stop_archiver));
-            spawn("archiver", move || {
-                let archived = archive_log(readers.as_ref(), archive, archived, &progress, &stop);
-                if let Err(error) = &archived {
-                    tracing::error!(%error, "the archiver stopped; events/ falls behind until the server restarts");
-                }
-                archived
+            supervised("archiver", &failures, move || {
+                archive_log(readers.as_ref(), archive, archived, &progress, &stop)
             })?
         };
 
@@ -276,13 +277,19 @@ impl Server {
                 retention_ms: config.log.retention_ms(),
             },
             progress: Arc::clone(&progress),
+            failures: failures.clone(),
         })?;
 
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
-        let gateway = Gateway::new(ingest, config.auth.tokens()?, GatewayConfig { hold, ..config.gateway() });
+        let status = StatusSource { readers: Arc::clone(&readers), progress: Arc::clone(&progress) };
+        let health = Health { ingest: ingest.clone(), failures: failures.clone(), status };
+        let (serving, watching) = tokio::sync::watch::channel(Ok(()));
+        let watcher = tokio::spawn(health.clone().watch(serving));
+        let gateway = Gateway::new(ingest, config.auth.tokens()?, GatewayConfig { hold, ..config.gateway() })
+            .with_status(Arc::new(move || health.reply()));
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let gateway = tokio::spawn(gateway.serve(listener, async move {
+        let gateway = tokio::spawn(gateway.serve(listener, watching, async move {
             let _ = stopped.await;
         }));
         tracing::info!(%addr, data_dir = %data_dir.display(), workers = config.worker_threads(), "coldstream is listening");
@@ -297,6 +304,8 @@ impl Server {
             writer,
             stop_archiver,
             archiver,
+            failures,
+            watcher,
             pipeline,
             dispatchers,
             outbox,
@@ -363,9 +372,16 @@ impl Server {
         }
     }
 
+    /// Waits until a component fails in a way it cannot recover from (the
+    /// archiver or the view sink stopped); returns the one-line reason.
+    pub async fn failed(&self) -> String {
+        self.failures.failed().await
+    }
+
     /// Stops taking calls, drains the log into every view and sink, and
     /// writes what is buffered.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        self.watcher.abort();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -387,7 +403,9 @@ impl Server {
             drop(writer);
             stop_archiver.store(true, Ordering::SeqCst);
             let viewed = pipeline.stop();
-            let archived = archiver.join().unwrap_or_else(|_| Ok(()));
+            let archived = archiver.join().unwrap_or_else(|panic| {
+                Err(ServerError::Inconsistent(format!("the archiver panicked: {}", panic_message(&*panic))))
+            });
             archived.and(viewed)
         })
         .await
@@ -397,6 +415,65 @@ impl Server {
             dispatcher.abort();
         }
         stopped
+    }
+}
+
+/// What the health service and the `Status` call report.
+#[derive(Clone)]
+struct Health {
+    ingest: coldstream_sources::ingest::Ingest,
+    failures: Failures,
+    status: StatusSource,
+}
+
+impl Health {
+    /// Serving, or why not.
+    fn state(&self) -> Result<(), String> {
+        if let Some(failure) = self.failures.first() {
+            return Err(failure);
+        }
+        match self.ingest.log_failure() {
+            Some(failure) => Err(format!("the event log cannot append: {failure}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Publishes the state whenever it changes, until the server stops.
+    async fn watch(self, serving: tokio::sync::watch::Sender<Result<(), String>>) {
+        loop {
+            let state = self.state();
+            serving.send_if_modified(|current| {
+                let changed = *current != state;
+                *current = state;
+                changed
+            });
+            tokio::select! {
+                _ = self.failures.failed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            if serving.is_closed() {
+                return;
+            }
+        }
+    }
+
+    fn reply(&self) -> coldstream_sources::proto::StatusReply {
+        let status = self.status.status();
+        let state = self.state();
+        coldstream_sources::proto::StatusReply {
+            log_durable_offset: status.durable_offset,
+            log_durable_ingest_ms: status.last_ingest_ms.unwrap_or(0),
+            archived_offset: status.archived_offset,
+            views: coldstream_pipelines::views::NAMES
+                .iter()
+                .map(|view| coldstream_sources::proto::ViewFrontier {
+                    view: (*view).to_owned(),
+                    frontier_ms: status.views_frontier,
+                })
+                .collect(),
+            serving: state.is_ok(),
+            reason: state.err().unwrap_or_default(),
+        }
     }
 }
 

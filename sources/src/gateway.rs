@@ -25,7 +25,7 @@ use crate::auth::{ID_RULE, Principal, Tokens, Verified, bearer};
 use crate::convert::{Rejection, accept};
 use crate::ingest::{Candidate, Ingest, IngestError, Outcome, Pending, stale};
 use crate::proto::{
-    self, Ack, FridgeMessage, GatewayMessage, PublishRequest, RejectedEvent, Welcome,
+    self, Ack, FridgeMessage, GatewayMessage, PublishRequest, RejectedEvent, StatusReply, StatusRequest, Welcome,
     fridge_gateway_server::FridgeGateway, fridge_gateway_server::FridgeGatewayServer, fridge_message, gateway_message,
 };
 
@@ -118,7 +118,11 @@ pub struct Gateway {
     tokens: Tokens,
     config: GatewayConfig,
     refusals: Arc<RefusalLog>,
+    status: StatusFn,
 }
+
+/// What answers the `Status` call.
+pub type StatusFn = Arc<dyn Fn() -> StatusReply + Send + Sync>;
 
 fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
@@ -142,7 +146,19 @@ fn token(request: &Request<()>) -> Result<String, Status> {
 impl Gateway {
     /// A gateway appending through `ingest` and checking tokens with `tokens`.
     pub fn new(ingest: Ingest, tokens: Tokens, config: GatewayConfig) -> Self {
-        Gateway { ingest, tokens, config, refusals: Arc::default() }
+        let readers = ingest.readers();
+        let status: StatusFn = Arc::new(move || StatusReply {
+            log_durable_offset: readers.durable_offset(),
+            log_durable_ingest_ms: readers.durable_ingest_ms().unwrap_or(0),
+            serving: true,
+            ..StatusReply::default()
+        });
+        Gateway { ingest, tokens, config, refusals: Arc::default(), status }
+    }
+
+    /// Answers `Status` with `status` (the server's view of its pipeline).
+    pub fn with_status(self, status: StatusFn) -> Self {
+        Gateway { status, ..self }
     }
 
     /// What the interceptor proved about the caller's token, confirmed
@@ -213,14 +229,32 @@ impl Gateway {
         })
     }
 
-    /// Serves the gateway, health and reflection on `listener` until `shutdown` resolves.
+    /// Serves the gateway, health and reflection on `listener` until
+    /// `shutdown` resolves. The health service follows `serving`: SERVING
+    /// while it holds `Ok`, NOT_SERVING (the reason logged) otherwise.
     pub async fn serve(
         self,
         listener: TcpListener,
+        mut serving: tokio::sync::watch::Receiver<Result<(), String>>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<FridgeGatewayServer<Gateway>>().await;
+        tokio::spawn(async move {
+            loop {
+                let state = serving.borrow_and_update().clone();
+                match state {
+                    Ok(()) => health.set_serving::<FridgeGatewayServer<Gateway>>().await,
+                    Err(reason) => {
+                        tracing::warn!(%reason, "the gateway reports NOT_SERVING");
+                        health.set_not_serving::<FridgeGatewayServer<Gateway>>().await;
+                    }
+                }
+                if serving.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -363,6 +397,17 @@ impl FridgeGateway for Gateway {
         }
         let ack = self.submit(&principal, request.incarnation, 0, request.events).await?.ack().await?;
         Ok(Response::new(ack))
+    }
+
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        let verified = request
+            .extensions()
+            .get::<Verified>()
+            .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))?;
+        if let Verified::Legacy(_) = verified {
+            return Err(Status::unauthenticated("Status takes a token of the current form (`coldstream token`)"));
+        }
+        Ok(Response::new((self.status)()))
     }
 }
 

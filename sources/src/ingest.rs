@@ -109,6 +109,7 @@ struct Request {
 #[derive(Clone)]
 pub struct Ingest {
     queue: mpsc::Sender<Request>,
+    failing: Arc<Mutex<Option<String>>>,
     highest: Arc<Mutex<HashMap<Principal, Position>>>,
     published: Arc<Mutex<SeqSnapshot>>,
     readers: Arc<dyn OpenReader>,
@@ -243,8 +244,10 @@ impl Ingest {
             Arc::new(Mutex::new(SeqSnapshot { offset: readers.durable_offset(), highest: highest.clone() }));
         let highest = Arc::new(Mutex::new(highest));
         let (queue, requests) = mpsc::channel(config.queue_batches.max(1));
+        let failing = Arc::new(Mutex::new(None));
         let writer = Writer {
             log,
+            failing: Arc::clone(&failing),
             requests,
             highest: Arc::clone(&highest),
             published: Arc::clone(&published),
@@ -255,7 +258,7 @@ impl Ingest {
             .name("log-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| LogError::io("starting the log writer thread", e))?;
-        Ok((Ingest { queue, highest, published, readers }, thread))
+        Ok((Ingest { queue, failing, highest, published, readers }, thread))
     }
 
     /// The latest published copy of the seq map and the offset it covers.
@@ -282,6 +285,12 @@ impl Ingest {
         self.highest.lock().expect("the seq map is never poisoned").get(source).copied().unwrap_or_default()
     }
 
+    /// Why the last group commit failed, while no later one has succeeded:
+    /// the log cannot append (a full disk), and fridges are told to retry.
+    pub fn log_failure(&self) -> Option<String> {
+        self.failing.lock().expect("the failure is never poisoned").clone()
+    }
+
     /// Opens readers of the log this writer appends to.
     pub fn readers(&self) -> Arc<dyn OpenReader> {
         Arc::clone(&self.readers)
@@ -290,6 +299,7 @@ impl Ingest {
 
 struct Writer {
     log: Box<dyn EventLog>,
+    failing: Arc<Mutex<Option<String>>>,
     requests: mpsc::Receiver<Request>,
     highest: Arc<Mutex<HashMap<Principal, Position>>>,
     published: Arc<Mutex<SeqSnapshot>>,
@@ -372,6 +382,7 @@ impl Writer {
             let ingest_ms = now_ms().max(self.log.last_ingest_ms().map_or(0, |t| t + 1));
             self.log.append(ingest_ms, payloads).and_then(|_| self.log.sync())
         };
+        *self.failing.lock().expect("the failure is never poisoned") = result.as_ref().err().map(|e| e.to_string());
         match result {
             Ok(()) => {
                 let mut highest = self.highest.lock().expect("the seq map is never poisoned");

@@ -45,20 +45,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("coldstream listening on {}", server.addr());
         let stop = stop_signal();
         tokio::pin!(stop);
-        tokio::select! {
-            status = server.replayed(Duration::from_secs(86_400)) => {
-                if status.is_ok() {
-                    // ... and, from this one, the time it took to replay what the log held.
-                    // Whoever read the address may have closed the pipe.
-                    let line = format!("coldstream caught up in {} ms\n", started.elapsed().as_millis());
-                    let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());
-                }
-                (&mut stop).await?;
+        let replayed = async {
+            if server.replayed(Duration::from_secs(86_400)).await.is_ok() {
+                // ... and, from this one, the time it took to replay what the log held.
+                // Whoever read the address may have closed the pipe.
+                let line = format!("coldstream caught up in {} ms\n", started.elapsed().as_millis());
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());
             }
-            stopped = &mut stop => stopped?,
-        }
+            std::future::pending::<()>().await
+        };
+        // A component that cannot recover stops the process: the fleet's
+        // acks stop too, instead of going on while a sink falls behind.
+        let failure = tokio::select! {
+            _ = replayed => None,
+            stopped = &mut stop => {
+                stopped?;
+                None
+            }
+            failure = server.failed() => Some(failure),
+        };
         tracing::info!("shutting down: draining the log into every sink");
-        server.shutdown().await?;
-        anyhow::Ok(())
+        let drained = server.shutdown().await;
+        match failure {
+            Some(failure) => {
+                Err(anyhow::anyhow!("{failure}; stopped so that nothing more is acknowledged (restart to resume)"))
+            }
+            None => drained.map_err(Into::into),
+        }
     })
 }

@@ -59,6 +59,7 @@ fn fixture(dir: &Path) {
             retention_ms: None,
         },
         progress: Arc::new(Progress::default()),
+        failures: Default::default(),
     })
     .unwrap();
     pipeline.stop().unwrap();

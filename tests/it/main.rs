@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod compare;
 mod durability;
+mod faults;
 mod gateway;
 mod golden;
 mod hostile;
