@@ -65,6 +65,8 @@ pub struct ViewsFingerprint {
     pub horizon_us: i64,
     /// `views.lead_time_days`.
     pub lead_time_days: i64,
+    /// `views.payment_wait_hours`, in µs.
+    pub payment_wait_us: i64,
     /// Every view's name, in list order.
     pub views: Vec<String>,
     /// Every per-fridge operator's stable id, sorted.
@@ -77,6 +79,7 @@ impl ViewsFingerprint {
         ViewsFingerprint {
             horizon_us: views.horizon_us,
             lead_time_days: views.lead_time_days,
+            payment_wait_us: views.payment_wait_us,
             views: coldstream_pipelines::views::NAMES.iter().map(|name| (*name).to_owned()).collect(),
             operators: coldstream_pipelines::views::stateful_operators(views),
         }
@@ -87,11 +90,13 @@ impl ViewsFingerprint {
     fn describe_against(&self, other: &ViewsFingerprint) -> String {
         let hours = |us: i64| us / coldstream_pipelines::event::HOUR_US;
         let mut parts = Vec::new();
-        if (self.horizon_us, self.lead_time_days) != (other.horizon_us, other.lead_time_days) {
+        let settings = |f: &ViewsFingerprint| (f.horizon_us, f.lead_time_days, f.payment_wait_us);
+        if settings(self) != settings(other) {
             parts.push(format!(
-                "views.horizon_hours = {} and views.lead_time_days = {}",
+                "views.horizon_hours = {}, views.lead_time_days = {} and views.payment_wait_hours = {}",
                 hours(self.horizon_us),
-                self.lead_time_days
+                self.lead_time_days,
+                hours(self.payment_wait_us)
             ));
         }
         if self.views != other.views {
@@ -360,6 +365,7 @@ mod tests {
         ViewsFingerprint {
             horizon_us: 1,
             lead_time_days,
+            payment_wait_us: 1,
             views: vec!["inventory".into()],
             operators: vec!["inventory.stock".into()],
         }

@@ -144,6 +144,9 @@ pub struct ViewsSection {
     pub horizon_hours: u64,
     /// Days a restock delivery takes; sets the reorder point.
     pub lead_time_days: i64,
+    /// Hours after its DoorClosed that a session waits for its payment
+    /// result (card networks batch captures), whatever the horizon.
+    pub payment_wait_hours: u64,
 }
 
 impl Default for ViewsSection {
@@ -152,6 +155,7 @@ impl Default for ViewsSection {
         ViewsSection {
             horizon_hours: (defaults.horizon_us / coldstream_pipelines::event::HOUR_US) as u64,
             lead_time_days: defaults.lead_time_days,
+            payment_wait_hours: (defaults.payment_wait_us / coldstream_pipelines::event::HOUR_US) as u64,
         }
     }
 }
@@ -495,7 +499,7 @@ impl Config {
         let c = &self.checkpoint;
         // Every number has an upper bound too: none may wrap when scaled to
         // bytes or milliseconds, or overflow a deadline.
-        let ranges: [(&str, u128, u128, u128); 17] = [
+        let ranges: [(&str, u128, u128, u128); 18] = [
             ("workers", self.workers as u128, 0, 1024),
             ("gateway.max_batch_events", g.max_batch_events as u128, 1, 1_000_000),
             ("gateway.max_in_flight_batches", g.max_in_flight_batches as u128, 1, 1024),
@@ -513,6 +517,7 @@ impl Config {
             ("checkpoint.interval_seconds", c.interval_seconds as u128, 1, DAY_S),
             ("checkpoint.every_records", c.every_records as u128, 0, 1 << 48),
             ("checkpoint.keep", c.keep as u128, 1, 1000),
+            ("views.payment_wait_hours", self.views.payment_wait_hours as u128, 1, 365 * 24),
         ];
         for (name, value, low, high) in ranges {
             if !(low..=high).contains(&value) {
@@ -610,6 +615,7 @@ impl Config {
         coldstream_pipelines::views::ViewConfig {
             horizon_us: self.views.horizon_hours as i64 * coldstream_pipelines::event::HOUR_US,
             lead_time_days: self.views.lead_time_days,
+            payment_wait_us: self.views.payment_wait_hours as i64 * coldstream_pipelines::event::HOUR_US,
             hooks: Default::default(),
         }
     }
@@ -714,6 +720,10 @@ horizon_hours = 6
 # Days a restock delivery takes: reorder point = max(min,
 # ceil(sales_7d / 7 * lead_time_days)).
 lead_time_days = 2
+# Hours after its DoorClosed that a session waits for its payment result
+# (end-of-day batch captures), whatever the horizon (1 to 8760). A result
+# later than that is archived but settles nothing.
+payment_wait_hours = 72
 
 [webhooks]
 # Deliveries pending on disk (webhooks/outbox.log) beyond which the views

@@ -12,6 +12,25 @@
 /// Declares `$marker`, the [`View`] of a view whose batch reference,
 /// `$reference(events)`, computes its whole records.
 macro_rules! view_with_exact_reference {
+    ($(#[$doc:meta])* $marker:ident, $reference:path, with config) => {
+        $(#[$doc])*
+        pub struct $marker;
+
+        impl crate::views::View for $marker {
+            type Reference = <Self as crate::views::Listed>::Record;
+
+            fn reference(
+                events: &[crate::Event],
+                config: &crate::views::ViewConfig,
+            ) -> std::collections::BTreeSet<Self::Reference> {
+                $reference(events, config).into_iter().collect()
+            }
+
+            fn project(record: &Self::Record) -> Self::Reference {
+                record.clone()
+            }
+        }
+    };
     ($(#[$doc:meta])* $marker:ident, $reference:path) => {
         $(#[$doc])*
         pub struct $marker;
@@ -143,13 +162,21 @@ pub struct ViewConfig {
     pub horizon_us: i64,
     /// Lead time of a restock delivery, in days (the reorder point).
     pub lead_time_days: i64,
+    /// How long (µs) after its DoorClosed a session waits for its payment
+    /// result, whatever the horizon.
+    pub payment_wait_us: i64,
     /// Where the per-fridge operators count what they hold, and their checkpoints.
     pub hooks: OperatorHooks,
 }
 
 impl Default for ViewConfig {
     fn default() -> Self {
-        ViewConfig { horizon_us: 6 * crate::event::HOUR_US, lead_time_days: 2, hooks: OperatorHooks::default() }
+        ViewConfig {
+            horizon_us: 6 * crate::event::HOUR_US,
+            lead_time_days: 2,
+            payment_wait_us: 72 * crate::event::HOUR_US,
+            hooks: OperatorHooks::default(),
+        }
     }
 }
 
@@ -282,7 +309,12 @@ pub fn all<'s>(events: VecCollection<'s, Time, Event>, config: &ViewConfig) -> V
         &config.hooks,
     );
     let (sessions, revenue) =
-        sessions_and_revenue(customers.clone().concat(back_office.clone()), config.horizon_us, &config.hooks);
+        sessions_and_revenue(
+            customers.clone().concat(back_office.clone()),
+            config.horizon_us,
+            config.payment_wait_us,
+            &config.hooks,
+        );
     let sales_7d = sales_7d(telemetry.concat(customers).concat(stock), &config.hooks);
     let restock_orders =
         restock_orders(back_office, inventory.clone(), sales_7d.clone(), config.lead_time_days, &config.hooks);

@@ -8,6 +8,13 @@
 //! in effect wins, by event time then seq). Of several payment results
 //! (captured, declined) the latest by event time, then seq, counts.
 //!
+//! A payment result counts when it is at most the payment wait
+//! (`views.payment_wait_hours`, default 72) after the session's DoorClosed
+//! by event time: card networks batch captures, so a closed session is held
+//! that long whatever the horizon, and a result in the window settles it
+//! even when the fridge's newer events have moved the horizon past it. A
+//! result later than the window changes nothing.
+//!
 //! Status, in order of precedence: `open` (no DoorClosed), `empty` (closed,
 //! every basket line 0), `unpriced` (a basket SKU had no price in effect;
 //! expected is null), `awaiting_payment`, `unpaid` (declined), `settled`,
@@ -20,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::HOUR_US;
 use crate::operators::{FridgeState, OperatorHooks, Shared, by_fridge_in_time_order_with};
-use crate::views::Keyed;
+use crate::views::{Keyed, ViewConfig};
 use crate::{Event, Payload, Time};
 
 /// `(fridge_id, session_id)`.
@@ -171,6 +178,17 @@ impl Shared for PriceList {
     }
 }
 
+/// The payment result that counts: the latest of those at most `wait`
+/// after the close (all of them while the session is open).
+fn counting_result(
+    closed_at: Option<(i64, u64)>,
+    results: impl IntoIterator<Item = PaymentResult>,
+    wait: i64,
+) -> Option<PaymentResult> {
+    let deadline = closed_at.map_or(i64::MAX, |(at, _)| at.saturating_add(wait));
+    results.into_iter().filter(|(at, _, _)| *at <= deadline).max()
+}
+
 /// Decides a session's row from its latest close, its basket lines
 /// `(qty, price at the close)` and its counting payment result.
 fn decide(
@@ -245,13 +263,23 @@ impl Session {
         self.payments.retain(|_, n| *n != 0);
     }
 
+    /// The event time of the latest DoorClosed, if any.
+    fn closed_at(&self) -> Option<i64> {
+        self.closes.keys().next_back().map(|&(at, _)| at)
+    }
+
+    /// Whether a payment result at `at` still counts for this session.
+    fn awaits_result_at(&self, at: i64, wait: i64) -> bool {
+        self.closed_at().is_some_and(|closed| at <= closed.saturating_add(wait))
+    }
+
     /// The row and revenue share the facts give, at today's prices.
-    fn decide(&self, fridge: &str, prices: &PriceList) -> Option<(SessionRow, Option<Earned>)> {
+    fn decide(&self, fridge: &str, prices: &PriceList, wait: i64) -> Option<(SessionRow, Option<Earned>)> {
         if self.events <= 0 {
             return None;
         }
         let closed_at = self.closes.keys().next_back().copied();
-        let payment = self.payments.keys().next_back().copied();
+        let payment = counting_result(closed_at, self.payments.keys().copied(), wait);
         let lines = self.basket.iter().map(|(sku, &qty)| (qty, closed_at.and_then(|(t, _)| prices.at(fridge, sku, t))));
         let row = decide(closed_at, lines, payment);
         let earned = match payment {
@@ -282,6 +310,7 @@ pub enum SessionChange {
 #[derive(Serialize, Deserialize)]
 struct FridgeSessions {
     horizon_us: i64,
+    payment_wait_us: i64,
     latest: i64,
     /// Events before this time are beyond the horizon and not applied.
     floor: i64,
@@ -302,7 +331,7 @@ impl FridgeSessions {
         let mut hours: BTreeMap<i64, (i64, i64, i64)> = BTreeMap::new();
         for id in ids {
             let Some(session) = self.sessions.get_mut(id) else { continue };
-            let now = session.decide(fridge, prices);
+            let now = session.decide(fridge, prices, self.payment_wait_us);
             let (row, earned) = now.map_or((None, None), |(row, earned)| (Some(row), earned));
             if row != session.row {
                 let key = (fridge.to_owned(), id.clone());
@@ -358,7 +387,10 @@ impl FridgeSessions {
         }
         self.floor = floor;
         let retired = floor.saturating_sub(self.horizon_us);
-        self.sessions.retain(|_, session| session.last >= retired);
+        let wait = self.payment_wait_us;
+        self.sessions.retain(|_, session| {
+            session.last >= retired || session.closed_at().is_some_and(|closed| closed.saturating_add(wait) >= floor)
+        });
         let held: BTreeSet<i64> = self.sessions.values().filter_map(|s| s.earned.map(|(hour, _, _)| hour)).collect();
         self.revenue.retain(|hour, _| hour + HOUR_US > floor || held.contains(hour));
     }
@@ -380,7 +412,13 @@ impl FridgeState for FridgeSessions {
         let mut touched = BTreeSet::new();
         for ((id, at, fact), diff) in inputs {
             if *at < self.floor {
-                continue;
+                // Beyond the horizon, unless it is a payment result its
+                // closed session still waits for.
+                let awaited = matches!(fact, Fact::Payment(..))
+                    && self.sessions.get(id).is_some_and(|session| session.awaits_result_at(*at, self.payment_wait_us));
+                if !awaited {
+                    continue;
+                }
             }
             self.latest = self.latest.max(*at);
             self.sessions.entry(id.clone()).or_default().add(*at, fact, *diff);
@@ -425,12 +463,14 @@ impl FridgeState for FridgeSessions {
 pub fn sessions_and_revenue<'s>(
     events: VecCollection<'s, Time, Event>,
     horizon_us: i64,
+    payment_wait_us: i64,
     hooks: &OperatorHooks,
 ) -> (Keyed<'s, SessionKey, SessionRow>, Keyed<'s, RevenueKey, Totals>) {
     let sightings = events.clone().flat_map(|event| sighting(&event));
     let prices = events.flat_map(|event| price(&event));
     let new_state = move || FridgeSessions {
         horizon_us,
+        payment_wait_us,
         latest: i64::MIN,
         floor: i64::MIN,
         sessions: HashMap::new(),
@@ -452,7 +492,7 @@ pub fn sessions_and_revenue<'s>(
 #[derive(Default)]
 struct Gathered {
     close: Option<(i64, u64)>,
-    payment: Option<PaymentResult>,
+    results: Vec<PaymentResult>,
     basket: BTreeMap<String, i64>,
 }
 
@@ -465,14 +505,14 @@ fn gather(events: &[Event]) -> BTreeMap<SessionKey, Gathered> {
             Fact::Named => {}
             Fact::Closed(seq) => session.close = session.close.max(Some((at, seq))),
             Fact::Item(sku, qty) => *session.basket.entry(sku).or_insert(0) += qty,
-            Fact::Payment(seq, amount) => session.payment = session.payment.max(Some((at, seq, amount))),
+            Fact::Payment(seq, amount) => session.results.push((at, seq, amount)),
         }
     }
     sessions
 }
 
 /// The batch reference of [`sessions_and_revenue`]'s sessions.
-pub fn sessions_reference(events: &[Event]) -> BTreeMap<SessionKey, SessionRow> {
+pub fn sessions_reference(events: &[Event], config: &ViewConfig) -> BTreeMap<SessionKey, SessionRow> {
     let prices: Vec<PriceChange> = events.iter().filter_map(price).collect();
     // The fridge's own latest version at or before `at`, else the global one.
     let price_at = |fridge: &str, sku: &str, at: i64| -> Option<i64> {
@@ -491,17 +531,19 @@ pub fn sessions_reference(events: &[Event]) -> BTreeMap<SessionKey, SessionRow> 
                 .basket
                 .iter()
                 .map(|(sku, &qty)| (qty, session.close.and_then(|(at, _)| price_at(&fridge, sku, at))));
-            let row = decide(session.close, lines, session.payment);
+            let payment = counting_result(session.close, session.results.iter().copied(), config.payment_wait_us);
+            let row = decide(session.close, lines, payment);
             ((fridge, id), row)
         })
         .collect()
 }
 
 /// The batch reference of [`sessions_and_revenue`]'s revenue.
-pub fn revenue_reference(events: &[Event]) -> BTreeMap<RevenueKey, (i64, i64, i64)> {
+pub fn revenue_reference(events: &[Event], config: &ViewConfig) -> BTreeMap<RevenueKey, (i64, i64, i64)> {
     let mut revenue: BTreeMap<RevenueKey, (i64, i64, i64)> = BTreeMap::new();
     for ((fridge, _), session) in gather(events) {
-        if let Some((at, _, Some(cents))) = session.payment {
+        let payment = counting_result(session.close, session.results.iter().copied(), config.payment_wait_us);
+        if let Some((at, _, Some(cents))) = payment {
             let units: i64 = session.basket.values().filter(|&&qty| qty != 0).sum();
             let entry = revenue.entry((fridge, at - at.rem_euclid(HOUR_US))).or_insert((0, 0, 0));
             entry.0 += cents;
@@ -515,13 +557,15 @@ pub fn revenue_reference(events: &[Event]) -> BTreeMap<RevenueKey, (i64, i64, i6
 view_with_exact_reference!(
     /// The `sessions` view.
     Sessions,
-    sessions_reference
+    sessions_reference,
+    with config
 );
 
 view_with_exact_reference!(
     /// The `revenue` view.
     Revenue,
-    revenue_reference
+    revenue_reference,
+    with config
 );
 
 #[cfg(test)]
@@ -548,20 +592,26 @@ mod tests {
         Event { source_id: source.into(), incarnation: 0, seq, event_time: minute * MINUTE_US, payload }
     }
 
+    const WAIT: i64 = 72 * HOUR_US;
+
+    fn reference(all: &[Event]) -> BTreeMap<SessionKey, SessionRow> {
+        sessions_reference(all, &ViewConfig::default())
+    }
+
     fn sessions_by_dataflow(workers: usize, arrivals: Vec<(Time, Vec<Event>)>) -> BTreeMap<SessionKey, SessionRow> {
         state(&run_view(workers, arrivals, |events: VecCollection<'_, Time, Event>| {
-            sessions_and_revenue(events, DAY_US, &OperatorHooks::default()).0
+            sessions_and_revenue(events, DAY_US, WAIT, &OperatorHooks::default()).0
         }))
     }
 
     fn revenue_by_dataflow(workers: usize, arrivals: Vec<(Time, Vec<Event>)>) -> BTreeMap<RevenueKey, (i64, i64, i64)> {
         state(&run_view(workers, arrivals, |events: VecCollection<'_, Time, Event>| {
-            sessions_and_revenue(events, DAY_US, &OperatorHooks::default()).1
+            sessions_and_revenue(events, DAY_US, WAIT, &OperatorHooks::default()).1
         }))
     }
 
     fn row(all: &[Event], session: &str) -> SessionRow {
-        sessions_reference(all)[&("FR-1".to_owned(), session.to_owned())].clone()
+        reference(all)[&("FR-1".to_owned(), session.to_owned())].clone()
     }
 
     #[test]
@@ -636,7 +686,7 @@ mod tests {
             pay(18, "over", 4, 150),
         ];
         let statuses: Vec<(String, SessionStatus)> =
-            sessions_reference(&all).into_iter().map(|((_, s), row)| (s, row.status)).collect();
+            reference(&all).into_iter().map(|((_, s), row)| (s, row.status)).collect();
         assert_eq!(
             statuses,
             vec![
@@ -650,9 +700,12 @@ mod tests {
             ]
         );
         assert_eq!(row(&all, "unpriced").expected_cents, None);
-        assert_eq!(sessions_by_dataflow(1, vec![(3, all.clone())]), sessions_reference(&all));
+        assert_eq!(sessions_by_dataflow(1, vec![(3, all.clone())]), reference(&all));
         // The later decline replaced the capture of "unpaid": only "under" and "over" earn revenue.
-        assert_eq!(revenue_reference(&all), BTreeMap::from([(("FR-1".into(), 0), (240, 2, 2))]));
+        assert_eq!(
+            revenue_reference(&all, &ViewConfig::default()),
+            BTreeMap::from([(("FR-1".into(), 0), (240, 2, 2))])
+        );
     }
 
     /// Ten days of a session an hour, arriving hour by hour, through a
@@ -685,15 +738,60 @@ mod tests {
         let held = HeldRecords::default();
         let counter = held.clone();
         let changes = run_view(1, arrivals, move |events: VecCollection<'_, Time, Event>| {
-            sessions_and_revenue(events, 2 * HOUR_US, &OperatorHooks { held: held.clone(), ..OperatorHooks::default() })
-                .0
+            // A payment wait of one hour: sessions retire soon after the horizon.
+            let hooks = OperatorHooks { held: held.clone(), ..OperatorHooks::default() };
+            sessions_and_revenue(events, 2 * HOUR_US, HOUR_US, &hooks).0
         });
         let sessions = state(&changes);
         assert_eq!(sessions.len(), 240);
-        assert_eq!(sessions, sessions_reference(&all), "the late decline of s0 is beyond the horizon");
+        assert_eq!(sessions, reference(&all), "the late decline of s0 is beyond the horizon");
         assert_eq!(sessions[&("FR-1".into(), "s0".into())].status, SessionStatus::Settled);
         // About the last four hours of sessions and their revenue hours, not 240 of them.
         assert!(counter.get() <= 6 * 4 + 6, "{} records held", counter.get());
+    }
+
+    /// An end-of-day batch capture: it arrives a day after its session
+    /// closed, when the fridge's newer sessions have moved the 2-hour horizon
+    /// far past it. Within the payment wait it settles the session and earns
+    /// its hour with the basket's units; a result beyond the wait changes
+    /// nothing.
+    #[test]
+    fn a_capture_within_the_payment_wait_settles_its_session_whatever_the_horizon() {
+        let price = at("bo", 1, 0, Payload::PriceChanged { sku: "cola".into(), price_cents: 100, fridge_id: None });
+        let mut seq = 0;
+        let mut next = |minute, payload| {
+            seq += 1;
+            at("FR-1", seq, minute, payload)
+        };
+        let mut day = vec![
+            next(1, Payload::ItemTaken { session_id: "batch".into(), sku: "cola".into(), qty: 3 }),
+            next(2, Payload::DoorClosed { session_id: "batch".into() }),
+            next(3, Payload::ItemTaken { session_id: "never".into(), sku: "cola".into(), qty: 1 }),
+            next(4, Payload::DoorClosed { session_id: "never".into() }),
+        ];
+        for hour in 1..=30 {
+            let s = format!("s{hour}");
+            day.push(next(hour * 60, Payload::DoorOpened { session_id: s.clone() }));
+            day.push(next(hour * 60 + 1, Payload::DoorClosed { session_id: s }));
+        }
+        // Captured 24 hours after the close; the other result 73 hours after its close.
+        let capture = next(2 + 24 * 60, Payload::PaymentCaptured { session_id: "batch".into(), amount_cents: 300 });
+        let too_late = next(4 + 73 * 60, Payload::PaymentCaptured { session_id: "never".into(), amount_cents: 100 });
+        let all: Vec<Event> =
+            [price.clone()].into_iter().chain(day.iter().cloned()).chain([capture.clone(), too_late.clone()]).collect();
+        let arrivals = vec![(1, vec![price]), (2, day), (3, vec![capture]), (4, vec![too_late])];
+        let changes = run_view(1, arrivals.clone(), |events: VecCollection<'_, Time, Event>| {
+            sessions_and_revenue(events, 2 * HOUR_US, WAIT, &OperatorHooks::default()).0
+        });
+        let sessions = state(&changes);
+        assert_eq!(sessions, reference(&all));
+        assert_eq!(sessions[&("FR-1".into(), "batch".into())].status, SessionStatus::Settled);
+        assert_eq!(sessions[&("FR-1".into(), "never".into())].status, SessionStatus::AwaitingPayment);
+        let revenue = state(&run_view(1, arrivals, |events: VecCollection<'_, Time, Event>| {
+            sessions_and_revenue(events, 2 * HOUR_US, WAIT, &OperatorHooks::default()).1
+        }));
+        assert_eq!(revenue, BTreeMap::from([(("FR-1".into(), 24 * HOUR_US), (300, 1, 3))]));
+        assert_eq!(revenue, revenue_reference(&all, &ViewConfig::default()));
     }
 
     proptest! {
@@ -701,12 +799,12 @@ mod tests {
 
         #[test]
         fn sessions_equal_the_reference((events, arrivals) in fleet_gen::shuffled(fleet_gen::commerce(50)), workers in 1usize..=2) {
-            prop_assert_eq!(sessions_by_dataflow(workers, arrivals), sessions_reference(&events));
+            prop_assert_eq!(sessions_by_dataflow(workers, arrivals), reference(&events));
         }
 
         #[test]
         fn revenue_equals_the_reference((events, arrivals) in fleet_gen::shuffled(fleet_gen::commerce(50)), workers in 1usize..=2) {
-            prop_assert_eq!(revenue_by_dataflow(workers, arrivals), revenue_reference(&events));
+            prop_assert_eq!(revenue_by_dataflow(workers, arrivals), revenue_reference(&events, &ViewConfig::default()));
         }
     }
 }
