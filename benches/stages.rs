@@ -105,7 +105,13 @@ fn views(c: &mut Criterion) {
         };
     }
     bench_view!("cold_chain", |e, hooks| cold_chain(e, horizon, &hooks).0);
-    bench_view!("sessions_and_revenue", |e, hooks| sessions_and_revenue(e, horizon, 72 * coldstream_pipelines::event::HOUR_US, &hooks).0);
+    bench_view!("sessions_and_revenue", |e, hooks| sessions_and_revenue(
+        e,
+        horizon,
+        72 * coldstream_pipelines::event::HOUR_US,
+        &hooks
+    )
+    .0);
     bench_view!("sales_7d", |e, hooks| sales_7d(e, &hooks));
     bench_view!("inventory (with the cold chain)", |e, hooks| {
         let (excursions, settled) = cold_chain(e.clone(), horizon, &hooks);

@@ -161,6 +161,14 @@ fn hold<'a, I, C>(
     })
 }
 
+/// The horizon rule every per-fridge operator applies: an event more than
+/// `horizon_us` behind `latest` (the newest event time of the kind the
+/// operator reads that its fridge has sent) is beyond the horizon and not
+/// applied; one exactly the horizon behind still is.
+pub fn beyond_horizon(at: i64, latest: i64, horizon_us: i64) -> bool {
+    at < latest.saturating_sub(horizon_us)
+}
+
 /// Runs `S` per fridge over `input`, whose records are `(fridge_id, input)`.
 ///
 /// `id` names the operator in timely's graph and keys its state in

@@ -12,15 +12,25 @@ pub struct Args {
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:9001")]
     pub listen: std::net::SocketAddr,
-    /// The endpoint's `whsec_` secret.
+    /// A file holding the endpoint's `whsec_` secret (else
+    /// `COLDSTREAM_WEBHOOK_SECRET`): never the command line, which `ps` shows.
     #[arg(long)]
-    pub secret: String,
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 /// Receives and prints deliveries until Ctrl-C.
 pub fn run(args: Args) -> anyhow::Result<()> {
     init_logging("warn");
-    let secret = Secret::parse(&args.secret).context("--secret")?;
+    let text = match &args.secret_file {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading --secret-file {}", path.display()))?
+        }
+        None => std::env::var("COLDSTREAM_WEBHOOK_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .context("give the endpoint's secret with --secret-file FILE or COLDSTREAM_WEBHOOK_SECRET")?,
+    };
+    let secret = Secret::parse(text.trim()).context("the endpoint's secret")?;
     let listen = args.listen;
     runtime()?.block_on(async move {
         let receiver = Receiver::start(listen, secret, true).await.with_context(|| format!("listening on {listen}"))?;

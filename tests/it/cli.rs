@@ -34,9 +34,40 @@ fn bad_arguments_and_configs_are_one_line_errors() {
     let message = stderr_of(&["run", "--config", config.to_str().unwrap()]);
     assert!(message.contains("webhooks.alerts.url"), "{message}");
     assert_eq!(message.trim_end().lines().count(), 1, "{message}");
-    let message = stderr_of(&["receive", "--listen", "127.0.0.1:0", "--secret", "hunter2"]);
+    let secret = dir.path().join("endpoint.secret");
+    std::fs::write(&secret, "hunter2\n").unwrap();
+    let message = stderr_of(&["receive", "--listen", "127.0.0.1:0", "--secret-file", secret.to_str().unwrap()]);
     assert!(message.contains("whsec_"), "{message}");
     assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+}
+
+#[test]
+fn secrets_never_come_from_the_command_line_and_an_empty_or_development_one_is_refused() {
+    // A flag would show the secret to every user of the machine in `ps`.
+    let message = stderr_of(&["token", "--fridge", "FR-000001", "--secret", "a-secret-of-16-chars"]);
+    assert!(message.contains("--secret"), "{message}");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for (value, expected) in [("", "empty"), (coldstream::config::DEV_SECRET, "development secret")] {
+        let output = binary()
+            .args(["run", "--listen", "127.0.0.1:0", "--data", data])
+            .env("COLDSTREAM_SECRET", value)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "run started with COLDSTREAM_SECRET={value:?}");
+        let message = String::from_utf8(output.stderr).unwrap();
+        assert!(message.contains(expected), "{message}");
+        assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+    }
+    // The token command reads the secret from a file.
+    let file = dir.path().join("fleet.secret");
+    std::fs::write(&file, "a-fleet-secret-of-20\n").unwrap();
+    let output =
+        binary().args(["token", "--fridge", "FR-000001", "--secret-file", file.to_str().unwrap()]).output().unwrap();
+    assert!(output.status.success());
+    let token = String::from_utf8(output.stdout).unwrap();
+    let tokens = coldstream_sources::auth::Tokens::new("a-fleet-secret-of-20");
+    assert!(tokens.verify(token.trim(), coldstream_sources::auth::now_s()).is_ok(), "{token}");
 }
 
 #[test]

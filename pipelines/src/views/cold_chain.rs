@@ -26,7 +26,7 @@ use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use crate::event::MINUTE_US;
-use crate::operators::{FridgeState, OperatorHooks, by_fridge_in_time_order};
+use crate::operators::{FridgeState, OperatorHooks, beyond_horizon, by_fridge_in_time_order};
 use crate::views::Keyed;
 use crate::{Event, Payload, Temperature, Time};
 
@@ -119,7 +119,9 @@ impl FridgeState for Telemetry {
     ) {
         let mut touched: Option<(Position, Position)> = None;
         for &((position, temperature), _) in inputs {
-            if self.floor.is_some_and(|floor| position < floor) {
+            if self.floor.is_some_and(|floor| position < floor)
+                || beyond_horizon(position.0, self.latest, self.horizon_us)
+            {
                 continue;
             }
             self.readings.insert(position, temperature);

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
 
-use crate::operators::{FridgeState, OperatorHooks, by_fridge_in_time_order};
+use crate::operators::{FridgeState, OperatorHooks, beyond_horizon, by_fridge_in_time_order};
 use crate::views::cold_chain::{EXCURSION_AFTER_US, Excursion, ExcursionKey};
 use crate::{Event, Payload, Time};
 
@@ -198,7 +198,9 @@ impl FridgeState for Fridge {
         let mut touched: Vec<&str> = Vec::new();
         let mut every_shelf = false;
         for ((at, stock), diff) in inputs {
-            if *at < self.floor && !matches!(stock, Stock::Planned(..) | Stock::Settled) {
+            let stock_event = matches!(stock, Stock::Moved(..) | Stock::Counted(..));
+            let beyond = *at < self.floor || (stock_event && beyond_horizon(*at, self.latest, self.horizon_us));
+            if beyond && !matches!(stock, Stock::Planned(..) | Stock::Settled) {
                 continue;
             }
             match stock {

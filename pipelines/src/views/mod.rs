@@ -308,13 +308,12 @@ pub fn all<'s>(events: VecCollection<'s, Time, Event>, config: &ViewConfig) -> V
         config.horizon_us,
         &config.hooks,
     );
-    let (sessions, revenue) =
-        sessions_and_revenue(
-            customers.clone().concat(back_office.clone()),
-            config.horizon_us,
-            config.payment_wait_us,
-            &config.hooks,
-        );
+    let (sessions, revenue) = sessions_and_revenue(
+        customers.clone().concat(back_office.clone()),
+        config.horizon_us,
+        config.payment_wait_us,
+        &config.hooks,
+    );
     let sales_7d = sales_7d(telemetry.concat(customers).concat(stock), &config.hooks);
     let restock_orders =
         restock_orders(back_office, inventory.clone(), sales_7d.clone(), config.lead_time_days, &config.hooks);

@@ -26,7 +26,7 @@ use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use crate::event::HOUR_US;
-use crate::operators::{FridgeState, OperatorHooks, Shared, by_fridge_in_time_order_with};
+use crate::operators::{FridgeState, OperatorHooks, Shared, beyond_horizon, by_fridge_in_time_order_with};
 use crate::views::{Keyed, ViewConfig};
 use crate::{Event, Payload, Time};
 
@@ -411,7 +411,7 @@ impl FridgeState for FridgeSessions {
     ) {
         let mut touched = BTreeSet::new();
         for ((id, at, fact), diff) in inputs {
-            if *at < self.floor {
+            if *at < self.floor || beyond_horizon(*at, self.latest, self.horizon_us) {
                 // Beyond the horizon, unless it is a payment result its
                 // closed session still waits for.
                 let awaited = matches!(fact, Fact::Payment(..))

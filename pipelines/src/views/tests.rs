@@ -323,3 +323,43 @@ fn a_checkpoint_without_one_of_the_operators_is_refused() {
     let failure = checkpoints.failure().expect("a missing operator is a failure");
     assert!(failure.contains("restock.lines"), "{failure}");
 }
+
+/// The horizon's edge, as the README states it: an event exactly the
+/// horizon behind the newest event of its kind from its fridge is applied,
+/// one a microsecond further behind is not, in inventory, sessions and
+/// the cold chain alike.
+#[test]
+fn an_event_exactly_the_horizon_behind_is_applied_and_one_microsecond_more_is_not() {
+    use crate::{Payload, Temperature};
+    let config = ViewConfig { horizon_us: HOUR_US, ..ViewConfig::default() };
+    let newest = 10 * HOUR_US;
+    let edge = newest - HOUR_US;
+    let event = |seq, event_time, payload| Event { source_id: "FR-1".into(), incarnation: 0, seq, event_time, payload };
+    let count = |sku: &str| Payload::StockCounted { sku: sku.into(), qty: 5 };
+    let take = |session: &str| Payload::ItemTaken { session_id: session.into(), sku: "cola".into(), qty: 1 };
+    let reading = |celsius| Payload::Telemetry { temperature_c: Temperature(celsius), door_open: false };
+    let first = vec![
+        event(1, newest, count("cola")),
+        event(2, newest, Payload::DoorOpened { session_id: "new".into() }),
+        event(3, edge + 40 * 60_000_000, reading(9.0)),
+        event(4, newest, reading(3.0)),
+    ];
+    let late = vec![
+        event(5, edge, count("water")),
+        event(6, edge - 1, count("juice")),
+        event(7, edge, take("at-edge")),
+        event(8, edge - 1, take("beyond")),
+        event(9, edge, reading(9.0)),
+        event(10, edge - 1, reading(9.5)),
+    ];
+    let arrivals = vec![(1, first), (2, late)];
+    let inventory = final_state(&run_all(1, arrivals.clone(), config.clone(), |views| views.inventory));
+    let skus: Vec<&str> = inventory.keys().map(|((_, sku), _)| sku.as_str()).collect();
+    assert_eq!(skus, ["cola", "water"], "the count one µs beyond the horizon is not applied");
+    let sessions = final_state(&run_all(1, arrivals.clone(), config.clone(), |views| views.sessions));
+    let ids: Vec<&str> = sessions.keys().map(|((_, id), _)| id.as_str()).collect();
+    assert_eq!(ids, ["at-edge", "new"], "the take one µs beyond the horizon is not applied");
+    let excursions = final_state(&run_all(1, arrivals, config, |views| views.excursions));
+    let found: Vec<(i64, f32)> = excursions.keys().map(|((_, start), (_, max))| (*start, max.0)).collect();
+    assert_eq!(found, [(edge, 9.0)], "the warm reading one µs beyond the horizon is not applied");
+}

@@ -1,9 +1,11 @@
 //! A small webhook receiver: verifies each delivery's Standard Webhooks
 //! signature, answers 204 (or 401 with the reason), drops repeats by
 //! `webhook-id`, and keeps what it received. `coldstream receive` prints
-//! each delivery; the demo and the tests read them back.
+//! each delivery and keeps only the last [`REMEMBERED_IDS`] ids (a receiver
+//! left running for weeks must not grow); the demo and the tests keep every
+//! delivery and read them back.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -33,11 +35,39 @@ pub struct Delivery {
     pub received_ms: u64,
 }
 
+/// Ids a printing receiver remembers to flag repeats, at most.
+pub const REMEMBERED_IDS: usize = 100_000;
+
 struct Shared {
     secret: Secret,
     print: bool,
-    seen: Mutex<HashSet<String>>,
+    seen: Mutex<Seen>,
     received: Mutex<Vec<Delivery>>,
+}
+
+/// The ids seen, oldest first; bounded when the receiver prints.
+#[derive(Default)]
+struct Seen {
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Seen {
+    /// Whether `id` is new; remembers it, forgetting the oldest beyond `limit`.
+    fn insert(&mut self, id: &str, limit: Option<usize>) -> bool {
+        if !self.ids.insert(id.to_owned()) {
+            return false;
+        }
+        if let Some(limit) = limit {
+            self.order.push_back(id.to_owned());
+            while self.order.len() > limit {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+        true
+    }
 }
 
 /// A running receiver.
@@ -50,7 +80,8 @@ pub struct Receiver {
 
 impl Receiver {
     /// Listens on `listen` (port 0 for any) until stopped; with `print`,
-    /// writes one line per delivery to standard output.
+    /// writes one line per delivery to standard output instead of keeping
+    /// it (so [`Receiver::received`] stays empty).
     pub async fn start(listen: SocketAddr, secret: Secret, print: bool) -> std::io::Result<Receiver> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -101,11 +132,13 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         return (StatusCode::BAD_REQUEST, "the body is not JSON".into());
     };
     let kind = json["type"].as_str().unwrap_or_default().to_owned();
-    let repeat = !shared.seen.lock().expect("receiver lock").insert(id.clone());
-    let body = String::from_utf8_lossy(&body).into_owned();
+    let limit = shared.print.then_some(REMEMBERED_IDS);
+    let repeat = !shared.seen.lock().expect("receiver lock").insert(&id, limit);
     if shared.print {
         println!("{id} {kind}{} {}", if repeat { " (repeat)" } else { "" }, json["data"]);
+        return (StatusCode::NO_CONTENT, String::new());
     }
+    let body = String::from_utf8_lossy(&body).into_owned();
     let received_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let delivery = Delivery { id, kind, data: json["data"].clone(), body, repeat, received_ms };
