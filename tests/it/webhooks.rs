@@ -32,6 +32,8 @@ pub enum Behaviour {
     Hang,
     /// Closes the connection with a TCP reset instead of answering.
     Reset,
+    /// Answers 410 with a 64 MiB body.
+    Flood,
 }
 
 /// One request as the receiver saw it.
@@ -158,6 +160,20 @@ async fn serve(mut stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, script: Arc<S
             Behaviour::Hang => {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 return;
+            }
+            Behaviour::Flood => {
+                let size = 64 << 20;
+                let head = format!("HTTP/1.1 410 X\r\ncontent-length: {size}\r\ncontent-type: text/plain\r\n\r\n");
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 1 << 16];
+                for _ in 0..size / chunk.len() {
+                    // The sender stops reading after what it keeps: writes then fail.
+                    if stream.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
             }
             Behaviour::Reset => {
                 // A zero linger makes the close a reset; it does not block.
@@ -544,4 +560,39 @@ async fn a_server_with_a_full_outbox_and_its_receivers_down_still_shuts_down_kee
     fleet.abort();
     let outbox = Outbox::open(&dir.path().join("webhooks")).unwrap();
     assert!(outbox.pending_len() >= full, "what was left is on disk for the next start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_refusal_is_not_read_whole_only_its_first_4_kib_are_kept() {
+    let receiver = Receiver::start(|_, _| Behaviour::Flood).await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = deliver_all(dir.path(), receiver.url(), vec![message("a", 1)], fast_retries(1_000)).await;
+    assert_eq!(outbox.pending_len(), 0);
+    let answer = crate::support::query_csv(dir.path(), "SELECT length(answer) AS n, status FROM webhooks_failed").await;
+    assert_eq!(answer, "n,status\n4096,410\n");
+    receiver.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_deliveries_of_an_endpoint_removed_from_the_config_go_to_the_dead_letter_instead_of_holding_ingestion()
+{
+    let addr = down_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_webhooks(dir.path(), &format!("http://{addr}/hooks"), Some(5)).await;
+    let target = format!("http://{}", server.addr());
+    let fleet = tokio::spawn(async move { run_fleet(&target, 6_000, None).await });
+    let full = settle(|| server.webhooks_pending()).await;
+    assert!(full >= 5, "{full} pending");
+    tokio::time::timeout(Duration::from_secs(60), server.shutdown()).await.expect("shutdown ends").unwrap();
+    fleet.abort();
+    let pending = Outbox::open(&dir.path().join("webhooks")).unwrap().pending_len();
+    // The operator removes every endpoint: nothing can deliver what is pending.
+    let server = Server::start(&crate::support::config(dir.path())).await.unwrap();
+    assert_eq!(server.webhooks_pending(), 0);
+    let target = format!("http://{}", server.addr());
+    tokio::time::timeout(Duration::from_secs(120), run_fleet(&target, 500, None)).await.expect("ingestion is not held");
+    server.shutdown().await.unwrap();
+    let failed =
+        crate::support::query_csv(dir.path(), "SELECT count(*) AS n FROM webhooks_failed WHERE status = 0").await;
+    assert_eq!(failed, format!("n\n{pending}\n"));
 }

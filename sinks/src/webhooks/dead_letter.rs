@@ -27,9 +27,18 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// `root/webhooks_failed/`.
+    /// `root/webhooks_failed/`. Files a crash left half-written are
+    /// removed by [`DeadLetter::open`], their one writer; readers never touch
+    /// them.
     pub fn new(root: &std::path::Path, config: ParquetConfig) -> DeadLetter {
         DeadLetter { dir: root.join("webhooks_failed"), config }
+    }
+
+    /// [`DeadLetter::new`], removing what a crash left half-written.
+    pub fn open(root: &std::path::Path, config: ParquetConfig) -> Result<DeadLetter, SinkError> {
+        let dead_letter = DeadLetter::new(root, config);
+        crate::parquet::remove_leftovers(&dead_letter.dir)?;
+        Ok(dead_letter)
     }
 
     /// Writes one refused delivery durably.

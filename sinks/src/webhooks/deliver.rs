@@ -339,6 +339,9 @@ fn launch(
     in_flight.spawn(async move { (key, attempt(&client, &config, &message).await) });
 }
 
+/// Bytes of a receiver's answer kept for the dead letter, at most.
+const ANSWER_BYTES: usize = 4096;
+
 /// One signed attempt.
 async fn attempt(client: &Client<HttpConnector, Full<Bytes>>, config: &EndpointConfig, message: &Message) -> Outcome {
     let timestamp = chrono::Utc::now().timestamp();
@@ -357,8 +360,22 @@ async fn attempt(client: &Client<HttpConnector, Full<Bytes>>, config: &EndpointC
     let answer = tokio::time::timeout(config.timeout, async {
         let response = client.request(request).await.map_err(|e| format!("connection: {e}"))?;
         let status = response.status().as_u16();
-        let body = response.into_body().collect().await.map_err(|e| format!("reading the answer: {e}"))?;
-        Ok::<_, String>((status, body.to_bytes()))
+        // Only the first KiBs of an answer are kept: read no more than that,
+        // however much the receiver sends.
+        let mut body = response.into_body();
+        let mut kept = Vec::new();
+        while kept.len() < ANSWER_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        kept.extend_from_slice(&data[..data.len().min(ANSWER_BYTES - kept.len())]);
+                    }
+                }
+                Some(Err(e)) => return Err(format!("reading the answer: {e}")),
+                None => break,
+            }
+        }
+        Ok::<_, String>((status, Bytes::from(kept)))
     })
     .await;
     match answer {
@@ -366,7 +383,7 @@ async fn attempt(client: &Client<HttpConnector, Full<Bytes>>, config: &EndpointC
         Ok(Err(error)) => Outcome::Retry(error),
         Ok(Ok((status, _))) if (200..300).contains(&status) => Outcome::Delivered,
         Ok(Ok((status, body))) if (400..500).contains(&status) && status != 408 && status != 429 => {
-            let text = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
+            let text = String::from_utf8_lossy(&body).into_owned();
             Outcome::Permanent(status, text)
         }
         Ok(Ok((status, _))) => Outcome::Retry(format!("HTTP {status}")),

@@ -72,11 +72,38 @@ impl Webhooks {
         parquet: ParquetConfig,
         pressure: Arc<AtomicBool>,
     ) -> Result<(Webhooks, Vec<JoinHandle<()>>), OutboxError> {
-        let outbox = Outbox::open(&root.join("webhooks"))?;
+        let mut outbox = Outbox::open(&root.join("webhooks"))?;
         let resume_at = outbox.covered();
         tracing::info!(pending = outbox.pending_len(), covered_ms = resume_at, "webhook outbox open");
+        let failed_dir = root.join("webhooks_failed");
+        let dead_letter_error = |e: SinkError| OutboxError {
+            path: failed_dir.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let dead_letter = DeadLetter::open(root, parquet).map_err(dead_letter_error)?;
+        // Messages for an endpoint the config no longer has would wait (and
+        // hold ingestion) forever: they go to the dead letter instead.
+        let orphans: Vec<Message> =
+            outbox.pending().filter(|m| !config.endpoints.iter().any(|(e, _)| *e == m.endpoint)).cloned().collect();
+        if !orphans.is_empty() {
+            for message in &orphans {
+                let answer = format!(
+                    "not sent: webhooks.{} is no longer in the config (add it back to deliver such messages)",
+                    message.endpoint.as_str()
+                );
+                dead_letter
+                    .write(&FailedDelivery { message: message.clone(), status: 0, answer })
+                    .map_err(dead_letter_error)?;
+            }
+            let ids: Vec<String> = orphans.iter().map(|m| m.id.clone()).collect();
+            outbox.done(&ids)?;
+            tracing::warn!(
+                messages = orphans.len(),
+                "pending webhooks for endpoints no longer in the config went to webhooks_failed/"
+            );
+        }
         let outbox = Arc::new(Mutex::new(outbox));
-        let dead_letter = Arc::new(DeadLetter::new(root, parquet));
+        let dead_letter = Arc::new(dead_letter);
         let mut senders = HashMap::new();
         let mut tasks = Vec::new();
         for (endpoint, endpoint_config) in &config.endpoints {

@@ -32,9 +32,10 @@ enum Record {
 #[derive(Debug, thiserror::Error)]
 #[error("webhook outbox {path}: {source}")]
 pub struct OutboxError {
-    path: String,
+    /// The file (or folder) that failed.
+    pub(crate) path: String,
     #[source]
-    source: std::io::Error,
+    pub(crate) source: std::io::Error,
 }
 
 /// The outbox of one data directory.
@@ -43,6 +44,9 @@ pub struct Outbox {
     file: BufWriter<File>,
     /// Enqueued, in order; those in `done` are done but not yet at the front.
     pending: VecDeque<Message>,
+    /// The ids in `pending`.
+    ids: HashSet<String>,
+    /// Ids in `pending` that are done: always a subset of `ids`.
     done: HashSet<String>,
     /// Records in the file that are done (what a rewrite would drop).
     dead_records: usize,
@@ -81,8 +85,9 @@ impl Outbox {
         let pending: VecDeque<Message> = pending.into_iter().filter(|m| !done.contains(&m.id)).collect();
         // From here on `done` holds only ids still in `pending`.
         let done = HashSet::new();
+        let ids = pending.iter().map(|m| m.id.clone()).collect();
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(error)?;
-        let mut outbox = Outbox { path, file: BufWriter::new(file), pending, done, dead_records, covered };
+        let mut outbox = Outbox { path, file: BufWriter::new(file), pending, ids, done, dead_records, covered };
         outbox.compact_if_worth_it()?;
         Ok(outbox)
     }
@@ -114,21 +119,30 @@ impl Outbox {
             self.covered = covered;
         }
         self.sync()?;
+        self.ids.extend(messages.iter().map(|m| m.id.clone()));
         self.pending.extend(messages);
         Ok(())
     }
 
-    /// Durably marks messages done (delivered or dead-lettered).
+    /// Durably marks messages done (delivered or dead-lettered). An id that
+    /// is not pending (done already: a dispatcher that was seeded from the
+    /// outbox and also handed the message may report it twice) is no change.
     pub fn done(&mut self, ids: &[String]) -> Result<(), OutboxError> {
+        let mut marked = 0;
         for id in ids {
+            if !self.ids.contains(id) || self.done.contains(id) {
+                continue;
+            }
             self.write(&Record::Done(id.clone()))?;
             self.done.insert(id.clone());
+            marked += 1;
         }
         self.sync()?;
-        self.dead_records += 2 * ids.len();
+        self.dead_records += 2 * marked;
         while self.pending.front().is_some_and(|m| self.done.contains(&m.id)) {
             if let Some(message) = self.pending.pop_front() {
                 self.done.remove(&message.id);
+                self.ids.remove(&message.id);
             }
         }
         self.compact_if_worth_it()
@@ -175,6 +189,7 @@ impl Outbox {
         }
         let file = OpenOptions::new().append(true).open(&self.path).map_err(|source| self.error(source))?;
         self.file = BufWriter::new(file);
+        self.ids = live.iter().map(|m| m.id.clone()).collect();
         self.pending = live.into();
         self.done.clear();
         self.dead_records = 0;
@@ -234,6 +249,20 @@ mod tests {
         assert_eq!(ids, ["msg_2", "msg_4", "msg_5"]);
         assert_eq!(outbox.covered(), 10);
         assert_eq!(outbox.pending_len(), 3);
+    }
+
+    #[test]
+    fn marking_a_message_done_twice_or_one_never_enqueued_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::open(dir.path()).unwrap();
+        outbox.enqueue((1..=3).map(message).collect(), 3).unwrap();
+        outbox.done(&["msg_1".into(), "msg_1".into()]).unwrap();
+        outbox.done(&["msg_1".into(), "msg_9".into()]).unwrap();
+        assert_eq!(outbox.pending_len(), 2);
+        outbox.done(&["msg_3".into()]).unwrap();
+        outbox.done(&["msg_3".into()]).unwrap();
+        assert_eq!(outbox.pending_len(), 1);
+        assert_eq!(outbox.pending().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["msg_2"]);
     }
 
     #[test]
