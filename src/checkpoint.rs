@@ -180,7 +180,15 @@ fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     if crc32c::crc32c(body) != crc {
         return Err("checksum does not match".into());
     }
-    bincode::deserialize(body).map_err(|e| format!("does not decode: {e}"))
+    // The body's own length bounds what decoding may allocate, whatever
+    // lengths the bytes claim.
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(body.len() as u64)
+        .deserialize(body)
+        .map_err(|e| format!("does not decode: {e}"))
 }
 
 /// The checkpoint folder of a data directory.
@@ -382,6 +390,39 @@ mod tests {
                 offset: offset + 5,
                 highest: [(Principal::Fridge("FR-1".into()), Position { incarnation: 1, seq: 7 })].into(),
             },
+        }
+    }
+
+    /// The file's bytes framed as a whole checkpoint (right header and CRC).
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&FORMAT.to_le_bytes());
+        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// A checkpoint file of any bytes, even with a valid header and CRC
+        /// around them, decodes or is refused: never a panic or a huge allocation.
+        #[test]
+        fn checkpoints_of_any_bytes_decode_or_are_refused(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024),
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), 1u8..), 1..4),
+        ) {
+            let _ = decode(&body);
+            let _ = decode(&framed(&body));
+            let mut real = encode(&checkpoint(5, 9));
+            for (at, mask) in flips {
+                let at = HEADER_BYTES + at % (real.len() - HEADER_BYTES);
+                real[at] ^= mask;
+            }
+            let body = real[HEADER_BYTES..].to_vec();
+            let _ = decode(&framed(&body));
         }
     }
 

@@ -8,6 +8,7 @@ mod cli;
 mod compare;
 mod durability;
 mod faults;
+mod fuzz;
 mod gateway;
 mod golden;
 mod hostile;

@@ -397,6 +397,19 @@ impl ArchivedRanges {
 
 /// Reads one `events/` file back as `(ingest_ms, event)`, in file order.
 pub fn read_events(path: &Path) -> Result<Vec<(u64, Event)>, SinkError> {
+    // The Parquet reader can panic on a damaged file (found by the fuzz
+    // tests); such a file is refused like any other damage.
+    std::panic::catch_unwind(|| read_events_unguarded(path)).unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(SinkError::Checkpoint(format!("{}: the Parquet reader failed on a damaged file: {reason}", path.display())))
+    })
+}
+
+fn read_events_unguarded(path: &Path) -> Result<Vec<(u64, Event)>, SinkError> {
     use arrow::array::{
         Array, BooleanArray, Float32Array, Int64Array, StringArray, TimestampMicrosecondArray,
         TimestampMillisecondArray, UInt64Array,
