@@ -56,6 +56,7 @@ async fn sustained(count: usize, keys: usize) -> f64 {
         secret: secret(),
         timeout: Duration::from_secs(10),
         max_in_flight: 16,
+        ca: None,
     };
     let dead_letter = Arc::new(DeadLetter::new(dir.path(), ParquetConfig::default()));
     let (send, receive) = tokio::sync::mpsc::unbounded_channel();
@@ -90,6 +91,7 @@ async fn outage(fridges: usize) {
             secret: EXAMPLE_SECRET.into(),
             timeout_ms: 10_000,
             max_in_flight: 16,
+            ca_file: None,
         };
         *config.webhooks.endpoint_mut(endpoint) = Some(section);
     }
@@ -107,6 +109,7 @@ async fn outage(fridges: usize) {
     let run = RunSpec {
         target: format!("http://{}", server.addr()),
         tokens: coldstream_sources::auth::Tokens::new(DEV_SECRET),
+        tls: None,
         rate: None,
         batch: 500,
         progress: false,

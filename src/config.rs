@@ -24,6 +24,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The gRPC gateway.
     pub gateway: GatewaySection,
+    /// TLS on the gRPC listener.
+    pub tls: TlsSection,
     /// The event log: which kind, and its settings.
     pub log: LogSection,
     /// The Parquet sink.
@@ -125,6 +127,10 @@ pub struct EndpointSection {
     /// Deliveries in flight at once (each for a different key).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// For an `https://` URL: a PEM file of the CA to trust instead of the
+    /// system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -250,6 +256,23 @@ impl AuthConfig {
     }
 }
 
+/// TLS on the gRPC listener.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// The listener's certificate chain, PEM.
+    pub cert: Option<PathBuf>,
+    /// Its private key, PEM.
+    pub key: Option<PathBuf>,
+    /// The CA whose client certificates authenticate fridges (mutual
+    /// TLS), PEM: a certificate valid for a fridge id as a DNS name needs
+    /// no token.
+    pub client_ca: Option<PathBuf>,
+    /// Serve plaintext on an address other than loopback (behind a proxy
+    /// that terminates TLS); refused unless set.
+    pub allow_plaintext: bool,
+}
+
 /// The gRPC gateway.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -362,6 +385,7 @@ impl Default for Config {
             workers: 0,
             auth: AuthConfig::default(),
             gateway: GatewaySection::default(),
+            tls: TlsSection::default(),
             log: LogSection::default(),
             parquet: ParquetSection::default(),
             views: ViewsSection::default(),
@@ -475,6 +499,33 @@ impl Config {
         Ok(config)
     }
 
+    /// The listener's TLS, its files read; refuses plaintext on an address
+    /// other than loopback unless `tls.allow_plaintext` says so.
+    pub fn server_tls(&self) -> Result<Option<coldstream_sources::gateway::ServerTls>, ConfigError> {
+        let read = |path: &PathBuf, name: &str| {
+            std::fs::read(path).map_err(|e| ConfigError::Invalid(format!("tls.{name} {}: {e}", path.display())))
+        };
+        let tls = match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => Some(coldstream_sources::gateway::ServerTls {
+                cert: read(cert, "cert")?,
+                key: read(key, "key")?,
+                client_ca: self.tls.client_ca.as_ref().map(|ca| read(ca, "client_ca")).transpose()?,
+            }),
+            (None, None) if self.tls.client_ca.is_some() => {
+                return Err(ConfigError::Invalid("tls.client_ca needs tls.cert and tls.key".into()));
+            }
+            (None, None) => None,
+            _ => return Err(ConfigError::Invalid("tls.cert and tls.key go together".into())),
+        };
+        if tls.is_none() && !self.listen.ip().is_loopback() && !self.tls.allow_plaintext {
+            return Err(ConfigError::Invalid(format!(
+                "listen {} is not loopback and there is no TLS: tokens would cross the network in clear; set tls.cert and tls.key (or tls.allow_plaintext = true behind a proxy that terminates TLS)",
+                self.listen
+            )));
+        }
+        Ok(tls)
+    }
+
     /// The gateway's settings (not yet holding for a full sink).
     pub fn gateway(&self) -> coldstream_sources::gateway::GatewayConfig {
         coldstream_sources::gateway::GatewayConfig {
@@ -484,6 +535,7 @@ impl Config {
             max_streams_per_connection: self.gateway.max_streams_per_connection,
             hello_timeout: Duration::from_secs(self.gateway.hello_timeout_seconds),
             keepalive: Duration::from_secs(self.gateway.keepalive_seconds),
+            tls: None,
             hold: Default::default(),
         }
     }
@@ -576,13 +628,28 @@ impl Config {
                 .url
                 .parse()
                 .ok()
-                .filter(|u: &hyper::Uri| u.scheme_str() == Some("http") && u.host().is_some())
+                .filter(|u: &hyper::Uri| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
                 .ok_or_else(|| {
                     ConfigError::Invalid(format!(
-                        "webhooks.{name}.url {:?} is not an http://host[:port]/path URL",
+                        "webhooks.{name}.url {:?} is not an http(s)://host[:port]/path URL",
                         section.url
                     ))
                 })?;
+            let ca = match &section.ca_file {
+                None => None,
+                Some(_) if url.scheme_str() != Some("https") => {
+                    return Err(ConfigError::Invalid(format!("webhooks.{name}.ca_file applies to https:// URLs only")));
+                }
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|e| {
+                        ConfigError::Invalid(format!("webhooks.{name}.ca_file {}: {e}", path.display()))
+                    })?;
+                    coldstream_sinks::webhooks::tls_roots(Some(&pem)).map_err(|e| {
+                        ConfigError::Invalid(format!("webhooks.{name}.ca_file {}: {e}", path.display()))
+                    })?;
+                    Some(pem)
+                }
+            };
             let secret = Secret::parse(&section.secret)
                 .map_err(|e| ConfigError::Invalid(format!("webhooks.{name}.secret: {e}")))?;
             if !(1..=600_000).contains(&section.timeout_ms) || !(1..=10_000).contains(&section.max_in_flight) {
@@ -591,7 +658,8 @@ impl Config {
                 )));
             }
             let timeout = Duration::from_millis(section.timeout_ms);
-            endpoints.push((endpoint, EndpointConfig { url, secret, timeout, max_in_flight: section.max_in_flight }));
+            endpoints
+                .push((endpoint, EndpointConfig { url, secret, timeout, max_in_flight: section.max_in_flight, ca }));
         }
         Ok(coldstream_sinks::webhooks::WebhookConfig {
             endpoints,
@@ -681,6 +749,17 @@ hello_timeout_seconds = 10
 # Seconds between HTTP/2 pings on an idle connection; a peer that does not
 # answer within as long is dropped.
 keepalive_seconds = 30
+
+[tls]
+# TLS on the gRPC listener: certificate chain and private key, PEM.
+# cert = "/etc/coldstream/gateway.pem"
+# key = "/etc/coldstream/gateway.key"
+# The CA of fridges' client certificates (mutual TLS): a certificate valid
+# for a fridge id (as a DNS name) authenticates that fridge without a token.
+# client_ca = "/etc/coldstream/fridges-ca.pem"
+# A listen address other than loopback without TLS is refused unless this
+# is set (a proxy in front terminates TLS).
+allow_plaintext = false
 
 [log]
 # Which log: "embedded" (segment files in data_dir/log; no server to run).

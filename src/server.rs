@@ -208,6 +208,8 @@ impl Server {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .map_err(|e| LogError::Io { context: format!("creating {}", data_dir.display()), source: e })?;
+        // Credentials and certificates are checked before any file is touched.
+        let (tokens, tls) = (config.auth.tokens()?, config.server_tls()?);
         let lock = DataDirLock::take(&data_dir)?;
         let log = config.log.open(&data_dir)?;
         let readers = log.readers();
@@ -286,7 +288,7 @@ impl Server {
         let health = Health { ingest: ingest.clone(), failures: failures.clone(), status };
         let (serving, watching) = tokio::sync::watch::channel(Ok(()));
         let watcher = tokio::spawn(health.clone().watch(serving));
-        let gateway = Gateway::new(ingest, config.auth.tokens()?, GatewayConfig { hold, ..config.gateway() })
+        let gateway = Gateway::new(ingest, tokens, GatewayConfig { hold, tls, ..config.gateway() })
             .with_status(Arc::new(move || health.reply()));
         let (shutdown, stopped) = oneshot::channel::<()>();
         let gateway = tokio::spawn(gateway.serve(listener, watching, async move {

@@ -113,13 +113,16 @@ pub enum Refusal {
     WrongPrincipal(String),
 }
 
-/// What a token proves before the request body is read.
+/// What a call's credentials prove before the request body is read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verified {
     /// A token of the current form: it names its principal.
     Principal(Principal),
     /// An old-form token, checked once the body names the principal.
     Legacy(String),
+    /// A client certificate (DER) that the TLS handshake verified against
+    /// `tls.client_ca`: it proves the fridges it names (as DNS names).
+    Certificate(Vec<u8>),
 }
 
 /// Issues and checks tokens.
@@ -236,6 +239,18 @@ impl Tokens {
         match verified {
             Verified::Principal(proven) if proven == principal => Ok(()),
             Verified::Principal(_) => Err(Refusal::WrongPrincipal(principal.to_string())),
+            Verified::Certificate(der) => {
+                let Principal::Fridge(id) = principal else {
+                    return Err(Refusal::WrongPrincipal(principal.to_string()));
+                };
+                let der = rustls::pki_types::CertificateDer::from(der.as_slice());
+                let cert = webpki::EndEntityCert::try_from(&der).map_err(|_| Refusal::Malformed)?;
+                let name = rustls::pki_types::ServerName::try_from(id.as_str())
+                    .map_err(|_| Refusal::WrongPrincipal(principal.to_string()))?;
+                cert.verify_is_valid_for_subject_name(&name)
+                    .map_err(|_| Refusal::WrongPrincipal(principal.to_string()))?;
+                self.admit(principal.clone()).map(|_| ())
+            }
             Verified::Legacy(token) => {
                 let bytes = hex::decode(token).map_err(|_| Refusal::Malformed)?;
                 let signed_by_any =

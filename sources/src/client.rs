@@ -60,17 +60,69 @@ impl ClientError {
     }
 }
 
-/// Opens a channel to `endpoint` (e.g. `http://127.0.0.1:50051`).
+/// How a client speaks TLS to an `https://` gateway.
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    /// The CA that signed the gateway's certificate, PEM; `None`: the
+    /// system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// The name the gateway's certificate must carry, when it is not the
+    /// endpoint's host.
+    pub domain: Option<String>,
+    /// A client certificate and key, PEM: with the gateway's
+    /// `tls.client_ca`, it authenticates the fridge it names, no token needed.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ClientTls(ca: {}, domain: {:?}, identity: {})",
+            self.ca.is_some(),
+            self.domain,
+            self.identity.is_some()
+        )
+    }
+}
+
+/// Opens a channel to `endpoint` (e.g. `http://127.0.0.1:50051`; an
+/// `https://` one speaks TLS against the system's roots).
 pub async fn channel(endpoint: &str) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(endpoint.to_owned())
+    channel_with(endpoint, None).await
+}
+
+/// Opens a channel to `endpoint` with `tls` settings for an `https://` one.
+pub async fn channel_with(endpoint: &str, tls: Option<&ClientTls>) -> Result<Channel, ClientError> {
+    let mut target = Endpoint::from_shared(endpoint.to_owned())
         .map_err(|_| ClientError::Endpoint(endpoint.to_owned()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    Ok(endpoint.connect().await?)
+    if endpoint.starts_with("https://") {
+        let tls = tls.cloned().unwrap_or_default();
+        let mut settings = tonic::transport::ClientTlsConfig::new();
+        settings = match &tls.ca {
+            Some(ca) => settings.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            None => settings.with_native_roots(),
+        };
+        if let Some(domain) = &tls.domain {
+            settings = settings.domain_name(domain.clone());
+        }
+        if let Some((cert, key)) = &tls.identity {
+            settings = settings.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        target = target.tls_config(settings)?;
+    }
+    Ok(target.connect().await?)
 }
 
+/// `message` with `authorization: Bearer <token>`; an empty token sends
+/// none (a client certificate authenticates the call).
 fn authorized<T>(message: T, token: &str) -> Result<Request<T>, ClientError> {
     let mut request = Request::new(message);
+    if token.is_empty() {
+        return Ok(request);
+    }
     let value = MetadataValue::try_from(format!("Bearer {token}"))
         .map_err(|_| ClientError::Protocol("the token is not a valid header value"))?;
     request.metadata_mut().insert("authorization", value);
@@ -159,6 +211,8 @@ pub struct Fridge {
     token: String,
     /// The incarnation announced in `Hello` (raise it when the seq counter restarts).
     pub incarnation: u64,
+    /// TLS for an `https://` endpoint.
+    pub tls: Option<ClientTls>,
     session: Option<Session>,
     unacked: VecDeque<Event>,
     next_batch: u64,
@@ -176,6 +230,7 @@ impl Fridge {
             fridge_id: fridge_id.into(),
             token: token.into(),
             incarnation: 0,
+            tls: None,
             session: None,
             unacked: VecDeque::new(),
             next_batch: 1,
@@ -228,9 +283,13 @@ impl Fridge {
 
     async fn round_trip(&mut self, tally: &mut Delivered) -> Result<(), ClientError> {
         if self.session.is_none() {
-            let session =
-                Session::open_as(channel(&self.endpoint).await?, &self.fridge_id, self.incarnation, &self.token)
-                    .await?;
+            let session = Session::open_as(
+                channel_with(&self.endpoint, self.tls.as_ref()).await?,
+                &self.fridge_id,
+                self.incarnation,
+                &self.token,
+            )
+            .await?;
             // What is durable needs no resending; the gateway would only
             // answer it as a duplicate.
             while self.unacked.front().is_some_and(|e| e.seq <= session.highest_durable_seq) {

@@ -45,9 +45,30 @@ pub struct GatewayConfig {
     /// HTTP/2 pings on an idle connection this often; a peer that does not
     /// answer within the same time is dropped.
     pub keepalive: Duration,
+    /// TLS on the listener; `None` serves plaintext.
+    pub tls: Option<ServerTls>,
     /// While set (by a sink that is full), batches wait before they are
     /// appended: fridges see slower acks instead of anything being dropped.
     pub hold: Arc<AtomicBool>,
+}
+
+/// The listener's TLS: its certificate and key, and the CA whose client
+/// certificates authenticate fridges (mutual TLS), all PEM.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The certificate chain, PEM.
+    pub cert: Vec<u8>,
+    /// The private key, PEM.
+    pub key: Vec<u8>,
+    /// The CA that signs fridges' client certificates, PEM; `None`: no
+    /// client certificates, bearer tokens only.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerTls(<key>, mutual: {})", self.client_ca.is_some())
+    }
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +80,7 @@ impl Default for GatewayConfig {
             max_streams_per_connection: 16,
             hello_timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(30),
+            tls: None,
             hold: Arc::default(),
         }
     }
@@ -101,6 +123,12 @@ impl RefusalLog {
 /// Checks the token from the request's metadata, before the body is read,
 /// and hands what it proves to the handler.
 fn authenticate(tokens: &Tokens, refusals: &RefusalLog, mut request: Request<()>) -> Result<Request<()>, Status> {
+    // A client certificate the handshake verified stands in for a token.
+    let certificate = request.peer_certs().and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
+    if let (None, Some(der)) = (request.metadata().get("authorization"), certificate) {
+        request.extensions_mut().insert(Verified::Certificate(der));
+        return Ok(request);
+    }
     let verified = token(&request).and_then(|token| {
         tokens.verify(&token, crate::auth::now_s()).map_err(|refusal| {
             refusals.refused(&refusal);
@@ -266,7 +294,18 @@ impl Gateway {
             FridgeGatewayServer::new(self).max_decoding_message_size(config.max_message_bytes()),
             move |request| authenticate(&tokens, &refusals, request),
         );
-        tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            let mut settings = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key));
+            if let Some(ca) = &tls.client_ca {
+                // Optional: fridges without a certificate still present tokens.
+                settings =
+                    settings.client_ca_root(tonic::transport::Certificate::from_pem(ca)).client_auth_optional(true);
+            }
+            server = server.tls_config(settings).map_err(GatewayError::Transport)?;
+        }
+        server
             .max_concurrent_streams(Some(config.max_streams_per_connection))
             .http2_keepalive_interval(Some(config.keepalive))
             .http2_keepalive_timeout(Some(config.keepalive))

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::auth::{Principal, Tokens};
-use crate::client::{self, ClientError, Delivered, Fridge};
+use crate::client::{self, ClientError, ClientTls, Delivered, Fridge};
 use crate::convert::encode;
 use coldstream_pipelines::fleet::BACK_OFFICE;
 pub use coldstream_pipelines::fleet::{Fleet, FleetSpec};
@@ -38,6 +38,8 @@ pub struct RunSpec {
     pub target: String,
     /// Issues the fleet's tokens.
     pub tokens: Tokens,
+    /// TLS for an `https://` target.
+    pub tls: Option<ClientTls>,
     /// Events per second for the whole fleet; `None` for as fast as possible.
     pub rate: Option<f64>,
     /// Events per batch, at most.
@@ -85,12 +87,13 @@ impl std::fmt::Display for Summary {
 /// gateway is unreachable (resent events are answered as duplicates).
 async fn publish_retrying(
     target: &str,
+    tls: Option<&ClientTls>,
     token: &str,
     events: Vec<crate::proto::Event>,
 ) -> Result<crate::proto::Ack, ClientError> {
     let mut attempt = 0u32;
     loop {
-        let result = match client::channel(target).await {
+        let result = match client::channel_with(target, tls).await {
             Ok(channel) => client::publish(channel, BACK_OFFICE, token, events.clone()).await,
             Err(error) => Err(error),
         };
@@ -111,7 +114,7 @@ pub async fn run(fleet: Fleet, spec: &RunSpec, total_events: u64) -> Result<Summ
     let mut summary = Summary::default();
     for chunk in fleet.back_office.chunks(500) {
         let token = tokens.issue(&Principal::BackOffice(BACK_OFFICE.into()));
-        let ack = publish_retrying(&spec.target, &token, chunk.iter().map(encode).collect()).await?;
+        let ack = publish_retrying(&spec.target, spec.tls.as_ref(), &token, chunk.iter().map(encode).collect()).await?;
         summary.sent += chunk.len() as u64;
         summary.delivered.accepted += ack.accepted.len() as u64;
         summary.delivered.duplicates += ack.duplicates.len() as u64;
@@ -132,6 +135,7 @@ pub async fn run(fleet: Fleet, spec: &RunSpec, total_events: u64) -> Result<Summ
     for mut sim in fleet.fridges {
         let token = tokens.issue(&Principal::Fridge(sim.id().to_owned()));
         let mut fridge = Fridge::new(spec.target.clone(), sim.id().to_owned(), token);
+        fridge.tls = spec.tls.clone();
         let bar = bar.clone();
         let batch = spec.batch.max(1);
         tasks.spawn(async move {

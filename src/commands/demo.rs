@@ -131,7 +131,8 @@ pub async fn demo(spec: DemoSpec) -> Result<(), DemoError> {
         skus: None,
     };
     let started = Instant::now();
-    let run_spec = RunSpec { target, tokens: Tokens::new(DEV_SECRET), rate: None, batch: 500, progress: true };
+    let run_spec =
+        RunSpec { target, tokens: Tokens::new(DEV_SECRET), tls: None, rate: None, batch: 500, progress: true };
     let summary = simulate::run(Fleet::new(&fleet_spec), &run_spec, spec.events).await?;
     let limit = Duration::from_secs(600);
     let status = server.caught_up(limit).await.map_err(|_| DemoError::Timeout(limit))?;

@@ -207,6 +207,7 @@ pub async fn local_receivers(
             secret: EXAMPLE_SECRET.to_owned(),
             timeout_ms: 10_000,
             max_in_flight: 16,
+            ca_file: None,
         });
         receivers.push((endpoint, receiver));
     }

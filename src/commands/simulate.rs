@@ -2,6 +2,7 @@
 
 use anyhow::{Context, bail};
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
+use coldstream_sources::client::ClientTls;
 use coldstream_sources::simulator::{self as simulate, RunSpec};
 
 use super::{FleetArgs, KeyArgs, init_logging, runtime};
@@ -32,6 +33,14 @@ pub struct Args {
     pub bad_rate: f64,
     #[command(flatten)]
     pub key: KeyArgs,
+    /// For an `https://` target: the CA of the gateway's certificate, PEM
+    /// (else the system's roots).
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// For an `https://` target: the name its certificate carries, when it
+    /// is not the target's host.
+    #[arg(long)]
+    pub tls_domain: Option<String>,
 }
 
 /// Sends the fleet's events and prints what the gateway answered.
@@ -52,6 +61,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let run_spec = RunSpec {
         target: args.target,
         tokens: args.key.tokens()?,
+        tls: Some(ClientTls {
+            ca: args
+                .ca_file
+                .as_ref()
+                .map(|path| std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display())))
+                .transpose()?,
+            domain: args.tls_domain,
+            identity: None,
+        }),
         rate,
         batch: args.batch,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),

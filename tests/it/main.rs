@@ -17,4 +17,5 @@ mod other_engine;
 mod recovery;
 mod replay;
 mod support;
+mod tls;
 mod webhooks;

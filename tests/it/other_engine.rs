@@ -75,6 +75,7 @@ async fn duckdb_recomputes_the_same_inventory_from_the_parquet_events() {
     let run = RunSpec {
         target: format!("http://{}", server.addr()),
         tokens: crate::support::tokens(),
+        tls: None,
         rate: None,
         batch: 200,
         progress: false,

@@ -26,6 +26,7 @@ async fn run_fleet(target: &str, seed: u64, events: u64) {
     let run = RunSpec {
         target: target.to_owned(),
         tokens: crate::support::tokens(),
+        tls: None,
         rate: Some(20_000.0),
         batch: 200,
         progress: false,

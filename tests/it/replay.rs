@@ -46,6 +46,7 @@ async fn processing_the_same_log_twice_gives_the_same_changes_at_the_same_times(
     let run = RunSpec {
         target: format!("http://{}", server.addr()),
         tokens: crate::support::tokens(),
+        tls: None,
         rate: None,
         batch: 250,
         progress: false,

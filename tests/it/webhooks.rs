@@ -216,6 +216,7 @@ async fn deliver_all(dir: &Path, url: hyper::Uri, messages: Vec<Message>, retry:
         secret: Secret::parse(EXAMPLE_SECRET).unwrap(),
         timeout: Duration::from_millis(500),
         max_in_flight: 4,
+        ca: None,
     };
     let dead_letter = Arc::new(DeadLetter::new(dir, ParquetConfig::default()));
     let (send, receive) = tokio::sync::mpsc::unbounded_channel();
@@ -376,7 +377,14 @@ async fn server_with_webhooks(dir: &Path, url: &str, max_pending: Option<usize>)
 
 async fn run_fleet(target: &str, events: u64, rate: Option<f64>) {
     let spec = FleetSpec { seed: 5, fridges: 6, events, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
-    let run = RunSpec { target: target.to_owned(), tokens: crate::support::tokens(), rate, batch: 50, progress: false };
+    let run = RunSpec {
+        target: target.to_owned(),
+        tokens: crate::support::tokens(),
+        tls: None,
+        rate,
+        batch: 50,
+        progress: false,
+    };
     simulate::run(Fleet::new(&spec), &run, spec.events).await.unwrap();
 }
 
@@ -536,6 +544,7 @@ async fn the_bundled_receiver_accepts_signed_deliveries_and_refuses_a_wrong_sign
         secret: Secret::parse("whsec_c29tZWJvZHktZWxzZXMtc2VjcmV0").unwrap(),
         timeout: Duration::from_millis(500),
         max_in_flight: 1,
+        ca: None,
     };
     let (send, receive) = tokio::sync::mpsc::unbounded_channel();
     drop(send);

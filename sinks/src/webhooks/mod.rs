@@ -23,7 +23,7 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle;
 
 pub use dead_letter::{DeadLetter, FailedDelivery};
-pub use deliver::{EndpointConfig, RetryPolicy};
+pub use deliver::{EndpointConfig, RetryPolicy, tls_roots};
 pub use events::{Derive, Endpoint, Message};
 pub use outbox::{Outbox, OutboxError};
 pub use sign::{EXAMPLE_SECRET, Secret, SignatureError};

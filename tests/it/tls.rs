@@ -1,0 +1,208 @@
+//! Transport security over loopback with certificates the tests generate:
+//! TLS on the gateway, mutual TLS where a fridge's certificate stands in
+//! for its token, plaintext refused off loopback, HTTPS webhooks.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coldstream::server::Server;
+use coldstream_pipelines::Payload;
+use coldstream_sources::client::{self, ClientError, ClientTls, Session};
+use coldstream_sources::convert::encode;
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+
+use crate::support::{event, fridge_token};
+
+/// A CA and certificates it signs, as PEM.
+struct Authority {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Authority {
+    fn new() -> Authority {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        Authority { cert: params.self_signed(&key).unwrap(), key }
+    }
+
+    fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) and its key.
+    fn issue(&self, names: &[&str], purpose: ExtendedKeyUsagePurpose) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+        params.extended_key_usages = vec![purpose];
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// Writes the server's certificate and key (and a client CA) and points `config` at them.
+fn with_tls(dir: &Path, ca: &Authority, client_ca: Option<&Authority>) -> coldstream::config::Config {
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
+    let files = dir.join("tls");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("gateway.pem"), cert).unwrap();
+    std::fs::write(files.join("gateway.key"), key).unwrap();
+    let mut config = crate::support::config(&dir.join("data"));
+    config.tls.cert = Some(files.join("gateway.pem"));
+    config.tls.key = Some(files.join("gateway.key"));
+    if let Some(client_ca) = client_ca {
+        std::fs::write(files.join("fridges-ca.pem"), client_ca.pem()).unwrap();
+        config.tls.client_ca = Some(files.join("fridges-ca.pem"));
+    }
+    config
+}
+
+fn trusting(ca: &Authority) -> ClientTls {
+    ClientTls { ca: Some(ca.pem().into_bytes()), domain: Some("localhost".into()), identity: None }
+}
+
+fn taken(fridge: &str, seq: u64) -> coldstream_sources::proto::Event {
+    encode(&event(fridge, seq, 1, Payload::ItemTaken { session_id: "S1".into(), sku: "cola".into(), qty: 1 }))
+}
+
+fn code<T>(result: Result<T, ClientError>) -> Option<tonic::Code> {
+    match result {
+        Err(ClientError::Status(status)) => Some(status.code()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_speaks_tls_and_a_plaintext_or_untrusting_client_gets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::new();
+    let server = Server::start(&with_tls(dir.path(), &ca, None)).await.unwrap();
+    let https = format!("https://127.0.0.1:{}", server.addr().port());
+    let channel = client::channel_with(&https, Some(&trusting(&ca))).await.unwrap();
+    let mut fridge = Session::open(channel, "FR-000001", &fridge_token("FR-000001")).await.unwrap();
+    fridge.send(1, vec![taken("FR-000001", 1)]).await.unwrap();
+    assert_eq!(fridge.ack().await.unwrap().accepted, [1]);
+    // Plaintext to a TLS listener, and TLS trusting another CA, both fail.
+    let plain = format!("http://127.0.0.1:{}", server.addr().port());
+    let plaintext = match client::channel(&plain).await {
+        Ok(channel) => Session::open(channel, "FR-000001", &fridge_token("FR-000001")).await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    assert!(plaintext.is_err());
+    let stranger = client::channel_with(&https, Some(&trusting(&Authority::new()))).await;
+    assert!(stranger.is_err(), "a certificate of an unknown CA is refused");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fridge_certificate_names_its_fridge_and_needs_no_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, fridges) = (Authority::new(), Authority::new());
+    let server = Server::start(&with_tls(dir.path(), &ca, Some(&fridges))).await.unwrap();
+    let https = format!("https://127.0.0.1:{}", server.addr().port());
+    let (cert, key) = fridges.issue(&["FR-000001"], ExtendedKeyUsagePurpose::ClientAuth);
+    let mutual = ClientTls { identity: Some((cert.into_bytes(), key.into_bytes())), ..trusting(&ca) };
+    let channel = client::channel_with(&https, Some(&mutual)).await.unwrap();
+    let mut fridge = Session::open(channel.clone(), "FR-000001", "").await.unwrap();
+    fridge.send(1, vec![taken("FR-000001", 1)]).await.unwrap();
+    assert_eq!(fridge.ack().await.unwrap().accepted, [1]);
+    // The certificate proves FR-000001 only.
+    assert_eq!(code(Session::open(channel, "FR-000002", "").await), Some(tonic::Code::Unauthenticated));
+    // Without a certificate, a fridge still needs its token.
+    let tokenless = client::channel_with(&https, Some(&trusting(&ca))).await.unwrap();
+    assert_eq!(code(Session::open(tokenless.clone(), "FR-000003", "").await), Some(tonic::Code::Unauthenticated));
+    assert!(Session::open(tokenless, "FR-000003", &fridge_token("FR-000003")).await.is_ok());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_on_an_address_other_than_loopback_is_refused_unless_the_config_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config(dir.path());
+    config.listen = "0.0.0.0:0".parse().unwrap();
+    let refused = Server::start(&config).await.err().expect("refused");
+    assert!(refused.to_string().contains("not loopback"), "{refused}");
+    assert!(!dir.path().join("log").exists(), "refused before any file is touched");
+    config.tls.allow_plaintext = true;
+    let server = Server::start(&config).await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_delivered_over_https_to_a_receiver_whose_ca_is_configured() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Authority::new();
+    let (cert, key) = ca.issue(&["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
+    let certs: Vec<_> = rustls::pki_types::pem::PemObject::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<rustls::pki_types::CertificateDer<'static>>, _>>()
+        .unwrap();
+    let key = <rustls::pki_types::PrivateKeyDer<'static> as rustls::pki_types::pem::PemObject>::from_pem_slice(
+        key.as_bytes(),
+    )
+    .unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen, mut bodies) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let receiver = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(stream).await else { return };
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            let _ = seen.send(body[..length].to_owned());
+                            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n").await;
+                            request.clear();
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("receiver-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let toml = format!(
+        "[webhooks.alerts]\nurl = \"https://localhost:{port}/hooks\"\nsecret = \"{}\"\nca_file = {:?}\n",
+        coldstream_sinks::webhooks::EXAMPLE_SECRET,
+        ca_file.display().to_string()
+    );
+    let parsed = coldstream::config::Config::parse(&toml, "test").unwrap();
+    let mut config = crate::support::config(&dir.path().join("data"));
+    config.webhooks = parsed.webhooks;
+    let server = Server::start(&config).await.unwrap();
+    let addr = format!("http://{}", server.addr());
+    let mut fridge = crate::support::session(&addr, "FR-000001").await;
+    // A negative on-hand raises an alert.
+    fridge.send(1, vec![taken("FR-000001", 1)]).await.unwrap();
+    fridge.ack().await.unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(60), bodies.recv()).await.expect("delivered").unwrap();
+    assert!(body.contains("inventory.negative"), "{body}");
+    server.shutdown().await.unwrap();
+    receiver.abort();
+}
