@@ -163,8 +163,9 @@ fn hold<'a, I, C>(
 
 /// The horizon rule every per-fridge operator applies: an event more than
 /// `horizon_us` behind `latest` (the newest event time of the kind the
-/// operator reads that its fridge has sent) is beyond the horizon and not
-/// applied; one exactly the horizon behind still is.
+/// operator reads that its fridge had sent before the event's commit) is
+/// beyond the horizon and not applied; one exactly the horizon behind still
+/// is. Events of one commit never push each other out, whatever their order.
 pub fn beyond_horizon(at: i64, latest: i64, horizon_us: i64) -> bool {
     at < latest.saturating_sub(horizon_us)
 }

@@ -30,9 +30,14 @@ fn bad_arguments_and_configs_are_one_line_errors() {
     let message = stderr_of(&["run", "--config", config.to_str().unwrap()]);
     assert!(message.contains("roll_secs"), "{message}");
     assert_eq!(message.trim_end().lines().count(), 1, "{message}");
-    std::fs::write(&config, "[webhooks.alerts]\nurl = \"https://example.com/x\"\nsecret = \"whsec_x\"\n").unwrap();
+    std::fs::write(&config, "[webhooks.alerts]\nurl = \"ftp://example.com/x\"\nsecret = \"whsec_x\"\n").unwrap();
     let message = stderr_of(&["run", "--config", config.to_str().unwrap()]);
     assert!(message.contains("webhooks.alerts.url"), "{message}");
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+    std::fs::write(&config, "[auth]\nsecret = \"a-config-secret-0123\"\n[tls]\ncert = \"/nonexistent/gateway.pem\"\n")
+        .unwrap();
+    let message = stderr_of(&["run", "--config", config.to_str().unwrap()]);
+    assert!(message.contains("tls.cert and tls.key"), "{message}");
     assert_eq!(message.trim_end().lines().count(), 1, "{message}");
     let secret = dir.path().join("endpoint.secret");
     std::fs::write(&secret, "hunter2\n").unwrap();

@@ -104,6 +104,29 @@ enum ColdChain {
     Settled(String, i64),
 }
 
+impl Telemetry {
+    /// A run that stays warm past the horizon (an unplugged fridge, a stuck
+    /// sensor): its readings behind `boundary` can no longer change, since
+    /// a reading behind the horizon is not applied, so they fold into the
+    /// run's first reading (carrying their highest temperature) and its
+    /// last one behind the horizon. The excursion they give is the same;
+    /// the state, and the work of each new reading, stay within the horizon
+    /// however long the fridge stays warm.
+    fn fold_warm_run_behind(&mut self, boundary: Position) {
+        let behind: Vec<(Position, Temperature)> =
+            self.readings.range(..boundary).map(|(p, t)| (*p, *t)).skip_while(|(_, t)| !warm(*t)).collect();
+        let [(first, _), .., (_, _)] = behind.as_slice() else { return };
+        if behind.len() <= 2 {
+            return;
+        }
+        let max = behind.iter().map(|(_, t)| *t).max().expect("a warm run");
+        for (position, _) in &behind[1..behind.len() - 1] {
+            self.readings.remove(position);
+        }
+        self.readings.insert(*first, max);
+    }
+}
+
 impl FridgeState for Telemetry {
     type Input = (Position, Temperature);
     type Output = ColdChain;
@@ -118,9 +141,10 @@ impl FridgeState for Telemetry {
         out: &mut Vec<(Self::Output, isize)>,
     ) {
         let mut touched: Option<(Position, Position)> = None;
+        let newest_before = self.latest;
         for &((position, temperature), _) in inputs {
             if self.floor.is_some_and(|floor| position < floor)
-                || beyond_horizon(position.0, self.latest, self.horizon_us)
+                || beyond_horizon(position.0, newest_before, self.horizon_us)
             {
                 continue;
             }
@@ -165,6 +189,7 @@ impl FridgeState for Telemetry {
             out.push((ColdChain::Settled(fridge.to_owned(), old), -1));
             out.push((ColdChain::Settled(fridge.to_owned(), keep.0), 1));
         }
+        self.fold_warm_run_behind(boundary);
     }
 
     fn held(&self) -> usize {
@@ -351,6 +376,28 @@ mod tests {
         assert_eq!(found.len(), 10);
         // About two hours of minute readings and no finished excursion, not ten days of them.
         assert!(counter.get() <= 2 * 60 + 60 + 2, "{} records held", counter.get());
+    }
+
+    #[test]
+    fn a_fridge_that_stays_warm_for_days_holds_only_the_horizon_and_its_excursion_is_exact() {
+        // Unplugged for ten days: a reading every minute, warm and rising slowly, then cool again.
+        let warm_minutes = 10 * 24 * 60;
+        let mut readings: Vec<Event> =
+            (0..warm_minutes).map(|m| telemetry(m as u64 + 1, m, 6.0 + (m % 997) as f32 / 100.0)).collect();
+        readings.push(telemetry(warm_minutes as u64 + 1, warm_minutes, 3.0));
+        let held = HeldRecords::default();
+        let counter = held.clone();
+        let arrivals: Vec<(Time, Vec<Event>)> =
+            readings.chunks(60).enumerate().map(|(i, hour)| (i as Time + 1, hour.to_vec())).collect();
+        let found: BTreeMap<ExcursionKey, Excursion> =
+            final_state(&run_view(1, arrivals, move |events: VecCollection<'_, Time, Event>| {
+                excursions(events, 2 * HOUR_US, &OperatorHooks { held: held.clone(), ..OperatorHooks::default() })
+            }))
+            .into_keys()
+            .collect();
+        assert_eq!(found, excursions_reference(&readings), "one excursion, its end and maximum exact");
+        assert_eq!(found.len(), 1);
+        assert!(counter.get() <= 2 * 60 + 60 + 4, "{} records held", counter.get());
     }
 
     fn readings() -> impl Strategy<Value = Vec<Event>> {

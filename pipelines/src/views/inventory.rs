@@ -167,18 +167,41 @@ struct Fridge {
     warmed: bool,
     /// Before this time the fridge's excursions are final (from the cold chain).
     settled: BTreeMap<i64, isize>,
+    /// Whether the fridge named more SKUs than are tracked (said once).
+    overflowed: bool,
 }
+
+/// Stock events a fridge whose excursions do not settle may hold before
+/// its stock folds at the horizon regardless.
+pub const MAX_UNSETTLED_STOCK_EVENTS: usize = 20_000;
+
+/// SKUs tracked per fridge, at most: a fridge holds dozens, and one that
+/// invents SKU strings must not grow state (and alerts) without bound. The
+/// stock of further SKUs is archived but not tracked.
+pub const MAX_SKUS_PER_FRIDGE: usize = 1000;
 
 impl Fridge {
     /// Where the shelves may fold up to: the horizon behind the latest stock
     /// event, but never past an excursion that could still change.
+    ///
+    /// A fridge whose excursions never settle (its telemetry stopped, or it
+    /// stays warm) would hold every stock event; once it holds
+    /// [`MAX_UNSETTLED_STOCK_EVENTS`] of them it folds at the horizon all
+    /// the same, and a write-off behind that point is no longer applied.
     fn fold_point(&self) -> i64 {
         let horizon = self.latest.saturating_sub(self.horizon_us);
+        if self.held() > MAX_UNSETTLED_STOCK_EVENTS {
+            return horizon;
+        }
         match self.settled.keys().next_back() {
             Some(&settled) => horizon.min(settled),
             None if self.warmed => i64::MIN,
             None => horizon,
         }
+    }
+
+    fn held(&self) -> usize {
+        self.shelves.values().map(Shelf::held).sum::<usize>() + self.write_offs.len() + self.settled.len()
     }
 }
 
@@ -195,12 +218,27 @@ impl FridgeState for Fridge {
         _shared: &(),
         out: &mut Vec<(Self::Output, isize)>,
     ) {
-        let mut touched: Vec<&str> = Vec::new();
+        let mut touched: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
         let mut every_shelf = false;
+        let newest_before = self.latest;
         for ((at, stock), diff) in inputs {
             let stock_event = matches!(stock, Stock::Moved(..) | Stock::Counted(..));
-            let beyond = *at < self.floor || (stock_event && beyond_horizon(*at, self.latest, self.horizon_us));
+            let beyond = *at < self.floor || (stock_event && beyond_horizon(*at, newest_before, self.horizon_us));
             if beyond && !matches!(stock, Stock::Planned(..) | Stock::Settled) {
+                continue;
+            }
+            if let Stock::Moved(sku, _) | Stock::Counted(sku, ..) = stock
+                && !self.shelves.contains_key(sku)
+                && self.shelves.len() >= MAX_SKUS_PER_FRIDGE
+            {
+                if !self.overflowed {
+                    self.overflowed = true;
+                    tracing::warn!(
+                        fridge_id = fridge,
+                        sku = %sku,
+                        "a fridge names more than {MAX_SKUS_PER_FRIDGE} SKUs; stock of further ones is not tracked"
+                    );
+                }
                 continue;
             }
             match stock {
@@ -211,11 +249,11 @@ impl FridgeState for Fridge {
                     if moved.1 == 0 {
                         self.shelves.get_mut(sku).map(|shelf| shelf.movements.remove(at));
                     }
-                    touched.push(sku);
+                    touched.insert(sku);
                 }
                 Stock::Counted(sku, seq, qty) => {
                     bump(&mut self.shelves.entry(sku.clone()).or_default().counts, (*at, *seq, *qty), *diff);
-                    touched.push(sku);
+                    touched.insert(sku);
                 }
                 Stock::WrittenOff => {
                     bump(&mut self.write_offs, *at, *diff);
@@ -263,7 +301,7 @@ impl FridgeState for Fridge {
     }
 
     fn held(&self) -> usize {
-        self.shelves.values().map(Shelf::held).sum::<usize>() + self.write_offs.len() + self.settled.len()
+        Fridge::held(self)
     }
 }
 
@@ -290,6 +328,7 @@ pub fn inventory<'s>(
         write_offs: BTreeMap::new(),
         warmed: false,
         settled: BTreeMap::new(),
+        overflowed: false,
     };
     by_fridge_in_time_order(stock, "inventory.stock", new_state, hooks)
 }
@@ -426,6 +465,46 @@ mod tests {
         assert_eq!(on_hand[&("FR-1".to_owned(), "cola".to_owned())], 9);
         // Per SKU: the folded value and at most about three hours of events.
         assert!(counter.get() <= 2 * (1 + 4) + 2, "{} records held", counter.get());
+    }
+
+    /// A fridge that invents a new SKU string with every take keeps at most
+    /// [`MAX_SKUS_PER_FRIDGE`] shelves (and so as many alerts).
+    #[test]
+    fn a_fridge_inventing_skus_is_tracked_for_at_most_the_cap() {
+        let takes: Vec<Event> = (0..3 * MAX_SKUS_PER_FRIDGE as u64)
+            .map(|n| event(n + 1, 1, Payload::ItemTaken { session_id: "s".into(), sku: format!("sku-{n}"), qty: 1 }))
+            .collect();
+        let shown = dataflow_state(1, vec![(1, takes)]);
+        assert_eq!(shown.len(), MAX_SKUS_PER_FRIDGE);
+    }
+
+    /// A fridge whose telemetry stopped at the start never settles, yet its
+    /// stock still folds once it holds the cap of unsettled stock events:
+    /// takes every minute for weeks hold the cap, not the weeks.
+    #[test]
+    fn stock_still_folds_when_the_fridge_sends_no_telemetry() {
+        let minutes = MAX_UNSETTLED_STOCK_EVENTS as i64 + 6_000;
+        let takes: Vec<Event> = (0..minutes)
+            .map(|m| event(m as u64 + 1, m, Payload::ItemTaken { session_id: "s".into(), sku: "cola".into(), qty: 1 }))
+            .collect();
+        let arrivals: Vec<(Time, Vec<Event>)> =
+            takes.chunks(2_000).enumerate().map(|(i, chunk)| (i as Time + 1, chunk.to_vec())).collect();
+        let held = HeldRecords::default();
+        let counter = held.clone();
+        let changes = crate::harness::run_view(1, arrivals, move |events: VecCollection<'_, Time, Event>| {
+            let nothing = events.clone().filter(|_| false).map(|_| ((String::new(), 0), (0, crate::Temperature(0.0))));
+            // The cold chain's one record for a fridge whose readings stopped: nothing settled.
+            let settled = events.clone().filter(|e| e.seq == 1).map(|_| ("FR-1".to_owned(), i64::MIN));
+            inventory(
+                events,
+                nothing,
+                settled,
+                2 * crate::event::HOUR_US,
+                &OperatorHooks { held: held.clone(), ..OperatorHooks::default() },
+            )
+        });
+        assert_eq!(keyed(&changes), inventory_reference(&takes));
+        assert!(counter.get() <= (MAX_UNSETTLED_STOCK_EVENTS + 2_000 + 2) as i64, "{} records held", counter.get());
     }
 
     #[test]

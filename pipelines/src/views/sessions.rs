@@ -410,8 +410,9 @@ impl FridgeState for FridgeSessions {
         out: &mut Vec<(SessionChange, isize)>,
     ) {
         let mut touched = BTreeSet::new();
+        let newest_before = self.latest;
         for ((id, at, fact), diff) in inputs {
-            if *at < self.floor || beyond_horizon(*at, self.latest, self.horizon_us) {
+            if *at < self.floor || beyond_horizon(*at, newest_before, self.horizon_us) {
                 // Beyond the horizon, unless it is a payment result its
                 // closed session still waits for.
                 let awaited = matches!(fact, Fact::Payment(..))
