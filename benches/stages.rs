@@ -82,7 +82,7 @@ fn views(c: &mut Criterion) {
     let arrivals: Arrivals =
         all_events.chunks(1_000).enumerate().map(|(i, chunk)| (i as Time + 1, chunk.to_vec())).collect();
     let config = ViewConfig::default();
-    let (horizon, lead) = (config.horizon_us, config.lead_time_days);
+    let (horizon, lead, wait) = (config.horizon_us, config.lead_time_days, config.payment_wait_us);
     let hooks = OperatorHooks::default();
     let mut group = c.benchmark_group("views");
     group.throughput(Throughput::Elements(all_events.len() as u64)).sample_size(10);
@@ -105,13 +105,7 @@ fn views(c: &mut Criterion) {
         };
     }
     bench_view!("cold_chain", |e, hooks| cold_chain(e, horizon, &hooks).0);
-    bench_view!("sessions_and_revenue", |e, hooks| sessions_and_revenue(
-        e,
-        horizon,
-        72 * coldstream_pipelines::event::HOUR_US,
-        &hooks
-    )
-    .0);
+    bench_view!("sessions_and_revenue", |e, hooks| sessions_and_revenue(e, horizon, wait, &hooks).0);
     bench_view!("sales_7d", |e, hooks| sales_7d(e, &hooks));
     bench_view!("inventory (with the cold chain)", |e, hooks| {
         let (excursions, settled) = cold_chain(e.clone(), horizon, &hooks);

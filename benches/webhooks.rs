@@ -77,12 +77,7 @@ async fn outage(fridges: usize) {
         addrs.push(probe.local_addr().expect("address"));
     }
     let dir = tempfile::tempdir().expect("temporary directory");
-    let mut config = Config {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("address"),
-        workers: 2,
-        ..Config::default()
-    };
+    let mut config = Config::loopback(dir.path(), 2);
     config.webhooks.retry_max_ms = 1_000;
     config.webhooks.breaker_open_ms = 1_000;
     for (endpoint, addr) in Endpoint::ALL.into_iter().zip(&addrs) {

@@ -399,7 +399,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             secret: DEV_SECRET.to_owned(),
-            key_id: "k1".to_owned(),
+            key_id: coldstream_sources::auth::DEFAULT_KEY_ID.to_owned(),
             previous_keys: Vec::new(),
             revoked: Vec::new(),
             legacy_tokens: false,

@@ -85,6 +85,9 @@ impl Key {
     }
 }
 
+/// The id of the fleet key when the config names none.
+pub const DEFAULT_KEY_ID: &str = "k1";
+
 /// The first field of every token of the current form.
 const TOKEN_FORM: &str = "cs1";
 
@@ -157,9 +160,9 @@ pub fn now_s() -> u64 {
 }
 
 impl Tokens {
-    /// Tokens under one key, `secret` named `k1`, without the old form.
+    /// Tokens under one key, `secret` named [`DEFAULT_KEY_ID`], without the old form.
     pub fn new(secret: impl AsRef<[u8]>) -> Self {
-        Tokens::with_keys(vec![Key::new("k1", secret)])
+        Tokens::with_keys(vec![Key::new(DEFAULT_KEY_ID, secret)])
     }
 
     /// Tokens under `keys`, the first of which issues. At least one key.

@@ -146,7 +146,7 @@ pub struct KeyArgs {
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
     /// The key's id, as the server's `auth.key_id` names it.
-    #[arg(long, default_value = "k1")]
+    #[arg(long, default_value = coldstream_sources::auth::DEFAULT_KEY_ID)]
     pub key_id: String,
 }
 

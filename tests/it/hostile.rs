@@ -338,3 +338,112 @@ async fn a_log_directory_replaced_under_its_archive_is_refused_at_start() {
     let refused = Server::start(&crate::support::config(dir.path())).await.err().expect("refused");
     assert!(refused.to_string().contains("lost records"), "{refused}");
 }
+
+/// An analyst's query on a live server, while Parquet files roll, leaves
+/// every temporary file alone: the archiver and the view sink go on, and
+/// every acked event reaches `events/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analysts_query_on_a_live_server_leaves_the_pipeline_running() {
+    use coldstream_pipelines::fleet::{Fleet, FleetSpec};
+    use coldstream_sources::simulator::{self as simulate, RunSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await; // parquet.roll_seconds = 1
+    let target = format!("http://{}", server.addr());
+    let spec =
+        FleetSpec { seed: 9, fridges: 4, events: 4_000, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
+    let run = RunSpec {
+        target,
+        tokens: crate::support::tokens(),
+        tls: None,
+        rate: Some(1_000.0),
+        batch: 50,
+        progress: false,
+    };
+    let fleet = tokio::spawn(async move { simulate::run(Fleet::new(&spec), &run, spec.events).await.unwrap() });
+    while !fleet.is_finished() {
+        // Every view and every table, as an analyst's dashboard would.
+        for view in coldstream_pipelines::views::NAMES {
+            query_csv(dir.path(), &format!("SELECT count(*) FROM {view}_now")).await;
+        }
+        query_csv(dir.path(), "SELECT count(*) FROM events").await;
+    }
+    let summary = fleet.await.unwrap();
+    server.caught_up(std::time::Duration::from_secs(120)).await.expect("the archiver and the views keep up");
+    server.shutdown().await.expect("no component stopped");
+    let archived = query_csv(dir.path(), "SELECT count(*) AS n FROM events").await;
+    assert_eq!(archived, format!("n\n{}\n", summary.delivered.accepted));
+}
+
+/// `coldstream query` only reads: `COPY`, DDL, DML and `SET` are refused
+/// with a one-line error, and nothing is written.
+#[test]
+fn sql_that_would_write_or_change_the_session_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.csv");
+    let copy = format!("COPY (SELECT 1) TO '{}'", out.display());
+    for sql in [
+        copy.as_str(),
+        "CREATE TABLE t AS SELECT 1",
+        "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/tmp/x.csv'",
+        "INSERT INTO events SELECT * FROM events",
+        "DROP TABLE events",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
+        let mut args = vec!["query", "--data"];
+        let data = dir.path().to_str().unwrap();
+        args.extend([data, sql]);
+        let error = crate::cli::stderr_of(&args);
+        assert!(error.contains("read-only"), "{sql}: {error}");
+        assert_eq!(error.trim_end().lines().count(), 1, "{sql}: {error}");
+    }
+    assert!(!out.exists(), "COPY wrote {}", out.display());
+    let output = crate::support::binary()
+        .args(["query", "--data", dir.path().to_str().unwrap(), "SELECT COUNT(*) FROM events"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "a read still works: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// One process owns a data directory: a second server and a rebuild on a
+/// live server's directory are refused with one line naming the holder,
+/// and the directory is free again once the server has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_or_a_rebuild_on_a_live_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::support::config(dir.path());
+    let server = Server::start(&config).await.unwrap();
+    let second = Server::start(&config).await.err().expect("a second server on the same directory");
+    let rebuild = coldstream::rebuild::rebuild(&config).await.expect_err("a rebuild of a live directory");
+    for refused in [second.to_string(), rebuild.to_string()] {
+        assert!(refused.contains("in use by another coldstream process"), "{refused}");
+        assert!(refused.contains(&format!("pid {}", std::process::id())), "{refused}");
+        assert!(!refused.contains('\n'), "{refused}");
+    }
+    server.shutdown().await.unwrap();
+    let again = Server::start(&config).await.unwrap();
+    again.shutdown().await.unwrap();
+}
+
+/// SIGTERM, how service managers stop a process, is a clean stop and not a
+/// crash: the server drains the log into every sink, takes a last
+/// checkpoint and exits 0, so every acked event is in Parquet at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_every_sink_and_checkpoints_like_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::ServerProcess::start(dir.path());
+    let events = crate::durability::history("FR-000001", 200);
+    let mut session = crate::support::session(&server.addr, "FR-000001").await;
+    for (i, chunk) in events.chunks(50).enumerate() {
+        session.send(i as u64, chunk.iter().map(encode).collect()).await.unwrap();
+        assert_eq!(session.ack().await.unwrap().accepted.len(), chunk.len());
+    }
+    drop(session);
+    server.stop_with("-TERM");
+    assert_eq!(query_csv(dir.path(), "SELECT COUNT(*) AS n FROM events").await, "n\n200\n");
+    assert_eq!(
+        query_csv(dir.path(), "SELECT * FROM inventory_now ORDER BY fridge_id, sku").await,
+        crate::durability::csv_of(&coldstream_pipelines::views::inventory_reference(&events))
+    );
+    let checkpoints = std::fs::read_dir(dir.path().join("checkpoints")).unwrap().count();
+    assert!(checkpoints > 0, "no last checkpoint was taken");
+}

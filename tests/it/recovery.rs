@@ -155,23 +155,3 @@ fn the_chaos_harness_kills_and_restarts_the_server_and_finds_nothing_lost_or_rep
     assert!(stdout.contains("0 rows differ"), "{stdout}");
     assert!(stdout.trim_end().ends_with("PASSED"), "{stdout}");
 }
-
-/// One process owns a data directory: a second server and a rebuild on a
-/// live server's directory are refused with one line naming the holder,
-/// and the directory is free again once the server has stopped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_server_or_a_rebuild_on_a_live_data_directory_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::config(dir.path());
-    let server = Server::start(&config).await.unwrap();
-    let second = Server::start(&config).await.err().expect("a second server on the same directory");
-    let rebuild = coldstream::rebuild::rebuild(&config).await.expect_err("a rebuild of a live directory");
-    for refused in [second.to_string(), rebuild.to_string()] {
-        assert!(refused.contains("in use by another coldstream process"), "{refused}");
-        assert!(refused.contains(&format!("pid {}", std::process::id())), "{refused}");
-        assert!(!refused.contains('\n'), "{refused}");
-    }
-    server.shutdown().await.unwrap();
-    let again = Server::start(&config).await.unwrap();
-    again.shutdown().await.unwrap();
-}

@@ -167,8 +167,6 @@ struct Fridge {
     warmed: bool,
     /// Before this time the fridge's excursions are final (from the cold chain).
     settled: BTreeMap<i64, isize>,
-    /// Whether the fridge named more SKUs than are tracked (said once).
-    overflowed: bool,
 }
 
 /// Stock events a fridge whose excursions do not settle may hold before
@@ -231,14 +229,6 @@ impl FridgeState for Fridge {
                 && !self.shelves.contains_key(sku)
                 && self.shelves.len() >= MAX_SKUS_PER_FRIDGE
             {
-                if !self.overflowed {
-                    self.overflowed = true;
-                    tracing::warn!(
-                        fridge_id = fridge,
-                        sku = %sku,
-                        "a fridge names more than {MAX_SKUS_PER_FRIDGE} SKUs; stock of further ones is not tracked"
-                    );
-                }
                 continue;
             }
             match stock {
@@ -328,7 +318,6 @@ pub fn inventory<'s>(
         write_offs: BTreeMap::new(),
         warmed: false,
         settled: BTreeMap::new(),
-        overflowed: false,
     };
     by_fridge_in_time_order(stock, "inventory.stock", new_state, hooks)
 }

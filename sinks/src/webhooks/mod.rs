@@ -165,6 +165,7 @@ impl Webhooks {
             .into_iter()
             .filter(|m| m.time >= self.resume_at && self.senders.contains_key(&m.endpoint))
             .collect();
+        let messages = self.within_alert_quota(messages);
         if messages.is_empty() {
             return Ok(());
         }
@@ -196,6 +197,47 @@ impl Webhooks {
     }
 }
 
+/// Alerts of one fridge that may wait in the outbox at once. One fridge
+/// that raises and clears alerts without end (a flood of invented SKUs, a
+/// flapping sensor) must not fill the outbox and hold the whole fleet: its
+/// further alerts are not sent, and stay in the `alerts` view.
+pub const ALERTS_PENDING_PER_FRIDGE: usize = 1000;
+
+impl Webhooks {
+    /// `messages` without the alerts of fridges at their quota, counted
+    /// and said once per fridge and advance.
+    fn within_alert_quota(&mut self, messages: Vec<Message>) -> Vec<Message> {
+        let outbox = self.outbox.lock().expect("outbox lock");
+        let mut taken: HashMap<String, usize> = HashMap::new();
+        let mut withheld: HashMap<String, usize> = HashMap::new();
+        let kept = messages
+            .into_iter()
+            .filter(|message| {
+                if message.endpoint != Endpoint::Alerts {
+                    return true;
+                }
+                let fridge = outbox::fridge_of(&message.key).to_owned();
+                let pending = outbox.pending_of(Endpoint::Alerts, &fridge) + taken.get(&fridge).copied().unwrap_or(0);
+                if pending >= ALERTS_PENDING_PER_FRIDGE {
+                    *withheld.entry(fridge).or_insert(0) += 1;
+                    false
+                } else {
+                    *taken.entry(fridge).or_insert(0) += 1;
+                    true
+                }
+            })
+            .collect();
+        for (fridge, count) in withheld {
+            tracing::warn!(
+                fridge_id = %fridge,
+                withheld = count,
+                "{ALERTS_PENDING_PER_FRIDGE} alerts of this fridge are waiting for delivery already; further ones are not sent (they stay in the alerts view)"
+            );
+        }
+        kept
+    }
+}
+
 impl ViewSink for Webhooks {
     fn name(&self) -> &'static str {
         "webhooks"
@@ -215,5 +257,48 @@ impl ViewSink for Webhooks {
 
     fn restore(&mut self, snapshot: &[u8], frontier: Time) -> Result<(), SinkError> {
         Webhooks::restore(self, snapshot, frontier).map_err(SinkError::Checkpoint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(fridge: &str, n: usize) -> Message {
+        Message {
+            id: format!("msg_{fridge}_{n}"),
+            endpoint: Endpoint::Alerts,
+            key: format!("{fridge}/sku-{n}"),
+            kind: "inventory.negative".into(),
+            time: n as Time,
+            body: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_fridge_flooding_alerts_gets_its_quota_and_the_others_all_theirs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let endpoint = EndpointConfig {
+            url: "http://127.0.0.1:9/hooks".parse().expect("a literal URL"),
+            secret: Secret::parse(EXAMPLE_SECRET).expect("the example secret"),
+            timeout: Duration::from_millis(100),
+            max_in_flight: 1,
+            ca: None,
+        };
+        let config = WebhookConfig { endpoints: vec![(Endpoint::Alerts, endpoint)], ..WebhookConfig::default() };
+        let (mut webhooks, dispatchers) =
+            Webhooks::start(dir.path(), &config, ParquetConfig::default(), Arc::default()).expect("starts");
+        for dispatcher in dispatchers {
+            dispatcher.abort();
+        }
+        let flood: Vec<Message> = (0..ALERTS_PENDING_PER_FRIDGE + 500).map(|n| alert("FR-1", n)).collect();
+        let kept = webhooks.within_alert_quota(flood);
+        assert_eq!(kept.len(), ALERTS_PENDING_PER_FRIDGE);
+        webhooks.outbox.lock().expect("outbox").enqueue(kept, 1).expect("enqueues");
+        let more = webhooks.within_alert_quota(vec![alert("FR-1", 99_999), alert("FR-2", 1), alert("FR-2", 2)]);
+        assert_eq!(more.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), ["FR-2/sku-1", "FR-2/sku-2"]);
+        // Delivered alerts make room again.
+        webhooks.outbox.lock().expect("outbox").done(&["msg_FR-1_0".to_owned()]).expect("marks");
+        assert_eq!(webhooks.within_alert_quota(vec![alert("FR-1", 100_000)]).len(), 1);
     }
 }

@@ -10,7 +10,7 @@
 //! is rewritten with only the pending messages (written aside, fsynced,
 //! renamed over).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use coldstream_pipelines::Time;
 use serde::{Deserialize, Serialize};
 
-use super::events::Message;
+use super::events::{Endpoint, Message};
 
 /// A line of the outbox file.
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,10 +44,12 @@ pub struct Outbox {
     file: BufWriter<File>,
     /// Enqueued, in order; those in `done` are done but not yet at the front.
     pending: VecDeque<Message>,
-    /// The ids in `pending`.
-    ids: HashSet<String>,
+    /// The ids in `pending`, with the endpoint and fridge of each.
+    ids: HashMap<String, (Endpoint, String)>,
     /// Ids in `pending` that are done: always a subset of `ids`.
     done: HashSet<String>,
+    /// Messages pending (not done) per endpoint and fridge.
+    per_fridge: HashMap<(Endpoint, String), usize>,
     /// Records in the file that are done (what a rewrite would drop).
     dead_records: usize,
     covered: Time,
@@ -85,9 +87,11 @@ impl Outbox {
         let pending: VecDeque<Message> = pending.into_iter().filter(|m| !done.contains(&m.id)).collect();
         // From here on `done` holds only ids still in `pending`.
         let done = HashSet::new();
-        let ids = pending.iter().map(|m| m.id.clone()).collect();
+        let ids = pending.iter().map(|m| (m.id.clone(), (m.endpoint, fridge_of(&m.key).to_owned()))).collect();
+        let per_fridge = count_per_fridge(&pending);
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(error)?;
-        let mut outbox = Outbox { path, file: BufWriter::new(file), pending, ids, done, dead_records, covered };
+        let mut outbox =
+            Outbox { path, file: BufWriter::new(file), pending, ids, done, per_fridge, dead_records, covered };
         outbox.compact_if_worth_it()?;
         Ok(outbox)
     }
@@ -108,6 +112,11 @@ impl Outbox {
         self.pending.len() - self.done.len()
     }
 
+    /// How many messages for `endpoint` about `fridge` are pending.
+    pub fn pending_of(&self, endpoint: Endpoint, fridge: &str) -> usize {
+        self.per_fridge.get(&(endpoint, fridge.to_owned())).copied().unwrap_or(0)
+    }
+
     /// Durably enqueues `messages` and records that changes before
     /// `covered` are all in.
     pub fn enqueue(&mut self, messages: Vec<Message>, covered: Time) -> Result<(), OutboxError> {
@@ -119,7 +128,10 @@ impl Outbox {
             self.covered = covered;
         }
         self.sync()?;
-        self.ids.extend(messages.iter().map(|m| m.id.clone()));
+        self.ids.extend(messages.iter().map(|m| (m.id.clone(), (m.endpoint, fridge_of(&m.key).to_owned()))));
+        for message in &messages {
+            *self.per_fridge.entry((message.endpoint, fridge_of(&message.key).to_owned())).or_insert(0) += 1;
+        }
         self.pending.extend(messages);
         Ok(())
     }
@@ -130,12 +142,20 @@ impl Outbox {
     pub fn done(&mut self, ids: &[String]) -> Result<(), OutboxError> {
         let mut marked = 0;
         for id in ids {
-            if !self.ids.contains(id) || self.done.contains(id) {
+            if !self.ids.contains_key(id) || self.done.contains(id) {
                 continue;
             }
             self.write(&Record::Done(id.clone()))?;
             self.done.insert(id.clone());
             marked += 1;
+            if let Some(key) = self.ids.get(id)
+                && let Some(count) = self.per_fridge.get_mut(key)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_fridge.remove(key);
+                }
+            }
         }
         self.sync()?;
         self.dead_records += 2 * marked;
@@ -189,12 +209,26 @@ impl Outbox {
         }
         let file = OpenOptions::new().append(true).open(&self.path).map_err(|source| self.error(source))?;
         self.file = BufWriter::new(file);
-        self.ids = live.iter().map(|m| m.id.clone()).collect();
+        self.ids = live.iter().map(|m| (m.id.clone(), (m.endpoint, fridge_of(&m.key).to_owned()))).collect();
         self.pending = live.into();
+        self.per_fridge = count_per_fridge(&self.pending);
         self.done.clear();
         self.dead_records = 0;
         Ok(())
     }
+}
+
+/// The fridge a message is about: its key's first part.
+pub fn fridge_of(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(fridge, _)| fridge)
+}
+
+fn count_per_fridge(pending: &VecDeque<Message>) -> HashMap<(Endpoint, String), usize> {
+    let mut counts = HashMap::new();
+    for message in pending {
+        *counts.entry((message.endpoint, fridge_of(&message.key).to_owned())).or_insert(0) += 1;
+    }
+    counts
 }
 
 /// The records of a file and the length of its valid prefix.
