@@ -200,9 +200,34 @@ pub struct CheckpointStore {
 impl CheckpointStore {
     /// Opens (creating) `root/checkpoints`, keeping the newest `keep` files.
     pub fn open(root: &Path, keep: usize) -> Result<Self, CheckpointError> {
-        let dir = root.join("checkpoints");
+        Self::open_dir(root.join("checkpoints"), keep)
+    }
+
+    /// The checkpoints of one process of a cluster:
+    /// `root/checkpoints/process-I-of-Nx<workers>`. A process holds the state
+    /// of its own workers' fridges only, so its checkpoints serve that same
+    /// place in a cluster of that same shape, and no other.
+    pub fn open_in_cluster(
+        root: &Path,
+        keep: usize,
+        cluster: &crate::workers::Cluster,
+        threads: usize,
+    ) -> Result<Self, CheckpointError> {
+        if !cluster.is_multi() {
+            return Self::open(root, keep);
+        }
+        let place = format!("process-{}-of-{}x{threads}", cluster.process, cluster.processes);
+        Self::open_dir(root.join("checkpoints").join(place), keep)
+    }
+
+    fn open_dir(dir: PathBuf, keep: usize) -> Result<Self, CheckpointError> {
         std::fs::create_dir_all(&dir).map_err(|e| io(format!("creating {}", dir.display()), e))?;
         Ok(CheckpointStore { dir, keep: keep.max(1) })
+    }
+
+    /// The times of the checkpoints kept, newest first.
+    pub fn times(&self) -> Result<Vec<Time>, CheckpointError> {
+        Ok(self.files()?.into_iter().map(|(_, time, _)| time).collect())
     }
 
     /// The folder.
@@ -235,7 +260,17 @@ impl CheckpointStore {
         views: &ViewsFingerprint,
         skipped: &mut Vec<String>,
     ) -> Result<Option<(PathBuf, Checkpoint)>, CheckpointError> {
-        for (path, _, _) in self.files()? {
+        self.load_until(views, Time::MAX, skipped)
+    }
+
+    /// Like [`CheckpointStore::load`], among the checkpoints at or before `until`.
+    pub fn load_until(
+        &self,
+        views: &ViewsFingerprint,
+        until: Time,
+        skipped: &mut Vec<String>,
+    ) -> Result<Option<(PathBuf, Checkpoint)>, CheckpointError> {
+        for (path, _, _) in self.files()?.into_iter().filter(|(_, time, _)| *time <= until) {
             let mut bytes = Vec::new();
             File::open(&path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))

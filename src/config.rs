@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use coldstream_sources::auth::{Key, Principal, Tokens};
 use coldstream_sources::log::embedded::{EmbeddedConfig, EmbeddedLog};
-use coldstream_sources::log::{EventLog, LogError};
+use coldstream_sources::log::{EventLog, LogError, OpenReader};
 use serde::Deserialize;
 
 /// The whole configuration of `coldstream run`.
@@ -20,6 +20,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Timely worker threads; 0 means one per core.
     pub workers: usize,
+    /// What this process runs.
+    pub role: Role,
+    /// The timely cluster the pipeline runs on.
+    pub cluster: ClusterSection,
+    /// The region this deployment serves.
+    pub region: RegionSection,
     /// Authentication of fridges and back-office clients.
     pub auth: AuthConfig,
     /// The gRPC gateway.
@@ -36,6 +42,148 @@ pub struct Config {
     pub webhooks: WebhooksSection,
     /// Checkpoints of the views' state.
     pub checkpoint: CheckpointSection,
+}
+
+/// What one `coldstream run` process runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The gateway, the log and the pipeline in one process.
+    #[default]
+    All,
+    /// The gateway and the log writer: it acks, and computes nothing.
+    Gateway,
+    /// One process of the pipeline: it reads the log (following the
+    /// gateway's), maintains the views of its fridges, archives and
+    /// delivers for them.
+    Pipeline,
+}
+
+impl Role {
+    /// Whether this role takes fridges' calls and writes the log.
+    pub fn has_gateway(self) -> bool {
+        matches!(self, Role::All | Role::Gateway)
+    }
+
+    /// Whether this role runs timely workers and sinks.
+    pub fn has_pipeline(self) -> bool {
+        matches!(self, Role::All | Role::Pipeline)
+    }
+}
+
+/// The timely cluster: pipeline processes that share the work, each with
+/// `workers` threads, connected over TCP (timely's own cluster mode).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Processes in the cluster; 1 is a single process.
+    pub processes: usize,
+    /// This process's index, from 0.
+    pub process: usize,
+    /// Every process's `host:port`, in process order (what timely listens
+    /// on and connects to); or `hostfile`.
+    pub hosts: Vec<String>,
+    /// A file with one `host:port` per line, instead of `hosts`.
+    pub hostfile: Option<PathBuf>,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection { processes: 1, process: 0, hosts: Vec::new(), hostfile: None }
+    }
+}
+
+impl ClusterSection {
+    /// The cluster's shape and addresses, checked.
+    pub fn cluster(&self) -> Result<crate::workers::Cluster, ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if !(1..=1024).contains(&self.processes) {
+            return invalid(format!("cluster.processes {} is not in 1..=1024", self.processes));
+        }
+        if self.process >= self.processes {
+            return invalid(format!(
+                "cluster.process {} is not below cluster.processes {}",
+                self.process, self.processes
+            ));
+        }
+        let hosts = match &self.hostfile {
+            Some(path) => {
+                if !self.hosts.is_empty() {
+                    return invalid("give cluster.hosts or cluster.hostfile, not both".into());
+                }
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
+            }
+            None => self.hosts.clone(),
+        };
+        if self.processes > 1 && hosts.len() != self.processes {
+            return invalid(format!(
+                "a cluster of {} processes needs {} host:port addresses (cluster.hosts or --hostfile), one per process; {} given",
+                self.processes,
+                self.processes,
+                hosts.len()
+            ));
+        }
+        if let Some(bad) =
+            hosts.iter().find(|h| h.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()))
+        {
+            return invalid(format!("cluster address {bad:?} is not host:port"));
+        }
+        Ok(crate::workers::Cluster { processes: self.processes, process: self.process, addresses: hosts })
+    }
+}
+
+/// The region a deployment serves: one log and pipeline per region, each
+/// fridge served by its own region's gateways.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegionSection {
+    /// This deployment's region; empty for a deployment of one region.
+    pub name: String,
+    /// Every other region's gateway address, by region.
+    pub gateways: std::collections::BTreeMap<String, String>,
+    /// A CSV file of `fridge_id,region` lines: where each fridge is
+    /// registered. A fridge registered in another region is answered with
+    /// a `Redirect` to that region's gateway (reason `wrong_region`).
+    pub registry: Option<PathBuf>,
+}
+
+impl RegionSection {
+    /// The gateway's view of the regions, the registry read and checked;
+    /// `None` without a registry.
+    pub fn regions(&self) -> Result<Option<coldstream_sources::gateway::Regions>, ConfigError> {
+        let Some(path) = &self.registry else { return Ok(None) };
+        if self.name.is_empty() {
+            return Err(ConfigError::Invalid("region.registry needs region.name, this deployment's region".into()));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let mut fridges = std::collections::HashMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line == "fridge_id,region" {
+                continue;
+            }
+            let bad = |why: &str| {
+                ConfigError::Invalid(format!("{} line {}: {why} (want `fridge_id,region`)", path.display(), number + 1))
+            };
+            let (fridge, region) = line.split_once(',').ok_or_else(|| bad("no comma"))?;
+            let (fridge, region) = (fridge.trim(), region.trim());
+            if !coldstream_sources::auth::valid_id(fridge) || region.is_empty() {
+                return Err(bad("not a fridge id and a region"));
+            }
+            if region != self.name && !self.gateways.contains_key(region) {
+                return Err(bad(&format!("region {region:?} has no gateway in region.gateways")));
+            }
+            fridges.insert(fridge.to_owned(), region.to_owned());
+        }
+        Ok(Some(coldstream_sources::gateway::Regions {
+            here: self.name.clone(),
+            fridges,
+            gateways: self.gateways.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }))
+    }
 }
 
 /// Checkpoints.
@@ -334,9 +482,24 @@ impl LogSection {
     pub fn open(&self, data_dir: &Path) -> Result<Box<dyn EventLog>, LogError> {
         match self {
             LogSection::Embedded(embedded) => Ok(Box::new(EmbeddedLog::open(
-                data_dir.join("log"),
+                embedded.dir(data_dir),
                 EmbeddedConfig { segment_bytes: embedded.segment_mb << 20 },
             )?)),
+        }
+    }
+
+    /// Readers of the log another process writes (a pipeline process
+    /// beside the gateway's).
+    pub fn follow(&self, data_dir: &Path) -> Result<std::sync::Arc<dyn OpenReader>, LogError> {
+        match self {
+            LogSection::Embedded(embedded) => EmbeddedLog::follow(embedded.dir(data_dir)),
+        }
+    }
+
+    /// Where the log lives, for messages.
+    pub fn describe(&self, data_dir: &Path) -> String {
+        match self {
+            LogSection::Embedded(embedded) => embedded.dir(data_dir).display().to_string(),
         }
     }
 
@@ -360,6 +523,16 @@ pub struct EmbeddedSection {
     /// last record is this many hours old. 0 removes it as soon as it is
     /// covered.
     pub retention_hours: u64,
+    /// The log's folder; `data_dir/log` when left out. A pipeline process
+    /// on the gateway's machine names the gateway's.
+    pub dir: Option<PathBuf>,
+}
+
+impl EmbeddedSection {
+    /// The log's folder for the data directory `data_dir`.
+    pub fn dir(&self, data_dir: &Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| data_dir.join("log"))
+    }
 }
 
 /// The Parquet sink.
@@ -383,6 +556,9 @@ impl Default for Config {
             data_dir: PathBuf::from("./coldstream-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             workers: 0,
+            role: Role::default(),
+            cluster: ClusterSection::default(),
+            region: RegionSection::default(),
             auth: AuthConfig::default(),
             gateway: GatewaySection::default(),
             tls: TlsSection::default(),
@@ -428,7 +604,7 @@ impl Default for GatewaySection {
 
 impl Default for EmbeddedSection {
     fn default() -> Self {
-        EmbeddedSection { segment_mb: EmbeddedConfig::default().segment_bytes >> 20, retention_hours: 168 }
+        EmbeddedSection { segment_mb: EmbeddedConfig::default().segment_bytes >> 20, retention_hours: 168, dir: None }
     }
 }
 
@@ -537,6 +713,7 @@ impl Config {
             keepalive: Duration::from_secs(self.gateway.keepalive_seconds),
             tls: None,
             hold: Default::default(),
+            regions: None,
         }
     }
 
@@ -596,6 +773,9 @@ impl Config {
         }
         self.auth.tokens_with(&self.auth.secret, false)?;
         self.webhooks()?;
+        if self.cluster.hostfile.is_none() {
+            self.cluster.cluster()?;
+        }
         Ok(())
     }
 
@@ -708,6 +888,35 @@ data_dir = "./coldstream-data"
 listen = "127.0.0.1:50051"
 # Timely worker threads; 0 means one per core.
 workers = 0
+# What this process runs: "all" (gateway, log and pipeline), "gateway"
+# (takes fridges' calls and writes the log, computes nothing) or "pipeline"
+# (one process of the pipeline, following the log the gateway writes).
+role = "all"
+
+[region]
+# This deployment's region (one log and pipeline per region); its data
+# directory is marked with it, so `coldstream query --data A --data B`
+# labels each row's region. Empty for a deployment of one region.
+name = ""
+# A CSV file of `fridge_id,region` lines: where each fridge is registered.
+# A fridge registered in another region is sent to that region's gateway.
+# registry = "/etc/coldstream/fridges.csv"
+
+[region.gateways]
+# Every other region's gateway, by region:
+# us-east = "https://us-east.example.com:50051"
+
+[cluster]
+# The pipeline on several processes (timely's cluster mode): each has
+# `workers` threads, a fridge's state lives on one worker of one process,
+# and each process keeps, archives and delivers for its own fridges in its
+# own data_dir. Every process needs the same processes, hosts and workers.
+processes = 1
+# This process's index, from 0.
+process = 0
+# Every process's host:port, in process order (or hostfile = "FILE", one
+# per line).
+hosts = []
 
 [auth]
 # The fleet key that signs tokens (`coldstream token` prints them). At
@@ -764,6 +973,9 @@ allow_plaintext = false
 [log]
 # Which log: "embedded" (segment files in data_dir/log; no server to run).
 kind = "embedded"
+# The log's folder, when not data_dir/log: a pipeline process on the
+# gateway's machine follows the gateway's log there.
+# dir = "/var/lib/coldstream/log"
 # Size at which a log segment is closed and a new one started, in MiB.
 segment_mb = 128
 # A closed segment is removed once everything downstream has covered it

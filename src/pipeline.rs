@@ -19,7 +19,7 @@ use crate::checkpoint::{Checkpoint, CheckpointStore, ViewsFingerprint};
 use crate::server::{Progress, ServerError};
 use crate::supervise::{Failures, panic_message, supervised};
 use crate::view_sink::{Checkpointing, ViewSinks, sink_views};
-use crate::workers::{Resume, ViewMessage, Workers};
+use crate::workers::{Cluster, Resume, Stopped, ViewMessage, Workers};
 
 /// Where the views start: a checkpoint, or the log's first record.
 pub struct ResumePoint {
@@ -38,9 +38,39 @@ impl ResumePoint {
     /// The newest usable checkpoint in `store`, checked against the log
     /// it resumes.
     pub fn load(store: &CheckpointStore, views: &ViewConfig, log: &dyn OpenReader) -> Result<ResumePoint, ServerError> {
+        Self::load_agreed(store, views, log, &Cluster::default(), 1)
+    }
+
+    /// The checkpoint every process of `cluster` holds, the newest such
+    /// (see [`crate::workers::agree`]), checked against the log.
+    pub fn load_agreed(
+        store: &CheckpointStore,
+        views: &ViewConfig,
+        log: &dyn OpenReader,
+        cluster: &Cluster,
+        threads: usize,
+    ) -> Result<ResumePoint, ServerError> {
         let fingerprint = ViewsFingerprint::of(views);
         let mut skipped = Vec::new();
-        let loaded = store.load(&fingerprint, &mut skipped)?;
+        let loaded = if cluster.is_multi() {
+            let agreed = crate::workers::agree(cluster, threads, store.times()?)?;
+            tracing::info!(?agreed, process = cluster.process, "the cluster agreed where to resume");
+            match agreed {
+                None => None,
+                Some(time) => match store.load_until(&fingerprint, time, &mut skipped)? {
+                    Some((path, checkpoint)) if checkpoint.dataflow.time == time => Some((path, checkpoint)),
+                    _ => {
+                        return Err(ServerError::Inconsistent(format!(
+                            "the checkpoint at time {time} in {}, which every process of the cluster resumes from, is damaged ({}); move this process's checkpoints aside on every process to replay the log",
+                            store.dir().display(),
+                            skipped.join("; ")
+                        )));
+                    }
+                },
+            }
+        } else {
+            store.load(&fingerprint, &mut skipped)?
+        };
         let (first, durable) = (log.first_offset()?, log.durable_offset());
         let checkpoint = match loaded {
             Some((path, checkpoint)) => {
@@ -101,8 +131,10 @@ pub struct PipelineSpec {
     pub log: Arc<dyn OpenReader>,
     /// The views' settings (the pipeline supplies their hooks).
     pub views: ViewConfig,
-    /// Timely worker threads.
+    /// Timely worker threads (in each process of the cluster).
     pub workers: usize,
+    /// The processes the workers run on.
+    pub cluster: Cluster,
     /// Where the views' changes go.
     pub sinks: ViewSinks,
     /// Where the views start.
@@ -118,6 +150,8 @@ pub struct PipelineSpec {
 /// A running pipeline: the workers and the view sink.
 pub struct Pipeline {
     workers: Workers,
+    /// Tells the view sink that the workers are gone without finishing.
+    abandon: std::sync::mpsc::SyncSender<ViewMessage>,
     view_sink: JoinHandle<Result<(), ServerError>>,
 }
 
@@ -125,7 +159,9 @@ impl Pipeline {
     /// Restores the sinks and the operators from the resume point and
     /// starts the view sink and the workers.
     pub fn start(spec: PipelineSpec) -> Result<Pipeline, ServerError> {
-        let PipelineSpec { log, views, workers, mut sinks, resume, checkpoints: policy, progress, failures } = spec;
+        let PipelineSpec { log, views, workers, cluster, mut sinks, resume, checkpoints: policy, progress, failures } =
+            spec;
+        let workers = workers.max(1);
         let ResumePoint { fingerprint, checkpoint } = resume;
         let (dataflow, offset) = match checkpoint {
             Some(checkpoint) => {
@@ -143,9 +179,15 @@ impl Pipeline {
         let (changes, messages) = sync_channel(256);
         let checkpoints = {
             let changes = changes.clone();
-            Checkpoints::new(dataflow, move |snapshot| {
+            let deliver = move |snapshot| {
                 let _ = changes.send(ViewMessage::Snapshot(snapshot));
-            })
+            };
+            if cluster.is_multi() {
+                let first = cluster.first_worker(workers);
+                Checkpoints::on_workers(dataflow, first..first + workers, deliver)
+            } else {
+                Checkpoints::new(dataflow, deliver)
+            }
         };
         let checkpointing = Checkpointing::new(
             policy.store,
@@ -160,14 +202,28 @@ impl Pipeline {
         let views = ViewConfig { hooks: OperatorHooks { checkpoints, ..views.hooks }, ..views };
         let resume =
             Resume { offset, checkpoint_every_ms: policy.every_ms, checkpoint_every_records: policy.every_records };
-        let workers = Workers::start(workers, views, log, changes, resume)?;
-        Ok(Pipeline { workers, view_sink })
+        let abandon = changes.clone();
+        let workers = Workers::start(workers, &cluster, views, log, changes, resume, &failures)?;
+        Ok(Pipeline { workers, abandon, view_sink })
     }
 
     /// Reads the log to its durable end, hands every change to the sinks,
     /// takes a last checkpoint and waits for all of it.
     pub fn stop(self) -> Result<(), ServerError> {
-        self.workers.stop();
+        let unfinished = match self.workers.stop() {
+            Stopped::Finished => None,
+            Stopped::Panicked(panic) => Some(format!(
+                "the timely workers stopped ({panic}): the views wrote what was final, without a last checkpoint; the next start resumes from the one before"
+            )),
+            Stopped::Abandoned => Some(
+                "the other processes of the cluster did not stop within 30 s, so the views could not finish: stopped without a last checkpoint (the cluster resumes from the one before); stop every process of a cluster together".to_owned(),
+            ),
+        };
+        if let Some(unfinished) = unfinished {
+            let _ = self.abandon.send(ViewMessage::Abandoned);
+            let _ = self.view_sink.join();
+            return Err(ServerError::Inconsistent(unfinished));
+        }
         self.view_sink.join().unwrap_or_else(|panic| {
             Err(ServerError::Inconsistent(format!("the view sink panicked: {}", panic_message(&*panic))))
         })

@@ -6,8 +6,15 @@
 //! (`<view>_now`), derived from its changelog by summing the diffs. Both
 //! the changelogs and the `_now` tables come from the list of views: a
 //! new view has its tables without a line here.
+//!
+//! Several data directories (the processes of a cluster, or several
+//! regions) read as one set of tables: each table is the union of the
+//! directories' tables, with a `data_region` column naming where each row
+//! came from (the directory's `REGION` file, which `coldstream run` writes
+//! when its config names a region; else the directory's name). It is not
+//! called `region`: `events` has that column already, FridgeRegistered's.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -21,13 +28,14 @@ use datafusion::prelude::{SQLOptions, SessionContext};
 
 /// The current state of a view: the records of its changelog whose diffs
 /// sum above zero, with the changelog's columns but `time` and `diff`.
-fn now_sql(view: &str, changelog: &Schema) -> String {
+fn now_sql(view: &str, changelog: &Schema, region: bool) -> String {
     let change_columns: Vec<String> = schema::change_columns().iter().map(|f| f.name().clone()).collect();
     let columns: Vec<String> = changelog
         .fields()
         .iter()
         .filter(|field| !change_columns.contains(field.name()))
         .map(|field| format!("\"{}\"", field.name()))
+        .chain(region.then(|| REGION_COLUMN.to_owned()))
         .collect();
     let columns = columns.join(", ");
     format!("SELECT {columns} FROM {view} GROUP BY {columns} HAVING SUM(diff) > 0")
@@ -71,30 +79,77 @@ async fn register(
 
 /// A session with every coldstream table of `data_dir` registered.
 pub async fn context(data_dir: &Path) -> Result<SessionContext> {
-    if !data_dir.is_dir() {
-        return Err(DataFusionError::Plan(format!(
-            "{} is not a coldstream data directory (run `coldstream demo` or `coldstream run` first, or pass --data)",
-            data_dir.display()
-        )));
+    context_of(&[data_dir.to_path_buf()]).await
+}
+
+/// The column that names each row's data directory when several are read.
+pub const REGION_COLUMN: &str = "data_region";
+
+/// The name a data directory's rows carry in the `data_region` column.
+pub fn region_of(data_dir: &Path) -> String {
+    match std::fs::read_to_string(data_dir.join(REGION_FILE)) {
+        Ok(region) if !region.trim().is_empty() => region.trim().to_owned(),
+        _ => data_dir.file_name().map_or_else(|| data_dir.display().to_string(), |n| n.to_string_lossy().into_owned()),
+    }
+}
+
+/// The file in a data directory that names its region.
+pub const REGION_FILE: &str = "REGION";
+
+/// A session with every coldstream table of `data_dirs` registered: one
+/// directory's tables as they are, several directories' as their union
+/// with a `data_region` column.
+pub async fn context_of(data_dirs: &[PathBuf]) -> Result<SessionContext> {
+    if data_dirs.is_empty() {
+        return Err(DataFusionError::Plan("give at least one data directory".into()));
+    }
+    for data_dir in data_dirs {
+        if !data_dir.is_dir() {
+            return Err(DataFusionError::Plan(format!(
+                "{} is not a coldstream data directory (run `coldstream demo` or `coldstream run` first, or pass --data)",
+                data_dir.display()
+            )));
+        }
     }
     let ctx = SessionContext::new();
-    register(&ctx, "events", &data_dir.join("events"), Arc::clone(&schema::EVENTS), true).await?;
-    register(&ctx, "rejected", &data_dir.join("rejected"), Arc::clone(&schema::REJECTED), true).await?;
-    let failed = Arc::clone(&schema::WEBHOOKS_FAILED);
-    register(&ctx, "webhooks_failed", &data_dir.join("webhooks_failed"), failed, false).await?;
+    let tables: Vec<(&str, String, SchemaRef, bool)> = [
+        ("events", "events".to_owned(), Arc::clone(&schema::EVENTS), true),
+        ("rejected", "rejected".to_owned(), Arc::clone(&schema::REJECTED), true),
+        ("webhooks_failed", "webhooks_failed".to_owned(), Arc::clone(&schema::WEBHOOKS_FAILED), false),
+    ]
+    .into_iter()
+    .chain(view_tables().into_iter().map(|(view, changelog)| (view, format!("views/{view}"), changelog, false)))
+    .collect();
+    let several = data_dirs.len() > 1;
+    if several {
+        let catalog = ctx.catalog("datafusion").ok_or_else(|| DataFusionError::Plan("no default catalog".into()))?;
+        catalog.register_schema(PARTS_SCHEMA, Arc::new(datafusion::catalog::MemorySchemaProvider::new()))?;
+    }
+    for (name, folder, file_schema, partitioned) in &tables {
+        if !several {
+            register(&ctx, name, &data_dirs[0].join(folder), Arc::clone(file_schema), *partitioned).await?;
+            continue;
+        }
+        let mut parts = Vec::new();
+        for (i, data_dir) in data_dirs.iter().enumerate() {
+            let part = format!("{PARTS_SCHEMA}.{name}_{i}");
+            register(&ctx, &part, &data_dir.join(folder), Arc::clone(file_schema), *partitioned).await?;
+            let region = region_of(data_dir).replace('\'', "''");
+            parts.push(format!("SELECT *, '{region}' AS {REGION_COLUMN} FROM {part}"));
+        }
+        let union = ctx.sql(&parts.join(" UNION ALL ")).await?.into_view();
+        ctx.register_table(*name, union)?;
+    }
     for (view, changelog) in view_tables() {
-        let now = now_sql(view, &changelog);
-        register(&ctx, view, &data_dir.join("views").join(view), changelog, false).await?;
-        let table = ctx.sql(&now).await?.into_view();
+        let table = ctx.sql(&now_sql(view, &changelog, several)).await?.into_view();
         ctx.register_table(format!("{view}_now"), table)?;
     }
     Ok(ctx)
 }
 
-/// What analysts' SQL may do: read. No DDL (`CREATE`, `DROP`), no DML
-/// (`INSERT`, `COPY … TO`), no statements (`SET`, transactions): a query
-/// over a live data directory must never write into it or change the
-/// session.
+/// The schema that holds each directory's own tables when several are read.
+const PARTS_SCHEMA: &str = "parts";
+
 fn read_only() -> SQLOptions {
     SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
 }

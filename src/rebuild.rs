@@ -137,6 +137,7 @@ pub async fn rebuild(config: &Config) -> Result<Rebuilt, ServerError> {
         resume: ResumePoint { fingerprint: fingerprint.clone(), checkpoint: None },
         views,
         workers: config.worker_threads(),
+        cluster: Default::default(),
         sinks: ViewSinks::new(vec![Box::new(webhooks), Box::new(changelogs)]),
         // One checkpoint, at the end.
         checkpoints: CheckpointPolicy {

@@ -19,17 +19,17 @@ use coldstream_sinks::SinkError;
 use coldstream_sinks::parquet::{EventArchive, ViewChangelogs};
 use coldstream_sinks::webhooks::{OutboxError, Webhooks};
 use coldstream_sources::gateway::{Gateway, GatewayConfig, GatewayError, bind};
-use coldstream_sources::ingest::{Ingest, IngestConfig};
+use coldstream_sources::ingest::{Ingest, IngestConfig, SeqSnapshot};
 use coldstream_sources::log::{LogError, OpenReader};
 use tokio::sync::oneshot;
 
 use crate::archiver::archive_log;
 use crate::checkpoint::{CheckpointError, CheckpointStore};
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::pipeline::{CheckpointPolicy, Pipeline, PipelineSpec, ResumePoint};
 use crate::supervise::{Failures, panic_message, supervised};
 use crate::view_sink::ViewSinks;
-use crate::workers::RuntimeError;
+use crate::workers::{Cluster, RuntimeError};
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -176,149 +176,279 @@ impl StatusSource {
     }
 }
 
-/// A running server.
+/// A running server: the front (gateway and log writer) of the roles
+/// `all` and `gateway`, the back (archiver, workers, sinks) of `all` and
+/// `pipeline`.
 pub struct Server {
-    addr: SocketAddr,
     /// The log's durable end and last ingest time when the server started.
     held_at_start: (u64, Option<u64>),
     data_dir: PathBuf,
     readers: Arc<dyn OpenReader>,
     progress: Arc<Progress>,
-    shutdown: Option<oneshot::Sender<()>>,
-    gateway: tokio::task::JoinHandle<Result<(), GatewayError>>,
-    writer: JoinHandle<()>,
-    stop_archiver: Arc<AtomicBool>,
-    archiver: JoinHandle<Result<(), ServerError>>,
-    pipeline: Pipeline,
+    front: Option<Front>,
+    back: Option<Back>,
     failures: Failures,
-    /// Follows the components' health into the gateway's.
-    watcher: tokio::task::JoinHandle<()>,
-    /// Webhook delivery, one task per endpoint.
-    dispatchers: Vec<tokio::task::JoinHandle<()>>,
-    outbox: Arc<std::sync::Mutex<coldstream_sinks::webhooks::Outbox>>,
-    stopping_webhooks: Arc<AtomicBool>,
     /// Held until the server has stopped (dropped last, with the server).
     _lock: DataDirLock,
 }
 
-impl Server {
-    /// Opens the data directory and starts every part; returns once the
-    /// gateway is listening.
-    pub async fn start(config: &Config) -> Result<Server, ServerError> {
-        let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|e| LogError::Io { context: format!("creating {}", data_dir.display()), source: e })?;
-        // Credentials and certificates are checked before any file is touched.
-        let (tokens, tls) = (config.auth.tokens()?, config.server_tls()?);
-        let lock = DataDirLock::take(&data_dir)?;
-        let log = config.log.open(&data_dir)?;
-        let readers = log.readers();
-        let held_at_start = (readers.durable_offset(), log.last_ingest_ms());
-        let views = config.views();
-        let store = CheckpointStore::open(&data_dir, config.checkpoint.keep)?;
-        let resume = ResumePoint::load(&store, &views, readers.as_ref())?;
-        let (ingest, writer) = Ingest::start(
-            log,
-            IngestConfig {
-                queue_batches: config.gateway.queue_batches,
-                max_commit_records: config.gateway.max_commit_records,
-                max_seq_gap: config.gateway.max_seq_gap,
-            },
-            resume.seqs(),
-        )?;
-        let progress = Arc::new(Progress::default());
+/// The gateway and the log writer.
+struct Front {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    gateway: tokio::task::JoinHandle<Result<(), GatewayError>>,
+    writer: JoinHandle<()>,
+    /// Follows the components' health into the gateway's.
+    watcher: tokio::task::JoinHandle<()>,
+}
 
+/// What the back needs to start.
+struct BackSpec<'a> {
+    config: &'a Config,
+    cluster: Cluster,
+    data_dir: &'a Path,
+    readers: &'a Arc<dyn OpenReader>,
+    store: CheckpointStore,
+    resume: ResumePoint,
+    /// The ingest whose seq map goes into each checkpoint (none in a pipeline process).
+    ingest: Option<Ingest>,
+    progress: &'a Arc<Progress>,
+    failures: &'a Failures,
+    /// Set while webhook delivery holds ingestion back.
+    hold: &'a Arc<AtomicBool>,
+}
+
+/// The archiver, the workers and the view sinks.
+struct Back {
+    /// The archiver (on the process that owns the log's records) and its stop flag.
+    archiver: Option<(Arc<AtomicBool>, JoinHandle<Result<(), ServerError>>)>,
+    pipeline: Pipeline,
+    /// Webhook delivery, one task per endpoint.
+    dispatchers: Vec<tokio::task::JoinHandle<()>>,
+    outbox: Arc<std::sync::Mutex<coldstream_sinks::webhooks::Outbox>>,
+    stopping_webhooks: Arc<AtomicBool>,
+}
+
+impl Back {
+    fn start(spec: BackSpec<'_>) -> Result<Back, ServerError> {
+        let BackSpec { config, cluster, data_dir, readers, store, resume, ingest, progress, failures, hold } = spec;
         let parquet = config.parquet();
-        let (archive, archived) = EventArchive::open(&data_dir, parquet.clone())?;
-        progress.archive_committed.store(archived.map_or(0, |(first, _)| first), Ordering::Release);
-        let log_starts = readers.first_offset()?;
-        if let Some((first, _)) = archived
-            && first < log_starts
-        {
-            return Err(ServerError::Inconsistent(format!(
-                "the archive in events/ resumes at log offset {first}, which retention removed (log/ starts at {log_starts}); run `coldstream rebuild --data DIR`"
-            )));
-        }
-        if let Some((_, end)) = archived
-            && end > readers.durable_offset()
-        {
-            return Err(ServerError::Inconsistent(format!(
-                "the archive in events/ covers log offsets up to {end}, but log/ ends at {}: the log lost records that were acknowledged (a replaced or restored log/ directory); put the right log/ back, or move {} aside and run `coldstream rebuild --data DIR`",
-                readers.durable_offset(),
-                data_dir.join("log").display()
-            )));
-        }
-        let failures = Failures::default();
-        let stop_archiver = Arc::new(AtomicBool::new(false));
-        let archiver = {
-            let (readers, progress, stop) = (Arc::clone(&readers), Arc::clone(&progress), Arc::clone(&stop_archiver));
-            supervised("archiver", &failures, move || {
-                archive_log(readers.as_ref(), archive, archived, &progress, &stop)
-            })?
+        // The embedded log is one partition: the cluster's process 0 archives it.
+        let archiver = if cluster.process == 0 {
+            let (archive, archived) = EventArchive::open(data_dir, parquet.clone())?;
+            progress.archive_committed.store(archived.map_or(0, |(first, _)| first), Ordering::Release);
+            let log_starts = readers.first_offset()?;
+            if let Some((first, _)) = archived
+                && first < log_starts
+            {
+                return Err(ServerError::Inconsistent(format!(
+                    "the archive in events/ resumes at log offset {first}, which retention removed (log/ starts at {log_starts}); run `coldstream rebuild --data DIR`"
+                )));
+            }
+            if let Some((_, end)) = archived
+                && end > readers.durable_offset()
+            {
+                return Err(ServerError::Inconsistent(format!(
+                    "the archive in events/ covers log offsets up to {end}, but the log in {} ends at {}: the log lost records that were acknowledged (a replaced or restored log directory); put the right log back, or move it aside and run `coldstream rebuild --data DIR`",
+                    config.log.describe(data_dir),
+                    readers.durable_offset(),
+                )));
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let (readers, progress, stopping) = (Arc::clone(readers), Arc::clone(progress), Arc::clone(&stop));
+            let archiver = supervised("archiver", failures, move || {
+                archive_log(readers.as_ref(), archive, archived, &progress, &stopping)
+            })?;
+            Some((stop, archiver))
+        } else {
+            // Nothing to archive here: the views' retention waits on nothing.
+            progress.archived.store(u64::MAX, Ordering::Release);
+            None
         };
-
-        let changelogs = ViewChangelogs::open(&data_dir, parquet.clone())?;
-        let hold = Arc::new(AtomicBool::new(false));
-        let (webhooks, dispatchers) = Webhooks::start(&data_dir, &config.webhooks()?, parquet, Arc::clone(&hold))?;
+        let changelogs = ViewChangelogs::open(data_dir, parquet.clone())?;
+        let (webhooks, dispatchers) = Webhooks::start(data_dir, &config.webhooks()?, parquet, Arc::clone(hold))?;
         let outbox = webhooks.outbox();
         let stopping_webhooks = webhooks.stopping();
+        // In a cluster, or beside a gateway in another process, no one
+        // process knows what every reader of the log has covered.
+        let retention_ms = if cluster.is_multi() || ingest.is_none() { None } else { config.log.retention_ms() };
         let pipeline = Pipeline::start(PipelineSpec {
-            log: Arc::clone(&readers),
-            views,
+            log: Arc::clone(readers),
+            views: config.views(),
             workers: config.worker_threads(),
+            cluster,
             sinks: ViewSinks::new(vec![Box::new(webhooks), Box::new(changelogs)]),
             resume,
             checkpoints: CheckpointPolicy {
                 store,
                 every_ms: config.checkpoint.interval_seconds * 1000,
                 every_records: config.checkpoint.every_records,
-                seqs: {
-                    let ingest = ingest.clone();
-                    Box::new(move || ingest.seqs())
+                seqs: match ingest {
+                    Some(ingest) => Box::new(move || ingest.seqs()),
+                    None => Box::new(SeqSnapshot::default),
                 },
-                retention_ms: config.log.retention_ms(),
+                retention_ms,
             },
-            progress: Arc::clone(&progress),
+            progress: Arc::clone(progress),
             failures: failures.clone(),
         })?;
+        Ok(Back { archiver, pipeline, dispatchers, outbox, stopping_webhooks })
+    }
 
+    /// Reads the log to its durable end into every sink, and checkpoints.
+    fn stop(self) -> Result<(), ServerError> {
+        self.stopping_webhooks.store(true, Ordering::Release);
+        if let Some((stop, _)) = &self.archiver {
+            stop.store(true, Ordering::SeqCst);
+        }
+        let viewed = self.pipeline.stop();
+        let archived = match self.archiver {
+            Some((_, archiver)) => archiver.join().unwrap_or_else(|panic| {
+                Err(ServerError::Inconsistent(format!("the archiver panicked: {}", panic_message(&*panic))))
+            }),
+            None => Ok(()),
+        };
+        archived.and(viewed)
+    }
+}
+
+impl Front {
+    async fn start(
+        config: &Config,
+        ingest: Ingest,
+        writer: JoinHandle<()>,
+        tokens: coldstream_sources::auth::Tokens,
+        gateway: GatewayConfig,
+        status: StatusSource,
+        failures: &Failures,
+    ) -> Result<Front, ServerError> {
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
-        let status = StatusSource { readers: Arc::clone(&readers), progress: Arc::clone(&progress) };
         let health = Health { ingest: ingest.clone(), failures: failures.clone(), status };
         let (serving, watching) = tokio::sync::watch::channel(Ok(()));
         let watcher = tokio::spawn(health.clone().watch(serving));
-        let gateway = Gateway::new(ingest, tokens, GatewayConfig { hold, tls, ..config.gateway() })
-            .with_status(Arc::new(move || health.reply()));
+        let gateway = Gateway::new(ingest, tokens, gateway).with_status(Arc::new(move || health.reply()));
         let (shutdown, stopped) = oneshot::channel::<()>();
         let gateway = tokio::spawn(gateway.serve(listener, watching, async move {
             let _ = stopped.await;
         }));
-        tracing::info!(%addr, data_dir = %data_dir.display(), workers = config.worker_threads(), "coldstream is listening");
-        Ok(Server {
-            addr,
-            held_at_start,
-            data_dir,
-            readers,
-            progress,
-            shutdown: Some(shutdown),
-            gateway,
-            writer,
-            stop_archiver,
-            archiver,
-            failures,
-            watcher,
-            pipeline,
-            dispatchers,
-            outbox,
-            stopping_webhooks,
-            _lock: lock,
-        })
+        Ok(Front { addr, shutdown: Some(shutdown), gateway, writer, watcher })
+    }
+
+    /// Stops taking calls; returns the log writer, which ends once the
+    /// last connection has gone.
+    async fn stop(mut self) -> Result<JoinHandle<()>, ServerError> {
+        self.watcher.abort();
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match tokio::time::timeout(Duration::from_secs(5), &mut self.gateway).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(join)) => tracing::error!(%join, "the gateway task failed"),
+            Err(_) => {
+                tracing::warn!("connections still open after 5 s; closing them");
+                self.gateway.abort();
+            }
+        }
+        Ok(self.writer)
+    }
+}
+
+impl Server {
+    /// Opens the data directory and starts every part of `config.role`;
+    /// returns once the gateway is listening (a pipeline process: once its
+    /// workers run).
+    pub async fn start(config: &Config) -> Result<Server, ServerError> {
+        let data_dir = config.data_dir.clone();
+        let role = config.role;
+        let cluster = config.cluster.cluster()?;
+        if cluster.is_multi() && role == Role::All && cluster.process != 0 {
+            return Err(ServerError::Config(crate::config::ConfigError::Invalid(format!(
+                "process {} of a cluster runs --role pipeline (or gateway): the log has one writer, process 0 with --role all or a gateway",
+                cluster.process
+            ))));
+        }
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| LogError::Io { context: format!("creating {}", data_dir.display()), source: e })?;
+        // Credentials and certificates are checked before any file is touched.
+        let (tokens, tls) = (config.auth.tokens()?, config.server_tls()?);
+        let regions = config.region.regions()?;
+        let lock = DataDirLock::take(&data_dir)?;
+        if !config.region.name.is_empty() {
+            // `coldstream query` labels this directory's rows with it.
+            let path = data_dir.join(crate::query::REGION_FILE);
+            std::fs::write(&path, format!("{}\n", config.region.name))
+                .map_err(|e| LogError::Io { context: format!("writing {}", path.display()), source: e })?;
+        }
+        let (log, readers) = if role.has_gateway() {
+            let log = config.log.open(&data_dir)?;
+            let readers = log.readers();
+            (Some(log), readers)
+        } else {
+            (None, config.log.follow(&data_dir)?)
+        };
+        let held_at_start = (readers.durable_offset(), readers.durable_ingest_ms());
+        let views = config.views();
+        let threads = config.worker_threads();
+        let resume = if role.has_pipeline() {
+            let store = CheckpointStore::open_in_cluster(&data_dir, config.checkpoint.keep, &cluster, threads)?;
+            let resume = ResumePoint::load_agreed(&store, &views, readers.as_ref(), &cluster, threads)?;
+            Some((store, resume))
+        } else {
+            None
+        };
+        let ingest = match log {
+            Some(log) => Some(Ingest::start(
+                log,
+                IngestConfig {
+                    queue_batches: config.gateway.queue_batches,
+                    max_commit_records: config.gateway.max_commit_records,
+                    max_seq_gap: config.gateway.max_seq_gap,
+                },
+                resume.as_ref().map(|(_, resume)| resume.seqs()).unwrap_or_default(),
+            )?),
+            None => None,
+        };
+        let progress = Arc::new(Progress::default());
+        let failures = Failures::default();
+        let hold = Arc::new(AtomicBool::new(false));
+        let back = match resume {
+            Some((store, resume)) => Some(Back::start(BackSpec {
+                config,
+                cluster,
+                data_dir: &data_dir,
+                readers: &readers,
+                store,
+                resume,
+                ingest: ingest.as_ref().map(|(ingest, _)| ingest.clone()),
+                progress: &progress,
+                failures: &failures,
+                hold: &hold,
+            })?),
+            None => None,
+        };
+        let status = StatusSource { readers: Arc::clone(&readers), progress: Arc::clone(&progress) };
+        let front = match ingest {
+            Some((ingest, writer)) => {
+                let gateway = GatewayConfig { hold, tls, regions: regions.map(Arc::new), ..config.gateway() };
+                Some(Front::start(config, ingest, writer, tokens, gateway, status, &failures).await?)
+            }
+            None => None,
+        };
+        tracing::info!(
+            addr = ?front.as_ref().map(|f| f.addr),
+            ?role,
+            data_dir = %data_dir.display(),
+            workers = threads,
+            "coldstream is running"
+        );
+        Ok(Server { held_at_start, data_dir, readers, progress, front, back, failures, _lock: lock })
     }
 
     /// The address the gateway listens on.
+    /// (A pipeline process has no gateway: `0.0.0.0:0`.)
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.front.as_ref().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |front| front.addr)
     }
 
     /// The data directory.
@@ -338,7 +468,7 @@ impl Server {
 
     /// Webhook deliveries not yet acknowledged by their receivers.
     pub fn webhooks_pending(&self) -> usize {
-        self.outbox.lock().map_or(0, |outbox| outbox.pending_len())
+        self.back.as_ref().map_or(0, |back| back.outbox.lock().map_or(0, |outbox| outbox.pending_len()))
     }
 
     /// Waits until every consumer has processed every record the log held
@@ -348,6 +478,10 @@ impl Server {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let status = self.status();
+            if self.back.is_none() {
+                // A gateway has nothing to replay.
+                return Ok(status);
+            }
             let (offset, last) = self.held_at_start;
             if status.archived_offset >= offset && last.is_none_or(|last| status.views_frontier > last) {
                 return Ok(status);
@@ -382,33 +516,18 @@ impl Server {
 
     /// Stops taking calls, drains the log into every view and sink, and
     /// writes what is buffered.
-    pub async fn shutdown(mut self) -> Result<(), ServerError> {
-        self.watcher.abort();
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        match tokio::time::timeout(Duration::from_secs(5), &mut self.gateway).await {
-            Ok(Ok(result)) => result?,
-            Ok(Err(join)) => tracing::error!(%join, "the gateway task failed"),
-            Err(_) => {
-                tracing::warn!("connections still open after 5 s; closing them");
-                self.gateway.abort();
-            }
-        }
-        let (writer, pipeline, archiver, stop_archiver) =
-            (self.writer, self.pipeline, self.archiver, self.stop_archiver);
-        let dispatchers = self.dispatchers;
-        self.stopping_webhooks.store(true, Ordering::Release);
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let writer = match self.front {
+            Some(front) => Some(front.stop().await?),
+            None => None,
+        };
+        let Some(mut back) = self.back else { return Ok(()) };
+        let dispatchers = std::mem::take(&mut back.dispatchers);
         let stopped = tokio::task::spawn_blocking(move || {
             // Connections that are still open keep the writer alive; the
             // log is consistent at every commit, so it need not be joined.
             drop(writer);
-            stop_archiver.store(true, Ordering::SeqCst);
-            let viewed = pipeline.stop();
-            let archived = archiver.join().unwrap_or_else(|panic| {
-                Err(ServerError::Inconsistent(format!("the archiver panicked: {}", panic_message(&*panic))))
-            });
-            archived.and(viewed)
+            back.stop()
         })
         .await
         .unwrap_or(Ok(()));

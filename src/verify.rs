@@ -49,11 +49,18 @@ pub async fn views_against_references(data_dir: &Path) -> Result<Vec<ViewCheck>,
 
 /// [`views_against_references`] with the archived events already read.
 pub async fn views_against(data_dir: &Path, events: &[Event]) -> Result<Vec<ViewCheck>, VerifyError> {
-    let ctx = crate::query::context(data_dir).await?;
+    views_of(&[data_dir.to_path_buf()], events).await
+}
+
+/// The same check over the views of several data directories read as one
+/// (the processes of a cluster, each holding its own fridges).
+pub async fn views_of(data_dirs: &[std::path::PathBuf], events: &[Event]) -> Result<Vec<ViewCheck>, VerifyError> {
+    let ctx = crate::query::context_of(data_dirs).await?;
+    let columns = if data_dirs.len() > 1 { "* EXCLUDE (data_region)" } else { "*" };
     let views = Config::default().views();
     macro_rules! against_every_view {
         ($($(#[$doc:meta])* $field:ident: $marker:ident => $record:ty,)*) => {
-            vec![$(view_against::<coldstream_pipelines::views::$marker>(&ctx, events, &views).await?,)*]
+            vec![$(view_against::<coldstream_pipelines::views::$marker>(&ctx, columns, events, &views).await?,)*]
         };
     }
     Ok(coldstream_pipelines::for_each_view!(against_every_view))
@@ -63,11 +70,12 @@ pub async fn views_against(data_dir: &Path, events: &[Event]) -> Result<Vec<View
 /// batch reference over `events`.
 async fn view_against<V: ChangeRow>(
     ctx: &datafusion::prelude::SessionContext,
+    columns: &str,
     events: &[Event],
     views: &ViewConfig,
 ) -> Result<ViewCheck, VerifyError> {
     let table = format!("{}_now", V::NAME);
-    let batches = crate::query::run(ctx, &format!("SELECT * FROM {table}")).await?;
+    let batches = crate::query::run(ctx, &format!("SELECT {columns} FROM {table}")).await?;
     let mut now = BTreeSet::new();
     for batch in &batches {
         now.extend(decode_rows::<V>(batch)?.iter().map(V::project));

@@ -229,6 +229,12 @@ pub fn sink_views(
                 checkpointing.sink_at(frontier, &mut sinks)?;
                 closed = true;
             }
+            ViewMessage::Abandoned => {
+                if let Some(frontier) = last_frontier {
+                    sinks.advance(frontier, true)?;
+                }
+                return Ok(());
+            }
             ViewMessage::CheckpointAt { time, offset } => checkpointing.gatherer.offset(time, offset),
             ViewMessage::Snapshot(snapshot) => checkpointing.gatherer.part(snapshot),
         }

@@ -11,6 +11,14 @@
 //! changes go to the view sink over a bounded channel, followed by the
 //! frontier reported by worker 0, so the sink knows when a time is final.
 //!
+//! On several processes (timely's cluster mode, [`Cluster`]) every worker
+//! of every process reads the log the same way: the records a process
+//! decodes are those of its workers, and the views' exchanges send each
+//! fridge to its one worker in the cluster, so a process's sinks receive
+//! the changes of its own fridges. Each process's first worker reports to
+//! that process's sink. Before the workers start, the processes agree on
+//! the checkpoint they all resume from ([`agree`]).
+//!
 //! Checkpoints: whenever the ingest time of the records read enters a new
 //! interval, or a commit starts a given number of records after the last
 //! request (and once more when the workers stop), the sources ask for a
@@ -34,6 +42,8 @@ use timely::dataflow::Scope;
 use timely::dataflow::operators::generic::operator::source;
 use timely::scheduling::SyncActivator;
 
+use crate::supervise::Failures;
+
 /// Records a source reads before yielding to the other operators.
 const READ_BATCH: usize = 8192;
 
@@ -45,6 +55,9 @@ pub enum ViewMessage {
     Frontier(Time),
     /// The dataflow has stopped; every change before this time has been sent.
     Closed(Time),
+    /// The workers are gone without finishing (a lost process of the
+    /// cluster): write what the last frontier made final, and stop.
+    Abandoned,
     /// A checkpoint was requested at `time`; the log resumes at `offset`.
     CheckpointAt {
         /// The checkpoint's logical time.
@@ -54,6 +67,122 @@ pub enum ViewMessage {
     },
     /// One operator's state for a checkpoint.
     Snapshot(OperatorSnapshot),
+}
+
+/// The processes the workers run on: one (the default), or a timely
+/// cluster connected over TCP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// This process's index.
+    pub process: usize,
+    /// Every process's `host:port`, in process order (empty for one process).
+    pub addresses: Vec<String>,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster { processes: 1, process: 0, addresses: Vec::new() }
+    }
+}
+
+impl Cluster {
+    /// Whether there is more than one process.
+    pub fn is_multi(&self) -> bool {
+        self.processes > 1
+    }
+
+    /// The index of this process's first worker, with `threads` each.
+    pub fn first_worker(&self, threads: usize) -> usize {
+        self.process * threads
+    }
+
+    fn config(&self, threads: usize) -> timely::Config {
+        let communication = if self.is_multi() {
+            timely::CommunicationConfig::Cluster {
+                threads,
+                process: self.process,
+                addresses: self.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            }
+        } else {
+            timely::CommunicationConfig::Process(threads)
+        };
+        timely::Config { communication, worker: WorkerConfig::default() }
+    }
+}
+
+/// What one process brings to the agreement on where to resume.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Offer {
+    process: usize,
+    threads: usize,
+    /// The times of the checkpoints it holds.
+    times: Vec<Time>,
+}
+
+/// Agrees with every other process of `cluster` on the checkpoint to
+/// resume from: the newest time at which every process holds one (`None`:
+/// start from the log's beginning). Each process offers the times of the
+/// checkpoints it keeps; they meet in a short timely computation of their
+/// own before the workers start, which also checks that every process runs
+/// as many workers. One process agrees with itself at once.
+pub fn agree(cluster: &Cluster, threads: usize, times: Vec<Time>) -> Result<Option<Time>, RuntimeError> {
+    if !cluster.is_multi() {
+        return Ok(times.into_iter().max());
+    }
+    use timely::dataflow::operators::vec::Broadcast;
+    use timely::dataflow::operators::{Input, Inspect, Probe};
+    let offers = Arc::new(std::sync::Mutex::new(Vec::<Offer>::new()));
+    let gathered = Arc::clone(&offers);
+    let mine = Offer { process: cluster.process, threads, times };
+    let guards = timely::execute(cluster.config(1), move |worker| {
+        let mut input = timely::dataflow::InputHandle::new();
+        let probe = timely::dataflow::ProbeHandle::new();
+        let gathered = Arc::clone(&gathered);
+        worker.dataflow::<u64, _, _>(|scope| {
+            scope
+                .input_from(&mut input)
+                .container::<Vec<Offer>>()
+                .broadcast()
+                .inspect(move |offer| gathered.lock().expect("no worker panics while gathering").push(offer.clone()))
+                .probe_with(&probe);
+        });
+        input.send(mine.clone());
+        input.close();
+        while !probe.done() {
+            worker.step_or_park(Some(Duration::from_millis(50)));
+        }
+    })
+    .map_err(RuntimeError::Start)?;
+    for outcome in guards.join() {
+        outcome.map_err(|panic| RuntimeError::Start(format!("agreeing with the cluster: {panic}")))?;
+    }
+    let offers = offers.lock().expect("the agreement has ended").clone();
+    if offers.len() != cluster.processes {
+        return Err(RuntimeError::Start(format!(
+            "heard from {} of {} processes while agreeing where to resume",
+            offers.len(),
+            cluster.processes
+        )));
+    }
+    if let Some(other) = offers.iter().find(|o| o.threads != threads) {
+        return Err(RuntimeError::Start(format!(
+            "process {} runs {} workers and this one {threads}: every process of a cluster needs the same `workers`",
+            other.process, other.threads
+        )));
+    }
+    let mut common: Option<std::collections::BTreeSet<Time>> = None;
+    for offer in &offers {
+        let times: std::collections::BTreeSet<Time> = offer.times.iter().copied().collect();
+        common = Some(match common {
+            None => times,
+            Some(common) => common.intersection(&times).copied().collect(),
+        });
+    }
+    Ok(common.and_then(|times| times.last().copied()))
 }
 
 /// Where the workers start and how often they checkpoint.
@@ -86,19 +215,38 @@ pub enum RuntimeError {
 pub struct Workers {
     stop: Arc<AtomicBool>,
     sources: Arc<std::sync::Mutex<Vec<SyncActivator>>>,
-    /// Dropped last: waits for the workers to exit.
-    _guards: timely::communication::WorkerGuards<()>,
+    /// Waited on at stop for the workers to exit.
+    guards: Option<timely::communication::WorkerGuards<()>>,
+    /// How long a stop waits for the other processes of a cluster to stop
+    /// too (`None`: one process, which always finishes).
+    patience: Option<Duration>,
 }
+
+/// How the workers ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every view finished: the sinks have every change.
+    Finished,
+    /// Workers panicked (a lost process of the cluster among the causes).
+    Panicked(String),
+    /// The other processes of the cluster did not stop in time.
+    Abandoned,
+}
+
+/// How long a process of a cluster waits at stop for the others.
+const CLUSTER_STOP_PATIENCE: Duration = Duration::from_secs(30);
 
 impl Workers {
     /// Starts `threads` workers reading the log from `resume.offset`, with
     /// the views' state of `views.hooks.checkpoints`.
     pub fn start(
         threads: usize,
+        cluster: &Cluster,
         views: ViewConfig,
         readers: Arc<dyn OpenReader>,
         sink: SyncSender<ViewMessage>,
         resume: Resume,
+        failures: &Failures,
     ) -> Result<Workers, RuntimeError> {
         let stop = Arc::new(AtomicBool::new(false));
         let read_upto = Arc::new(AtomicU64::new(0));
@@ -114,13 +262,16 @@ impl Workers {
         let flag = Arc::clone(&stop);
         let sources = Arc::new(std::sync::Mutex::new(Vec::new()));
         let source_list = Arc::clone(&sources);
-        let config = timely::Config {
-            communication: timely::CommunicationConfig::Process(threads.max(1)),
-            worker: WorkerConfig::default(),
-        };
-        let guards = timely::execute(config, move |worker| {
+        let threads = threads.max(1);
+        let first = cluster.first_worker(threads);
+        let failures = failures.clone();
+        let guards = timely::execute(cluster.config(threads), move |worker| {
             let index = worker.index();
-            let reader = opened[index]
+            let local = index - first;
+            // A worker that panics (a lost peer process among them) is
+            // reported, so that the process stops instead of hanging.
+            let _lost = Lost(failures.clone(), index);
+            let reader = opened[local]
                 .lock()
                 .expect("no worker panics while taking its reader")
                 .take()
@@ -141,7 +292,8 @@ impl Workers {
                 checkpoints: checkpoints.clone(),
                 every_ms: resume.checkpoint_every_ms.max(1),
                 every_records: resume.checkpoint_every_records.max(1),
-                offsets: (index == 0).then(|| sink.clone()),
+                offsets: (local == 0).then(|| sink.clone()),
+                reports: local == 0,
             };
             let probe = worker.dataflow::<Time, _, _>(move |scope| {
                 let events = log_source(scope, source, reader);
@@ -154,7 +306,7 @@ impl Workers {
             let mut reported = None;
             while !probe.done() {
                 worker.step_or_park(Some(Duration::from_millis(100)));
-                if index == 0 {
+                if local == 0 {
                     let frontier = probe.with_frontier(|f| f.first().copied());
                     if frontier != reported
                         && let Some(time) = frontier
@@ -164,12 +316,13 @@ impl Workers {
                     }
                 }
             }
-            if index == 0 {
+            if local == 0 {
                 let _ = sink.send(ViewMessage::Closed(read_upto.load(Ordering::Acquire)));
             }
         })
         .map_err(RuntimeError::Start)?;
-        let workers = Workers { stop, sources, _guards: guards };
+        let patience = cluster.is_multi().then_some(CLUSTER_STOP_PATIENCE);
+        let workers = Workers { stop, sources, guards: Some(guards), patience };
         for _ in 0..threads {
             if let Ok(Some(failure)) = built_answers.recv() {
                 workers.stop();
@@ -180,21 +333,59 @@ impl Workers {
     }
 
     /// Reads the log to its durable end, finishes every view and waits for
-    /// the workers to exit.
-    pub fn stop(self) {
-        drop(self);
+    /// the workers to exit. In a cluster, the views finish only once every
+    /// process stops: after waiting 30 s for the others, this returns
+    /// `false` and leaves the workers behind (the process is exiting; the
+    /// cluster resumes from its previous checkpoint).
+    pub fn stop(mut self) -> Stopped {
+        self.halt()
     }
-}
 
-impl Drop for Workers {
-    fn drop(&mut self) {
+    fn halt(&mut self) -> Stopped {
         self.stop.store(true, Ordering::SeqCst);
         if let Ok(sources) = self.sources.lock() {
             for source in sources.iter() {
                 let _ = source.activate();
             }
         }
-        // The guards, dropped after this, wait for the workers to exit.
+        let Some(guards) = self.guards.take() else { return Stopped::Finished };
+        let (joined, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let panics: Vec<String> = guards.join().into_iter().filter_map(Result::err).collect();
+            let _ = joined.send(panics);
+        });
+        let answer = match self.patience {
+            Some(patience) => done.recv_timeout(patience).ok(),
+            None => done.recv().ok(),
+        };
+        match answer {
+            None => Stopped::Abandoned,
+            Some(panics) if panics.is_empty() => Stopped::Finished,
+            Some(panics) => Stopped::Panicked(panics.join("; ")),
+        }
+    }
+}
+
+/// Records, as its worker unwinds from a panic, that the worker stopped.
+struct Lost(Failures, usize);
+
+impl Drop for Lost {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail(
+                "timely workers",
+                format!(
+                    "worker {} panicked (a process of the cluster was lost, or the worker failed); restart every process of the cluster to resume from its checkpoints",
+                    self.1
+                ),
+            );
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 
@@ -207,8 +398,10 @@ struct Source {
     checkpoints: Checkpoints,
     every_ms: u64,
     every_records: u64,
-    /// Worker 0's: where checkpoint offsets are reported.
+    /// The process's first worker's: where checkpoint offsets are reported.
     offsets: Option<SyncSender<ViewMessage>>,
+    /// Whether this is the process's first worker, which reports how far it read.
+    reports: bool,
 }
 
 /// The log as a collection of accepted events, each at its ingest time.
@@ -217,7 +410,8 @@ fn log_source<'s>(
     source_state: Source,
     mut reader: Box<dyn LogReader>,
 ) -> VecCollection<'s, Time, Event> {
-    let Source { readers, stop, read_upto, sources, checkpoints, every_ms, every_records, offsets } = source_state;
+    let Source { readers, stop, read_upto, sources, checkpoints, every_ms, every_records, offsets, reports } =
+        source_state;
     let index = scope.index() as u64;
     let peers = scope.peers() as u64;
     source(scope, "EventLog", move |mut capability, info| {
@@ -284,7 +478,7 @@ fn log_source<'s>(
                 // At a commit boundary: later records have later times.
                 if let Some(time) = last_time {
                     cap.downgrade(&(time + 1));
-                    if index == 0 {
+                    if reports {
                         read_upto.store(time + 1, Ordering::Release);
                     }
                 }

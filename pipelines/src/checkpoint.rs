@@ -89,8 +89,11 @@ struct Inner {
     requests: Mutex<BTreeSet<Time>>,
     restored: Option<DataflowState>,
     deliver: Option<Deliver>,
-    /// The ids of the operators built on worker 0, and the number of workers.
+    /// The ids of the operators built on this process's first worker, and
+    /// the number of this process's workers.
     registered: Mutex<(Vec<String>, usize)>,
+    /// This process's workers, in a cluster (`None`: every worker is here).
+    local: Option<std::ops::Range<usize>>,
     failed: Mutex<Option<RestoreError>>,
 }
 
@@ -116,6 +119,21 @@ impl Checkpoints {
         Checkpoints(Arc::new(Inner { restored, deliver: Some(Box::new(deliver)), ..Inner::default() }))
     }
 
+    /// Checkpoints of the workers `local` of a cluster: this process hands
+    /// over (and restores) the state of its own workers' fridges only.
+    pub fn on_workers(
+        restored: Option<DataflowState>,
+        local: std::ops::Range<usize>,
+        deliver: impl Fn(OperatorSnapshot) + Send + Sync + 'static,
+    ) -> Self {
+        Checkpoints(Arc::new(Inner {
+            restored,
+            deliver: Some(Box::new(deliver)),
+            local: Some(local),
+            ..Inner::default()
+        }))
+    }
+
     /// Asks for a checkpoint at `time`. Must be called before the inputs'
     /// frontier passes `time`.
     pub fn request(&self, time: Time) {
@@ -129,8 +147,8 @@ impl Checkpoints {
         self.0.restored.as_ref().map_or(0, |s| s.time)
     }
 
-    /// How many snapshots make one checkpoint (operators × workers), once
-    /// worker 0 has built its dataflow.
+    /// How many snapshots make one checkpoint (operators × this process's
+    /// workers), once its first worker has built its dataflow.
     pub fn expected_snapshots(&self) -> usize {
         let registered = self.0.registered.lock().expect("registrations are never poisoned");
         registered.0.len() * registered.1
@@ -146,14 +164,15 @@ impl Checkpoints {
     }
 
     pub(crate) fn register(&self, operator: &str, worker: usize, peers: usize) {
-        if worker == 0 {
+        let local = self.0.local.as_ref();
+        if worker == local.map_or(0, |local| local.start) {
             let mut registered = self.0.registered.lock().expect("registrations are never poisoned");
             registered.0.push(operator.to_owned());
-            registered.1 = peers;
+            registered.1 = local.map_or(peers, |local| local.len());
         }
     }
 
-    /// The ids of the per-fridge operators worker 0 has built, sorted.
+    /// The ids of the per-fridge operators the first worker has built, sorted.
     pub fn operators(&self) -> Vec<String> {
         let mut ids = self.0.registered.lock().expect("registrations are never poisoned").0.clone();
         ids.sort();

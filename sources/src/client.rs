@@ -36,6 +36,14 @@ pub enum ClientError {
     /// The gateway broke the protocol.
     #[error("protocol: {0}")]
     Protocol(&'static str),
+    /// The fridge is registered in another region, served by `gateway`.
+    #[error("wrong_region: registered in region {region}, whose gateway is {gateway:?}")]
+    Redirected {
+        /// The fridge's region.
+        region: String,
+        /// That region's gateway (empty when the deployment names none).
+        gateway: String,
+    },
     /// Gave up after reconnecting too many times.
     #[error("gave up after {attempts} attempts: {last}")]
     GaveUp {
@@ -55,7 +63,7 @@ impl ClientError {
                 tonic::Code::Unauthenticated | tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
             ),
             ClientError::Transport(_) | ClientError::Protocol(_) => true,
-            ClientError::Endpoint(_) | ClientError::GaveUp { .. } => false,
+            ClientError::Endpoint(_) | ClientError::GaveUp { .. } | ClientError::Redirected { .. } => false,
         }
     }
 }
@@ -161,6 +169,9 @@ impl Session {
             Some(GatewayMessage { kind: Some(gateway_message::Kind::Welcome(welcome)) }) => {
                 Ok(Session { outbound, inbound, highest_durable_seq: welcome.highest_durable_seq })
             }
+            Some(GatewayMessage { kind: Some(gateway_message::Kind::Redirect(redirect)) }) => {
+                Err(ClientError::Redirected { region: redirect.region, gateway: redirect.gateway })
+            }
             _ => Err(ClientError::Protocol("the gateway did not answer Hello with Welcome")),
         }
     }
@@ -206,7 +217,11 @@ impl Delivered {
 
 /// A fridge that keeps unacknowledged events and resends them after a reconnect.
 pub struct Fridge {
-    endpoint: String,
+    /// The gateways it may use; it moves to the next one whenever it
+    /// reconnects after a failure.
+    endpoints: Vec<String>,
+    /// The one in use.
+    current: usize,
     fridge_id: String,
     token: String,
     /// The incarnation announced in `Hello` (raise it when the seq counter restarts).
@@ -225,9 +240,22 @@ pub struct Fridge {
 impl Fridge {
     /// A fridge that will connect to `endpoint` as `fridge_id` with `token`.
     pub fn new(endpoint: impl Into<String>, fridge_id: impl Into<String>, token: impl Into<String>) -> Self {
+        Fridge::over(vec![endpoint.into()], fridge_id, token)
+    }
+
+    /// A fridge that spreads itself over several gateways (behind no load
+    /// balancer): it starts on the one its id picks and moves to the next
+    /// whenever it has to reconnect. Any gateway of the region serves it:
+    /// what one gateway made durable, every gateway's `Welcome` reports.
+    pub fn over(endpoints: Vec<String>, fridge_id: impl Into<String>, token: impl Into<String>) -> Self {
+        let fridge_id = fridge_id.into();
+        let endpoints = if endpoints.is_empty() { vec![String::new()] } else { endpoints };
+        let current =
+            fridge_id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % endpoints.len();
         Fridge {
-            endpoint: endpoint.into(),
-            fridge_id: fridge_id.into(),
+            endpoints,
+            current,
+            fridge_id,
             token: token.into(),
             incarnation: 0,
             tls: None,
@@ -244,6 +272,11 @@ impl Fridge {
         &self.fridge_id
     }
 
+    /// The gateway in use.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoints[self.current]
+    }
+
     /// Drops the connection, as a network failure would.
     pub fn disconnect(&mut self) {
         self.session = None;
@@ -255,13 +288,23 @@ impl Fridge {
         self.unacked.extend(events);
         let mut tally = Delivered::default();
         let mut attempt = 0u32;
+        let mut redirects = 0;
         while !self.unacked.is_empty() {
             match self.round_trip(&mut tally).await {
                 Ok(()) => attempt = 0,
+                // Registered in another region: follow, a few times at most.
+                Err(ClientError::Redirected { region, gateway }) if !gateway.is_empty() && redirects < 3 => {
+                    redirects += 1;
+                    tracing::info!(fridge_id = %self.fridge_id, %region, %gateway, "moving to the gateway of its region");
+                    self.session = None;
+                    self.endpoints = vec![gateway];
+                    self.current = 0;
+                }
                 Err(error) if error.is_retryable() && attempt + 1 < self.max_attempts => {
                     attempt += 1;
                     tally.reconnects += 1;
                     self.session = None;
+                    self.current = (self.current + 1) % self.endpoints.len();
                     let backoff = Duration::from_millis(20u64 << attempt.min(7));
                     tracing::debug!(fridge_id = %self.fridge_id, %error, ?backoff, "reconnecting");
                     tokio::time::sleep(backoff).await;
@@ -284,7 +327,7 @@ impl Fridge {
     async fn round_trip(&mut self, tally: &mut Delivered) -> Result<(), ClientError> {
         if self.session.is_none() {
             let session = Session::open_as(
-                channel_with(&self.endpoint, self.tls.as_ref()).await?,
+                channel_with(&self.endpoints[self.current], self.tls.as_ref()).await?,
                 &self.fridge_id,
                 self.incarnation,
                 &self.token,

@@ -50,6 +50,29 @@ pub struct GatewayConfig {
     /// While set (by a sink that is full), batches wait before they are
     /// appended: fridges see slower acks instead of anything being dropped.
     pub hold: Arc<AtomicBool>,
+    /// The region this gateway serves, and where other regions' fridges go.
+    pub regions: Option<Arc<Regions>>,
+}
+
+/// The regions of a deployment as one gateway sees them: its own, the
+/// fridges registered in others, and those regions' gateways.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Regions {
+    /// This gateway's region.
+    pub here: String,
+    /// Fridges by id, with the region each is registered in.
+    pub fridges: std::collections::HashMap<String, String>,
+    /// Every other region's gateway address, by region.
+    pub gateways: std::collections::HashMap<String, String>,
+}
+
+impl Regions {
+    /// For a fridge registered in another region: that region and its
+    /// gateway (empty when the deployment names none).
+    pub fn elsewhere(&self, fridge_id: &str) -> Option<(&str, &str)> {
+        let region = self.fridges.get(fridge_id)?;
+        (*region != self.here).then(|| (region.as_str(), self.gateways.get(region).map_or("", String::as_str)))
+    }
 }
 
 /// The listener's TLS: its certificate and key, and the CA whose client
@@ -82,6 +105,7 @@ impl Default for GatewayConfig {
             keepalive: Duration::from_secs(30),
             tls: None,
             hold: Arc::default(),
+            regions: None,
         }
     }
 }
@@ -406,6 +430,24 @@ impl FridgeGateway for Gateway {
             Status::invalid_argument(format!("Hello.fridge_id {:?} is not an id ({ID_RULE})", hello.fridge_id))
         })?;
         self.confirm(&request, &principal)?;
+        if let Some((region, gateway)) = self.config.regions.as_ref().and_then(|r| r.elsewhere(&hello.fridge_id)) {
+            let message = format!(
+                "fridge {} is registered in region {region}, not {}; connect to {}",
+                hello.fridge_id,
+                self.config.regions.as_ref().map_or("", |r| r.here.as_str()),
+                if gateway.is_empty() { "its region's gateway" } else { gateway }
+            );
+            let redirect = proto::Redirect {
+                reason: proto::RejectReason::WrongRegion as i32,
+                region: region.to_owned(),
+                gateway: gateway.to_owned(),
+                message: message.clone(),
+            };
+            let (outbound, answers) = mpsc::channel(2);
+            let _ = outbound.try_send(Ok(GatewayMessage { kind: Some(gateway_message::Kind::Redirect(redirect)) }));
+            let _ = outbound.try_send(Err(Status::failed_precondition(format!("wrong_region: {message}"))));
+            return Ok(Response::new(ReceiverStream::new(answers)));
+        }
         let inbound = request.into_inner();
         let position = self.ingest.position(&principal);
         let highest_durable_seq = position

@@ -34,7 +34,9 @@ fn spoil(event: &mut crate::proto::Event, rng: &mut SmallRng) {
 /// How to drive the fleet.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
-    /// The gateway, e.g. `http://127.0.0.1:50051`.
+    /// The gateway, e.g. `http://127.0.0.1:50051`, or several separated
+    /// by commas: the fleet spreads over them, each fridge moving to the
+    /// next one when its gateway is unreachable.
     pub target: String,
     /// Issues the fleet's tokens.
     pub tokens: Tokens,
@@ -46,6 +48,15 @@ pub struct RunSpec {
     pub batch: usize,
     /// Draw a progress bar.
     pub progress: bool,
+}
+
+impl RunSpec {
+    /// The gateways of `target`.
+    pub fn targets(&self) -> Vec<String> {
+        let targets: Vec<String> =
+            self.target.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
+        if targets.is_empty() { vec![self.target.clone()] } else { targets }
+    }
 }
 
 /// What a run did.
@@ -86,13 +97,14 @@ impl std::fmt::Display for Summary {
 /// Publishes back-office events, reconnecting and resending while the
 /// gateway is unreachable (resent events are answered as duplicates).
 async fn publish_retrying(
-    target: &str,
+    targets: &[String],
     tls: Option<&ClientTls>,
     token: &str,
     events: Vec<crate::proto::Event>,
 ) -> Result<crate::proto::Ack, ClientError> {
     let mut attempt = 0u32;
     loop {
+        let target = &targets[attempt as usize % targets.len()];
         let result = match client::channel_with(target, tls).await {
             Ok(channel) => client::publish(channel, BACK_OFFICE, token, events.clone()).await,
             Err(error) => Err(error),
@@ -111,10 +123,11 @@ async fn publish_retrying(
 pub async fn run(fleet: Fleet, spec: &RunSpec, total_events: u64) -> Result<Summary, ClientError> {
     let started = Instant::now();
     let tokens = &spec.tokens;
+    let targets = spec.targets();
     let mut summary = Summary::default();
     for chunk in fleet.back_office.chunks(500) {
         let token = tokens.issue(&Principal::BackOffice(BACK_OFFICE.into()));
-        let ack = publish_retrying(&spec.target, spec.tls.as_ref(), &token, chunk.iter().map(encode).collect()).await?;
+        let ack = publish_retrying(&targets, spec.tls.as_ref(), &token, chunk.iter().map(encode).collect()).await?;
         summary.sent += chunk.len() as u64;
         summary.delivered.accepted += ack.accepted.len() as u64;
         summary.delivered.duplicates += ack.duplicates.len() as u64;
@@ -134,7 +147,7 @@ pub async fn run(fleet: Fleet, spec: &RunSpec, total_events: u64) -> Result<Summ
     let mut tasks = tokio::task::JoinSet::new();
     for mut sim in fleet.fridges {
         let token = tokens.issue(&Principal::Fridge(sim.id().to_owned()));
-        let mut fridge = Fridge::new(spec.target.clone(), sim.id().to_owned(), token);
+        let mut fridge = Fridge::over(targets.clone(), sim.id().to_owned(), token);
         fridge.tls = spec.tls.clone();
         let bar = bar.clone();
         let batch = spec.batch.max(1);

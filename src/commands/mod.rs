@@ -80,7 +80,7 @@ pub struct FleetArgs {
 }
 
 /// The data directory.
-#[derive(clap::Args, Clone, Debug)]
+#[derive(clap::Args, Clone, Debug, Default)]
 pub struct DataArgs {
     /// The data directory [default: the config's `data_dir`, else
     /// ./coldstream-data].

@@ -11,8 +11,11 @@ use super::{DataArgs, init_logging, runtime};
 /// The statement, where to run it and how to print the answer.
 #[derive(clap::Args)]
 pub struct Args {
-    #[command(flatten)]
-    pub data: DataArgs,
+    /// A data directory; give several (the processes of a cluster, or
+    /// several regions) to read them as one set of tables with a `data_region`
+    /// column [default: ./coldstream-data].
+    #[arg(long)]
+    pub data: Vec<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -36,10 +39,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(sql)) => sql,
         (None, None) => bail!("give a SQL statement or -f FILE"),
     };
-    let data = args.data.dir();
+    let data = if args.data.is_empty() { vec![DataArgs::default().dir()] } else { args.data };
     let output = runtime()?.block_on(async {
         let one_line = |e: datafusion::error::DataFusionError| anyhow::anyhow!(query::one_line(&e));
-        let ctx = query::context(&data).await.map_err(one_line)?;
+        let ctx = query::context_of(&data).await.map_err(one_line)?;
         let batches = query::run(&ctx, &sql).await.map_err(one_line)?;
         query::render(&batches, args.format).map_err(one_line)
     })?;

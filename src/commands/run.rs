@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use coldstream::config::{LogSection, Role};
 use coldstream::server::Server;
 
 use super::{ConfigArgs, init_logging, runtime};
@@ -15,6 +16,24 @@ pub struct Args {
     /// Overrides `listen`.
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// Overrides `role`: all (gateway, log and pipeline), gateway, or
+    /// pipeline (one process of the pipeline, following the log).
+    #[arg(long, value_enum)]
+    pub role: Option<Role>,
+    /// Overrides `cluster.processes`: the pipeline's processes.
+    #[arg(long)]
+    pub processes: Option<usize>,
+    /// Overrides `cluster.process`: this process's index, from 0.
+    #[arg(long)]
+    pub process: Option<usize>,
+    /// Overrides `cluster.hosts`: a file with every process's host:port,
+    /// one per line, in process order.
+    #[arg(long)]
+    pub hostfile: Option<std::path::PathBuf>,
+    /// Overrides `log.dir` of the embedded log: a pipeline process on the
+    /// gateway's machine follows the gateway's log there.
+    #[arg(long)]
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 /// Waits for Ctrl-C (SIGINT) or SIGTERM, the signal service managers
@@ -36,13 +55,37 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(role) = args.role {
+        config.role = role;
+    }
+    if let Some(processes) = args.processes {
+        config.cluster.processes = processes;
+    }
+    if let Some(process) = args.process {
+        config.cluster.process = process;
+    }
+    if let Some(hostfile) = args.hostfile {
+        config.cluster.hostfile = Some(hostfile);
+        config.cluster.hosts.clear();
+    }
+    if let Some(dir) = args.log_dir {
+        match &mut config.log {
+            LogSection::Embedded(embedded) => embedded.dir = Some(dir),
+        }
+    }
+    // The cluster's shape and addresses are checked before anything starts.
+    let cluster = config.cluster.cluster()?;
     // Every secret is checked before anything is opened.
     config.auth.tokens()?;
     runtime()?.block_on(async move {
         let started = std::time::Instant::now();
         let server = Server::start(&config).await?;
-        // Scripts and tests read the bound address from this line.
-        println!("coldstream listening on {}", server.addr());
+        if config.role.has_gateway() {
+            // Scripts and tests read the bound address from this line.
+            println!("coldstream listening on {}", server.addr());
+        } else {
+            println!("coldstream pipeline process {} of {} running", cluster.process, cluster.processes);
+        }
         let stop = stop_signal();
         tokio::pin!(stop);
         let replayed = async {

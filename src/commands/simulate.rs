@@ -10,9 +10,11 @@ use super::{FleetArgs, KeyArgs, init_logging, runtime};
 /// The gateway and the fleet.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The gateway.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    pub target: String,
+    /// The gateway; give several (`--target A --target B`, or `A,B`) to
+    /// spread the fleet over them, each fridge moving to the next when
+    /// its gateway is unreachable.
+    #[arg(long, default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
+    pub target: Vec<String>,
     #[command(flatten)]
     pub fleet: FleetArgs,
     /// Fridge events to send in all.
@@ -59,7 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let spec = FleetSpec { seed: args.fleet.seed, fridges, events, start_us, bad_rate: args.bad_rate, skus: None };
     let run_spec = RunSpec {
-        target: args.target,
+        target: args.target.join(","),
         tokens: args.key.tokens()?,
         tls: Some(ClientTls {
             ca: args

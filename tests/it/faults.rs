@@ -60,6 +60,7 @@ fn a_panicking_sink_is_reported_at_once_and_stop_is_an_error() {
         resume: ResumePoint::start_of_log(&views),
         views,
         workers: 1,
+        cluster: Default::default(),
         sinks: ViewSinks::new(vec![Box::new(Panicking)]),
         checkpoints: CheckpointPolicy {
             store: CheckpointStore::open(dir.path(), 1).unwrap(),

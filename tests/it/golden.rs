@@ -50,6 +50,7 @@ fn fixture(dir: &Path) {
         resume: ResumePoint::start_of_log(&views),
         views,
         workers: 2,
+        cluster: Default::default(),
         sinks: ViewSinks::new(vec![Box::new(ViewChangelogs::open(dir, config).unwrap())]),
         checkpoints: CheckpointPolicy {
             store: CheckpointStore::open(dir, 1).unwrap(),

@@ -18,6 +18,51 @@ fn embedded_log_passes_the_conformance_suite() {
     assert!(rolled > 1, "the suite should have spanned several segments, saw {rolled}");
 }
 
+#[test]
+fn a_follower_in_another_process_passes_the_read_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let small_segments = EmbeddedConfig { segment_bytes: 4096 };
+    let factory = |name: &str| -> Result<Box<dyn EventLog>, LogError> {
+        Ok(Box::new(EmbeddedLog::open(dir.path().join(name), small_segments.clone())?))
+    };
+    let written = conformance::written(&factory);
+    conformance::run_read_half(&|name: &str, commits: &conformance::Commits| {
+        // The writer is dropped: the follower sees only what DURABLE says.
+        drop(written(name, commits));
+        EmbeddedLog::follow(dir.path().join(name)).unwrap()
+    });
+}
+
+#[test]
+fn a_follower_reads_up_to_the_last_sync_and_is_woken_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EmbeddedLog::open(dir.path(), EmbeddedConfig::default()).unwrap();
+    log.append(5, &[vec![1; 10], vec![2; 10]]).unwrap();
+    log.sync().unwrap();
+    let follower = EmbeddedLog::follow(dir.path()).unwrap();
+    let (woken, wakes) = std::sync::mpsc::channel();
+    let woken = std::sync::Mutex::new(woken);
+    follower.subscribe(Box::new(move || {
+        let _ = woken.lock().unwrap().send(());
+    }));
+    assert_eq!((follower.durable_offset(), follower.durable_ingest_ms()), (2, Some(5)));
+    let mut reader = follower.open(0).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(reader.read(10, &mut out).unwrap(), 2);
+    // Written but not synced: in the file, and not for a follower to read.
+    log.append(9, &[vec![3; 10]]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(reader.read(10, &mut out).unwrap(), 0, "read past the durable end");
+    assert_eq!(follower.durable_offset(), 2);
+    log.sync().unwrap();
+    wakes.recv_timeout(std::time::Duration::from_secs(30)).expect("the follower wakes its subscribers");
+    assert_eq!(reader.read(10, &mut out).unwrap(), 1);
+    assert_eq!((out[2].0, out[2].1.ingest_ms), (2, 9));
+    assert_eq!(follower.trim(3, u64::MAX).unwrap(), 0, "a follower trims nothing");
+    let missing = EmbeddedLog::follow(dir.path().join("nowhere")).err().expect("no such directory");
+    assert!(missing.to_string().contains("nowhere"), "{missing}");
+}
+
 fn records(log: &EmbeddedLog) -> Vec<Vec<u8>> {
     let mut reader = log.readers().open(0).unwrap();
     let mut out = Vec::new();

@@ -5,6 +5,7 @@
 
 mod bench;
 mod cli;
+mod cluster;
 mod compare;
 mod durability;
 mod faults;

@@ -14,7 +14,7 @@ use crate::support::{self, binary};
 /// segments of 1 MiB at once.
 fn trimming_config(dir: &Path) -> Config {
     let mut config = support::config(dir);
-    config.log = LogSection::Embedded(EmbeddedSection { segment_mb: 1, retention_hours: 0 });
+    config.log = LogSection::Embedded(EmbeddedSection { segment_mb: 1, retention_hours: 0, dir: None });
     config.checkpoint.interval_seconds = 1;
     config.auth.allow_dev_secret = true;
     config

@@ -16,16 +16,31 @@
 //! covered), so nothing that was never durable can later be read as
 //! durable; the next append retries from there, so a disk that frees up
 //! resumes appending without a restart.
+//!
+//! After every sync the writer also records the durable end (offset and
+//! last ingest time) in `DURABLE`, a 20-byte file beside the segments,
+//! written in place and checked by a CRC. That is what another process
+//! reading the same directory ([`EmbeddedLog::follow`]: a pipeline process
+//! of a cluster, beside the gateway's) goes by: bytes past it in a segment
+//! may never become durable, so no reader reads past it. The file is only
+//! ever behind the segments, never ahead of them.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use super::{EventLog, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Payload, Record};
 
 const HEADER_BYTES: usize = 16;
+
+/// The file that records the durable end, for readers in other processes.
+const DURABLE_FILE: &str = "DURABLE";
+
+/// How often a follower looks at the durable end of the log it follows.
+const FOLLOW_POLL: Duration = Duration::from_millis(2);
 
 /// Settings of the embedded log.
 #[derive(Clone, Debug)]
@@ -58,10 +73,14 @@ pub struct EmbeddedLog {
     durable_last_ingest_ms: Option<u64>,
     /// Syncs still to fail on purpose (fault tests).
     failing_syncs: u32,
+    /// `DURABLE`, rewritten after every sync.
+    marker: File,
 }
 
 struct Shared {
     dir: PathBuf,
+    /// Whether another process writes this log (a follower trims nothing).
+    follower: bool,
     durable: AtomicU64,
     /// Ingest time of the last durable record plus one; 0 for an empty log.
     durable_ingest: AtomicU64,
@@ -94,6 +113,30 @@ fn fsync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| LogError::io(format!("fsync of directory {}", dir.display()), e))
+}
+
+/// The content of `DURABLE`: the durable end offset and the last durable
+/// ingest time plus one (0 for an empty log), with their CRC.
+fn encode_marker(offset: u64, ingest_plus_one: u64) -> [u8; 20] {
+    let mut bytes = [0u8; 20];
+    bytes[0..8].copy_from_slice(&offset.to_le_bytes());
+    bytes[8..16].copy_from_slice(&ingest_plus_one.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[0..16]);
+    bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// Reads `DURABLE` in `dir`: `None` while it is missing or being rewritten.
+fn read_marker(dir: &Path) -> Option<(u64, u64)> {
+    let bytes = std::fs::read(dir.join(DURABLE_FILE)).ok()?;
+    let bytes: [u8; 20] = bytes.as_slice().try_into().ok()?;
+    let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4-byte slice"));
+    if crc32c::crc32c(&bytes[0..16]) != crc {
+        return None;
+    }
+    let offset = u64::from_le_bytes(bytes[0..8].try_into().expect("8-byte slice"));
+    let ingest = u64::from_le_bytes(bytes[8..16].try_into().expect("8-byte slice"));
+    Some((offset, ingest))
 }
 
 /// Outcome of reading one frame.
@@ -215,8 +258,22 @@ impl EmbeddedLog {
         let mut file = file;
         file.seek(SeekFrom::Start(valid)).map_err(|e| LogError::io("seeking to the end of the log", e))?;
         let end_offset = base + count;
+        let marker_path = dir.join(DURABLE_FILE);
+        let marker = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&marker_path)
+            .map_err(|e| LogError::io(format!("opening {}", marker_path.display()), e))?;
+        {
+            use std::os::unix::fs::FileExt;
+            marker
+                .write_all_at(&encode_marker(end_offset, last_ingest_ms.map_or(0, |t| t + 1)), 0)
+                .map_err(|e| LogError::io(format!("writing {}", marker_path.display()), e))?;
+        }
         let shared = Arc::new(Shared {
             dir: dir.clone(),
+            follower: false,
             durable: AtomicU64::new(end_offset),
             durable_ingest: AtomicU64::new(last_ingest_ms.map_or(0, |t| t + 1)),
             wakers: Mutex::new(Vec::new()),
@@ -234,7 +291,51 @@ impl EmbeddedLog {
             durable_bytes: valid,
             durable_last_ingest_ms: last_ingest_ms,
             failing_syncs: 0,
+            marker,
         })
+    }
+
+    /// Readers of the log in `dir` that another process writes: they read
+    /// up to the durable end that writer records in `DURABLE`, looked at
+    /// every 2 ms, and wake their subscribers when it moves. A log not
+    /// created yet reads as empty until its writer starts. Trimming is the
+    /// writer's: a follower removes nothing.
+    pub fn follow(dir: impl AsRef<Path>) -> Result<Arc<dyn OpenReader>, LogError> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            return Err(LogError::io(
+                format!("following the event log in {}", dir.display()),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+            ));
+        }
+        let (offset, ingest) = read_marker(&dir).unwrap_or((0, 0));
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            follower: true,
+            durable: AtomicU64::new(offset),
+            durable_ingest: AtomicU64::new(ingest),
+            wakers: Mutex::new(Vec::new()),
+        });
+        let watched: Weak<Shared> = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("log follower".into())
+            .spawn(move || {
+                while let Some(shared) = watched.upgrade() {
+                    if let Some((offset, ingest)) = read_marker(&shared.dir)
+                        && offset > shared.durable.load(Ordering::Acquire)
+                    {
+                        shared.durable_ingest.store(ingest, Ordering::Release);
+                        shared.durable.store(offset, Ordering::Release);
+                        for wake in shared.wakers.lock().expect("wakers are never poisoned").iter() {
+                            wake();
+                        }
+                    }
+                    drop(shared);
+                    std::thread::sleep(FOLLOW_POLL);
+                }
+            })
+            .map_err(|e| LogError::io("starting the log follower thread", e))?;
+        Ok(Arc::new(EmbeddedReaders(shared)))
     }
 
     fn fail<T>(&mut self, error: LogError) -> Result<T, LogError> {
@@ -360,6 +461,14 @@ impl EventLog for EmbeddedLog {
         self.durable_last_ingest_ms = self.last_ingest_ms;
         self.shared.durable_ingest.store(self.last_ingest_ms.map_or(0, |t| t + 1), Ordering::Release);
         self.shared.durable.store(self.end_offset, Ordering::Release);
+        {
+            use std::os::unix::fs::FileExt;
+            let marker = encode_marker(self.end_offset, self.last_ingest_ms.map_or(0, |t| t + 1));
+            if let Err(error) = self.marker.write_all_at(&marker, 0) {
+                // The records are durable; only followers in other processes wait.
+                tracing::warn!(%error, "recording the durable end in {DURABLE_FILE}");
+            }
+        }
         for wake in self.shared.wakers.lock().expect("wakers are never poisoned").iter() {
             wake();
         }
@@ -456,6 +565,9 @@ impl OpenReader for EmbeddedReaders {
     }
 
     fn trim(&self, before: u64, until_ms: u64) -> Result<usize, LogError> {
+        if self.0.follower {
+            return Ok(0);
+        }
         trim(&self.0.dir, before, until_ms)
     }
 }
@@ -512,6 +624,13 @@ impl LogReader for EmbeddedReader {
                     });
                 }
             }
+        }
+        if self.position == durable
+            && let Some((path, file)) = self.file.as_mut()
+        {
+            // Bytes read ahead past the durable end may be cut back and
+            // written again (a failed fsync): drop them, read them anew.
+            file.seek(SeekFrom::Current(0)).map_err(|e| LogError::io(format!("seeking in {}", path.display()), e))?;
         }
         Ok(read)
     }

@@ -60,6 +60,10 @@ pub struct ChaosSpec {
     pub workers: usize,
     /// The longest a server runs before it is killed, in ms.
     pub max_run_ms: u64,
+    /// Pipeline processes: 1 runs one `coldstream run` (gateway, log and
+    /// pipeline); more run a gateway and that many pipeline processes in
+    /// timely's cluster mode, and each cycle kills one of them at random.
+    pub processes: usize,
 }
 
 /// What happened, and what the checks found.
@@ -67,6 +71,10 @@ pub struct ChaosSpec {
 pub struct ChaosReport {
     /// SIGKILLs sent.
     pub kills: u32,
+    /// Of them, to the gateway and to pipeline processes (cluster mode).
+    pub kills_by_role: BTreeMap<&'static str, u32>,
+    /// Pipeline processes that stopped by themselves when a peer was killed.
+    pub peers_stopped: u32,
     /// Restart times, spawn to caught up, in ms (cycles killed before they
     /// caught up have none).
     pub restarts_ms: Vec<u64>,
@@ -117,6 +125,15 @@ impl ChaosReport {
 impl std::fmt::Display for ChaosReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "kills: {} SIGKILLs in {:.0} s", self.kills, self.elapsed.as_secs_f64())?;
+        if !self.kills_by_role.is_empty() {
+            let roles: Vec<String> = self.kills_by_role.iter().map(|(role, n)| format!("{role} {n}")).collect();
+            writeln!(
+                f,
+                "cluster: killed {}; {} surviving pipeline processes stopped by themselves and the cluster restarted",
+                roles.join(", "),
+                self.peers_stopped
+            )?;
+        }
         let torn: Vec<String> = self.torn.iter().map(|(what, n)| format!("{what} {n}")).collect();
         writeln!(
             f,
@@ -160,18 +177,30 @@ fn harness_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("chaos")
 }
 
+/// Where one member of the deployment keeps its data, and what it runs.
+struct Place {
+    data_dir: PathBuf,
+    /// `role = ...` and `[cluster]` lines, and the log's folder.
+    role: String,
+    log_dir: Option<PathBuf>,
+}
+
 fn server_config(
     spec: &ChaosSpec,
+    place: &Place,
     listen: std::net::SocketAddr,
     receivers: &[(Endpoint, std::net::SocketAddr)],
 ) -> String {
+    let log_dir =
+        place.log_dir.as_ref().map(|dir| format!("dir = {:?}\n", dir.display().to_string())).unwrap_or_default();
     let mut toml = format!(
-        "data_dir = {:?}\nlisten = \"{listen}\"\nworkers = {}\n\n[auth]\nsecret = \"{FLEET_SECRET}\"\n\n\
-         [log]\nsegment_mb = 1\nretention_hours = 0\n\n[parquet]\nroll_seconds = 1\nroll_mb = 8\n\n\
+        "data_dir = {:?}\nlisten = \"{listen}\"\nworkers = {}\n{}\n[auth]\nsecret = \"{FLEET_SECRET}\"\n\n\
+         [log]\nsegment_mb = 1\nretention_hours = 0\n{log_dir}\n[parquet]\nroll_seconds = 1\nroll_mb = 8\n\n\
          [checkpoint]\ninterval_seconds = 1\nkeep = 3\n\n\
          [webhooks]\nretry_initial_ms = 50\nretry_max_ms = 1000\nbreaker_open_ms = 500\n",
-        spec.data_dir.display().to_string(),
+        place.data_dir.display().to_string(),
         spec.workers,
+        place.role,
     );
     for (endpoint, addr) in receivers {
         toml.push_str(&format!(
@@ -230,7 +259,7 @@ impl ServerProcess {
                 Err(_) => {
                     let status = self.child.try_wait()?;
                     bail!(
-                        "the server did not print {prefix:?} within {timeout:?} (exit status {status:?}); see chaos/server.log"
+                        "a coldstream process did not print {prefix:?} within {timeout:?} (exit status {status:?}); see its log in chaos/"
                     )
                 }
             }
@@ -243,14 +272,35 @@ impl ServerProcess {
         Ok(())
     }
 
-    fn stop(mut self) -> anyhow::Result<()> {
+    fn stop(self) -> anyhow::Result<()> {
+        self.signal("-INT")?;
+        self.wait_clean()
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-INT", &pid]).status().context("sending SIGINT")?;
+        Command::new("kill").args([signal, &pid]).status().with_context(|| format!("sending {signal}"))?;
+        Ok(())
+    }
+
+    fn wait_clean(mut self) -> anyhow::Result<()> {
         let status = self.child.wait()?;
         if !status.success() {
-            bail!("the server exited with {status} after SIGINT; see chaos/server.log");
+            bail!("a coldstream process exited with {status} when stopped; see its log in chaos/");
         }
         Ok(())
+    }
+
+    /// Waits for the process to exit by itself (with any status).
+    fn exits_within(mut self, timeout: Duration) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(false)
     }
 }
 
@@ -299,6 +349,155 @@ fn torn_leftovers(data_dir: &Path, torn: &mut BTreeMap<&'static str, u32>) {
     }
 }
 
+/// One process of the deployment: its config, its log file, and the
+/// running process if it runs.
+struct Member {
+    name: &'static str,
+    /// Whether it prints `listening on` (it has a gateway) and `caught up` (a pipeline).
+    gateway: bool,
+    pipeline: bool,
+    data_dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    running: Option<ServerProcess>,
+}
+
+/// Every process of the deployment under test.
+struct Deployment {
+    exe: PathBuf,
+    members: Vec<Member>,
+}
+
+impl Deployment {
+    /// Writes the configs: one server, or a gateway and `spec.processes`
+    /// pipeline processes following its log in timely's cluster mode.
+    fn plan(
+        spec: &ChaosSpec,
+        exe: PathBuf,
+        listen: std::net::SocketAddr,
+        receivers: &[(Endpoint, std::net::SocketAddr)],
+    ) -> anyhow::Result<Deployment> {
+        let own = harness_dir(&spec.data_dir);
+        let mut members = Vec::new();
+        let mut add = |name: &'static str, gateway: bool, pipeline: bool, place: Place| -> anyhow::Result<()> {
+            let config = own.join(format!("{name}.toml"));
+            std::fs::write(&config, server_config(spec, &place, listen, receivers))?;
+            let log = own.join(format!("{name}.log"));
+            members.push(Member { name, gateway, pipeline, data_dir: place.data_dir, config, log, running: None });
+            Ok(())
+        };
+        if spec.processes <= 1 {
+            add("server", true, true, Place { data_dir: spec.data_dir.clone(), role: String::new(), log_dir: None })?;
+        } else {
+            let gateway_dir = spec.data_dir.join("gateway");
+            let role = "role = \"gateway\"\n".to_owned();
+            add("gateway", true, false, Place { data_dir: gateway_dir.clone(), role, log_dir: None })?;
+            let hosts: Vec<String> =
+                (0..spec.processes).map(|_| free_port().map(|a| format!("\"{a}\""))).collect::<anyhow::Result<_>>()?;
+            const NAMES: [&str; 4] = ["process-0", "process-1", "process-2", "process-3"];
+            if spec.processes > NAMES.len() {
+                bail!("--processes is at most {}", NAMES.len());
+            }
+            for (process, name) in NAMES.iter().enumerate().take(spec.processes) {
+                let role = format!(
+                    "role = \"pipeline\"\n\n[cluster]\nprocesses = {}\nprocess = {process}\nhosts = [{}]\n",
+                    spec.processes,
+                    hosts.join(", ")
+                );
+                let place = Place { data_dir: spec.data_dir.join(name), role, log_dir: Some(gateway_dir.join("log")) };
+                add(name, false, true, place)?;
+            }
+        }
+        Ok(Deployment { exe, members })
+    }
+
+    /// Where `events/` is written: the server's, or process 0's.
+    fn archive_dir(&self) -> &Path {
+        &self.members.iter().find(|m| m.pipeline).expect("a deployment has a pipeline").data_dir
+    }
+
+    /// The data directories of the pipeline: one, or one per process.
+    fn view_dirs(&self) -> Vec<PathBuf> {
+        self.members.iter().filter(|m| m.pipeline).map(|m| m.data_dir.clone()).collect()
+    }
+
+    /// Starts every member that is not running and waits until each has
+    /// started; with `catch_up`, until every pipeline has caught up too,
+    /// and returns the longest spawn-to-caught-up time.
+    fn start_missing(&mut self, catch_up: bool) -> anyhow::Result<Option<u64>> {
+        for member in &mut self.members {
+            if member.running.is_none() {
+                member.running = Some(ServerProcess::start(&self.exe, &member.config, &member.log)?);
+            }
+        }
+        for member in &mut self.members {
+            let process = member.running.as_mut().expect("just started");
+            if member.gateway {
+                process.wait_for("coldstream listening on ", CATCH_UP)?;
+            } else {
+                process.wait_for("coldstream pipeline process ", CATCH_UP)?;
+            }
+        }
+        if !catch_up {
+            return Ok(None);
+        }
+        let mut longest = 0;
+        for member in self.members.iter_mut().filter(|m| m.pipeline) {
+            let process = member.running.as_mut().expect("just started");
+            process.wait_for("coldstream caught up in ", CATCH_UP)?;
+            longest = longest.max(process.spawned.elapsed().as_millis() as u64);
+        }
+        Ok(Some(longest))
+    }
+
+    /// SIGKILLs one member at random. When it is a pipeline process of a
+    /// cluster, the others must notice and stop by themselves (timely has
+    /// no partial recovery: the cluster restarts); returns how many did.
+    fn kill_one(&mut self, rng: &mut SmallRng, report: &mut ChaosReport) -> anyhow::Result<()> {
+        let victim = rng.random_range(0..self.members.len());
+        let member = &mut self.members[victim];
+        member.running.take().expect("every member runs").kill()?;
+        report.kills += 1;
+        if self.members.len() > 1 {
+            *report
+                .kills_by_role
+                .entry(if self.members[victim].pipeline { "pipeline" } else { "gateway" })
+                .or_insert(0) += 1;
+        }
+        torn_leftovers(&self.members[victim].data_dir, &mut report.torn);
+        if !self.members[victim].pipeline || self.members.len() == 1 {
+            return Ok(());
+        }
+        for member in self.members.iter_mut().filter(|m| m.pipeline && m.running.is_some()) {
+            let process = member.running.take().expect("checked");
+            let name = member.name;
+            if !process.exits_within(Duration::from_secs(60))? {
+                bail!("{name} went on for 60 s after a peer process was killed; see chaos/{name}.log");
+            }
+            report.peers_stopped += 1;
+        }
+        Ok(())
+    }
+
+    /// Stops every running member cleanly: the gateway first, so that the
+    /// pipeline then reads a log that no longer grows.
+    fn stop_all(&mut self) -> anyhow::Result<()> {
+        for member in self.members.iter_mut().filter(|m| m.gateway) {
+            if let Some(process) = member.running.take() {
+                process.stop()?;
+            }
+        }
+        let running: Vec<ServerProcess> = self.members.iter_mut().filter_map(|m| m.running.take()).collect();
+        for process in &running {
+            process.signal("-INT")?;
+        }
+        for process in running {
+            process.wait_clean()?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs the harness.
 pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     let started = Instant::now();
@@ -316,9 +515,7 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     }
     let listen = free_port()?;
     let addresses: Vec<_> = receivers.iter().map(|(e, r)| (*e, r.addr())).collect();
-    let config_path = own.join("server.toml");
-    std::fs::write(&config_path, server_config(&spec, listen, &addresses))?;
-    let server_log = own.join("server.log");
+    let mut deployment = Deployment::plan(&spec, exe.clone(), listen, &addresses)?;
 
     // The fleet, as the simulator will generate it.
     let start_us = FleetSpec::start_before(chrono::Utc::now().timestamp_micros(), spec.fridges, spec.events);
@@ -340,40 +537,40 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     let mut report = ChaosReport::default();
     let mut rng = SmallRng::seed_from_u64(spec.seed);
     for cycle in 0..spec.cycles {
-        let mut server = ServerProcess::start(&exe, &config_path, &server_log)?;
-        server.wait_for("coldstream listening on ", CATCH_UP)?;
         // Every other cycle waits for the catch-up first; the rest may be
-        // killed while the server is still replaying.
-        if cycle % 2 == 0 {
-            server.wait_for("coldstream caught up in ", CATCH_UP)?;
-            report.restarts_ms.push(server.spawned.elapsed().as_millis() as u64);
+        // killed while the pipeline is still replaying.
+        if let Some(restart) = deployment.start_missing(cycle % 2 == 0)? {
+            report.restarts_ms.push(restart);
         }
         let wait = rng.random_range(50..=spec.max_run_ms.max(51));
         std::thread::sleep(Duration::from_millis(wait));
-        server.kill()?;
-        report.kills += 1;
-        torn_leftovers(&spec.data_dir, &mut report.torn);
+        deployment.kill_one(&mut rng, &mut report)?;
         if fleet.0.try_wait()?.is_some() {
             // Restarts go on without traffic.
             continue;
         }
     }
 
-    // The last run: let the fleet finish, then stop cleanly.
-    let mut server = ServerProcess::start(&exe, &config_path, &server_log)?;
-    server.wait_for("coldstream caught up in ", CATCH_UP)?;
-    report.restarts_ms.push(server.spawned.elapsed().as_millis() as u64);
+    // The last run: let the fleet finish, then stop cleanly; a pipeline
+    // started again after that reads the whole log and stops.
+    deployment.start_missing(false)?;
     let fleet_status = tokio::task::spawn_blocking(move || fleet.0.wait()).await??;
     if !fleet_status.success() {
-        server.stop()?;
+        deployment.stop_all()?;
         bail!("the fleet gave up ({fleet_status}); see chaos/fleet.log");
     }
-    server.stop()?;
+    deployment.stop_all()?;
+    if let Some(restart) = deployment.start_missing(true)? {
+        report.restarts_ms.push(restart);
+    }
+    deployment.stop_all()?;
 
     // Events: exactly once.
+    let archive_dir = deployment.archive_dir().to_path_buf();
+    let view_dirs = deployment.view_dirs();
     let expected: Vec<Event> = Fleet::new(&fleet_spec).all_events();
     report.events = expected.len();
-    let archived = coldstream::rebuild::archived_events(&spec.data_dir)?;
+    let archived = coldstream::rebuild::archived_events(&archive_dir)?;
     report.archived = archived.len();
     let counts = coldstream::rebuild::archived_counts(&archived);
     let wanted: BTreeSet<(String, u64)> = expected.iter().map(|e| (e.source_id.clone(), e.seq)).collect();
@@ -382,20 +579,25 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
 
     // Views: the batch references over what is archived.
     let events: Vec<Event> = archived.into_iter().map(|(_, event)| event).collect();
-    report.views = coldstream::verify::views_against(&spec.data_dir, &events).await?;
-    let ctx = coldstream::query::context(&spec.data_dir).await?;
+    report.views = coldstream::verify::views_of(&view_dirs, &events).await?;
+    let ctx = coldstream::query::context_of(&view_dirs).await?;
 
-    // Changelogs and webhooks: an uninterrupted recomputation.
+    // Changelogs and webhooks: an uninterrupted recomputation on one process.
     let scratch = own.join("recomputed");
     for table in ["events", "rejected"] {
-        copy_dir(&spec.data_dir.join(table), &scratch.join(table))?;
+        copy_dir(&archive_dir.join(table), &scratch.join(table))?;
     }
-    let mut config = Config::load(&config_path)?;
+    let pipeline_config = &deployment.members.iter().find(|m| m.pipeline).expect("a pipeline").config;
+    let mut config = Config::load(pipeline_config)?;
     config.data_dir = scratch.clone();
+    config.role = Default::default();
+    config.cluster = Default::default();
+    config.log = Default::default();
     coldstream::rebuild::rebuild(&config).await?;
     let recomputed = coldstream::query::context(&scratch).await?;
+    let several = view_dirs.len() > 1;
     for (view, _) in view_tables() {
-        let (live, again) = (net_changes(&ctx, view).await?, net_changes(&recomputed, view).await?);
+        let (live, again) = (net_changes(&ctx, view, several).await?, net_changes(&recomputed, view, false).await?);
         report.changelog_differences += live.symmetric_difference(&again).count();
     }
     let derived: BTreeMap<String, String> = Outbox::open(&scratch.join("webhooks"))?
@@ -403,10 +605,10 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
         .map(|message| (message.id.clone(), message.body.clone()))
         .collect();
 
-    // Deliver what the outbox still holds, then compare.
-    let mut server = ServerProcess::start(&exe, &config_path, &server_log)?;
-    server.wait_for("coldstream caught up in ", CATCH_UP)?;
-    report.restarts_ms.push(server.spawned.elapsed().as_millis() as u64);
+    // Deliver what the outboxes still hold, then compare.
+    if let Some(restart) = deployment.start_missing(true)? {
+        report.restarts_ms.push(restart);
+    }
     let deadline = Instant::now() + CATCH_UP;
     let received = loop {
         let received: Vec<_> = receivers.iter().flat_map(|(_, r)| r.received()).collect();
@@ -416,7 +618,7 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    server.stop()?;
+    deployment.stop_all()?;
     let mut delivered: BTreeMap<&String, usize> = BTreeMap::new();
     for delivery in &received {
         match derived.get(&delivery.id) {
@@ -428,16 +630,18 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     for (_, receiver) in receivers {
         receiver.stop().await;
     }
-    // What the log says was cut or skipped on the restarts.
-    let log = std::fs::read_to_string(&server_log).unwrap_or_default();
-    for (pattern, what) in [
-        ("truncating a torn tail", "log tails"),
-        ("cutting a torn tail off the webhook outbox", "outbox tails"),
-        ("skipping a damaged checkpoint", "checkpoints skipped"),
-    ] {
-        let seen = log.lines().filter(|line| line.contains(pattern)).count() as u32;
-        if seen > 0 {
-            report.torn.insert(what, seen);
+    // What the logs say was cut or skipped on the restarts.
+    for member in &deployment.members {
+        let log = std::fs::read_to_string(&member.log).unwrap_or_default();
+        for (pattern, what) in [
+            ("truncating a torn tail", "log tails"),
+            ("cutting a torn tail off the webhook outbox", "outbox tails"),
+            ("skipping a damaged checkpoint", "checkpoints skipped"),
+        ] {
+            let seen = log.lines().filter(|line| line.contains(pattern)).count() as u32;
+            if seen > 0 {
+                *report.torn.entry(what).or_insert(0) += seen;
+            }
         }
     }
     report.elapsed = started.elapsed();
@@ -446,8 +650,13 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
 
 /// A changelog's net changes: every `(record, time)` whose diffs do not
 /// sum to zero, with the sum.
-async fn net_changes(ctx: &datafusion::prelude::SessionContext, view: &str) -> anyhow::Result<BTreeSet<String>> {
-    let batches = coldstream::query::run(ctx, &format!("SELECT * FROM {view}"))
+async fn net_changes(
+    ctx: &datafusion::prelude::SessionContext,
+    view: &str,
+    several: bool,
+) -> anyhow::Result<BTreeSet<String>> {
+    let columns = if several { "* EXCLUDE (data_region)" } else { "*" };
+    let batches = coldstream::query::run(ctx, &format!("SELECT {columns} FROM {view}"))
         .await
         .map_err(|e| anyhow::anyhow!(coldstream::query::one_line(&e)))?;
     let mut sums: BTreeMap<String, i64> = BTreeMap::new();
