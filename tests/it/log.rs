@@ -59,8 +59,22 @@ fn a_follower_reads_up_to_the_last_sync_and_is_woken_by_the_next() {
     assert_eq!(reader.read(10, &mut out).unwrap(), 1);
     assert_eq!((out[2].0, out[2].1.ingest_ms), (2, 9));
     assert_eq!(follower.trim(3, u64::MAX).unwrap(), 0, "a follower trims nothing");
-    let missing = EmbeddedLog::follow(dir.path().join("nowhere")).err().expect("no such directory");
-    assert!(missing.to_string().contains("nowhere"), "{missing}");
+    let missing = EmbeddedLog::follow(dir.path().join("no/such/place")).err().expect("no such directory");
+    assert!(missing.to_string().contains("no/such/place"), "{missing}");
+    // A log its writer has not created yet reads as empty, and is followed once it is.
+    let later = dir.path().join("later");
+    let follower = EmbeddedLog::follow(&later).unwrap();
+    let mut reader = follower.open(0).unwrap();
+    assert_eq!(reader.read(10, &mut out).unwrap(), 0);
+    let mut log = EmbeddedLog::open(&later, EmbeddedConfig::default()).unwrap();
+    log.append(3, &[vec![7; 10]]).unwrap();
+    log.sync().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while follower.durable_offset() < 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    out.clear();
+    assert_eq!(reader.read(10, &mut out).unwrap(), 1);
 }
 
 fn records(log: &EmbeddedLog) -> Vec<Vec<u8>> {

@@ -155,3 +155,21 @@ fn the_chaos_harness_kills_and_restarts_the_server_and_finds_nothing_lost_or_rep
     assert!(stdout.contains("0 rows differ"), "{stdout}");
     assert!(stdout.trim_end().ends_with("PASSED"), "{stdout}");
 }
+
+#[test]
+fn the_chaos_harness_kills_a_gateway_or_a_pipeline_process_of_a_cluster_and_finds_nothing_lost_or_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("chaos");
+    let output = binary()
+        .args(["chaos", "--data", data.to_str().unwrap(), "--cycles", "6", "--events", "20000", "--seed", "5"])
+        .args(["--max-run-ms", "1500", "--processes", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("kills: 6 SIGKILLs"), "{stdout}");
+    assert!(stdout.contains("cluster: killed"), "{stdout}");
+    assert!(stdout.contains(", 0 lost, 0 repeated"), "{stdout}");
+    assert!(stdout.contains("0 rows differ"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("PASSED"), "{stdout}");
+}

@@ -302,11 +302,14 @@ impl EmbeddedLog {
     /// writer's: a follower removes nothing.
     pub fn follow(dir: impl AsRef<Path>) -> Result<Arc<dyn OpenReader>, LogError> {
         let dir = dir.as_ref().to_path_buf();
-        if !dir.is_dir() {
+        if !dir.parent().is_some_and(Path::is_dir) {
             return Err(LogError::io(
                 format!("following the event log in {}", dir.display()),
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "its parent directory does not exist"),
             ));
+        }
+        if !dir.is_dir() {
+            tracing::warn!(log = %dir.display(), "the event log does not exist yet; waiting for its writer to create it");
         }
         let (offset, ingest) = read_marker(&dir).unwrap_or((0, 0));
         let shared = Arc::new(Shared {
@@ -529,6 +532,11 @@ impl OpenReader for EmbeddedReaders {
         if offset > durable {
             return Err(LogError::OutOfRange { requested: offset, end: durable });
         }
+        if self.0.follower && durable == 0 {
+            // Nothing written yet (perhaps not even the folder): the first
+            // segment is opened once records are durable.
+            return Ok(Box::new(EmbeddedReader { shared: Arc::clone(&self.0), file: None, position: 0 }));
+        }
         let bases = segments(&self.0.dir)?;
         let first = bases.first().copied().unwrap_or(0);
         if offset < first {
@@ -553,6 +561,9 @@ impl OpenReader for EmbeddedReaders {
     }
 
     fn first_offset(&self) -> Result<u64, LogError> {
+        if self.0.follower && !self.0.dir.is_dir() {
+            return Ok(0);
+        }
         Ok(segments(&self.0.dir)?.first().copied().unwrap_or(0))
     }
 

@@ -425,24 +425,36 @@ impl Deployment {
     /// started; with `catch_up`, until every pipeline has caught up too,
     /// and returns the longest spawn-to-caught-up time.
     fn start_missing(&mut self, catch_up: bool) -> anyhow::Result<Option<u64>> {
-        for member in &mut self.members {
-            if member.running.is_none() {
-                member.running = Some(ServerProcess::start(&self.exe, &member.config, &member.log)?);
+        let mut started = Vec::new();
+        // The gateway first: it creates the log its followers read.
+        for gateway in [true, false] {
+            for (i, member) in self.members.iter_mut().enumerate().filter(|(_, m)| m.gateway == gateway) {
+                if member.running.is_none() {
+                    let mut process = ServerProcess::start(&self.exe, &member.config, &member.log)?;
+                    if gateway {
+                        process.wait_for("coldstream listening on ", CATCH_UP)?;
+                    }
+                    member.running = Some(process);
+                    started.push(i);
+                }
             }
         }
-        for member in &mut self.members {
-            let process = member.running.as_mut().expect("just started");
-            if member.gateway {
-                process.wait_for("coldstream listening on ", CATCH_UP)?;
-            } else {
+        for &i in &started {
+            let member = &mut self.members[i];
+            if !member.gateway {
+                let process = member.running.as_mut().expect("just started");
                 process.wait_for("coldstream pipeline process ", CATCH_UP)?;
             }
         }
-        if !catch_up {
+        if !catch_up || !started.iter().any(|&i| self.members[i].pipeline) {
             return Ok(None);
         }
         let mut longest = 0;
-        for member in self.members.iter_mut().filter(|m| m.pipeline) {
+        for &i in &started {
+            let member = &mut self.members[i];
+            if !member.pipeline {
+                continue;
+            }
             let process = member.running.as_mut().expect("just started");
             process.wait_for("coldstream caught up in ", CATCH_UP)?;
             longest = longest.max(process.spawned.elapsed().as_millis() as u64);
