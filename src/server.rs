@@ -218,10 +218,13 @@ struct BackSpec<'a> {
     hold: &'a Arc<AtomicBool>,
 }
 
+/// A component's thread: it ends with its error, if it had one.
+type Component = JoinHandle<Result<(), ServerError>>;
+
 /// The archiver, the workers and the view sinks.
 struct Back {
     /// The archiver (on the process that owns the log's records) and its stop flag.
-    archiver: Option<(Arc<AtomicBool>, JoinHandle<Result<(), ServerError>>)>,
+    archiver: Option<(Arc<AtomicBool>, Component)>,
     pipeline: Pipeline,
     /// Webhook delivery, one task per endpoint.
     dispatchers: Vec<tokio::task::JoinHandle<()>>,

@@ -59,8 +59,9 @@ fn a_follower_reads_up_to_the_last_sync_and_is_woken_by_the_next() {
     assert_eq!(reader.read(10, &mut out).unwrap(), 1);
     assert_eq!((out[2].0, out[2].1.ingest_ms), (2, 9));
     assert_eq!(follower.trim(3, u64::MAX).unwrap(), 0, "a follower trims nothing");
-    let missing = EmbeddedLog::follow(dir.path().join("no/such/place")).err().expect("no such directory");
-    assert!(missing.to_string().contains("no/such/place"), "{missing}");
+    std::fs::write(dir.path().join("a-file"), b"").unwrap();
+    let wrong = EmbeddedLog::follow(dir.path().join("a-file")).err().expect("not a directory");
+    assert!(wrong.to_string().contains("a-file"), "{wrong}");
     // A log its writer has not created yet reads as empty, and is followed once it is.
     let later = dir.path().join("later");
     let follower = EmbeddedLog::follow(&later).unwrap();

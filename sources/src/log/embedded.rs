@@ -298,14 +298,14 @@ impl EmbeddedLog {
     /// Readers of the log in `dir` that another process writes: they read
     /// up to the durable end that writer records in `DURABLE`, looked at
     /// every 2 ms, and wake their subscribers when it moves. A log not
-    /// created yet reads as empty until its writer starts. Trimming is the
-    /// writer's: a follower removes nothing.
+    /// created yet reads as empty until its writer starts (a warning says
+    /// so). Trimming is the writer's: a follower removes nothing.
     pub fn follow(dir: impl AsRef<Path>) -> Result<Arc<dyn OpenReader>, LogError> {
         let dir = dir.as_ref().to_path_buf();
-        if !dir.parent().is_some_and(Path::is_dir) {
+        if dir.exists() && !dir.is_dir() {
             return Err(LogError::io(
                 format!("following the event log in {}", dir.display()),
-                std::io::Error::new(std::io::ErrorKind::NotFound, "its parent directory does not exist"),
+                std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
             ));
         }
         if !dir.is_dir() {
@@ -641,7 +641,10 @@ impl LogReader for EmbeddedReader {
         {
             // Bytes read ahead past the durable end may be cut back and
             // written again (a failed fsync): drop them, read them anew.
-            file.seek(SeekFrom::Current(0)).map_err(|e| LogError::io(format!("seeking in {}", path.display()), e))?;
+            let io = |e| LogError::io(format!("seeking in {}", path.display()), e);
+            let at = file.stream_position().map_err(io)?;
+            // A seek always empties the buffer.
+            file.seek(SeekFrom::Start(at)).map_err(io)?;
         }
         Ok(read)
     }
