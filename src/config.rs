@@ -453,6 +453,44 @@ pub struct GatewaySection {
 pub enum LogSection {
     /// `kind = "embedded"`: segment files in `data_dir/log`, the default.
     Embedded(EmbeddedSection),
+    /// `kind = "fluvio"`: a Fluvio topic (a build with the `fluvio` feature).
+    Fluvio(FluvioSection),
+}
+
+/// The event log on a Fluvio topic (`[log] kind = "fluvio"`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FluvioSection {
+    /// The cluster's controller (SC), `host:port`.
+    pub endpoint: String,
+    /// The topic (one partition; created if missing).
+    pub topic: String,
+    /// Replicas of the topic when coldstream creates it; an ack waits for
+    /// every one of them.
+    pub replication: u32,
+}
+
+impl Default for FluvioSection {
+    fn default() -> Self {
+        FluvioSection { endpoint: "127.0.0.1:9003".into(), topic: "coldstream-events".into(), replication: 1 }
+    }
+}
+
+#[cfg(feature = "fluvio")]
+impl FluvioSection {
+    fn log_config(&self) -> coldstream_sources::log::fluvio::FluvioLogConfig {
+        coldstream_sources::log::fluvio::FluvioLogConfig {
+            endpoint: self.endpoint.clone(),
+            topic: self.topic.clone(),
+            replication: self.replication,
+        }
+    }
+}
+
+/// The error of a build without the Fluvio log.
+#[cfg(not(feature = "fluvio"))]
+fn no_fluvio() -> LogError {
+    LogError::Failed("log.kind \"fluvio\" needs a coldstream built with `--features fluvio`".into())
 }
 
 impl Default for LogSection {
@@ -472,7 +510,8 @@ impl<'de> Deserialize<'de> for LogSection {
         };
         match kind.as_str() {
             "embedded" => toml::Value::Table(table).try_into().map(LogSection::Embedded).map_err(D::Error::custom),
-            other => Err(D::Error::custom(format!("log.kind {other:?} is not a log this build has (\"embedded\")"))),
+            "fluvio" => toml::Value::Table(table).try_into().map(LogSection::Fluvio).map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!("log.kind {other:?} is not a kind of log (\"embedded\", \"fluvio\")"))),
         }
     }
 }
@@ -485,6 +524,12 @@ impl LogSection {
                 embedded.dir(data_dir),
                 EmbeddedConfig { segment_bytes: embedded.segment_mb << 20 },
             )?)),
+            #[cfg(feature = "fluvio")]
+            LogSection::Fluvio(fluvio) => {
+                Ok(Box::new(coldstream_sources::log::fluvio::FluvioLog::open(fluvio.log_config())?))
+            }
+            #[cfg(not(feature = "fluvio"))]
+            LogSection::Fluvio(_) => Err(no_fluvio()),
         }
     }
 
@@ -493,6 +538,10 @@ impl LogSection {
     pub fn follow(&self, data_dir: &Path) -> Result<std::sync::Arc<dyn OpenReader>, LogError> {
         match self {
             LogSection::Embedded(embedded) => EmbeddedLog::follow(embedded.dir(data_dir)),
+            #[cfg(feature = "fluvio")]
+            LogSection::Fluvio(fluvio) => coldstream_sources::log::fluvio::FluvioLog::follow(fluvio.log_config()),
+            #[cfg(not(feature = "fluvio"))]
+            LogSection::Fluvio(_) => Err(no_fluvio()),
         }
     }
 
@@ -500,6 +549,7 @@ impl LogSection {
     pub fn describe(&self, data_dir: &Path) -> String {
         match self {
             LogSection::Embedded(embedded) => embedded.dir(data_dir).display().to_string(),
+            LogSection::Fluvio(fluvio) => format!("Fluvio topic {} at {}", fluvio.topic, fluvio.endpoint),
         }
     }
 
@@ -508,6 +558,8 @@ impl LogSection {
     pub fn retention_ms(&self) -> Option<u64> {
         match self {
             LogSection::Embedded(embedded) => Some(embedded.retention_hours * 3_600_000),
+            // The topic's own retention settings.
+            LogSection::Fluvio(_) => None,
         }
     }
 }
@@ -723,6 +775,14 @@ impl Config {
         const DAY_S: u128 = 24 * HOUR_S;
         let (segment_mb, retention_hours) = match &self.log {
             LogSection::Embedded(embedded) => (embedded.segment_mb, embedded.retention_hours),
+            LogSection::Fluvio(fluvio) => {
+                if !(1..=16).contains(&fluvio.replication) || fluvio.topic.is_empty() || fluvio.endpoint.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "log.replication must be in 1..=16, and log.topic and log.endpoint set".into(),
+                    ));
+                }
+                (1, 0)
+            }
         };
         let g = &self.gateway;
         let c = &self.checkpoint;
@@ -1086,6 +1146,18 @@ mod tests {
         assert!(unknown.to_string().contains("kafka") && !unknown.to_string().contains('\n'), "{unknown}");
         let stray = Config::parse("[log]\nkind = \"embedded\"\ntopic = \"x\"\n", "c.toml").expect_err("unknown key");
         assert!(stray.to_string().contains("topic"), "{stray}");
+        let fluvio = Config::parse("[log]\nkind = \"fluvio\"\ntopic = \"fleet\"\n", "c.toml").expect("fluvio");
+        assert_eq!(fluvio.log, LogSection::Fluvio(FluvioSection { topic: "fleet".into(), ..FluvioSection::default() }));
+        assert_eq!(fluvio.log.retention_ms(), None, "the topic keeps records by its own rules");
+        let stray = Config::parse("[log]\nkind = \"fluvio\"\nsegment_mb = 4\n", "c.toml").expect_err("unknown key");
+        assert!(stray.to_string().contains("segment_mb"), "{stray}");
+        let none = Config::parse("[log]\nkind = \"fluvio\"\nreplication = 0\n", "c.toml").expect_err("no replicas");
+        assert!(none.to_string().contains("log.replication"), "{none}");
+        #[cfg(not(feature = "fluvio"))]
+        {
+            let missing = fluvio.log.open(Path::new("/nonexistent")).err().expect("a build without Fluvio");
+            assert!(missing.to_string().contains("--features fluvio"), "{missing}");
+        }
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dir) = args.log_dir {
         match &mut config.log {
             LogSection::Embedded(embedded) => embedded.dir = Some(dir),
+            LogSection::Fluvio(_) => anyhow::bail!("--log-dir names the embedded log's folder; this config's log is on Fluvio"),
         }
     }
     // The cluster's shape and addresses are checked before anything starts.
@@ -110,9 +111,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("shutting down: draining the log into every sink");
         let drained = server.shutdown().await;
         match failure {
-            Some(failure) => {
+            Some(failure) if config.role.has_gateway() => {
                 Err(anyhow::anyhow!("{failure}; stopped so that nothing more is acknowledged (restart to resume)"))
             }
+            Some(failure) => Err(anyhow::anyhow!("{failure}")),
             None => drained.map_err(Into::into),
         }
     })

@@ -5,13 +5,16 @@ use std::fs::OpenOptions;
 use coldstream_sources::log::embedded::{EmbeddedConfig, EmbeddedLog};
 use coldstream_sources::log::{EventLog, LogError, Payload, conformance};
 
+/// Embedded logs named after their folder in `dir`, with 4 KiB segments so
+/// that the suite spans several.
+fn small_segments(dir: &std::path::Path) -> impl Fn(&str) -> Result<Box<dyn EventLog>, LogError> + '_ {
+    move |name| Ok(Box::new(EmbeddedLog::open(dir.join(name), EmbeddedConfig { segment_bytes: 4096 })?))
+}
+
 #[test]
 fn embedded_log_passes_the_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let small_segments = EmbeddedConfig { segment_bytes: 4096 };
-    let factory = |name: &str| -> Result<Box<dyn EventLog>, LogError> {
-        Ok(Box::new(EmbeddedLog::open(dir.path().join(name), small_segments.clone())?))
-    };
+    let factory = small_segments(dir.path());
     conformance::run_all(&factory);
     conformance::run_read_half(&conformance::written(&factory));
     let rolled = std::fs::read_dir(dir.path().join("offsets")).unwrap().count();
@@ -21,10 +24,7 @@ fn embedded_log_passes_the_conformance_suite() {
 #[test]
 fn a_follower_in_another_process_passes_the_read_half() {
     let dir = tempfile::tempdir().unwrap();
-    let small_segments = EmbeddedConfig { segment_bytes: 4096 };
-    let factory = |name: &str| -> Result<Box<dyn EventLog>, LogError> {
-        Ok(Box::new(EmbeddedLog::open(dir.path().join(name), small_segments.clone())?))
-    };
+    let factory = small_segments(dir.path());
     let written = conformance::written(&factory);
     conformance::run_read_half(&|name: &str, commits: &conformance::Commits| {
         // The writer is dropped: the follower sees only what DURABLE says.

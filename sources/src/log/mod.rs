@@ -10,7 +10,8 @@
 //! is what lets the dataflows' frontiers advance.
 //!
 //! Implementations: [`embedded`] (segment files in the data directory, the
-//! default), and [`archive`], a read-only log over what the archiver wrote
+//! default), `fluvio` (a Fluvio topic, with the `fluvio` feature), and
+//! [`archive`], a read-only log over what the archiver wrote
 //! to Parquet (what `coldstream rebuild` replays). Every implementation
 //! passes the [`conformance`] suite (a read-only one, its read half). A
 //! record's content is decoded in one place, [`Record::decode`].
@@ -18,6 +19,8 @@
 pub mod archive;
 pub mod conformance;
 pub mod embedded;
+#[cfg(feature = "fluvio")]
+pub mod fluvio;
 
 use std::sync::Arc;
 
