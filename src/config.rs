@@ -511,7 +511,9 @@ impl<'de> Deserialize<'de> for LogSection {
         match kind.as_str() {
             "embedded" => toml::Value::Table(table).try_into().map(LogSection::Embedded).map_err(D::Error::custom),
             "fluvio" => toml::Value::Table(table).try_into().map(LogSection::Fluvio).map_err(D::Error::custom),
-            other => Err(D::Error::custom(format!("log.kind {other:?} is not a kind of log (\"embedded\", \"fluvio\")"))),
+            other => {
+                Err(D::Error::custom(format!("log.kind {other:?} is not a kind of log (\"embedded\", \"fluvio\")")))
+            }
         }
     }
 }

@@ -71,7 +71,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dir) = args.log_dir {
         match &mut config.log {
             LogSection::Embedded(embedded) => embedded.dir = Some(dir),
-            LogSection::Fluvio(_) => anyhow::bail!("--log-dir names the embedded log's folder; this config's log is on Fluvio"),
+            LogSection::Fluvio(_) => {
+                anyhow::bail!("--log-dir names the embedded log's folder; this config's log is on Fluvio")
+            }
         }
     }
     // The cluster's shape and addresses are checked before anything starts.

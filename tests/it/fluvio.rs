@@ -10,7 +10,9 @@
 #[cfg(not(feature = "fluvio"))]
 #[test]
 fn the_fluvio_log_passes_the_conformance_suite_against_a_real_cluster() {
-    eprintln!("skipped: the Fluvio log tests need `cargo test --features fluvio` and a Fluvio cluster (README: \"The Fluvio log\")");
+    eprintln!(
+        "skipped: the Fluvio log tests need `cargo test --features fluvio` and a Fluvio cluster (README: \"The Fluvio log\")"
+    );
 }
 
 #[cfg(feature = "fluvio")]
@@ -47,7 +49,11 @@ pub(crate) mod cluster {
         if let Ok(path) = std::env::var("COLDSTREAM_FLUVIO_RUN") {
             return Some(PathBuf::from(path));
         }
-        std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| PathBuf::from(dir).join("fluvio-run")).find(|p| p.is_file())
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|dir| PathBuf::from(dir).join("fluvio-run"))
+            .find(|p| p.is_file())
     }
 
     /// The cluster, or `None` (and one line saying so) when there is none.
@@ -56,7 +62,9 @@ pub(crate) mod cluster {
             return Some(TestCluster { endpoint, children: Vec::new(), _dir: None });
         }
         let Some(binary) = fluvio_run() else {
-            eprintln!("skipped {test}: no Fluvio cluster (set COLDSTREAM_FLUVIO=host:port, or COLDSTREAM_FLUVIO_RUN or PATH to a fluvio-run binary)");
+            eprintln!(
+                "skipped {test}: no Fluvio cluster (set COLDSTREAM_FLUVIO=host:port, or COLDSTREAM_FLUVIO_RUN or PATH to a fluvio-run binary)"
+            );
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
@@ -70,8 +78,7 @@ pub(crate) mod cluster {
             .stderr(log("sc.log"))
             .spawn()
             .unwrap();
-        let mut cluster =
-            TestCluster { endpoint: format!("127.0.0.1:{public}"), children: vec![sc], _dir: None };
+        let mut cluster = TestCluster { endpoint: format!("127.0.0.1:{public}"), children: vec![sc], _dir: None };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(60);

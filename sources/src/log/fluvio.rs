@@ -202,16 +202,21 @@ impl FluvioLog {
             durable_ingest: AtomicU64::new(last_ingest_ms.map_or(0, |t| t + 1)),
             wakers: Mutex::new(Vec::new()),
         });
-        Ok(FluvioLog { config, runtime, producer, buffered: Vec::new(), end_offset, last_ingest_ms, shared, failed: None })
+        Ok(FluvioLog {
+            config,
+            runtime,
+            producer,
+            buffered: Vec::new(),
+            end_offset,
+            last_ingest_ms,
+            shared,
+            failed: None,
+        })
     }
 
     /// The end of the partition and its last ingest time, after sealing a
     /// commit left without its end.
-    async fn seal(
-        producer: &TopicProducerPool,
-        fluvio: &Fluvio,
-        topic: &str,
-    ) -> Result<(u64, Option<u64>), LogError> {
+    async fn seal(producer: &TopicProducerPool, fluvio: &Fluvio, topic: &str) -> Result<(u64, Option<u64>), LogError> {
         match last_record(fluvio, topic).await? {
             None => Ok((0, None)),
             Some((offset, flags, record)) if flags & COMMIT_END != 0 => Ok((offset + 1, Some(record.ingest_ms))),
