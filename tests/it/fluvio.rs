@@ -91,12 +91,12 @@ pub(crate) mod cluster {
             };
             let spec = CustomSpuSpec {
                 id: 5001,
-                public_endpoint: fluvio::metadata::spu::IngressPort {
+                public_endpoint: fluvio_controlplane_metadata::spu::IngressPort {
                     port: spu_public,
-                    ingress: vec![fluvio::metadata::spu::IngressAddr::from_ip("127.0.0.1".into())],
+                    ingress: vec![fluvio_controlplane_metadata::spu::IngressAddr::from_ip("127.0.0.1".into())],
                     encryption: Default::default(),
                 },
-                private_endpoint: fluvio::metadata::spu::Endpoint {
+                private_endpoint: fluvio_controlplane_metadata::spu::Endpoint {
                     port: spu_private,
                     host: "127.0.0.1".into(),
                     encryption: Default::default(),
