@@ -158,3 +158,61 @@ fn the_fluvio_log_passes_the_conformance_suite_against_a_real_cluster() {
     assert_eq!(reader.read(10, &mut out).unwrap(), 1);
     assert_eq!(out[1].1.ingest_ms, 9);
 }
+
+#[cfg(feature = "fluvio")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_the_fluvio_log_acks_archives_and_resumes_after_a_restart() {
+    use coldstream::config::{FluvioSection, LogSection};
+    use coldstream::server::Server;
+    use coldstream_pipelines::fleet::{Fleet, FleetSpec};
+    use coldstream_sources::simulator::{self as simulate, RunSpec};
+    use std::time::Duration;
+
+    let found = tokio::task::spawn_blocking(|| {
+        cluster::find("a_server_on_the_fluvio_log_acks_archives_and_resumes_after_a_restart")
+    });
+    let Some(cluster) = found.await.unwrap() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let mut config = crate::support::config(dir.path());
+    config.log = LogSection::Fluvio(FluvioSection {
+        endpoint: cluster.endpoint.clone(),
+        topic: format!("cs-{run}-server"),
+        replication: 1,
+    });
+    config.checkpoint.every_records = 2_000;
+    let spec =
+        FleetSpec { seed: 4, fridges: 8, events: 6_000, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
+    let fleet = |target: String| RunSpec {
+        target,
+        tokens: crate::support::tokens(),
+        tls: None,
+        rate: Some(20_000.0),
+        batch: 200,
+        progress: false,
+    };
+    let server = Server::start(&config).await.unwrap();
+    let summary =
+        simulate::run(Fleet::new(&spec), &fleet(format!("http://{}", server.addr())), spec.events).await.unwrap();
+    assert_eq!(summary.delivered.rejected, 0);
+    server.caught_up(Duration::from_secs(120)).await.unwrap();
+    server.shutdown().await.unwrap();
+    let acked = summary.delivered.accepted;
+    let archived = coldstream::rebuild::archived_events(dir.path()).unwrap().len() as u64;
+    assert_eq!(archived, acked, "every acked event archived once");
+    let checks = coldstream::verify::views_against_references(dir.path()).await.unwrap();
+    assert!(checks.iter().all(|c| c.equal), "{checks:?}");
+
+    // A restart resumes from its checkpoint on the same topic; the fleet
+    // sending everything again is answered with duplicates.
+    let server = Server::start(&config).await.unwrap();
+    let again =
+        simulate::run(Fleet::new(&spec), &fleet(format!("http://{}", server.addr())), spec.events).await.unwrap();
+    assert_eq!(again.delivered.accepted, 0, "{again}");
+    server.caught_up(Duration::from_secs(120)).await.unwrap();
+    server.shutdown().await.unwrap();
+    assert_eq!(coldstream::rebuild::archived_events(dir.path()).unwrap().len() as u64, acked);
+    let checks = coldstream::verify::views_against_references(dir.path()).await.unwrap();
+    assert!(checks.iter().all(|c| c.equal), "{checks:?}");
+    drop(cluster);
+}

@@ -97,6 +97,21 @@ fn runtime() -> Result<Arc<tokio::runtime::Runtime>, LogError> {
         .map_err(|e| LogError::io("starting the Fluvio log's runtime", e))
 }
 
+/// Runs `work`'s future to completion on `runtime`, from a thread of its
+/// own when the caller is itself inside an async runtime (a server starting
+/// up), where blocking on another runtime is not allowed.
+fn blocking<T: Send, F: std::future::Future<Output = T>>(
+    runtime: &tokio::runtime::Runtime,
+    work: impl FnOnce() -> F + Send,
+) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return runtime.block_on(work());
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(|| runtime.block_on(work())).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 async fn connect(config: &FluvioLogConfig) -> Result<Fluvio, LogError> {
     Fluvio::connect_with_config(&FluvioClusterConfig::new(config.endpoint.clone()))
         .await
@@ -165,7 +180,7 @@ impl FluvioLog {
     /// left open.
     pub fn open(config: FluvioLogConfig) -> Result<Self, LogError> {
         let runtime = runtime()?;
-        let (producer, end_offset, last_ingest_ms) = runtime.block_on(async {
+        let (producer, end_offset, last_ingest_ms) = blocking(&runtime, || async {
             let fluvio = connect(&config).await?;
             let admin = fluvio.admin().await;
             let topics = admin
@@ -249,9 +264,10 @@ impl EventLog for FluvioLog {
     fn append(&mut self, ingest_ms: u64, payloads: &[Vec<u8>]) -> Result<u64, LogError> {
         if self.failed.is_some() {
             // What was sent of a failed commit may be in the topic: find the end again.
-            let (end, last) = self.runtime.block_on(async {
-                let fluvio = connect(&self.config).await?;
-                Self::seal(&self.producer, &fluvio, &self.config.topic).await
+            let (config, producer) = (&self.config, &self.producer);
+            let (end, last) = blocking(&self.runtime, || async move {
+                let fluvio = connect(config).await?;
+                Self::seal(producer, &fluvio, &config.topic).await
             })?;
             self.end_offset = end;
             self.last_ingest_ms = last;
@@ -288,7 +304,7 @@ impl EventLog for FluvioLog {
         let records = std::mem::take(&mut self.buffered);
         let first = self.end_offset - records.len() as u64;
         let producer = &self.producer;
-        let sent = self.runtime.block_on(async {
+        let sent = blocking(&self.runtime, || async move {
             let mut outputs = Vec::with_capacity(records.len());
             for (key, value) in records {
                 outputs.push(producer.send(key, value).await.map_err(|e| fluvio_error("sending to Fluvio", e))?);
@@ -341,7 +357,7 @@ impl FluvioLog {
     /// follows the topic's commit ends to know what is durable.
     pub fn follow(config: FluvioLogConfig) -> Result<Arc<dyn OpenReader>, LogError> {
         let runtime = runtime()?;
-        let (end, last) = runtime.block_on(async {
+        let (end, last) = blocking(&runtime, || async {
             let fluvio = connect(&config).await?;
             Ok::<_, LogError>(match last_record(&fluvio, &config.topic).await? {
                 Some((offset, flags, record)) if flags & COMMIT_END != 0 => (offset + 1, Some(record.ingest_ms)),
