@@ -187,13 +187,21 @@ async fn a_server_on_the_fluvio_log_acks_archives_and_resumes_after_a_restart() 
         target,
         tokens: crate::support::tokens(),
         tls: None,
-        rate: Some(20_000.0),
+        rate: None,
         batch: 200,
         progress: false,
     };
+    // The same fleet into the embedded log, for comparison.
+    let embedded_dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&crate::support::config(embedded_dir.path())).await.unwrap();
+    let embedded =
+        simulate::run(Fleet::new(&spec), &fleet(format!("http://{}", server.addr())), spec.events).await.unwrap();
+    server.shutdown().await.unwrap();
     let server = Server::start(&config).await.unwrap();
     let summary =
         simulate::run(Fleet::new(&spec), &fleet(format!("http://{}", server.addr())), spec.events).await.unwrap();
+    eprintln!("fleet into the embedded log: {embedded}");
+    eprintln!("fleet into the Fluvio log:   {summary}");
     assert_eq!(summary.delivered.rejected, 0);
     server.caught_up(Duration::from_secs(120)).await.unwrap();
     server.shutdown().await.unwrap();
