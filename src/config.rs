@@ -1033,7 +1033,9 @@ keepalive_seconds = 30
 allow_plaintext = false
 
 [log]
-# Which log: "embedded" (segment files in data_dir/log; no server to run).
+# Which log: "embedded" (segment files in data_dir/log; no server to run),
+# or "fluvio" (a Fluvio topic; a build with `--features fluvio`), whose
+# keys are endpoint = "host:port" of the controller, topic and replication.
 kind = "embedded"
 # The log's folder, when not data_dir/log: a pipeline process on the
 # gateway's machine follows the gateway's log there.
