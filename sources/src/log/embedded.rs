@@ -28,11 +28,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::{EventLog, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Payload, Record};
+use super::{DurableEnd, EventLog, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Payload, Record};
 
 const HEADER_BYTES: usize = 16;
 
@@ -81,10 +80,7 @@ struct Shared {
     dir: PathBuf,
     /// Whether another process writes this log (a follower trims nothing).
     follower: bool,
-    durable: AtomicU64,
-    /// Ingest time of the last durable record plus one; 0 for an empty log.
-    durable_ingest: AtomicU64,
-    wakers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+    durable: DurableEnd,
 }
 
 fn segment_name(base: u64) -> String {
@@ -274,9 +270,7 @@ impl EmbeddedLog {
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             follower: false,
-            durable: AtomicU64::new(end_offset),
-            durable_ingest: AtomicU64::new(last_ingest_ms.map_or(0, |t| t + 1)),
-            wakers: Mutex::new(Vec::new()),
+            durable: DurableEnd::new(end_offset, last_ingest_ms),
         });
         Ok(EmbeddedLog {
             dir,
@@ -315,9 +309,7 @@ impl EmbeddedLog {
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             follower: true,
-            durable: AtomicU64::new(offset),
-            durable_ingest: AtomicU64::new(ingest),
-            wakers: Mutex::new(Vec::new()),
+            durable: DurableEnd::new(offset, ingest.checked_sub(1)),
         });
         let watched: Weak<Shared> = Arc::downgrade(&shared);
         std::thread::Builder::new()
@@ -325,13 +317,9 @@ impl EmbeddedLog {
             .spawn(move || {
                 while let Some(shared) = watched.upgrade() {
                     if let Some((offset, ingest)) = read_marker(&shared.dir)
-                        && offset > shared.durable.load(Ordering::Acquire)
+                        && offset > shared.durable.offset()
                     {
-                        shared.durable_ingest.store(ingest, Ordering::Release);
-                        shared.durable.store(offset, Ordering::Release);
-                        for wake in shared.wakers.lock().expect("wakers are never poisoned").iter() {
-                            wake();
-                        }
+                        shared.durable.publish(offset, ingest.checked_sub(1));
                     }
                     drop(shared);
                     std::thread::sleep(FOLLOW_POLL);
@@ -371,7 +359,7 @@ impl EmbeddedLog {
         })?;
         // The buffered bytes were never durable: drop them unwritten.
         let (_, _unwritten) = std::mem::replace(&mut self.active, BufWriter::with_capacity(1 << 20, file)).into_parts();
-        self.end_offset = self.shared.durable.load(Ordering::Acquire);
+        self.end_offset = self.shared.durable.offset();
         self.active_bytes = self.durable_bytes;
         self.last_ingest_ms = self.durable_last_ingest_ms;
         self.failed = None;
@@ -424,7 +412,7 @@ impl EventLog for EmbeddedLog {
         }
         // Times never decrease, and each commit's time is above the last
         // commit's, so a reader at a commit boundary knows the time is complete.
-        let unsynced = self.end_offset > self.shared.durable.load(Ordering::Acquire);
+        let unsynced = self.end_offset > self.shared.durable.offset();
         let floor = match self.last_ingest_ms {
             Some(last) if unsynced => last,
             Some(last) => last + 1,
@@ -449,7 +437,7 @@ impl EventLog for EmbeddedLog {
         if let Some(reason) = &self.failed {
             return Err(LogError::Failed(reason.clone()));
         }
-        if self.shared.durable.load(Ordering::Acquire) == self.end_offset {
+        if self.shared.durable.offset() == self.end_offset {
             return Ok(());
         }
         let injected = (self.failing_syncs > 0).then(|| {
@@ -462,8 +450,7 @@ impl EventLog for EmbeddedLog {
         }
         self.durable_bytes = self.active_bytes;
         self.durable_last_ingest_ms = self.last_ingest_ms;
-        self.shared.durable_ingest.store(self.last_ingest_ms.map_or(0, |t| t + 1), Ordering::Release);
-        self.shared.durable.store(self.end_offset, Ordering::Release);
+        self.shared.durable.publish(self.end_offset, self.last_ingest_ms);
         {
             use std::os::unix::fs::FileExt;
             let marker = encode_marker(self.end_offset, self.last_ingest_ms.map_or(0, |t| t + 1));
@@ -471,9 +458,6 @@ impl EventLog for EmbeddedLog {
                 // The records are durable; only followers in other processes wait.
                 tracing::warn!(%error, "recording the durable end in {DURABLE_FILE}");
             }
-        }
-        for wake in self.shared.wakers.lock().expect("wakers are never poisoned").iter() {
-            wake();
         }
         Ok(())
     }
@@ -557,7 +541,7 @@ impl OpenReader for EmbeddedReaders {
     }
 
     fn durable_offset(&self) -> u64 {
-        self.0.durable.load(Ordering::Acquire)
+        self.0.durable.offset()
     }
 
     fn first_offset(&self) -> Result<u64, LogError> {
@@ -568,11 +552,11 @@ impl OpenReader for EmbeddedReaders {
     }
 
     fn durable_ingest_ms(&self) -> Option<u64> {
-        self.0.durable_ingest.load(Ordering::Acquire).checked_sub(1)
+        self.0.durable.ingest_ms()
     }
 
     fn subscribe(&self, wake: Box<dyn Fn() + Send + Sync>) {
-        self.0.wakers.lock().expect("wakers are never poisoned").push(wake);
+        self.0.durable.subscribe(wake);
     }
 
     fn trim(&self, before: u64, until_ms: u64) -> Result<usize, LogError> {
@@ -600,7 +584,7 @@ impl EmbeddedReader {
 
 impl LogReader for EmbeddedReader {
     fn read(&mut self, max: usize, out: &mut Vec<(u64, Record)>) -> Result<usize, LogError> {
-        let durable = self.shared.durable.load(Ordering::Acquire);
+        let durable = self.shared.durable.offset();
         let mut read = 0;
         while read < max && self.position < durable {
             let Some((path, file)) = self.file.as_mut() else {

@@ -22,9 +22,8 @@
 //! removes nothing.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fluvio::consumer::ConsumerConfigExtBuilder;
@@ -36,7 +35,7 @@ use fluvio::{
 use futures::StreamExt;
 use prost::Message;
 
-use super::{EventLog, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Payload, Record};
+use super::{DurableEnd, EventLog, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Payload, Record};
 use crate::proto::{LogEntry, log_entry};
 
 /// The value's flag for the last record of a commit.
@@ -76,11 +75,8 @@ pub struct FluvioLog {
 struct Shared {
     config: FluvioLogConfig,
     runtime: Arc<tokio::runtime::Runtime>,
-    /// Offset after the last durable commit.
-    durable: AtomicU64,
-    /// Ingest time of the last durable record plus one; 0 for an empty log.
-    durable_ingest: AtomicU64,
-    wakers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+    /// After the last durable commit.
+    durable: DurableEnd,
 }
 
 fn fluvio_error(context: &str, error: impl std::fmt::Display) -> LogError {
@@ -213,9 +209,7 @@ impl FluvioLog {
         let shared = Arc::new(Shared {
             config: config.clone(),
             runtime: Arc::clone(&runtime),
-            durable: AtomicU64::new(end_offset),
-            durable_ingest: AtomicU64::new(last_ingest_ms.map_or(0, |t| t + 1)),
-            wakers: Mutex::new(Vec::new()),
+            durable: DurableEnd::new(end_offset, last_ingest_ms),
         });
         Ok(FluvioLog {
             config,
@@ -271,8 +265,7 @@ impl EventLog for FluvioLog {
             })?;
             self.end_offset = end;
             self.last_ingest_ms = last;
-            self.shared.durable_ingest.store(last.map_or(0, |t| t + 1), Ordering::Release);
-            self.shared.durable.store(end, Ordering::Release);
+            self.shared.durable.publish(end, last);
             self.failed = None;
         }
         if let Some(too_large) = payloads.iter().find(|p| p.len() > MAX_RECORD_BYTES) {
@@ -331,11 +324,7 @@ impl EventLog for FluvioLog {
             self.failed = Some(error.to_string());
             return Err(error);
         }
-        self.shared.durable_ingest.store(self.last_ingest_ms.map_or(0, |t| t + 1), Ordering::Release);
-        self.shared.durable.store(self.end_offset, Ordering::Release);
-        for wake in self.shared.wakers.lock().expect("wakers are never poisoned").iter() {
-            wake();
-        }
+        self.shared.durable.publish(self.end_offset, self.last_ingest_ms);
         Ok(())
     }
 
@@ -365,13 +354,7 @@ impl FluvioLog {
                 _ => (0, None),
             })
         })?;
-        let shared = Arc::new(Shared {
-            config,
-            runtime,
-            durable: AtomicU64::new(end),
-            durable_ingest: AtomicU64::new(last.map_or(0, |t| t + 1)),
-            wakers: Mutex::new(Vec::new()),
-        });
+        let shared = Arc::new(Shared { config, runtime, durable: DurableEnd::new(end, last) });
         let watched = Arc::downgrade(&shared);
         let (records, arriving) = sync_channel(4096);
         let (config, runtime) = (shared.config.clone(), Arc::clone(&shared.runtime));
@@ -386,11 +369,7 @@ impl FluvioLog {
                     let Some(shared) = watched.upgrade() else { return };
                     let Ok((offset, flags, record)) = item else { continue };
                     if flags & COMMIT_END != 0 {
-                        shared.durable_ingest.store(record.ingest_ms + 1, Ordering::Release);
-                        shared.durable.store(offset + 1, Ordering::Release);
-                        for wake in shared.wakers.lock().expect("wakers are never poisoned").iter() {
-                            wake();
-                        }
+                        shared.durable.publish(offset + 1, Some(record.ingest_ms));
                     }
                 }
             })
@@ -449,7 +428,7 @@ impl OpenReader for FluvioReaders {
     }
 
     fn durable_offset(&self) -> u64 {
-        self.0.durable.load(Ordering::Acquire)
+        self.0.durable.offset()
     }
 
     fn first_offset(&self) -> Result<u64, LogError> {
@@ -457,11 +436,11 @@ impl OpenReader for FluvioReaders {
     }
 
     fn durable_ingest_ms(&self) -> Option<u64> {
-        self.0.durable_ingest.load(Ordering::Acquire).checked_sub(1)
+        self.0.durable.ingest_ms()
     }
 
     fn subscribe(&self, wake: Box<dyn Fn() + Send + Sync>) {
-        self.0.wakers.lock().expect("wakers are never poisoned").push(wake);
+        self.0.durable.subscribe(wake);
     }
 
     fn trim(&self, _before: u64, _until_ms: u64) -> Result<usize, LogError> {
@@ -479,7 +458,7 @@ struct FluvioReader {
 
 impl LogReader for FluvioReader {
     fn read(&mut self, max: usize, out: &mut Vec<(u64, Record)>) -> Result<usize, LogError> {
-        let durable = self.shared.durable.load(Ordering::Acquire);
+        let durable = self.shared.durable.offset();
         let mut read = 0;
         while read < max && self.position < durable {
             if let Some((offset, _)) = self.held.front()

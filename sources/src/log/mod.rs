@@ -22,7 +22,8 @@ pub mod embedded;
 #[cfg(feature = "fluvio")]
 pub mod fluvio;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use coldstream_pipelines::Event;
 use prost::Message;
@@ -102,6 +103,49 @@ impl Record {
             incarnation: event.incarnation,
         }
         .encode_to_vec()
+    }
+}
+
+/// A log's durable end as its readers see it, and whom to wake when it
+/// moves: the one place a log implementation publishes a commit.
+pub(crate) struct DurableEnd {
+    offset: AtomicU64,
+    /// The last durable record's ingest time plus one; 0 for an empty log.
+    ingest_plus_one: AtomicU64,
+    wakers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+}
+
+impl DurableEnd {
+    pub(crate) fn new(offset: u64, last_ingest_ms: Option<u64>) -> Self {
+        DurableEnd {
+            offset: AtomicU64::new(offset),
+            ingest_plus_one: AtomicU64::new(last_ingest_ms.map_or(0, |t| t + 1)),
+            wakers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The offset up to which records are durable (exclusive).
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset.load(Ordering::Acquire)
+    }
+
+    /// The ingest time of the last durable record.
+    pub(crate) fn ingest_ms(&self) -> Option<u64> {
+        self.ingest_plus_one.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// Everything before `offset` is durable, the last record at
+    /// `last_ingest_ms`: readers may read it, and subscribers are woken.
+    pub(crate) fn publish(&self, offset: u64, last_ingest_ms: Option<u64>) {
+        self.ingest_plus_one.store(last_ingest_ms.map_or(0, |t| t + 1), Ordering::Release);
+        self.offset.store(offset, Ordering::Release);
+        for wake in self.wakers.lock().expect("wakers are never poisoned").iter() {
+            wake();
+        }
+    }
+
+    pub(crate) fn subscribe(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        self.wakers.lock().expect("wakers are never poisoned").push(wake);
     }
 }
 
