@@ -6,8 +6,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use coldstream_pipelines::dedup::Positions;
 use coldstream_sinks::parquet::{EventArchive, RejectedRow};
-use coldstream_sources::log::{Entry, OpenReader};
+use coldstream_sources::log::{Entry, LogReader, OpenReader};
 use coldstream_sources::proto::RejectReason;
 
 use crate::server::{Progress, ServerError};
@@ -40,6 +41,32 @@ fn commit(archive: &mut EventArchive, end: u64, progress: &Progress) -> Result<(
     Ok(())
 }
 
+/// A reader at `start`, and on a log with several writers the position of
+/// every source before it, so that the copies such a log may hold are
+/// archived once ([`coldstream_pipelines::dedup`]). Such a log is read
+/// from its start, which also derives its times exactly.
+fn reader_at(readers: &dyn OpenReader, start: u64) -> Result<(Box<dyn LogReader>, Option<Positions>), ServerError> {
+    if !readers.shared() {
+        return Ok((readers.open(start)?, None));
+    }
+    let mut positions = Positions::default();
+    let mut reader = readers.open(0)?;
+    let mut records = Vec::with_capacity(4096);
+    while reader.position() < start {
+        records.clear();
+        let limit = (start - reader.position()).min(4096) as usize;
+        if reader.read(limit, &mut records)? == 0 {
+            break;
+        }
+        for (_, record) in records.drain(..) {
+            if let Ok(Entry::Accepted(event)) = record.decode() {
+                positions.admits(&event);
+            }
+        }
+    }
+    Ok((reader, Some(positions)))
+}
+
 /// Tails the log into `events/` and `rejected/`.
 pub fn archive_log(
     readers: &dyn OpenReader,
@@ -54,7 +81,7 @@ pub fn archive_log(
         Some((first, end)) => (first, Some(end)),
         None => (0, None),
     };
-    let mut reader = readers.open(start.min(readers.durable_offset()))?;
+    let (mut reader, mut positions) = reader_at(readers, start.min(readers.durable_offset()))?;
     let mut records = Vec::with_capacity(4096);
     let mut last_ms = None;
     loop {
@@ -74,7 +101,11 @@ pub fn archive_log(
             last_ms = Some(record.ingest_ms);
             let ingest_ms = record.ingest_ms;
             match record.decode() {
-                Ok(Entry::Accepted(event)) => archive.push_event(offset, ingest_ms, event),
+                Ok(Entry::Accepted(event)) => {
+                    if positions.as_mut().is_none_or(|positions| positions.admits(&event)) {
+                        archive.push_event(offset, ingest_ms, event);
+                    }
+                }
                 Ok(Entry::Rejected(rejected)) => archive.push_rejected(offset, rejected_row(ingest_ms, rejected)),
                 Ok(Entry::Skipped) => {}
                 Err(error) => tracing::warn!(offset, %error, "skipping a log record"),

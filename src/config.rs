@@ -927,6 +927,7 @@ impl Config {
             lead_time_days: self.views.lead_time_days,
             payment_wait_us: self.views.payment_wait_hours as i64 * coldstream_pipelines::event::HOUR_US,
             hooks: Default::default(),
+            deduplicate: matches!(self.log, LogSection::Fluvio(_)),
         }
     }
 

@@ -251,9 +251,13 @@ impl Workers {
         let stop = Arc::new(AtomicBool::new(false));
         let read_upto = Arc::new(AtomicU64::new(0));
         // Open every reader now, so that a broken log is reported here.
+        // A checkpoint's offset is where its time starts.
+        let start = views.hooks.checkpoints.start();
         let mut opened = Vec::with_capacity(threads);
         for _ in 0..threads {
-            opened.push(std::sync::Mutex::new(Some(readers.open(resume.offset)?)));
+            let reader =
+                if start > 0 { readers.open_at_time(resume.offset, start)? } else { readers.open(resume.offset)? };
+            opened.push(std::sync::Mutex::new(Some(reader)));
         }
         let (built, built_answers) = std::sync::mpsc::channel::<Option<String>>();
         let built = std::sync::Mutex::new(built);
@@ -297,7 +301,7 @@ impl Workers {
             };
             let probe = worker.dataflow::<Time, _, _>(move |scope| {
                 let events = log_source(scope, source, reader);
-                coldstream_pipelines::views::all(events, &views).deliver(move |batch| {
+                coldstream_pipelines::views::from_log(events, &views).deliver(move |batch| {
                     let _ = changes.send(ViewMessage::Changes(batch));
                 })
             });
@@ -404,12 +408,13 @@ struct Source {
     reports: bool,
 }
 
-/// The log as a collection of accepted events, each at its ingest time.
+/// The log as a collection of accepted events, each with its offset and
+/// at its ingest time.
 fn log_source<'s>(
     scope: Scope<'s, Time>,
     source_state: Source,
     mut reader: Box<dyn LogReader>,
-) -> VecCollection<'s, Time, Event> {
+) -> VecCollection<'s, Time, (u64, Event)> {
     let Source { readers, stop, read_upto, sources, checkpoints, every_ms, every_records, offsets, reports } =
         source_state;
     let index = scope.index() as u64;
@@ -466,7 +471,7 @@ fn log_source<'s>(
                 }
                 let ingest_ms = record.ingest_ms;
                 match record.decode() {
-                    Ok(Entry::Accepted(event)) => output.session(&*cap).give((event, ingest_ms, 1isize)),
+                    Ok(Entry::Accepted(event)) => output.session(&*cap).give(((offset, event), ingest_ms, 1isize)),
                     Ok(_) => {}
                     Err(error) => tracing::warn!(offset, %error, "skipping a log record"),
                 }

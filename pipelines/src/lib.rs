@@ -7,6 +7,7 @@
 //! compare it with.
 
 pub mod checkpoint;
+pub mod dedup;
 pub mod event;
 pub mod fleet;
 #[cfg(test)]

@@ -449,6 +449,7 @@ impl FridgeGateway for Gateway {
             return Ok(Response::new(ReceiverStream::new(answers)));
         }
         let inbound = request.into_inner();
+        self.ingest.catch_up().await;
         let position = self.ingest.position(&principal);
         let highest_durable_seq = position
             .seq_in(hello.incarnation)
@@ -472,6 +473,7 @@ impl FridgeGateway for Gateway {
         })?;
         self.confirm(&request, &principal)?;
         let request = request.into_inner();
+        self.ingest.catch_up().await;
         let position = self.ingest.position(&principal);
         if position.seq_in(request.incarnation).is_none() {
             return Err(Status::failed_precondition(stale(&principal, request.incarnation, position)));

@@ -18,6 +18,14 @@
 //! offset it covers (about four times a second), the server keeps the
 //! latest in its checkpoints, and on start the map is that copy plus what
 //! the log holds after its offset.
+//!
+//! On a log with several writers (gateways sharing a Fluvio topic), a
+//! follower thread also reads what the others append into the positions,
+//! and a fridge's `Welcome` waits until it has read everything the log held
+//! when the fridge said `Hello` ([`Ingest::catch_up`]): the highest durable
+//! seq it is given counts what any gateway acknowledged. Appends still in
+//! flight at another gateway cannot be seen; their copies are dropped
+//! where the log is read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -113,7 +121,12 @@ pub struct Ingest {
     highest: Arc<Mutex<HashMap<Principal, Position>>>,
     published: Arc<Mutex<SeqSnapshot>>,
     readers: Arc<dyn OpenReader>,
+    /// On a log with several writers: how far the follower has read.
+    followed: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
+
+/// How long a `Welcome` waits for the follower to catch up.
+const CATCH_UP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Milliseconds since the Unix epoch on the gateway clock.
 pub fn now_ms() -> u64 {
@@ -203,8 +216,9 @@ impl SeqSnapshot {
 /// How often the writer publishes a [`SeqSnapshot`].
 const SEQ_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// The position of every source: `start`, then the log from its offset.
-fn highest_seqs(readers: &dyn OpenReader, start: SeqSnapshot) -> Result<HashMap<Principal, Position>, LogError> {
+/// The position of every source: `start`, then the log from its offset;
+/// with the offset read up to.
+fn highest_seqs(readers: &dyn OpenReader, start: SeqSnapshot) -> Result<SeqSnapshot, LogError> {
     let offset = start.offset;
     let mut seqs = start;
     let first = readers.first_offset()?;
@@ -220,7 +234,8 @@ fn highest_seqs(readers: &dyn OpenReader, start: SeqSnapshot) -> Result<HashMap<
     loop {
         records.clear();
         if reader.read(4096, &mut records)? == 0 {
-            return Ok(seqs.highest);
+            seqs.offset = reader.position();
+            return Ok(seqs);
         }
         for (_, record) in records.drain(..) {
             if let Ok(crate::log::Entry::Accepted(event)) = record.decode() {
@@ -239,10 +254,18 @@ impl Ingest {
         start: SeqSnapshot,
     ) -> Result<(Ingest, JoinHandle<()>), LogError> {
         let readers = log.readers();
-        let highest = highest_seqs(readers.as_ref(), start)?;
-        let published =
-            Arc::new(Mutex::new(SeqSnapshot { offset: readers.durable_offset(), highest: highest.clone() }));
-        let highest = Arc::new(Mutex::new(highest));
+        let read = highest_seqs(readers.as_ref(), start)?;
+        let followed = readers.shared().then(|| Arc::new(std::sync::atomic::AtomicU64::new(read.offset)));
+        let published = Arc::new(Mutex::new(read.clone()));
+        let highest = Arc::new(Mutex::new(read.highest));
+        if let Some(followed) = &followed {
+            let reader = readers.open(read.offset)?;
+            let (highest, followed, readers) = (Arc::downgrade(&highest), Arc::clone(followed), Arc::clone(&readers));
+            std::thread::Builder::new()
+                .name("log follower".into())
+                .spawn(move || follow(readers.as_ref(), reader, &highest, &followed))
+                .map_err(|e| LogError::io("starting the log follower thread", e))?;
+        }
         let (queue, requests) = mpsc::channel(config.queue_batches.max(1));
         let failing = Arc::new(Mutex::new(None));
         let writer = Writer {
@@ -258,7 +281,34 @@ impl Ingest {
             .name("log-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| LogError::io("starting the log writer thread", e))?;
-        Ok((Ingest { queue, failing, highest, published, readers }, thread))
+        Ok((Ingest { queue, failing, highest, published, readers, followed }, thread))
+    }
+
+    /// On a log with several writers, waits (at most 10 s) until the
+    /// positions hold every record the log held at the call, so that a
+    /// position read next counts what other gateways acknowledged.
+    pub async fn catch_up(&self) {
+        let Some(followed) = &self.followed else { return };
+        let readers = Arc::clone(&self.readers);
+        let target = match tokio::task::spawn_blocking(move || readers.latest_offset()).await {
+            Ok(Ok(target)) => target,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "finding the log's end; answering with the positions read so far");
+                return;
+            }
+            Err(_) => return,
+        };
+        let deadline = tokio::time::Instant::now() + CATCH_UP_PATIENCE;
+        while followed.load(std::sync::atomic::Ordering::Acquire) < target {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(
+                    target,
+                    "the log follower did not catch up in time; answering with the positions read so far"
+                );
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     /// The latest published copy of the seq map and the offset it covers.
@@ -294,6 +344,48 @@ impl Ingest {
     /// Opens readers of the log this writer appends to.
     pub fn readers(&self) -> Arc<dyn OpenReader> {
         Arc::clone(&self.readers)
+    }
+}
+
+/// Reads what every writer appends into the positions, until the
+/// positions are dropped.
+fn follow(
+    readers: &dyn OpenReader,
+    mut reader: Box<dyn crate::log::LogReader>,
+    highest: &std::sync::Weak<Mutex<HashMap<Principal, Position>>>,
+    followed: &std::sync::atomic::AtomicU64,
+) {
+    let this = std::thread::current();
+    readers.subscribe(Box::new(move || this.unpark()));
+    let mut records = Vec::with_capacity(4096);
+    let mut seen = SeqSnapshot::default();
+    loop {
+        records.clear();
+        let read = match reader.read(4096, &mut records) {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::error!(%error, "following the log; retrying");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                continue;
+            }
+        };
+        for (_, record) in records.drain(..) {
+            if let Ok(crate::log::Entry::Accepted(event)) = record.decode() {
+                seen.observe(&event);
+            }
+        }
+        let Some(highest) = highest.upgrade() else { return };
+        if !seen.highest.is_empty() {
+            let mut highest = highest.lock().expect("the seq map is never poisoned");
+            for (source, position) in seen.highest.drain() {
+                let known = highest.entry(source).or_default();
+                *known = (*known).max(position);
+            }
+        }
+        followed.store(reader.position(), std::sync::atomic::Ordering::Release);
+        if read == 0 {
+            std::thread::park_timeout(std::time::Duration::from_millis(100));
+        }
     }
 }
 
@@ -387,7 +479,8 @@ impl Writer {
             Ok(()) => {
                 let mut highest = self.highest.lock().expect("the seq map is never poisoned");
                 for (source, position) in pending {
-                    highest.insert(source, position);
+                    let known = highest.entry(source).or_default();
+                    *known = (*known).max(position);
                 }
                 let snapshot = (self.last_published.elapsed() >= SEQ_SNAPSHOT_EVERY)
                     .then(|| SeqSnapshot { offset: self.log.end_offset(), highest: highest.clone() });

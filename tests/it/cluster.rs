@@ -100,6 +100,18 @@ impl Process {
         assert!(status.success());
     }
 
+    /// Waits for the process to exit by itself, whatever its status.
+    #[cfg_attr(not(feature = "fluvio"), allow(dead_code))]
+    pub(crate) fn wait_exit(mut self) {
+        for _ in 0..1200 {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("coldstream run did not stop by itself within 120 s");
+    }
+
     pub(crate) fn wait_success(mut self) {
         for _ in 0..1200 {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -30,6 +30,23 @@ pub(crate) mod cluster {
         pub(crate) endpoint: String,
         children: Vec<Child>,
         _dir: Option<tempfile::TempDir>,
+        /// How to start the SPU again, for a cluster this test started.
+        spu: Option<(PathBuf, Vec<std::ffi::OsString>, PathBuf)>,
+    }
+
+    impl TestCluster {
+        /// SIGKILLs the SPU and starts it again on its own directory, when
+        /// this test started the cluster; `false` for a running one.
+        pub(crate) fn restart_spu(&mut self) -> bool {
+            let Some((binary, args, log)) = &self.spu else { return false };
+            let mut old = self.children.pop().expect("the SPU is the last child");
+            old.kill().unwrap();
+            old.wait().unwrap();
+            let log = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+            let spu = Command::new(binary).args(args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+            self.children.push(spu);
+            true
+        }
     }
 
     impl Drop for TestCluster {
@@ -59,7 +76,7 @@ pub(crate) mod cluster {
     /// The cluster, or `None` (and one line saying so) when there is none.
     pub(crate) fn find(test: &str) -> Option<TestCluster> {
         if let Ok(endpoint) = std::env::var("COLDSTREAM_FLUVIO") {
-            return Some(TestCluster { endpoint, children: Vec::new(), _dir: None });
+            return Some(TestCluster { endpoint, children: Vec::new(), _dir: None, spu: None });
         }
         let Some(binary) = fluvio_run() else {
             eprintln!(
@@ -78,7 +95,8 @@ pub(crate) mod cluster {
             .stderr(log("sc.log"))
             .spawn()
             .unwrap();
-        let mut cluster = TestCluster { endpoint: format!("127.0.0.1:{public}"), children: vec![sc], _dir: None };
+        let mut cluster =
+            TestCluster { endpoint: format!("127.0.0.1:{public}"), children: vec![sc], _dir: None, spu: None };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -106,16 +124,16 @@ pub(crate) mod cluster {
             };
             fluvio.admin().await.create("coldstream-test-spu".to_owned(), false, spec).await.unwrap();
         });
-        let spu = Command::new(&binary)
-            .args(["spu", "-i", "5001", "-p", &format!("127.0.0.1:{spu_public}")])
-            .args(["-v", &format!("127.0.0.1:{spu_private}"), "--sc-addr", &format!("127.0.0.1:{private}")])
-            .arg("--log-base-dir")
-            .arg(dir.path().join("spu"))
-            .stdout(Stdio::null())
-            .stderr(log("spu.log"))
-            .spawn()
-            .unwrap();
+        let mut args: Vec<std::ffi::OsString> =
+            ["spu", "-i", "5001", "-p", &format!("127.0.0.1:{spu_public}")].iter().map(Into::into).collect();
+        for arg in ["-v", &format!("127.0.0.1:{spu_private}"), "--sc-addr", &format!("127.0.0.1:{private}")] {
+            args.push(arg.into());
+        }
+        args.push("--log-base-dir".into());
+        args.push(dir.path().join("spu").into());
+        let spu = Command::new(&binary).args(&args).stdout(Stdio::null()).stderr(log("spu.log")).spawn().unwrap();
         cluster.children.push(spu);
+        cluster.spu = Some((binary, args, dir.path().join("spu.log")));
         cluster._dir = Some(dir);
         Some(cluster)
     }
@@ -159,6 +177,30 @@ fn the_fluvio_log_passes_the_conformance_suite_against_a_real_cluster() {
     assert_eq!(out[1].1.ingest_ms, 9);
 }
 
+/// Ack latency at a gateway: one fridge sends 200 batches of 10 telemetry
+/// events, each once the previous one is acked; the time from send to ack.
+#[cfg(feature = "fluvio")]
+async fn ack_latencies(addr: &str) -> String {
+    use coldstream_pipelines::{Payload, Temperature};
+    let mut session = crate::support::session(addr, "paced").await;
+    let mut took = Vec::with_capacity(200);
+    for batch in 0..200u64 {
+        let events = (1..=10)
+            .map(|i| {
+                let seq = batch * 10 + i;
+                let reading = Payload::Telemetry { temperature_c: Temperature(4.0), door_open: false };
+                coldstream_sources::convert::encode(&crate::support::event("paced", seq, (seq / 20) as i64, reading))
+            })
+            .collect();
+        let sent = std::time::Instant::now();
+        session.send(batch + 1, events).await.unwrap();
+        assert_eq!(session.ack().await.unwrap().accepted.len(), 10);
+        took.push(sent.elapsed().as_secs_f64() * 1e3);
+    }
+    took.sort_by(f64::total_cmp);
+    format!("ack latency p50 {:.2} ms, p99 {:.2} ms (200 batches of 10)", took[99], took[197])
+}
+
 #[cfg(feature = "fluvio")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_on_the_fluvio_log_acks_archives_and_resumes_after_a_restart() {
@@ -196,16 +238,18 @@ async fn a_server_on_the_fluvio_log_acks_archives_and_resumes_after_a_restart() 
     let server = Server::start(&crate::support::config(embedded_dir.path())).await.unwrap();
     let embedded =
         simulate::run(Fleet::new(&spec), &fleet(format!("http://{}", server.addr())), spec.events).await.unwrap();
+    let embedded_acks = ack_latencies(&format!("http://{}", server.addr())).await;
     server.shutdown().await.unwrap();
     let server = Server::start(&config).await.unwrap();
     let summary =
         simulate::run(Fleet::new(&spec), &fleet(format!("http://{}", server.addr())), spec.events).await.unwrap();
-    eprintln!("fleet into the embedded log: {embedded}");
-    eprintln!("fleet into the Fluvio log:   {summary}");
+    let fluvio_acks = ack_latencies(&format!("http://{}", server.addr())).await;
+    eprintln!("fleet into the embedded log: {embedded}; {embedded_acks}");
+    eprintln!("fleet into the Fluvio log:   {summary}; {fluvio_acks}");
     assert_eq!(summary.delivered.rejected, 0);
     server.caught_up(Duration::from_secs(120)).await.unwrap();
     server.shutdown().await.unwrap();
-    let acked = summary.delivered.accepted;
+    let acked = summary.delivered.accepted + 2_000;
     let archived = coldstream::rebuild::archived_events(dir.path()).unwrap().len() as u64;
     assert_eq!(archived, acked, "every acked event archived once");
     let checks = coldstream::verify::views_against_references(dir.path()).await.unwrap();
@@ -223,4 +267,263 @@ async fn a_server_on_the_fluvio_log_acks_archives_and_resumes_after_a_restart() 
     let checks = coldstream::verify::views_against_references(dir.path()).await.unwrap();
     assert!(checks.iter().all(|c| c.equal), "{checks:?}");
     drop(cluster);
+}
+
+/// Two stateless gateways and one pipeline process on one Fluvio topic: a
+/// fleet spread over both gateways, a fridge that moves to the other
+/// gateway with a batch unacknowledged, and copies that two writers leave
+/// in the topic are each archived once and counted once.
+#[cfg(feature = "fluvio")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_fluvio_topic_count_a_fridge_moved_mid_batch_once() {
+    use coldstream::config::{FluvioSection, LogSection, Role};
+    use coldstream::server::Server;
+    use coldstream_pipelines::fleet::{Fleet, FleetSpec};
+    use coldstream_pipelines::{Payload as Domain, Temperature};
+    use coldstream_sources::client::{Session, channel};
+    use coldstream_sources::convert::encode;
+    use coldstream_sources::log::fluvio::{FluvioLog, FluvioLogConfig};
+    use coldstream_sources::log::{EventLog, Record};
+    use coldstream_sources::simulator::{self as simulate, RunSpec};
+    use std::time::Duration;
+
+    let test = "two_gateways_on_one_fluvio_topic_count_a_fridge_moved_mid_batch_once";
+    let Some(cluster) = tokio::task::spawn_blocking(move || cluster::find(test)).await.unwrap() else { return };
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let topic = format!("cs-{run}-gateways");
+    let section = FluvioSection { endpoint: cluster.endpoint.clone(), topic: topic.clone(), replication: 1 };
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let config = |dir: &tempfile::TempDir, role: Role| {
+        let mut config = crate::support::config(dir.path());
+        config.log = LogSection::Fluvio(section.clone());
+        config.role = role;
+        config
+    };
+    let first = Server::start(&config(&dirs[0], Role::Gateway)).await.unwrap();
+    let second = Server::start(&config(&dirs[1], Role::Gateway)).await.unwrap();
+    let pipeline = Server::start(&config(&dirs[2], Role::Pipeline)).await.unwrap();
+    let (a, b) = (format!("http://{}", first.addr()), format!("http://{}", second.addr()));
+
+    let spec =
+        FleetSpec { seed: 5, fridges: 6, events: 3_000, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
+    let fleet = RunSpec {
+        target: format!("{a},{b}"),
+        tokens: crate::support::tokens(),
+        tls: None,
+        rate: None,
+        batch: 100,
+        progress: false,
+    };
+    let summary = simulate::run(Fleet::new(&spec), &fleet, spec.events).await.unwrap();
+    assert_eq!(summary.delivered.rejected, 0, "{summary}");
+
+    // A fridge sends a batch to the first gateway, and before its ack
+    // moves to the second, which welcomes it with what the first acked.
+    let reading = Domain::Telemetry { temperature_c: Temperature(4.5), door_open: false };
+    let events: Vec<_> =
+        (1..=60).map(|seq| encode(&crate::support::event("moved", seq, seq as i64 + 60, reading.clone()))).collect();
+    let token = crate::support::fridge_token("moved");
+    let mut at_first = Session::open(channel(&a).await.unwrap(), "moved", &token).await.unwrap();
+    at_first.send(1, events[..20].to_vec()).await.unwrap();
+    assert_eq!(at_first.ack().await.unwrap().accepted.len(), 20);
+    at_first.send(2, events[20..].to_vec()).await.unwrap();
+    let mut at_second = Session::open(channel(&b).await.unwrap(), "moved", &token).await.unwrap();
+    assert!(at_second.highest_durable_seq >= 20, "Welcome counts what the other gateway acked");
+    let unacked: Vec<_> = events.iter().filter(|e| e.seq > at_second.highest_durable_seq).cloned().collect();
+    let resent = unacked.len();
+    at_second.send(1, unacked).await.unwrap();
+    let ack = at_second.ack().await.unwrap();
+    assert_eq!(ack.accepted.len() + ack.duplicates.len(), resent);
+    let _ = at_first.ack().await;
+    drop((at_first, at_second));
+
+    // Two writers that each append the same events, as two gateways do
+    // when a fridge's resend overtakes its first copy.
+    let log_config = FluvioLogConfig { endpoint: cluster.endpoint.clone(), topic: topic.clone(), replication: 1 };
+    let copied: Vec<Vec<u8>> = (1..=10)
+        .map(|seq| {
+            Record::accepted(&coldstream_pipelines::Event {
+                source_id: "copied".into(),
+                incarnation: 0,
+                seq,
+                event_time: chrono::Utc::now().timestamp_micros() - 3_600_000_000 + seq as i64,
+                payload: Domain::Telemetry { temperature_c: Temperature(5.0), door_open: false },
+            })
+        })
+        .collect();
+    let mut writers = (FluvioLog::open(log_config.clone()).unwrap(), FluvioLog::open(log_config).unwrap());
+    let now = coldstream_sources::ingest::now_ms();
+    writers.0.append(now, &copied[..6]).unwrap();
+    writers.1.append(now, &copied[3..]).unwrap();
+    writers.1.sync().unwrap();
+    writers.0.sync().unwrap();
+
+    pipeline.caught_up(Duration::from_secs(120)).await.unwrap();
+    for server in [first, second, pipeline] {
+        server.shutdown().await.unwrap();
+    }
+    let archived = coldstream::rebuild::archived_events(dirs[2].path()).unwrap();
+    let mut ids: Vec<(String, u64)> = archived.iter().map(|(_, e)| (e.source_id.clone(), e.seq)).collect();
+    ids.sort();
+    let unique = ids.len();
+    ids.dedup();
+    assert_eq!(unique, ids.len(), "an event archived twice");
+    assert_eq!(unique as u64, summary.delivered.accepted + 60 + 10, "every acked event archived once");
+    let checks = coldstream::verify::views_against_references(dirs[2].path()).await.unwrap();
+    assert!(checks.iter().all(|c| c.equal), "{checks:?}");
+    eprintln!("two gateways on Fluvio: {summary}; the moved fridge resent {resent} events to the other gateway");
+}
+
+/// A pipeline of two timely processes on a Fluvio topic, with a gateway
+/// acking into it: a pipeline process SIGKILLed under load and the cluster
+/// restarted, then the Fluvio SPU SIGKILLed and restarted under load. Every
+/// event of the fleet is archived once, and the views, `_now` tables and
+/// webhook ids equal those of one process reading the same topic afresh.
+#[cfg(feature = "fluvio")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_spu() {
+    use crate::cluster::{Process, hostfile, outputs, receiver, webhook_ids};
+    use coldstream::config::{FluvioSection, LogSection, Role};
+    use coldstream::server::Server;
+    use coldstream_pipelines::fleet::{Fleet, FleetSpec};
+    use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint};
+    use coldstream_sources::simulator::{self as simulate, RunSpec};
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    let test = "a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_spu";
+    let Some(mut cluster) = tokio::task::spawn_blocking(move || cluster::find(test)).await.unwrap() else { return };
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let topic = format!("cs-{run}-cluster");
+    let root = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config(&root.path().join("gateway"));
+    config.log =
+        LogSection::Fluvio(FluvioSection { endpoint: cluster.endpoint.clone(), topic: topic.clone(), replication: 1 });
+    config.role = Role::Gateway;
+    let gateway = Server::start(&config).await.unwrap();
+
+    let (cluster_receiver, alone_receiver) = (receiver().await, receiver().await);
+    let config_file = |name: &str, receiver: &coldstream_sinks::webhooks::receiver::Receiver| {
+        let mut text = format!(
+            "[log]\nkind = \"fluvio\"\nendpoint = \"{}\"\ntopic = \"{topic}\"\n[checkpoint]\nevery_records = 2000\n",
+            cluster.endpoint
+        );
+        for endpoint in Endpoint::ALL {
+            text.push_str(&format!(
+                "[webhooks.{0}]\nurl = \"http://{1}/{0}\"\nsecret = \"{EXAMPLE_SECRET}\"\n",
+                endpoint.as_str(),
+                receiver.addr()
+            ));
+        }
+        let path = root.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let cluster_config = config_file("cluster.toml", &cluster_receiver);
+    let hosts = hostfile(root.path(), 2);
+    let dirs: Vec<PathBuf> = (0..2).map(|i| root.path().join(format!("process-{i}"))).collect();
+    let start = |i: usize| {
+        Process::start(&[
+            "--role",
+            "pipeline",
+            "--workers",
+            "1",
+            "--processes",
+            "2",
+            "--process",
+            &i.to_string(),
+            "--hostfile",
+            hosts.to_str().unwrap(),
+            "--data",
+            dirs[i].to_str().unwrap(),
+            "--config",
+            cluster_config.to_str().unwrap(),
+        ])
+    };
+    let mut processes: Vec<Process> = (0..2).map(start).collect();
+    for process in &processes {
+        process.wait_caught_up();
+    }
+
+    let spec =
+        FleetSpec { seed: 8, fridges: 8, events: 30_000, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
+    let expected = Fleet::new(&spec).all_events().len() as u64;
+    let fleet = RunSpec {
+        target: format!("http://{}", gateway.addr()),
+        tokens: crate::support::tokens(),
+        tls: None,
+        rate: Some(3_000.0),
+        batch: 50,
+        progress: false,
+    };
+    let sending = tokio::spawn(async move { simulate::run(Fleet::new(&spec), &fleet, spec.events).await });
+
+    // A pipeline process killed under load: the other stops by itself,
+    // and both start again while the gateway goes on acking.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = processes.pop().unwrap();
+    drop(killed);
+    let survivor = processes.pop().unwrap();
+    tokio::task::spawn_blocking(move || survivor.wait_exit()).await.unwrap();
+    let restarted = std::time::Instant::now();
+    let processes: Vec<Process> = (0..2).map(start).collect();
+    for process in &processes {
+        process.wait_caught_up();
+    }
+    eprintln!("the cluster caught up {} ms after its restart", restarted.elapsed().as_millis());
+
+    // The SPU killed and started again under load: acks stop while it is
+    // down, the fleet retries, and nothing is lost or counted twice.
+    if cluster.restart_spu() {
+        eprintln!("restarted the SPU under load");
+    } else {
+        eprintln!("skipped the SPU restart: the cluster was not started by this test");
+    }
+    let summary = sending.await.unwrap().unwrap();
+    eprintln!("fleet through the killed process and the SPU restart: {summary}");
+    assert_eq!(summary.delivered.rejected, 0, "{summary}");
+    gateway.shutdown().await.unwrap();
+    for process in &processes {
+        process.terminate();
+    }
+    for process in processes {
+        process.wait_success();
+    }
+
+    // One process reading the topic afresh, for comparison.
+    let alone = root.path().join("alone");
+    let alone_config = config_file("alone.toml", &alone_receiver);
+    let process = Process::start(&[
+        "--role",
+        "pipeline",
+        "--workers",
+        "2",
+        "--data",
+        alone.to_str().unwrap(),
+        "--config",
+        alone_config.to_str().unwrap(),
+    ]);
+    process.wait_caught_up();
+    process.terminate();
+    process.wait_success();
+
+    let mut ids: Vec<(String, u64)> = Vec::new();
+    for dir in &dirs {
+        ids.extend(coldstream::rebuild::archived_events(dir).unwrap().into_iter().map(|(_, e)| (e.source_id, e.seq)));
+    }
+    let archived = ids.len() as u64;
+    ids.sort();
+    ids.dedup();
+    assert_eq!(archived, ids.len() as u64, "an event archived twice");
+    assert_eq!(archived, expected, "every event of the fleet archived once");
+    let (one, two) = (outputs(std::slice::from_ref(&alone)).await, outputs(&dirs).await);
+    for ((table, rows), (_, cluster_rows)) in one.iter().zip(&two) {
+        assert_eq!(rows, cluster_rows, "{table} differs between the interrupted cluster and one process");
+    }
+    let (alone_ids, cluster_ids) =
+        (webhook_ids(std::slice::from_ref(&alone), &alone_receiver), webhook_ids(&dirs, &cluster_receiver));
+    assert!(!alone_ids.is_empty());
+    assert_eq!(alone_ids, cluster_ids, "the interrupted cluster sends the webhooks one process sends");
+    alone_receiver.stop().await;
+    cluster_receiver.stop().await;
 }

@@ -167,6 +167,10 @@ pub struct ViewConfig {
     pub payment_wait_us: i64,
     /// Where the per-fridge operators count what they hold, and their checkpoints.
     pub hooks: OperatorHooks,
+    /// Whether the log has several writers, so that the seq rule is applied
+    /// again where it is read ([`crate::dedup`]); a log with one writer has
+    /// applied it when it was written.
+    pub deduplicate: bool,
 }
 
 impl Default for ViewConfig {
@@ -176,6 +180,7 @@ impl Default for ViewConfig {
             lead_time_days: 2,
             payment_wait_us: 72 * crate::event::HOUR_US,
             hooks: OperatorHooks::default(),
+            deduplicate: false,
         }
     }
 }
@@ -321,7 +326,19 @@ pub fn all<'s>(events: VecCollection<'s, Time, Event>, config: &ViewConfig) -> V
     Views { inventory, sessions, revenue, sales_7d, excursions, restock_orders, alerts }
 }
 
-/// The ids of every per-fridge operator [`all`] builds, sorted: what a
+/// Builds every view from the log's accepted events, each with its log
+/// offset: on a log with several writers the copies it may hold are
+/// dropped first ([`crate::dedup`]), then [`all`].
+pub fn from_log<'s>(records: VecCollection<'s, Time, (u64, Event)>, config: &ViewConfig) -> Views<'s> {
+    let events = if config.deduplicate {
+        crate::dedup::deduplicated(records, &config.hooks)
+    } else {
+        records.map(|(_, event)| event)
+    };
+    all(events, config)
+}
+
+/// The ids of every per-fridge operator [`from_log`] builds, sorted: what a
 /// checkpoint holds state for. Read off a dataflow built for the purpose
 /// (and never run), so the list cannot fall behind the views' code.
 pub fn stateful_operators(config: &ViewConfig) -> Vec<String> {
@@ -331,8 +348,8 @@ pub fn stateful_operators(config: &ViewConfig) -> Vec<String> {
     let config = ViewConfig { hooks, ..config.clone() };
     timely::execute_directly(move |worker| {
         worker.dataflow::<Time, _, _>(|scope| {
-            let (_input, events) = scope.new_collection::<Event, isize>();
-            all(events, &config).deliver(|_| {});
+            let (_input, records) = scope.new_collection::<(u64, Event), isize>();
+            from_log(records, &config).deliver(|_| {});
         });
     });
     checkpoints.operators()

@@ -311,6 +311,8 @@ fn a_checkpoint_without_one_of_the_operators_is_refused() {
         ["cold_chain.runs", "inventory.stock", "restock.lines", "sales_7d.window", "sessions.sessions"],
         "the per-fridge operators' ids are part of every checkpoint's fingerprint"
     );
+    let shared = stateful_operators(&ViewConfig { deduplicate: true, ..ViewConfig::default() });
+    assert!(shared.iter().any(|o| o == crate::dedup::OPERATOR), "a shared log's views keep positions: {shared:?}");
     let mut state = checkpoint_at(1, vec![(1_000, Vec::new())], 1_000);
     assert_eq!(state.operators.keys().cloned().collect::<Vec<_>>(), operators);
     state.operators.remove("restock.lines");

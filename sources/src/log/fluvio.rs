@@ -2,21 +2,30 @@
 //! the `fluvio` feature.
 //!
 //! The topic has one partition: coldstream's offsets are the partition's.
-//! Each record is keyed by its source (the fridge or back-office id), and
-//! its value is `flags: u8 | ingest_ms: u64 | payload` (little-endian), the
-//! flag `COMMIT_END` marking the last record of a commit. [`EventLog::append`]
-//! keeps records in memory; [`EventLog::sync`] sends them, the last one
-//! flagged, and returns once Fluvio has acknowledged every one at the
-//! topic's replication (`Isolation::ReadCommitted`, no retries, so that no
-//! record is written twice); only then are they durable here.
+//! Any number of gateways append to it. Each record is keyed by its source
+//! (the fridge or back-office id), and its value is `flags: u8 | stamp: u64
+//! | payload` (little-endian): the writer's clock in milliseconds, and the
+//! flag `COMMIT_END` on the last record of each of its commits.
+//! [`EventLog::append`] keeps records in memory; [`EventLog::sync`] sends
+//! them, the last one flagged, and returns once Fluvio has acknowledged
+//! every one at the topic's replication (`Isolation::ReadCommitted`, no
+//! retries); only then does the gateway ack the fridge.
 //!
-//! A reader hands out records only up to the last commit end it has seen,
-//! so it never shows part of a commit, and a time is complete once a reader
-//! is at a commit boundary, as on the embedded log. A writer that stopped
-//! in the middle of a commit leaves records without a commit end; the next
-//! writer seals them with an empty record that ends their commit, so that
-//! readers move on (the events in them were never acknowledged; a fridge
-//! sends them again, and the seq rules answer duplicates).
+//! **Times come from the log alone.** Writers' clocks disagree and their
+//! commits interleave, so a record's logical time is derived along the
+//! partition: `time(k) = max(stamp(k), time(k−1) + end(k−1))`, where
+//! `end` is 1 after a commit's last record and 0 otherwise. Times never
+//! decrease, and every record after a commit end has a time above it: a
+//! reader hands out records only up to the last commit end (of any
+//! writer), and a time is then complete, as on the embedded log. The
+//! records of a writer that stopped before its commit ended become
+//! readable with the next commit end; they were never acknowledged, and
+//! the copies a fridge resends are dropped where the log is read
+//! ([`coldstream_pipelines::dedup`]).
+//!
+//! A watcher thread follows the partition from its start and publishes
+//! each commit end; a process opening the log waits until the watcher has
+//! caught up with the records there were.
 //!
 //! Retention is Fluvio's own (the topic's retention settings): a trim here
 //! removes nothing.
@@ -60,23 +69,39 @@ pub struct FluvioLogConfig {
 
 /// The writing side of a log on a Fluvio topic.
 pub struct FluvioLog {
-    config: FluvioLogConfig,
     runtime: Arc<tokio::runtime::Runtime>,
     producer: TopicProducerPool,
     /// Appended, not yet sent: key and value.
     buffered: Vec<(Vec<u8>, Vec<u8>)>,
+    /// After the last record this writer knows of.
     end_offset: u64,
+    /// This writer's last stamp.
     last_ingest_ms: Option<u64>,
     shared: Arc<Shared>,
-    /// Why the last sync failed; the next append finds the end again first.
-    failed: Option<String>,
 }
 
 struct Shared {
     config: FluvioLogConfig,
     runtime: Arc<tokio::runtime::Runtime>,
-    /// After the last durable commit.
+    /// After the last commit end, and its time.
     durable: DurableEnd,
+    /// A connection for looking up the partition's end.
+    client: tokio::sync::OnceCell<Fluvio>,
+}
+
+/// Derives records' times along the partition (see the module's doc).
+#[derive(Clone, Copy, Debug, Default)]
+struct Times {
+    /// The least time the next record can have.
+    floor: u64,
+}
+
+impl Times {
+    fn next(&mut self, flags: u8, stamp: u64) -> u64 {
+        let time = stamp.max(self.floor);
+        self.floor = if flags & COMMIT_END != 0 { time + 1 } else { time };
+        time
+    }
 }
 
 fn fluvio_error(context: &str, error: impl std::fmt::Display) -> LogError {
@@ -172,11 +197,10 @@ async fn last_record(fluvio: &Fluvio, topic: &str) -> Result<Option<(u64, u8, Re
 
 impl FluvioLog {
     /// Connects to the cluster, creates the topic (one partition) if it is
-    /// missing, and finds the log's end, sealing a commit a stopped writer
-    /// left open.
+    /// missing, and follows it up to the records it holds.
     pub fn open(config: FluvioLogConfig) -> Result<Self, LogError> {
         let runtime = runtime()?;
-        let (producer, end_offset, last_ingest_ms) = blocking(&runtime, || async {
+        let producer = blocking(&runtime, || async {
             let fluvio = connect(&config).await?;
             let admin = fluvio.admin().await;
             let topics = admin
@@ -202,42 +226,76 @@ impl FluvioLog {
                         .map_err(|e| fluvio_error(&format!("creating topic {}", config.topic), e))?;
                 }
             }
-            let producer = producer(&fluvio, &config.topic).await?;
-            let (end, last) = Self::seal(&producer, &fluvio, &config.topic).await?;
-            Ok::<_, LogError>((producer, end, last))
+            producer(&fluvio, &config.topic).await
         })?;
-        let shared = Arc::new(Shared {
-            config: config.clone(),
-            runtime: Arc::clone(&runtime),
-            durable: DurableEnd::new(end_offset, last_ingest_ms),
-        });
-        Ok(FluvioLog {
-            config,
-            runtime,
-            producer,
-            buffered: Vec::new(),
-            end_offset,
-            last_ingest_ms,
-            shared,
-            failed: None,
-        })
+        let (shared, end_offset) = Shared::watched(config, Arc::clone(&runtime))?;
+        let last_ingest_ms = shared.durable.ingest_ms();
+        Ok(FluvioLog { runtime, producer, buffered: Vec::new(), end_offset, last_ingest_ms, shared })
     }
 
-    /// The end of the partition and its last ingest time, after sealing a
-    /// commit left without its end.
-    async fn seal(producer: &TopicProducerPool, fluvio: &Fluvio, topic: &str) -> Result<(u64, Option<u64>), LogError> {
-        match last_record(fluvio, topic).await? {
-            None => Ok((0, None)),
-            Some((offset, flags, record)) if flags & COMMIT_END != 0 => Ok((offset + 1, Some(record.ingest_ms))),
-            Some((offset, _, record)) => {
-                tracing::warn!(topic, offset, "sealing a commit that a stopped writer left open");
-                let value = encode_value(COMMIT_END, record.ingest_ms, &[]);
-                let sent = producer.send(Vec::<u8>::new(), value).await.map_err(|e| fluvio_error("sealing", e))?;
-                producer.flush().await.map_err(|e| fluvio_error("sealing", e))?;
-                let sealed = sent.wait().await.map_err(|e| fluvio_error("sealing", e))?;
-                Ok((sealed.offset() as u64 + 1, Some(record.ingest_ms)))
-            }
+    /// Readers of a log on Fluvio that other processes write.
+    pub fn follow(config: FluvioLogConfig) -> Result<Arc<dyn OpenReader>, LogError> {
+        let (shared, _) = Shared::watched(config, runtime()?)?;
+        Ok(Arc::new(FluvioReaders(shared)))
+    }
+}
+
+impl Shared {
+    /// The log's shared state, with a watcher that follows the partition
+    /// from its start and publishes every commit end; returns once the
+    /// watcher has read what the partition held, with the offset after it.
+    fn watched(config: FluvioLogConfig, runtime: Arc<tokio::runtime::Runtime>) -> Result<(Arc<Shared>, u64), LogError> {
+        let held = blocking(&runtime, || async {
+            let fluvio = connect(&config).await?;
+            Ok::<_, LogError>(last_record(&fluvio, &config.topic).await?.map_or(0, |(offset, _, _)| offset + 1))
+        })?;
+        let shared = Arc::new(Shared {
+            config,
+            runtime,
+            durable: DurableEnd::new(0, None),
+            client: tokio::sync::OnceCell::new(),
+        });
+        let watched = Arc::downgrade(&shared);
+        let (records, arriving) = sync_channel(4096);
+        let (config, runtime) = (shared.config.clone(), Arc::clone(&shared.runtime));
+        std::thread::Builder::new()
+            .name("fluvio watcher".into())
+            .spawn(move || consume(&runtime, &config, 0, records))
+            .map_err(|e| LogError::io("starting the Fluvio watcher", e))?;
+        let (caught_up, read_all) = sync_channel(1);
+        std::thread::Builder::new()
+            .name("fluvio commits".into())
+            .spawn(move || {
+                let mut times = Times::default();
+                let mut caught_up = Some(caught_up).filter(|_| held > 0);
+                while let Ok(item) = arriving.recv() {
+                    let Some(shared) = watched.upgrade() else { return };
+                    let (offset, flags, record) = match item {
+                        Ok(item) => item,
+                        Err(error) => {
+                            tracing::error!(%error, "the Fluvio watcher stopped; the log's end no longer moves");
+                            return;
+                        }
+                    };
+                    let time = times.next(flags, record.ingest_ms);
+                    if flags & COMMIT_END != 0 {
+                        shared.durable.advance(offset + 1, time);
+                    }
+                    if offset + 1 >= held
+                        && let Some(done) = caught_up.take()
+                    {
+                        let _ = done.send(());
+                    }
+                }
+            })
+            .map_err(|e| LogError::io("starting the Fluvio watcher", e))?;
+        if held > 0 && read_all.recv_timeout(READ_PATIENCE * 4).is_err() {
+            return Err(fluvio_error(
+                &format!("topic {}", shared.config.topic),
+                format!("the {held} records it holds were not read within {} s", READ_PATIENCE.as_secs() * 4),
+            ));
         }
+        Ok((shared, held))
     }
 }
 
@@ -256,27 +314,19 @@ async fn producer(fluvio: &Fluvio, topic: &str) -> Result<TopicProducerPool, Log
 
 impl EventLog for FluvioLog {
     fn append(&mut self, ingest_ms: u64, payloads: &[Vec<u8>]) -> Result<u64, LogError> {
-        if self.failed.is_some() {
-            // What was sent of a failed commit may be in the topic: find the end again.
-            let (config, producer) = (&self.config, &self.producer);
-            let (end, last) = blocking(&self.runtime, || async move {
-                let fluvio = connect(config).await?;
-                Self::seal(producer, &fluvio, &config.topic).await
-            })?;
-            self.end_offset = end;
-            self.last_ingest_ms = last;
-            self.shared.durable.publish(end, last);
-            self.failed = None;
-        }
         if let Some(too_large) = payloads.iter().find(|p| p.len() > MAX_RECORD_BYTES) {
             return Err(LogError::TooLarge(too_large.len()));
         }
-        let floor = match self.last_ingest_ms {
+        // Above this writer's last commit and what the log showed of the
+        // others', so that times are derived from stamps wherever clocks
+        // agree.
+        let own = match self.last_ingest_ms {
             Some(last) if !self.buffered.is_empty() => last,
             Some(last) => last + 1,
             None => 0,
         };
-        let ingest_ms = ingest_ms.max(floor);
+        let seen = if self.buffered.is_empty() { self.shared.durable.ingest_ms().map_or(0, |t| t + 1) } else { 0 };
+        let ingest_ms = ingest_ms.max(own).max(seen);
         let first = self.end_offset;
         for payload in payloads {
             self.buffered.push((key_of(payload), encode_value(0, ingest_ms, payload)));
@@ -289,13 +339,9 @@ impl EventLog for FluvioLog {
     }
 
     fn sync(&mut self) -> Result<(), LogError> {
-        if let Some(reason) = &self.failed {
-            return Err(LogError::Failed(reason.clone()));
-        }
         let Some(last) = self.buffered.last_mut() else { return Ok(()) };
         last.1[0] |= COMMIT_END;
         let records = std::mem::take(&mut self.buffered);
-        let first = self.end_offset - records.len() as u64;
         let producer = &self.producer;
         let sent = blocking(&self.runtime, || async move {
             let mut outputs = Vec::with_capacity(records.len());
@@ -303,28 +349,20 @@ impl EventLog for FluvioLog {
                 outputs.push(producer.send(key, value).await.map_err(|e| fluvio_error("sending to Fluvio", e))?);
             }
             producer.flush().await.map_err(|e| fluvio_error("flushing to Fluvio", e))?;
-            let mut offsets = Vec::with_capacity(outputs.len());
+            let mut last = 0;
             for output in outputs {
-                offsets.push(output.wait().await.map_err(|e| fluvio_error("waiting for Fluvio's ack", e))?.offset());
+                last = output.wait().await.map_err(|e| fluvio_error("waiting for Fluvio's ack", e))?.offset();
             }
-            Ok::<_, LogError>(offsets)
+            Ok::<_, LogError>(last as u64)
         });
-        let offsets = match sent {
-            Ok(offsets) => offsets,
-            Err(error) => {
-                self.failed = Some(error.to_string());
-                return Err(error);
-            }
-        };
-        if offsets.first().is_some_and(|&o| o as u64 != first) {
-            let error = fluvio_error(
-                &format!("topic {}", self.config.topic),
-                format!("records went to offset {} instead of {first}: another writer appends to it", offsets[0]),
-            );
-            self.failed = Some(error.to_string());
-            return Err(error);
-        }
-        self.shared.durable.publish(self.end_offset, self.last_ingest_ms);
+        // What was sent of a failed commit may be in the topic, without its
+        // end: the next commit end makes it readable, and the fridge's
+        // copies of it are dropped where the log is read.
+        let last = sent?;
+        self.end_offset = self.end_offset.max(last + 1);
+        // Every record before this writer's acknowledged commit end is
+        // committed too; the readers derive its time.
+        self.shared.durable.advance(last + 1, self.last_ingest_ms.unwrap_or(0));
         Ok(())
     }
 
@@ -338,43 +376,6 @@ impl EventLog for FluvioLog {
 
     fn readers(&self) -> Arc<dyn OpenReader> {
         Arc::new(FluvioReaders(Arc::clone(&self.shared)))
-    }
-}
-
-impl FluvioLog {
-    /// Readers of a log on Fluvio that another process writes: a watcher
-    /// follows the topic's commit ends to know what is durable.
-    pub fn follow(config: FluvioLogConfig) -> Result<Arc<dyn OpenReader>, LogError> {
-        let runtime = runtime()?;
-        let (end, last) = blocking(&runtime, || async {
-            let fluvio = connect(&config).await?;
-            Ok::<_, LogError>(match last_record(&fluvio, &config.topic).await? {
-                Some((offset, flags, record)) if flags & COMMIT_END != 0 => (offset + 1, Some(record.ingest_ms)),
-                // A commit under way, or left open: the watcher finds its end.
-                _ => (0, None),
-            })
-        })?;
-        let shared = Arc::new(Shared { config, runtime, durable: DurableEnd::new(end, last) });
-        let watched = Arc::downgrade(&shared);
-        let (records, arriving) = sync_channel(4096);
-        let (config, runtime) = (shared.config.clone(), Arc::clone(&shared.runtime));
-        std::thread::Builder::new()
-            .name("fluvio watcher".into())
-            .spawn(move || consume(&runtime, &config, end, records))
-            .map_err(|e| LogError::io("starting the Fluvio watcher", e))?;
-        std::thread::Builder::new()
-            .name("fluvio commits".into())
-            .spawn(move || {
-                while let Ok(item) = arriving.recv() {
-                    let Some(shared) = watched.upgrade() else { return };
-                    let Ok((offset, flags, record)) = item else { continue };
-                    if flags & COMMIT_END != 0 {
-                        shared.durable.publish(offset + 1, Some(record.ingest_ms));
-                    }
-                }
-            })
-            .map_err(|e| LogError::io("starting the Fluvio watcher", e))?;
-        Ok(Arc::new(FluvioReaders(shared)))
     }
 }
 
@@ -412,8 +413,10 @@ fn consume(runtime: &tokio::runtime::Runtime, config: &FluvioLogConfig, from: u6
 /// Opens readers of a log on Fluvio.
 struct FluvioReaders(Arc<Shared>);
 
-impl OpenReader for FluvioReaders {
-    fn open(&self, offset: u64) -> Result<Box<dyn LogReader>, LogError> {
+impl FluvioReaders {
+    /// A reader at `offset`, consuming from `from` (the record before it,
+    /// to learn the time there, or `offset` itself) with `times`.
+    fn reader(&self, offset: u64, from: u64, times: Times) -> Result<Box<dyn LogReader>, LogError> {
         let durable = self.durable_offset();
         if offset > durable {
             return Err(LogError::OutOfRange { requested: offset, end: durable });
@@ -422,9 +425,43 @@ impl OpenReader for FluvioReaders {
         let (config, runtime) = (self.0.config.clone(), Arc::clone(&self.0.runtime));
         std::thread::Builder::new()
             .name("fluvio reader".into())
-            .spawn(move || consume(&runtime, &config, offset, records))
+            .spawn(move || consume(&runtime, &config, from, records))
             .map_err(|e| LogError::io("starting a Fluvio reader", e))?;
-        Ok(Box::new(FluvioReader { shared: Arc::clone(&self.0), arriving, held: VecDeque::new(), position: offset }))
+        Ok(Box::new(FluvioReader {
+            shared: Arc::clone(&self.0),
+            arriving,
+            held: VecDeque::new(),
+            position: from,
+            skip: offset - from,
+            times,
+        }))
+    }
+}
+
+impl OpenReader for FluvioReaders {
+    /// The time at `offset` is derived from the record before it: exact
+    /// unless that record's own time was raised above its stamp (two
+    /// writers' commits racing with their clocks apart), when it may come
+    /// out lower; the views start where a checkpoint's time says
+    /// ([`OpenReader::open_at_time`]), which is exact.
+    fn open(&self, offset: u64) -> Result<Box<dyn LogReader>, LogError> {
+        self.reader(offset, offset.saturating_sub(1), Times::default())
+    }
+
+    fn open_at_time(&self, offset: u64, time: u64) -> Result<Box<dyn LogReader>, LogError> {
+        self.reader(offset, offset, Times { floor: time })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn latest_offset(&self) -> Result<u64, LogError> {
+        let shared = &self.0;
+        blocking(&shared.runtime, || async {
+            let fluvio = shared.client.get_or_try_init(|| connect(&shared.config)).await?;
+            Ok(last_record(fluvio, &shared.config.topic).await?.map_or(0, |(offset, _, _)| offset + 1))
+        })
     }
 
     fn durable_offset(&self) -> u64 {
@@ -451,9 +488,13 @@ impl OpenReader for FluvioReaders {
 struct FluvioReader {
     shared: Arc<Shared>,
     arriving: Receiver<Arrival>,
-    /// Records received and not handed out yet.
-    held: VecDeque<(u64, Record)>,
+    /// Records received and not handed out yet, with their flags.
+    held: VecDeque<(u64, u8, Record)>,
+    /// The offset of the next record to take in.
     position: u64,
+    /// Records to take in for their times only, before the first handed out.
+    skip: u64,
+    times: Times,
 }
 
 impl LogReader for FluvioReader {
@@ -461,7 +502,7 @@ impl LogReader for FluvioReader {
         let durable = self.shared.durable.offset();
         let mut read = 0;
         while read < max && self.position < durable {
-            if let Some((offset, _)) = self.held.front()
+            if let Some((offset, _, _)) = self.held.front()
                 && *offset != self.position
             {
                 return Err(LogError::Corrupt {
@@ -470,16 +511,20 @@ impl LogReader for FluvioReader {
                     reason: format!("the next record is at offset {offset}"),
                 });
             }
-            if !self.held.is_empty() {
-                let (offset, record) = self.held.pop_front().expect("just looked");
-                out.push((offset, record));
+            if let Some((offset, flags, mut record)) = self.held.pop_front() {
+                record.ingest_ms = self.times.next(flags, record.ingest_ms);
                 self.position += 1;
+                if self.skip > 0 {
+                    self.skip -= 1;
+                    continue;
+                }
+                out.push((offset, record));
                 read += 1;
                 continue;
             }
             // Durable, so on its way: wait for it.
             match self.arriving.recv_timeout(READ_PATIENCE) {
-                Ok(Ok((offset, _, record))) if offset >= self.position => self.held.push_back((offset, record)),
+                Ok(Ok(item)) if item.0 >= self.position => self.held.push_back(item),
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => return Err(error),
                 Err(RecvTimeoutError::Timeout) => {
@@ -497,6 +542,6 @@ impl LogReader for FluvioReader {
     }
 
     fn position(&self) -> u64 {
-        self.position
+        self.position + self.skip
     }
 }

@@ -134,6 +134,18 @@ impl DurableEnd {
         self.ingest_plus_one.load(Ordering::Acquire).checked_sub(1)
     }
 
+    /// Like [`DurableEnd::publish`], for a log whose end is learnt from
+    /// several places (its own syncs and a watcher): never moves back.
+    #[cfg_attr(not(feature = "fluvio"), allow(dead_code))]
+    pub(crate) fn advance(&self, offset: u64, last_ingest_ms: u64) {
+        self.ingest_plus_one.fetch_max(last_ingest_ms + 1, Ordering::AcqRel);
+        if self.offset.fetch_max(offset, Ordering::AcqRel) < offset {
+            for wake in self.wakers.lock().expect("wakers are never poisoned").iter() {
+                wake();
+            }
+        }
+    }
+
     /// Everything before `offset` is durable, the last record at
     /// `last_ingest_ms`: readers may read it, and subscribers are woken.
     pub(crate) fn publish(&self, offset: u64, last_ingest_ms: Option<u64>) {
@@ -234,6 +246,24 @@ pub trait EventLog: Send {
 pub trait OpenReader: Send + Sync {
     /// A reader positioned at `offset`.
     fn open(&self, offset: u64) -> Result<Box<dyn LogReader>, LogError>;
+    /// A reader positioned at `offset`, where the record is known to have a
+    /// time of `time` (a checkpoint's): a log whose times are derived along
+    /// it (one with several writers) starts deriving from there.
+    fn open_at_time(&self, offset: u64, _time: u64) -> Result<Box<dyn LogReader>, LogError> {
+        self.open(offset)
+    }
+    /// Whether several writers append to the log (gateways sharing a
+    /// Fluvio topic): then a writer's seq rules see only its own appends,
+    /// and its readers apply them again ([`coldstream_pipelines::dedup`]).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// The offset after the last record the log holds now, durable to its
+    /// writer or not yet visible here; the durable offset for a log with
+    /// one writer.
+    fn latest_offset(&self) -> Result<u64, LogError> {
+        Ok(self.durable_offset())
+    }
     /// The offset up to which records are durable (exclusive).
     fn durable_offset(&self) -> u64;
     /// The first offset the log still holds (above 0 once retention has
