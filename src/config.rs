@@ -468,21 +468,79 @@ pub struct FluvioSection {
     /// Replicas of the topic when coldstream creates it; an ack waits for
     /// every one of them.
     pub replication: u32,
+    /// TLS to the cluster (its controller and SPUs), verified and mutual as
+    /// Fluvio's is: the CA that signed the cluster's certificates, PEM...
+    pub tls_ca: Option<PathBuf>,
+    /// ... this client's certificate and key, PEM...
+    pub tls_cert: Option<PathBuf>,
+    /// ...
+    pub tls_key: Option<PathBuf>,
+    /// ... and the name the cluster's certificates are for (default: the
+    /// endpoint's host).
+    pub tls_domain: Option<String>,
 }
 
 impl Default for FluvioSection {
     fn default() -> Self {
-        FluvioSection { endpoint: "127.0.0.1:9003".into(), topic: "coldstream-events".into(), replication: 1 }
+        FluvioSection {
+            endpoint: "127.0.0.1:9003".into(),
+            topic: "coldstream-events".into(),
+            replication: 1,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_domain: None,
+        }
     }
 }
 
-#[cfg(feature = "fluvio")]
 impl FluvioSection {
+    /// The endpoint's host.
+    fn host(&self) -> &str {
+        let host = self.endpoint.rsplit_once(':').map_or(self.endpoint.as_str(), |(host, _)| host);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// Checks the TLS settings: all three files or none, and TLS to a
+    /// cluster off loopback unless `tls.allow_plaintext`.
+    fn check_tls(&self, allow_plaintext: bool) -> Result<(), ConfigError> {
+        match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(_), Some(_), Some(_)) => Ok(()),
+            (None, None, None) if self.tls_domain.is_some() => {
+                Err(ConfigError::Invalid("log.tls_domain needs log.tls_ca, log.tls_cert and log.tls_key".into()))
+            }
+            (None, None, None) => {
+                let loopback = self.host() == "localhost"
+                    || self.host().parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                if loopback || allow_plaintext {
+                    Ok(())
+                } else {
+                    Err(ConfigError::Invalid(format!(
+                        "log.endpoint {} is not loopback and there is no TLS: every event would cross the network in clear; set log.tls_ca, log.tls_cert and log.tls_key (or tls.allow_plaintext = true)",
+                        self.endpoint
+                    )))
+                }
+            }
+            _ => Err(ConfigError::Invalid("log.tls_ca, log.tls_cert and log.tls_key go together".into())),
+        }
+    }
+
+    #[cfg(feature = "fluvio")]
     fn log_config(&self) -> coldstream_sources::log::fluvio::FluvioLogConfig {
+        let tls = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => Some(coldstream_sources::log::fluvio::FluvioTls {
+                domain: self.tls_domain.clone().unwrap_or_else(|| self.host().to_owned()),
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
         coldstream_sources::log::fluvio::FluvioLogConfig {
             endpoint: self.endpoint.clone(),
             topic: self.topic.clone(),
             replication: self.replication,
+            tls,
         }
     }
 }
@@ -783,6 +841,7 @@ impl Config {
                         "log.replication must be in 1..=16, and log.topic and log.endpoint set".into(),
                     ));
                 }
+                fluvio.check_tls(self.tls.allow_plaintext)?;
                 (1, 0)
             }
         };
@@ -1036,7 +1095,9 @@ allow_plaintext = false
 [log]
 # Which log: "embedded" (segment files in data_dir/log; no server to run),
 # or "fluvio" (a Fluvio topic; a build with `--features fluvio`), whose
-# keys are endpoint = "host:port" of the controller, topic and replication.
+# keys are endpoint = "host:port" of the controller, topic and replication,
+# and for TLS to the cluster tls_ca, tls_cert, tls_key (PEM files) and
+# tls_domain (default: the endpoint's host).
 kind = "embedded"
 # The log's folder, when not data_dir/log: a pipeline process on the
 # gateway's machine follows the gateway's log there.
@@ -1158,6 +1219,16 @@ mod tests {
         assert!(stray.to_string().contains("segment_mb"), "{stray}");
         let none = Config::parse("[log]\nkind = \"fluvio\"\nreplication = 0\n", "c.toml").expect_err("no replicas");
         assert!(none.to_string().contains("log.replication"), "{none}");
+        let far = "[log]\nkind = \"fluvio\"\nendpoint = \"fluvio.example:9003\"\n";
+        let clear = Config::parse(far, "c.toml").expect_err("plaintext off loopback");
+        assert!(clear.to_string().contains("not loopback and there is no TLS"), "{clear}");
+        Config::parse(&format!("{far}[tls]\nallow_plaintext = true\n"), "c.toml").expect("allowed explicitly");
+        let half = Config::parse(&format!("{far}tls_ca = \"ca.pem\"\n"), "c.toml").expect_err("half of TLS");
+        assert!(half.to_string().contains("go together"), "{half}");
+        let tls = format!("{far}tls_ca = \"ca.pem\"\ntls_cert = \"c.pem\"\ntls_key = \"c.key\"\n");
+        let tls = Config::parse(&tls, "c.toml").expect("TLS to a remote cluster");
+        let LogSection::Fluvio(section) = &tls.log else { panic!("a Fluvio log") };
+        assert_eq!(section.host(), "fluvio.example", "the certificate's name defaults to the endpoint's host");
         #[cfg(not(feature = "fluvio"))]
         {
             let missing = fluvio.log.open(Path::new("/nonexistent")).err().expect("a build without Fluvio");

@@ -230,7 +230,12 @@ struct Back {
     dispatchers: Vec<tokio::task::JoinHandle<()>>,
     outbox: Arc<std::sync::Mutex<coldstream_sinks::webhooks::Outbox>>,
     stopping_webhooks: Arc<AtomicBool>,
+    readers: Arc<dyn OpenReader>,
 }
+
+/// How long a stopping pipeline waits to see what a log with several
+/// writers held when it was asked to stop.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(10);
 
 impl Back {
     fn start(spec: BackSpec<'_>) -> Result<Back, ServerError> {
@@ -295,11 +300,12 @@ impl Back {
             progress: Arc::clone(progress),
             failures: failures.clone(),
         })?;
-        Ok(Back { archiver, pipeline, dispatchers, outbox, stopping_webhooks })
+        Ok(Back { archiver, pipeline, dispatchers, outbox, stopping_webhooks, readers: Arc::clone(readers) })
     }
 
     /// Reads the log to its durable end into every sink, and checkpoints.
     fn stop(self) -> Result<(), ServerError> {
+        self.settle();
         self.stopping_webhooks.store(true, Ordering::Release);
         if let Some((stop, _)) = &self.archiver {
             stop.store(true, Ordering::SeqCst);
@@ -312,6 +318,28 @@ impl Back {
             None => Ok(()),
         };
         archived.and(viewed)
+    }
+}
+
+impl Back {
+    /// On a log with several writers, waits (at most 10 s) until what the
+    /// log held at the call is durable here, so that a stop covers what
+    /// the gateways acked before it; the rest waits for the next start.
+    fn settle(&self) {
+        if !self.readers.shared() {
+            return;
+        }
+        let target = match self.readers.latest_offset() {
+            Ok(target) => target,
+            Err(error) => {
+                tracing::warn!(%error, "finding the log's end before stopping");
+                return;
+            }
+        };
+        let deadline = std::time::Instant::now() + SETTLE_PATIENCE;
+        while self.readers.durable_offset() < target && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 

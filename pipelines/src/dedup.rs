@@ -11,6 +11,12 @@
 //! it was written, and its views leave this step out
 //! ([`crate::views::ViewConfig::deduplicate`]).
 //!
+//! The rule keeps every event because a gateway appends only seqs above
+//! the highest durable one, in order, and a fridge resends everything
+//! above the highest durable seq it is welcomed with: a copy can overtake
+//! its original, but never an event of the source that is not yet in
+//! the log.
+//!
 //! The state is one position per source, kept by the per-source operator
 //! of [`crate::operators`] (so it is checkpointed with the views), and the
 //! outcome depends only on the log's order: a replay, on any number of

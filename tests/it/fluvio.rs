@@ -73,17 +73,61 @@ pub(crate) mod cluster {
             .find(|p| p.is_file())
     }
 
+    /// The files of a cluster that speaks only mutual TLS: its servers'
+    /// certificate and key, the CA of their clients, and a client's.
+    pub(crate) struct ClusterTls {
+        pub(crate) server_cert: PathBuf,
+        pub(crate) server_key: PathBuf,
+        pub(crate) ca: PathBuf,
+        pub(crate) client: coldstream_sources::log::fluvio::FluvioTls,
+    }
+
+    impl ClusterTls {
+        /// The arguments that make an SC or SPU serve its public port with
+        /// TLS, and plaintext on `plain` (Fluvio's internal one).
+        fn args(&self, plain: u16) -> Vec<std::ffi::OsString> {
+            let mut args: Vec<std::ffi::OsString> = vec!["--tls".into(), "--enable-client-cert".into()];
+            for (flag, path) in
+                [("--server-cert", &self.server_cert), ("--server-key", &self.server_key), ("--ca-cert", &self.ca)]
+            {
+                args.push(flag.into());
+                args.push(path.into());
+            }
+            args.push("--bind-non-tls-public".into());
+            args.push(format!("127.0.0.1:{plain}").into());
+            args
+        }
+    }
+
+    fn missing(test: &str) {
+        eprintln!(
+            "skipped {test}: no Fluvio cluster (set COLDSTREAM_FLUVIO=host:port, or COLDSTREAM_FLUVIO_RUN or PATH to a fluvio-run binary)"
+        );
+    }
+
+    /// A cluster this test starts with TLS required, or `None` (and one line
+    /// saying so) without a `fluvio-run` binary.
+    pub(crate) fn start_with_tls(test: &str, tls: ClusterTls) -> Option<TestCluster> {
+        let Some(binary) = fluvio_run() else {
+            missing(test);
+            return None;
+        };
+        Some(start(binary, Some(tls)))
+    }
+
     /// The cluster, or `None` (and one line saying so) when there is none.
     pub(crate) fn find(test: &str) -> Option<TestCluster> {
         if let Ok(endpoint) = std::env::var("COLDSTREAM_FLUVIO") {
             return Some(TestCluster { endpoint, children: Vec::new(), _dir: None, spu: None });
         }
         let Some(binary) = fluvio_run() else {
-            eprintln!(
-                "skipped {test}: no Fluvio cluster (set COLDSTREAM_FLUVIO=host:port, or COLDSTREAM_FLUVIO_RUN or PATH to a fluvio-run binary)"
-            );
+            missing(test);
             return None;
         };
+        Some(start(binary, None))
+    }
+
+    fn start(binary: PathBuf, tls: Option<ClusterTls>) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let (public, private, spu_public, spu_private) = (free_port(), free_port(), free_port(), free_port());
         let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
@@ -91,6 +135,7 @@ pub(crate) mod cluster {
             .args(["sc", "--local"])
             .arg(dir.path().join("sc"))
             .args(["--bind-public", &format!("127.0.0.1:{public}"), "--bind-private", &format!("127.0.0.1:{private}")])
+            .args(tls.as_ref().map(|tls| tls.args(free_port())).unwrap_or_default())
             .stdout(Stdio::null())
             .stderr(log("sc.log"))
             .spawn()
@@ -100,8 +145,17 @@ pub(crate) mod cluster {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(60);
+            let mut config = FluvioClusterConfig::new(cluster.endpoint.clone());
+            if let Some(tls) = &tls {
+                config = config.with_tls(fluvio::config::TlsPaths {
+                    domain: tls.client.domain.clone(),
+                    key: tls.client.key.clone(),
+                    cert: tls.client.cert.clone(),
+                    ca_cert: tls.client.ca.clone(),
+                });
+            }
             let fluvio = loop {
-                match Fluvio::connect_with_config(&FluvioClusterConfig::new(cluster.endpoint.clone())).await {
+                match Fluvio::connect_with_config(&config).await {
                     Ok(fluvio) => break fluvio,
                     Err(error) if Instant::now() > deadline => panic!("the Fluvio controller did not come up: {error}"),
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -131,11 +185,12 @@ pub(crate) mod cluster {
         }
         args.push("--log-base-dir".into());
         args.push(dir.path().join("spu").into());
+        args.extend(tls.as_ref().map(|tls| tls.args(free_port())).unwrap_or_default());
         let spu = Command::new(&binary).args(&args).stdout(Stdio::null()).stderr(log("spu.log")).spawn().unwrap();
         cluster.children.push(spu);
         cluster.spu = Some((binary, args, dir.path().join("spu.log")));
         cluster._dir = Some(dir);
-        Some(cluster)
+        cluster
     }
 }
 
@@ -154,6 +209,7 @@ fn the_fluvio_log_passes_the_conformance_suite_against_a_real_cluster() {
         endpoint: cluster.endpoint.clone(),
         topic: format!("cs-{run}-{name}"),
         replication: 1,
+        tls: None,
     };
     let factory = |name: &str| -> Result<Box<dyn EventLog>, LogError> { Ok(Box::new(FluvioLog::open(config(name))?)) };
     conformance::run_all(&factory);
@@ -220,7 +276,7 @@ async fn a_server_on_the_fluvio_log_acks_archives_and_resumes_after_a_restart() 
     config.log = LogSection::Fluvio(FluvioSection {
         endpoint: cluster.endpoint.clone(),
         topic: format!("cs-{run}-server"),
-        replication: 1,
+        ..FluvioSection::default()
     });
     config.checkpoint.every_records = 2_000;
     let spec =
@@ -291,7 +347,8 @@ async fn two_gateways_on_one_fluvio_topic_count_a_fridge_moved_mid_batch_once() 
     let Some(cluster) = tokio::task::spawn_blocking(move || cluster::find(test)).await.unwrap() else { return };
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
     let topic = format!("cs-{run}-gateways");
-    let section = FluvioSection { endpoint: cluster.endpoint.clone(), topic: topic.clone(), replication: 1 };
+    let section =
+        FluvioSection { endpoint: cluster.endpoint.clone(), topic: topic.clone(), ..FluvioSection::default() };
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let config = |dir: &tempfile::TempDir, role: Role| {
         let mut config = crate::support::config(dir.path());
@@ -320,8 +377,9 @@ async fn two_gateways_on_one_fluvio_topic_count_a_fridge_moved_mid_batch_once() 
     // A fridge sends a batch to the first gateway, and before its ack
     // moves to the second, which welcomes it with what the first acked.
     let reading = Domain::Telemetry { temperature_c: Temperature(4.5), door_open: false };
-    let events: Vec<_> =
-        (1..=60).map(|seq| encode(&crate::support::event("moved", seq, seq as i64 + 60, reading.clone()))).collect();
+    let events: Vec<_> = (1..=500)
+        .map(|seq| encode(&crate::support::event("moved", seq, (seq / 5) as i64 + 60, reading.clone())))
+        .collect();
     let token = crate::support::fridge_token("moved");
     let mut at_first = Session::open(channel(&a).await.unwrap(), "moved", &token).await.unwrap();
     at_first.send(1, events[..20].to_vec()).await.unwrap();
@@ -338,8 +396,11 @@ async fn two_gateways_on_one_fluvio_topic_count_a_fridge_moved_mid_batch_once() 
     drop((at_first, at_second));
 
     // Two writers that each append the same events, as two gateways do
-    // when a fridge's resend overtakes its first copy.
-    let log_config = FluvioLogConfig { endpoint: cluster.endpoint.clone(), topic: topic.clone(), replication: 1 };
+    // when a fridge's resend overtakes its first copy: the first gateway
+    // has seqs 1–6 in flight, nothing of it durable yet, so the fridge
+    // resends 1–10 to the second, whose commit lands first.
+    let log_config =
+        FluvioLogConfig { endpoint: cluster.endpoint.clone(), topic: topic.clone(), replication: 1, tls: None };
     let copied: Vec<Vec<u8>> = (1..=10)
         .map(|seq| {
             Record::accepted(&coldstream_pipelines::Event {
@@ -354,7 +415,7 @@ async fn two_gateways_on_one_fluvio_topic_count_a_fridge_moved_mid_batch_once() 
     let mut writers = (FluvioLog::open(log_config.clone()).unwrap(), FluvioLog::open(log_config).unwrap());
     let now = coldstream_sources::ingest::now_ms();
     writers.0.append(now, &copied[..6]).unwrap();
-    writers.1.append(now, &copied[3..]).unwrap();
+    writers.1.append(now, &copied).unwrap();
     writers.1.sync().unwrap();
     writers.0.sync().unwrap();
 
@@ -368,7 +429,7 @@ async fn two_gateways_on_one_fluvio_topic_count_a_fridge_moved_mid_batch_once() 
     let unique = ids.len();
     ids.dedup();
     assert_eq!(unique, ids.len(), "an event archived twice");
-    assert_eq!(unique as u64, summary.delivered.accepted + 60 + 10, "every acked event archived once");
+    assert_eq!(unique as u64, summary.delivered.accepted + 500 + 10, "every acked event archived once");
     let checks = coldstream::verify::views_against_references(dirs[2].path()).await.unwrap();
     assert!(checks.iter().all(|c| c.equal), "{checks:?}");
     eprintln!("two gateways on Fluvio: {summary}; the moved fridge resent {resent} events to the other gateway");
@@ -397,16 +458,19 @@ async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_
     let topic = format!("cs-{run}-cluster");
     let root = tempfile::tempdir().unwrap();
     let mut config = crate::support::config(&root.path().join("gateway"));
-    config.log =
-        LogSection::Fluvio(FluvioSection { endpoint: cluster.endpoint.clone(), topic: topic.clone(), replication: 1 });
+    config.log = LogSection::Fluvio(FluvioSection {
+        endpoint: cluster.endpoint.clone(),
+        topic: topic.clone(),
+        ..FluvioSection::default()
+    });
     config.role = Role::Gateway;
     let gateway = Server::start(&config).await.unwrap();
 
     let (cluster_receiver, alone_receiver) = (receiver().await, receiver().await);
+    let endpoint = cluster.endpoint.clone();
     let config_file = |name: &str, receiver: &coldstream_sinks::webhooks::receiver::Receiver| {
         let mut text = format!(
-            "[log]\nkind = \"fluvio\"\nendpoint = \"{}\"\ntopic = \"{topic}\"\n[checkpoint]\nevery_records = 2000\n",
-            cluster.endpoint
+            "[log]\nkind = \"fluvio\"\nendpoint = \"{endpoint}\"\ntopic = \"{topic}\"\n[checkpoint]\nevery_records = 2000\n"
         );
         for endpoint in Endpoint::ALL {
             text.push_str(&format!(
@@ -526,4 +590,71 @@ async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_
     assert_eq!(alone_ids, cluster_ids, "the interrupted cluster sends the webhooks one process sends");
     alone_receiver.stop().await;
     cluster_receiver.stop().await;
+}
+
+/// The Fluvio log over mutual TLS, to a cluster that requires it: records
+/// go and come back; a client without TLS, or with a certificate another CA
+/// signed, is refused.
+#[cfg(feature = "fluvio")]
+#[test]
+fn the_fluvio_log_speaks_mutual_tls_to_a_cluster_that_requires_it() {
+    use crate::tls::Authority;
+    use coldstream_sources::log::fluvio::{FluvioLog, FluvioLogConfig, FluvioTls};
+    use coldstream_sources::log::{EventLog, Record, conformance};
+    use rcgen::ExtendedKeyUsagePurpose;
+    use std::time::Duration;
+
+    let test = "the_fluvio_log_speaks_mutual_tls_to_a_cluster_that_requires_it";
+    let files = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let path = files.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (ca, stranger) = (Authority::new(), Authority::new());
+    // A client reaches an SPU under the name `<SPU name>.<domain>`.
+    let (server_cert, server_key) =
+        ca.issue(&["localhost", "coldstream-test-spu.localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = ca.issue(&["coldstream"], ExtendedKeyUsagePurpose::ClientAuth);
+    let (other_cert, other_key) = stranger.issue(&["coldstream"], ExtendedKeyUsagePurpose::ClientAuth);
+    let client = FluvioTls {
+        domain: "localhost".into(),
+        ca: write("ca.pem", ca.pem()),
+        cert: write("client.pem", client_cert),
+        key: write("client.key", client_key),
+    };
+    let tls = cluster::ClusterTls {
+        server_cert: write("server.pem", server_cert),
+        server_key: write("server.key", server_key),
+        ca: client.ca.clone(),
+        client: client.clone(),
+    };
+    let Some(cluster) = cluster::start_with_tls(test, tls) else { return };
+    let config = FluvioLogConfig {
+        endpoint: cluster.endpoint.clone(),
+        topic: "cs-tls".into(),
+        replication: 1,
+        tls: Some(client.clone()),
+    };
+    let mut log = FluvioLog::open(config.clone()).unwrap();
+    log.append(5, &[Record::accepted(&conformance::event(1)), Record::accepted(&conformance::event(2))]).unwrap();
+    log.sync().unwrap();
+    let mut reader = log.readers().open(0).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(reader.read(10, &mut out).unwrap(), 2);
+
+    // Refused within a minute, whatever the way it fails.
+    let refused = |config: FluvioLogConfig| {
+        let (tell, answer) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tell.send(FluvioLog::open(config).map(|_| ()));
+        });
+        match answer.recv_timeout(Duration::from_secs(60)) {
+            Ok(result) => result.is_err(),
+            Err(_) => true,
+        }
+    };
+    assert!(refused(FluvioLogConfig { tls: None, ..config.clone() }), "a client without TLS is refused");
+    let other = FluvioTls { cert: write("other.pem", other_cert), key: write("other.key", other_key), ..client };
+    assert!(refused(FluvioLogConfig { tls: Some(other), ..config }), "a certificate of another CA is refused");
 }

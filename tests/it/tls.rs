@@ -15,25 +15,25 @@ use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, 
 use crate::support::{event, fridge_token};
 
 /// A CA and certificates it signs, as PEM.
-struct Authority {
+pub(crate) struct Authority {
     cert: rcgen::Certificate,
     key: KeyPair,
 }
 
 impl Authority {
-    fn new() -> Authority {
+    pub(crate) fn new() -> Authority {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         Authority { cert: params.self_signed(&key).unwrap(), key }
     }
 
-    fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         self.cert.pem()
     }
 
     /// A certificate for `names` (DNS names or IP addresses) and its key.
-    fn issue(&self, names: &[&str], purpose: ExtendedKeyUsagePurpose) -> (String, String) {
+    pub(crate) fn issue(&self, names: &[&str], purpose: ExtendedKeyUsagePurpose) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
         params.extended_key_usages = vec![purpose];

@@ -65,6 +65,21 @@ pub struct FluvioLogConfig {
     pub topic: String,
     /// Replicas of the topic when it is created here.
     pub replication: u32,
+    /// TLS to the cluster, when it is configured.
+    pub tls: Option<FluvioTls>,
+}
+
+/// Verified, mutual TLS to a Fluvio cluster (Fluvio's own kind).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FluvioTls {
+    /// The name the cluster's certificates are for.
+    pub domain: String,
+    /// The CA that signed them, PEM.
+    pub ca: std::path::PathBuf,
+    /// This client's certificate, PEM.
+    pub cert: std::path::PathBuf,
+    /// Its private key, PEM.
+    pub key: std::path::PathBuf,
 }
 
 /// The writing side of a log on a Fluvio topic.
@@ -134,7 +149,16 @@ fn blocking<T: Send, F: std::future::Future<Output = T>>(
 }
 
 async fn connect(config: &FluvioLogConfig) -> Result<Fluvio, LogError> {
-    Fluvio::connect_with_config(&FluvioClusterConfig::new(config.endpoint.clone()))
+    let mut cluster = FluvioClusterConfig::new(config.endpoint.clone());
+    if let Some(tls) = &config.tls {
+        cluster = cluster.with_tls(fluvio::config::TlsPaths {
+            domain: tls.domain.clone(),
+            key: tls.key.clone(),
+            cert: tls.cert.clone(),
+            ca_cert: tls.ca.clone(),
+        });
+    }
+    Fluvio::connect_with_config(&cluster)
         .await
         .map_err(|e| fluvio_error(&format!("connecting to the Fluvio cluster at {}", config.endpoint), e))
 }
