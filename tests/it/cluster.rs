@@ -90,6 +90,16 @@ impl Process {
         Process { child, caught_up }
     }
 
+    /// Process `index` of a pipeline cluster of two one-worker processes.
+    pub(crate) fn member(index: usize, hosts: &Path, dir: &Path, config: &Path, extra: &[&str]) -> Process {
+        let index = index.to_string();
+        let mut args = vec!["--role", "pipeline", "--workers", "1", "--processes", "2", "--process", &index];
+        args.extend(["--hostfile", hosts.to_str().unwrap(), "--data", dir.to_str().unwrap()]);
+        args.extend(["--config", config.to_str().unwrap()]);
+        args.extend(extra);
+        Process::start(&args)
+    }
+
     pub(crate) fn wait_caught_up(&self) {
         self.caught_up.recv_timeout(Duration::from_secs(300)).expect("the process catches up within 300 s");
     }
@@ -214,28 +224,8 @@ async fn two_pipeline_processes_in_a_timely_cluster_compute_exactly_what_one_pro
     let hosts = hostfile(root.path(), 2);
     let cluster_config = config_file(root.path(), "cluster.toml", &cluster_receiver);
     let dirs: Vec<PathBuf> = (0..2).map(|i| root.path().join(format!("process-{i}"))).collect();
-    let processes: Vec<Process> = (0..2)
-        .map(|i| {
-            Process::start(&[
-                "--role",
-                "pipeline",
-                "--log-dir",
-                log_arg,
-                "--workers",
-                "1",
-                "--processes",
-                "2",
-                "--process",
-                &i.to_string(),
-                "--hostfile",
-                hosts.to_str().unwrap(),
-                "--data",
-                dirs[i].to_str().unwrap(),
-                "--config",
-                cluster_config.to_str().unwrap(),
-            ])
-        })
-        .collect();
+    let processes: Vec<Process> =
+        (0..2).map(|i| Process::member(i, &hosts, &dirs[i], &cluster_config, &["--log-dir", log_arg])).collect();
     for process in &processes {
         process.wait_caught_up();
     }

@@ -486,24 +486,7 @@ async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_
     let cluster_config = config_file("cluster.toml", &cluster_receiver);
     let hosts = hostfile(root.path(), 2);
     let dirs: Vec<PathBuf> = (0..2).map(|i| root.path().join(format!("process-{i}"))).collect();
-    let start = |i: usize| {
-        Process::start(&[
-            "--role",
-            "pipeline",
-            "--workers",
-            "1",
-            "--processes",
-            "2",
-            "--process",
-            &i.to_string(),
-            "--hostfile",
-            hosts.to_str().unwrap(),
-            "--data",
-            dirs[i].to_str().unwrap(),
-            "--config",
-            cluster_config.to_str().unwrap(),
-        ])
-    };
+    let start = |i: usize| Process::member(i, &hosts, &dirs[i], &cluster_config, &[]);
     let mut processes: Vec<Process> = (0..2).map(start).collect();
     for process in &processes {
         process.wait_caught_up();
