@@ -57,6 +57,7 @@ async fn sustained(count: usize, keys: usize) -> f64 {
         timeout: Duration::from_secs(10),
         max_in_flight: 16,
         ca: None,
+        every_update: false,
     };
     let dead_letter = Arc::new(DeadLetter::new(dir.path(), ParquetConfig::default()));
     let (send, receive) = tokio::sync::mpsc::unbounded_channel();
@@ -87,6 +88,7 @@ async fn outage(fridges: usize) {
             timeout_ms: 10_000,
             max_in_flight: 16,
             ca_file: None,
+            every_update: false,
         };
         *config.webhooks.endpoint_mut(endpoint) = Some(section);
     }

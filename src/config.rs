@@ -279,6 +279,10 @@ pub struct EndpointSection {
     /// system's roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Send every `restock.updated`, even one a later state of its order
+    /// superseded before it was sent (by default such an update is skipped).
+    #[serde(default)]
+    pub every_update: bool,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -959,8 +963,17 @@ impl Config {
                 )));
             }
             let timeout = Duration::from_millis(section.timeout_ms);
-            endpoints
-                .push((endpoint, EndpointConfig { url, secret, timeout, max_in_flight: section.max_in_flight, ca }));
+            endpoints.push((
+                endpoint,
+                EndpointConfig {
+                    url,
+                    secret,
+                    timeout,
+                    max_in_flight: section.max_in_flight,
+                    ca,
+                    every_update: section.every_update,
+                },
+            ));
         }
         Ok(coldstream_sinks::webhooks::WebhookConfig {
             endpoints,
@@ -1165,6 +1178,8 @@ breaker_open_ms = 30000
 # secret = "whsec_Y29sZHN0cmVhbS1kZW1vLXNlY3JldC0wMQ=="
 # timeout_ms = 10000          # one attempt, connection included
 # max_in_flight = 16          # concurrent deliveries (different keys)
+# every_update = false        # true: also send a restock.updated that a later
+#                             # state of its order superseded before it was sent
 "#;
 
 #[cfg(test)]

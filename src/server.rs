@@ -502,6 +502,12 @@ impl Server {
         self.back.as_ref().map_or(0, |back| back.outbox.lock().map_or(0, |outbox| outbox.pending_len()))
     }
 
+    /// Webhook deliveries skipped since the start because a later state of
+    /// the same order superseded them before they were sent.
+    pub fn webhooks_superseded(&self) -> u64 {
+        self.back.as_ref().map_or(0, |back| back.outbox.lock().map_or(0, |outbox| outbox.superseded()))
+    }
+
     /// Waits until every consumer has processed every record the log held
     /// when the server started: the end of the restart's replay, however
     /// busy the gateway is meanwhile.

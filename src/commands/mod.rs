@@ -208,6 +208,7 @@ pub async fn local_receivers(
             timeout_ms: 10_000,
             max_in_flight: 16,
             ca_file: None,
+            every_update: false,
         });
         receivers.push((endpoint, receiver));
     }

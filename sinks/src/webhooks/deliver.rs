@@ -38,6 +38,9 @@ pub struct EndpointConfig {
     /// For an `https://` URL, the CA to trust (PEM) instead of the system's
     /// roots.
     pub ca: Option<Vec<u8>>,
+    /// Send every message, even a `restock.updated` that a later one of its
+    /// key superseded before it was sent.
+    pub every_update: bool,
 }
 
 /// The roots an `https://` endpoint's certificate is checked against: the
@@ -76,8 +79,16 @@ fn http_client(config: &EndpointConfig) -> Result<HttpClient, String> {
         .map_err(|e| e.to_string())?
         .with_root_certificates(tls_roots(config.ca.as_deref())?)
         .with_no_client_auth();
-    let connector =
-        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+    // Small bodies, one request at a time per connection: Nagle's algorithm
+    // would hold each one back for the previous one's ACK.
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(config.max_in_flight)
@@ -203,6 +214,21 @@ impl Lanes {
         }
     }
 
+    /// The next lane to send from, with every `restock.updated` at its
+    /// head that a later state of the same order supersedes taken off
+    /// first (`DOMAIN.md`: procurement acts on the latest state); the ids
+    /// of those go to `superseded`.
+    fn next_ready(&mut self, superseded: Option<&mut Vec<String>>) -> Option<String> {
+        let key = self.ready.pop_front()?;
+        if let (Some(superseded), Some(lane)) = (superseded, self.lanes.get_mut(&key)) {
+            while lane.queue.len() > 1 && lane.queue.front().is_some_and(Message::may_be_superseded) {
+                superseded.extend(lane.queue.pop_front().map(|m| m.id));
+                lane.attempts = 0;
+            }
+        }
+        Some(key)
+    }
+
     fn head(&self, key: &str) -> Option<&Message> {
         self.lanes.get(key).and_then(|lane| lane.queue.front())
     }
@@ -287,17 +313,24 @@ pub async fn dispatch(
     loop {
         let now = Instant::now();
         lanes.wake(now);
+        let mut superseded = Vec::new();
         if let Breaker::Open { until } = breaker
             && now >= until
-            && let Some(key) = lanes.ready.pop_front()
+            && let Some(key) = lanes.next_ready((!config.every_update).then_some(&mut superseded))
         {
             tracing::info!(endpoint = name, "circuit half-open: probing with one delivery");
             breaker = Breaker::Probing;
             launch(&mut in_flight, &client, &config, &lanes, key);
         }
         while matches!(breaker, Breaker::Closed { .. }) && in_flight.len() < config.max_in_flight {
-            let Some(key) = lanes.ready.pop_front() else { break };
+            let Some(key) = lanes.next_ready((!config.every_update).then_some(&mut superseded)) else { break };
             launch(&mut in_flight, &client, &config, &lanes, key);
+        }
+        if !superseded.is_empty() {
+            outbox.lock().expect("outbox lock").count_superseded(superseded.len() as u64);
+            for id in superseded {
+                let _ = done.send(id);
+            }
         }
         if !open && lanes.is_empty() && in_flight.is_empty() {
             drop(done);
@@ -471,6 +504,36 @@ mod tests {
         lanes.finish("FR-1");
         lanes.finish("FR-2");
         assert!(lanes.is_empty());
+    }
+
+    #[test]
+    fn an_update_superseded_before_it_was_sent_is_skipped_and_opened_and_closed_never_are() {
+        let mut lanes = Lanes::default();
+        let order = |id: &str, kind: &str| Message { kind: kind.into(), ..message(id, "FR-1/o1") };
+        lanes.add(order("opened", "restock.opened"));
+        for (id, kind) in [("u1", "restock.updated"), ("u2", "restock.updated"), ("closed", "restock.closed")] {
+            lanes.add(order(id, kind));
+        }
+        lanes.add(order("reopened", "restock.opened"));
+        lanes.add(order("u3", "restock.updated"));
+        let mut every = Lanes::default();
+        for message in lanes.lanes["FR-1/o1"].queue.iter() {
+            every.add(message.clone());
+        }
+        let mut superseded = Vec::new();
+        let mut sent = Vec::new();
+        while let Some(key) = lanes.next_ready(Some(&mut superseded)) {
+            sent.push(lanes.head(&key).unwrap().id.clone());
+            lanes.finish(&key);
+        }
+        assert_eq!(sent, ["opened", "closed", "reopened", "u3"], "the last state of each order, in order");
+        assert_eq!(superseded, ["u1", "u2"]);
+        sent.clear();
+        while let Some(key) = every.next_ready(None) {
+            sent.push(every.head(&key).unwrap().id.clone());
+            every.finish(&key);
+        }
+        assert_eq!(sent, ["opened", "u1", "u2", "closed", "reopened", "u3"], "every_update sends them all");
     }
 
     #[test]

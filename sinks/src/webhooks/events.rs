@@ -62,6 +62,15 @@ pub struct Message {
     pub body: String,
 }
 
+impl Message {
+    /// Whether a later message of the same key makes this one stale, so
+    /// that it need not be sent: a `restock.updated` (an order's newer
+    /// state, or its close, says all procurement needs).
+    pub fn may_be_superseded(&self) -> bool {
+        self.kind == "restock.updated"
+    }
+}
+
 /// The `webhook-id` of a change: a hash of the view, the key's parts, the
 /// logical time and the type, each part length-prefixed so that no two
 /// different changes encode alike (`("a/b", "c")` and `("a", "b/c")` differ).

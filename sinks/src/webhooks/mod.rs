@@ -284,6 +284,7 @@ mod tests {
             timeout: Duration::from_millis(100),
             max_in_flight: 1,
             ca: None,
+            every_update: false,
         };
         let config = WebhookConfig { endpoints: vec![(Endpoint::Alerts, endpoint)], ..WebhookConfig::default() };
         let (mut webhooks, dispatchers) =

@@ -53,6 +53,8 @@ pub struct Outbox {
     /// Records in the file that are done (what a rewrite would drop).
     dead_records: usize,
     covered: Time,
+    /// Messages this process marked done unsent, superseded by a later one.
+    superseded: u64,
 }
 
 impl Outbox {
@@ -90,8 +92,17 @@ impl Outbox {
         let ids = pending.iter().map(|m| (m.id.clone(), (m.endpoint, fridge_of(&m.key).to_owned()))).collect();
         let per_fridge = count_per_fridge(&pending);
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(error)?;
-        let mut outbox =
-            Outbox { path, file: BufWriter::new(file), pending, ids, done, per_fridge, dead_records, covered };
+        let mut outbox = Outbox {
+            path,
+            file: BufWriter::new(file),
+            pending,
+            ids,
+            done,
+            per_fridge,
+            dead_records,
+            covered,
+            superseded: 0,
+        };
         outbox.compact_if_worth_it()?;
         Ok(outbox)
     }
@@ -105,6 +116,17 @@ impl Outbox {
     /// Messages enqueued and not yet done, oldest first.
     pub fn pending(&self) -> impl Iterator<Item = &Message> {
         self.pending.iter().filter(|m| !self.done.contains(&m.id))
+    }
+
+    /// Counts `n` messages done without being sent: a later message of
+    /// their key superseded them.
+    pub fn count_superseded(&mut self, n: u64) {
+        self.superseded += n;
+    }
+
+    /// Messages this process skipped because a later one superseded them.
+    pub fn superseded(&self) -> u64 {
+        self.superseded
     }
 
     /// How many messages are pending.

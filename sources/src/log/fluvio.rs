@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::Duration;
 
-use fluvio::consumer::ConsumerConfigExtBuilder;
+use fluvio::consumer::{ConsumerConfigExtBuilder, RetryMode};
 use fluvio::metadata::topic::TopicSpec;
 use fluvio::{
     DeliverySemantic, Fluvio, FluvioClusterConfig, Isolation, Offset, RetryPolicy, TopicProducerConfigBuilder,
@@ -52,6 +52,10 @@ const COMMIT_END: u8 = 1;
 
 /// Bytes before the payload in a record's value.
 const HEADER_BYTES: usize = 9;
+
+/// Reconnections a reader's consumer makes before its reader fails (the
+/// watcher, which moves the log's end, tries for ever).
+const READER_RETRIES: u32 = 100;
 
 /// How long a reader waits for records it knows are durable.
 const READ_PATIENCE: Duration = Duration::from_secs(30);
@@ -85,7 +89,11 @@ pub struct FluvioTls {
 /// The writing side of a log on a Fluvio topic.
 pub struct FluvioLog {
     runtime: Arc<tokio::runtime::Runtime>,
-    producer: TopicProducerPool,
+    /// `None` after a failed commit: the next one connects afresh, since a
+    /// producer whose SPU went away does not come back by itself.
+    producer: Option<TopicProducerPool>,
+    /// After the last record of this writer's last acknowledged commit.
+    acked_end: u64,
     /// Appended, not yet sent: key and value.
     buffered: Vec<(Vec<u8>, Vec<u8>)>,
     /// After the last record this writer knows of.
@@ -100,8 +108,9 @@ struct Shared {
     runtime: Arc<tokio::runtime::Runtime>,
     /// After the last commit end, and its time.
     durable: DurableEnd,
-    /// A connection for looking up the partition's end.
-    client: tokio::sync::OnceCell<Fluvio>,
+    /// A connection for looking up the partition's end; dropped when a
+    /// look-up fails, and made again by the next.
+    client: tokio::sync::Mutex<Option<Fluvio>>,
 }
 
 /// Derives records' times along the partition (see the module's doc).
@@ -254,7 +263,15 @@ impl FluvioLog {
         })?;
         let (shared, end_offset) = Shared::watched(config, Arc::clone(&runtime))?;
         let last_ingest_ms = shared.durable.ingest_ms();
-        Ok(FluvioLog { runtime, producer, buffered: Vec::new(), end_offset, last_ingest_ms, shared })
+        Ok(FluvioLog {
+            runtime,
+            producer: Some(producer),
+            acked_end: end_offset,
+            buffered: Vec::new(),
+            end_offset,
+            last_ingest_ms,
+            shared,
+        })
     }
 
     /// Readers of a log on Fluvio that other processes write.
@@ -277,14 +294,14 @@ impl Shared {
             config,
             runtime,
             durable: DurableEnd::new(0, None),
-            client: tokio::sync::OnceCell::new(),
+            client: tokio::sync::Mutex::new(None),
         });
         let watched = Arc::downgrade(&shared);
         let (records, arriving) = sync_channel(4096);
         let (config, runtime) = (shared.config.clone(), Arc::clone(&shared.runtime));
         std::thread::Builder::new()
             .name("fluvio watcher".into())
-            .spawn(move || consume(&runtime, &config, 0, records))
+            .spawn(move || consume(&runtime, &config, 0, RetryMode::TryForever, records))
             .map_err(|e| LogError::io("starting the Fluvio watcher", e))?;
         let (caught_up, read_all) = sync_channel(1);
         std::thread::Builder::new()
@@ -366,24 +383,41 @@ impl EventLog for FluvioLog {
         let Some(last) = self.buffered.last_mut() else { return Ok(()) };
         last.1[0] |= COMMIT_END;
         let records = std::mem::take(&mut self.buffered);
-        let producer = &self.producer;
+        let (config, held) = (&self.shared.config, self.producer.take());
         let sent = blocking(&self.runtime, || async move {
-            let mut outputs = Vec::with_capacity(records.len());
-            for (key, value) in records {
-                outputs.push(producer.send(key, value).await.map_err(|e| fluvio_error("sending to Fluvio", e))?);
-            }
-            producer.flush().await.map_err(|e| fluvio_error("flushing to Fluvio", e))?;
-            let mut last = 0;
-            for output in outputs {
-                last = output.wait().await.map_err(|e| fluvio_error("waiting for Fluvio's ack", e))?.offset();
-            }
-            Ok::<_, LogError>(last as u64)
+            let producer = match held {
+                Some(producer) => producer,
+                None => producer(&connect(config).await?, &config.topic).await?,
+            };
+            let commit = async {
+                let mut outputs = Vec::with_capacity(records.len());
+                for (key, value) in records {
+                    outputs.push(producer.send(key, value).await.map_err(|e| fluvio_error("sending to Fluvio", e))?);
+                }
+                producer.flush().await.map_err(|e| fluvio_error("flushing to Fluvio", e))?;
+                let mut last = 0;
+                for output in outputs {
+                    last = output.wait().await.map_err(|e| fluvio_error("waiting for Fluvio's ack", e))?.offset();
+                }
+                Ok::<_, LogError>(last as u64)
+            };
+            let last = commit.await?;
+            Ok::<_, LogError>((producer, last))
         });
         // What was sent of a failed commit may be in the topic, without its
         // end: the next commit end makes it readable, and the fridge's
-        // copies of it are dropped where the log is read.
-        let last = sent?;
+        // copies of it are dropped where the log is read. The producer is
+        // dropped with it, and the next commit connects again.
+        let (producer, last) = match sent {
+            Ok(sent) => sent,
+            Err(error) => {
+                self.end_offset = self.acked_end.max(self.shared.durable.offset());
+                return Err(error);
+            }
+        };
+        self.producer = Some(producer);
         self.end_offset = self.end_offset.max(last + 1);
+        self.acked_end = self.end_offset;
         // Every record before this writer's acknowledged commit end is
         // committed too; the readers derive its time.
         self.shared.durable.advance(last + 1, self.last_ingest_ms.unwrap_or(0));
@@ -406,7 +440,16 @@ impl EventLog for FluvioLog {
 type Arrival = Result<(u64, u8, Record), LogError>;
 
 /// Streams the partition from `from` into `out` until `out` is dropped.
-fn consume(runtime: &tokio::runtime::Runtime, config: &FluvioLogConfig, from: u64, out: SyncSender<Arrival>) {
+/// The consumer reconnects by itself when the SPU goes away, `retry` times
+/// (Fluvio's exponential backoff between attempts) before it gives up and
+/// `out` receives the error.
+fn consume(
+    runtime: &tokio::runtime::Runtime,
+    config: &FluvioLogConfig,
+    from: u64,
+    retry: RetryMode,
+    out: SyncSender<Arrival>,
+) {
     let failed = runtime.block_on(async {
         let fluvio = connect(config).await?;
         let start = Offset::absolute(from as i64).map_err(|e| fluvio_error("a Fluvio offset", e))?;
@@ -415,6 +458,7 @@ fn consume(runtime: &tokio::runtime::Runtime, config: &FluvioLogConfig, from: u6
             .partition(0)
             .offset_start(start)
             .isolation(Isolation::ReadCommitted)
+            .retry_mode(retry)
             .build()
             .map_err(|e| fluvio_error("configuring a Fluvio consumer", e))?;
         let mut stream =
@@ -449,7 +493,7 @@ impl FluvioReaders {
         let (config, runtime) = (self.0.config.clone(), Arc::clone(&self.0.runtime));
         std::thread::Builder::new()
             .name("fluvio reader".into())
-            .spawn(move || consume(&runtime, &config, from, records))
+            .spawn(move || consume(&runtime, &config, from, RetryMode::TryUntil(READER_RETRIES), records))
             .map_err(|e| LogError::io("starting a Fluvio reader", e))?;
         Ok(Box::new(FluvioReader {
             shared: Arc::clone(&self.0),
@@ -483,8 +527,14 @@ impl OpenReader for FluvioReaders {
     fn latest_offset(&self) -> Result<u64, LogError> {
         let shared = &self.0;
         blocking(&shared.runtime, || async {
-            let fluvio = shared.client.get_or_try_init(|| connect(&shared.config)).await?;
-            Ok(last_record(fluvio, &shared.config.topic).await?.map_or(0, |(offset, _, _)| offset + 1))
+            let mut client = shared.client.lock().await;
+            let fluvio = match client.take() {
+                Some(fluvio) => fluvio,
+                None => connect(&shared.config).await?,
+            };
+            let last = last_record(&fluvio, &shared.config.topic).await?;
+            *client = Some(fluvio);
+            Ok(last.map_or(0, |(offset, _, _)| offset + 1))
         })
     }
 

@@ -159,6 +159,7 @@ mod tests {
                 latency("all", webhook_p99),
                 latency("in the views", views_p99),
             ],
+            superseded_updates: 0,
             cpu_seconds_per_million_events: 10.0,
             peak_rss_mib: 100.0,
         }

@@ -88,6 +88,9 @@ pub struct BenchReport {
     pub fleet_seconds: f64,
     /// Latency from commit to webhook arrival, by endpoint and over all.
     pub latency: Vec<Latency>,
+    /// `restock.updated` deliveries skipped because a newer state of the
+    /// same order superseded them before they were sent.
+    pub superseded_updates: u64,
     /// CPU seconds of the pipeline process per million events.
     pub cpu_seconds_per_million_events: f64,
     /// Peak resident memory of the pipeline process, MiB.
@@ -112,6 +115,11 @@ impl std::fmt::Display for BenchReport {
             f,
             "cpu: {:.2} s per million events (pipeline process); peak memory {:.0} MiB",
             self.cpu_seconds_per_million_events, self.peak_rss_mib
+        )?;
+        writeln!(
+            f,
+            "restock.updated skipped: {} (a newer state of the same order was pending)",
+            self.superseded_updates
         )?;
         writeln!(f, "latency, commit to webhook arrival (ms):")?;
         writeln!(f, "  {:<12} {:>8} {:>6} {:>6} {:>7} {:>6}", "webhook", "count", "p50", "p99", "p99.9", "max")?;
@@ -323,6 +331,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     }
     latencies.push(latency("all", &all.iter().collect::<Vec<_>>(), durable_at));
     latencies.push(samples.views_latency());
+    let superseded_updates = server.webhooks_superseded();
     server.shutdown().await?;
     for (_, receiver) in receivers {
         receiver.stop().await;
@@ -346,6 +355,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         archive_seconds: archive_at.unwrap_or(seconds),
         fleet_seconds,
         latency: latencies,
+        superseded_updates,
         cpu_seconds_per_million_events: cpu / (events.max(1) as f64 / 1e6),
         peak_rss_mib: coldstream::machine::peak_rss_mib().unwrap_or(0.0),
     })

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use coldstream_pipelines::Event;
 use coldstream_sinks::parquet::view_tables;
-use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint, Outbox, Secret};
+use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint, Message, Outbox, Secret};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -92,8 +92,12 @@ pub struct ChaosReport {
     pub views: Vec<coldstream::verify::ViewCheck>,
     /// Changelog rows that differ from the uninterrupted recomputation.
     pub changelog_differences: usize,
-    /// Webhook messages derived, delivered at least once, delivered more than once.
+    /// Webhook messages that must arrive (every one derived but the
+    /// `restock.updated` a later message of its order supersedes), those
+    /// delivered at least once, and those delivered more than once.
     pub webhooks: (usize, usize, usize),
+    /// Superseded updates derived, and how many of them were not sent.
+    pub superseded: (usize, usize),
     /// Messages that arrived but were not derived, or arrived with another body.
     pub webhook_strays: usize,
     /// Wall time.
@@ -162,8 +166,14 @@ impl std::fmt::Display for ChaosReport {
         writeln!(f, "view changelogs: {} rows differ from an uninterrupted recomputation", self.changelog_differences)?;
         writeln!(
             f,
-            "webhooks: {} derived, {} delivered, {} delivered more than once (same id and body), {} unexpected",
-            self.webhooks.0, self.webhooks.1, self.webhooks.2, self.webhook_strays
+            "webhooks: {} due, {} delivered, {} delivered more than once (same id and body), {} unexpected; \
+             {} superseded updates, {} of them skipped",
+            self.webhooks.0,
+            self.webhooks.1,
+            self.webhooks.2,
+            self.webhook_strays,
+            self.superseded.0,
+            self.superseded.1
         )?;
         write!(f, "{}", if self.passed() { "PASSED" } else { "FAILED" })
     }
@@ -612,10 +622,18 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
         let (live, again) = (net_changes(&ctx, view, several).await?, net_changes(&recomputed, view, false).await?);
         report.changelog_differences += live.symmetric_difference(&again).count();
     }
-    let derived: BTreeMap<String, String> = Outbox::open(&scratch.join("webhooks"))?
-        .pending()
-        .map(|message| (message.id.clone(), message.body.clone()))
-        .collect();
+    let messages: Vec<Message> = Outbox::open(&scratch.join("webhooks"))?.pending().cloned().collect();
+    let derived: BTreeMap<String, String> =
+        messages.iter().map(|message| (message.id.clone(), message.body.clone())).collect();
+    // A `restock.updated` with a later message of its order may be skipped.
+    let mut later_of_key = BTreeSet::new();
+    let mut optional = BTreeSet::new();
+    for message in messages.iter().rev() {
+        if message.may_be_superseded() && later_of_key.contains(&message.key) {
+            optional.insert(message.id.clone());
+        }
+        later_of_key.insert(message.key.clone());
+    }
 
     // Deliver what the outboxes still hold, then compare.
     if let Some(restart) = deployment.start_missing(true)? {
@@ -625,7 +643,7 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     let received = loop {
         let received: Vec<_> = receivers.iter().flat_map(|(_, r)| r.received()).collect();
         let ids: BTreeSet<&String> = received.iter().map(|d| &d.id).collect();
-        if derived.keys().all(|id| ids.contains(id)) || Instant::now() >= deadline {
+        if derived.keys().all(|id| optional.contains(id) || ids.contains(id)) || Instant::now() >= deadline {
             break received;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -638,7 +656,10 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
             _ => report.webhook_strays += 1,
         }
     }
-    report.webhooks = (derived.len(), delivered.len(), delivered.values().filter(|n| **n > 1).count());
+    let due = derived.len() - optional.len();
+    let delivered_due = delivered.keys().filter(|id| !optional.contains(**id)).count();
+    report.webhooks = (due, delivered_due, delivered.values().filter(|n| **n > 1).count());
+    report.superseded = (optional.len(), optional.iter().filter(|id| !delivered.contains_key(id)).count());
     for (_, receiver) in receivers {
         receiver.stop().await;
     }
