@@ -47,6 +47,12 @@ use crate::supervise::Failures;
 /// Records a source reads before yielding to the other operators.
 const READ_BATCH: usize = 8192;
 
+/// Records a source reads ahead of what every view has finished, at most:
+/// beyond it the source waits and the backlog stays in the log, on disk,
+/// instead of in the dataflow's queues. (One commit larger than this is
+/// still read whole.)
+const MAX_READ_AHEAD: u64 = 131_072;
+
 /// What the workers send to the view sink.
 pub enum ViewMessage {
     /// Changes to one view.
@@ -287,6 +293,7 @@ impl Workers {
             let source_list = Arc::clone(&source_list);
             let changes = sink.clone();
             let views = views.clone();
+            let finished = Arc::new(AtomicU64::new(0));
             let checkpoints = views.hooks.checkpoints.clone();
             let source = Source {
                 readers,
@@ -298,6 +305,7 @@ impl Workers {
                 every_records: resume.checkpoint_every_records.max(1),
                 offsets: (local == 0).then(|| sink.clone()),
                 reports: local == 0,
+                finished: Arc::clone(&finished),
             };
             let probe = worker.dataflow::<Time, _, _>(move |scope| {
                 let events = log_source(scope, source, reader);
@@ -310,8 +318,9 @@ impl Workers {
             let mut reported = None;
             while !probe.done() {
                 worker.step_or_park(Some(Duration::from_millis(100)));
+                let frontier = probe.with_frontier(|f| f.first().copied());
+                finished.store(frontier.unwrap_or(Time::MAX), Ordering::Release);
                 if local == 0 {
-                    let frontier = probe.with_frontier(|f| f.first().copied());
                     if frontier != reported
                         && let Some(time) = frontier
                     {
@@ -406,6 +415,8 @@ struct Source {
     offsets: Option<SyncSender<ViewMessage>>,
     /// Whether this is the process's first worker, which reports how far it read.
     reports: bool,
+    /// The views' frontier: every time before it is finished.
+    finished: Arc<AtomicU64>,
 }
 
 /// The log as a collection of accepted events, each with its offset and
@@ -415,7 +426,7 @@ fn log_source<'s>(
     source_state: Source,
     mut reader: Box<dyn LogReader>,
 ) -> VecCollection<'s, Time, (u64, Event)> {
-    let Source { readers, stop, read_upto, sources, checkpoints, every_ms, every_records, offsets, reports } =
+    let Source { readers, stop, read_upto, sources, checkpoints, every_ms, every_records, offsets, reports, finished } =
         source_state;
     let index = scope.index() as u64;
     let peers = scope.peers() as u64;
@@ -430,6 +441,8 @@ fn log_source<'s>(
         let mut capability = Some(capability);
         let mut records = Vec::with_capacity(READ_BATCH);
         let mut last_time: Option<Time> = None;
+        // The first offset of each time read and not yet finished.
+        let mut unfinished: std::collections::VecDeque<(Time, u64)> = std::collections::VecDeque::new();
         let mut requested_at = reader.position();
         let restore_failed = {
             let checkpoints = checkpoints.clone();
@@ -446,6 +459,18 @@ fn log_source<'s>(
                 capability = None;
             }
             let Some(cap) = capability.as_mut() else { return };
+            let frontier = finished.load(Ordering::Acquire);
+            while unfinished.front().is_some_and(|(time, _)| *time < frontier) {
+                unfinished.pop_front();
+            }
+            if let Some(&(oldest, offset)) = unfinished.front()
+                && Some(oldest) != last_time
+                && reader.position().saturating_sub(offset) >= MAX_READ_AHEAD
+            {
+                // Far enough ahead of the views: look again once they move.
+                self_activator.activate_after(Duration::from_millis(1));
+                return;
+            }
             records.clear();
             let read = match reader.read(READ_BATCH, &mut records) {
                 Ok(read) => read,
@@ -465,6 +490,7 @@ fn log_source<'s>(
                     }
                     cap.downgrade(&record.ingest_ms);
                     last_time = Some(record.ingest_ms);
+                    unfinished.push_back((record.ingest_ms, offset));
                 }
                 if offset % peers != index {
                     continue;

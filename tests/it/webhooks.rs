@@ -438,11 +438,8 @@ async fn deliveries_pending_while_the_receiver_is_down_survive_sigkill_and_arriv
     copy_dir(&data.join("log"), &clean.path().join("log"));
     let reference = Receiver::start(|_, _| Behaviour::Answer(204)).await;
     let url = format!("http://{}/hooks", reference.addr);
-    let server = server_with_webhooks_in(
-        clean.path(),
-        &webhook_config(&url).replace("\ntimeout_ms", "\nevery_update = true\ntimeout_ms"),
-    );
-    let server = server.await;
+    let every_update = webhook_config(&url).replace("\ntimeout_ms", "\nevery_update = true\ntimeout_ms");
+    let server = server_with_webhooks_in(clean.path(), &every_update).await;
     server.caught_up(Duration::from_secs(120)).await.unwrap();
     settle(|| reference.seen().len()).await;
     server.shutdown().await.unwrap();

@@ -108,9 +108,17 @@ struct Shared {
     runtime: Arc<tokio::runtime::Runtime>,
     /// After the last commit end, and its time.
     durable: DurableEnd,
-    /// A connection for looking up the partition's end; dropped when a
-    /// look-up fails, and made again by the next.
-    client: tokio::sync::Mutex<Option<Fluvio>>,
+    /// Looks up the partition's end, one look-up at a time.
+    ends: tokio::sync::Mutex<EndLookup>,
+}
+
+/// The partition's end as last looked up.
+#[derive(Default)]
+struct EndLookup {
+    /// The connection; dropped when a look-up fails, and made again by the next.
+    fluvio: Option<Fluvio>,
+    /// When the last look-up started, and what it found.
+    last: Option<(std::time::Instant, u64)>,
 }
 
 /// Derives records' times along the partition (see the module's doc).
@@ -294,7 +302,7 @@ impl Shared {
             config,
             runtime,
             durable: DurableEnd::new(0, None),
-            client: tokio::sync::Mutex::new(None),
+            ends: tokio::sync::Mutex::new(EndLookup::default()),
         });
         let watched = Arc::downgrade(&shared);
         let (records, arriving) = sync_channel(4096);
@@ -524,17 +532,27 @@ impl OpenReader for FluvioReaders {
         true
     }
 
+    /// A look-up that started after this call serves it: of many callers
+    /// at once (a fleet reconnecting, each fridge's Hello), one asks the
+    /// cluster and the others wait for its answer.
     fn latest_offset(&self) -> Result<u64, LogError> {
+        let called = std::time::Instant::now();
         let shared = &self.0;
         blocking(&shared.runtime, || async {
-            let mut client = shared.client.lock().await;
-            let fluvio = match client.take() {
+            let mut ends = shared.ends.lock().await;
+            if let Some((started, end)) = ends.last
+                && started >= called
+            {
+                return Ok(end);
+            }
+            let started = std::time::Instant::now();
+            let fluvio = match ends.fluvio.take() {
                 Some(fluvio) => fluvio,
                 None => connect(&shared.config).await?,
             };
-            let last = last_record(&fluvio, &shared.config.topic).await?;
-            *client = Some(fluvio);
-            Ok(last.map_or(0, |(offset, _, _)| offset + 1))
+            let end = last_record(&fluvio, &shared.config.topic).await?.map_or(0, |(offset, _, _)| offset + 1);
+            *ends = EndLookup { fluvio: Some(fluvio), last: Some((started, end)) };
+            Ok(end)
         })
     }
 
