@@ -320,13 +320,12 @@ impl Workers {
                 worker.step_or_park(Some(Duration::from_millis(100)));
                 let frontier = probe.with_frontier(|f| f.first().copied());
                 finished.store(frontier.unwrap_or(Time::MAX), Ordering::Release);
-                if local == 0 {
-                    if frontier != reported
-                        && let Some(time) = frontier
-                    {
-                        let _ = sink.send(ViewMessage::Frontier(time));
-                        reported = frontier;
-                    }
+                if local == 0
+                    && frontier != reported
+                    && let Some(time) = frontier
+                {
+                    let _ = sink.send(ViewMessage::Frontier(time));
+                    reported = frontier;
                 }
             }
             if local == 0 {
