@@ -92,8 +92,6 @@ pub struct FluvioLog {
     /// `None` after a failed commit: the next one connects afresh, since a
     /// producer whose SPU went away does not come back by itself.
     producer: Option<TopicProducerPool>,
-    /// After the last record of this writer's last acknowledged commit.
-    acked_end: u64,
     /// Appended, not yet sent: key and value.
     buffered: Vec<(Vec<u8>, Vec<u8>)>,
     /// After the last record this writer knows of.
@@ -271,15 +269,7 @@ impl FluvioLog {
         })?;
         let (shared, end_offset) = Shared::watched(config, Arc::clone(&runtime))?;
         let last_ingest_ms = shared.durable.ingest_ms();
-        Ok(FluvioLog {
-            runtime,
-            producer: Some(producer),
-            acked_end: end_offset,
-            buffered: Vec::new(),
-            end_offset,
-            last_ingest_ms,
-            shared,
-        })
+        Ok(FluvioLog { runtime, producer: Some(producer), buffered: Vec::new(), end_offset, last_ingest_ms, shared })
     }
 
     /// Readers of a log on Fluvio that other processes write.
@@ -391,6 +381,8 @@ impl EventLog for FluvioLog {
         let Some(last) = self.buffered.last_mut() else { return Ok(()) };
         last.1[0] |= COMMIT_END;
         let records = std::mem::take(&mut self.buffered);
+        // After this writer's last acknowledged commit.
+        let acked_end = self.end_offset - records.len() as u64;
         let (config, held) = (&self.shared.config, self.producer.take());
         let sent = blocking(&self.runtime, || async move {
             let producer = match held {
@@ -419,13 +411,12 @@ impl EventLog for FluvioLog {
         let (producer, last) = match sent {
             Ok(sent) => sent,
             Err(error) => {
-                self.end_offset = self.acked_end.max(self.shared.durable.offset());
+                self.end_offset = acked_end.max(self.shared.durable.offset());
                 return Err(error);
             }
         };
         self.producer = Some(producer);
         self.end_offset = self.end_offset.max(last + 1);
-        self.acked_end = self.end_offset;
         // Every record before this writer's acknowledged commit end is
         // committed too; the readers derive its time.
         self.shared.durable.advance(last + 1, self.last_ingest_ms.unwrap_or(0));
