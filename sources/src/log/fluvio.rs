@@ -21,7 +21,9 @@
 //! records of a writer that stopped before its commit ended become
 //! readable with the next commit end; they were never acknowledged, and
 //! the copies a fridge resends are dropped where the log is read
-//! ([`coldstream_pipelines::dedup`]).
+//! ([`coldstream_pipelines::dedup`]). A commit lost with its SPU may leave
+//! offsets the partition never holds: readers hand each out as a record
+//! holding nothing ([`Payload::Skipped`]), so offsets stay dense.
 //!
 //! A watcher thread follows the partition from its start and publishes
 //! each commit end; a process opening the log waits until the watcher has
@@ -501,6 +503,7 @@ impl FluvioReaders {
             position: from,
             skip: offset - from,
             times,
+            gap_until: 0,
         }))
     }
 }
@@ -578,6 +581,8 @@ struct FluvioReader {
     /// Records to take in for their times only, before the first handed out.
     skip: u64,
     times: Times,
+    /// The end of the last gap in the partition's offsets reported.
+    gap_until: u64,
 }
 
 impl LogReader for FluvioReader {
@@ -585,16 +590,22 @@ impl LogReader for FluvioReader {
         let durable = self.shared.durable.offset();
         let mut read = 0;
         while read < max && self.position < durable {
-            if let Some((offset, _, _)) = self.held.front()
-                && *offset != self.position
-            {
-                return Err(LogError::Corrupt {
-                    file: format!("Fluvio topic {}", self.shared.config.topic),
-                    position: self.position,
-                    reason: format!("the next record is at offset {offset}"),
-                });
-            }
-            if let Some((offset, flags, mut record)) = self.held.pop_front() {
+            let next = match self.held.front() {
+                Some(&(offset, _, _)) if offset > self.position => {
+                    // Offsets the partition does not hold (a commit lost
+                    // with its SPU, never acknowledged) are handed out as
+                    // records holding nothing, at the time there, so that
+                    // offsets stay dense for every reader.
+                    if self.gap_until <= self.position {
+                        tracing::warn!(from = self.position, to = offset, "the Fluvio partition holds no records here");
+                        self.gap_until = offset;
+                    }
+                    Some((self.position, 0, Record { ingest_ms: 0, payload: Payload::Skipped }))
+                }
+                Some(_) => self.held.pop_front(),
+                None => None,
+            };
+            if let Some((offset, flags, mut record)) = next {
                 record.ingest_ms = self.times.next(flags, record.ingest_ms);
                 self.position += 1;
                 if self.skip > 0 {
@@ -626,5 +637,67 @@ impl LogReader for FluvioReader {
 
     fn position(&self) -> u64 {
         self.position + self.skip
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader fed by hand: the records a consumer would deliver.
+    fn reader(durable: u64, from: u64, skip: u64, times: Times) -> (FluvioReader, SyncSender<Arrival>) {
+        let shared = Arc::new(Shared {
+            config: FluvioLogConfig {
+                endpoint: "127.0.0.1:9".into(),
+                topic: "unused".into(),
+                replication: 1,
+                tls: None,
+            },
+            runtime: runtime().expect("a runtime"),
+            durable: DurableEnd::new(durable, Some(0)),
+            ends: tokio::sync::Mutex::new(EndLookup::default()),
+        });
+        let (records, arriving) = sync_channel(64);
+        let reader = FluvioReader { shared, arriving, held: VecDeque::new(), position: from, skip, times, gap_until: 0 };
+        (reader, records)
+    }
+
+    fn record(offset: u64, flags: u8, stamp: u64) -> Arrival {
+        Ok((offset, flags, Record { ingest_ms: stamp, payload: Payload::Encoded(vec![offset as u8]) }))
+    }
+
+    #[test]
+    fn offsets_the_partition_lacks_are_read_as_empty_records_at_the_time_there() {
+        // Offsets 0..2 one commit at 10, 2..4 lost with their SPU, 4..6 a
+        // commit at 5 (a writer whose clock is behind).
+        let (mut reader, records) = reader(6, 0, 0, Times::default());
+        for arrival in [record(0, 0, 10), record(1, COMMIT_END, 10), record(4, 0, 5), record(5, COMMIT_END, 5)] {
+            records.send(arrival).unwrap();
+        }
+        let mut out = Vec::new();
+        assert_eq!(reader.read(3, &mut out).unwrap(), 3);
+        assert_eq!(reader.position(), 3);
+        assert_eq!(reader.read(100, &mut out).unwrap(), 3);
+        assert_eq!(reader.read(100, &mut out).unwrap(), 0, "at the durable end");
+        let read: Vec<(u64, u64, bool)> =
+            out.iter().map(|(offset, r)| (*offset, r.ingest_ms, matches!(r.payload, Payload::Skipped))).collect();
+        assert_eq!(
+            read,
+            [(0, 10, false), (1, 10, false), (2, 11, true), (3, 11, true), (4, 11, false), (5, 11, false)]
+        );
+        assert_eq!(reader.position(), 6);
+    }
+
+    #[test]
+    fn a_reader_opened_inside_a_gap_starts_where_it_was_asked() {
+        // Opened at 3 with the time there known, 2..4 held by nothing.
+        let (mut reader, records) = reader(6, 3, 0, Times { floor: 11 });
+        for arrival in [record(4, 0, 5), record(5, COMMIT_END, 5)] {
+            records.send(arrival).unwrap();
+        }
+        let mut out = Vec::new();
+        assert_eq!(reader.read(100, &mut out).unwrap(), 3);
+        let read: Vec<(u64, u64)> = out.iter().map(|(offset, r)| (*offset, r.ingest_ms)).collect();
+        assert_eq!(read, [(3, 11), (4, 11), (5, 11)]);
     }
 }
