@@ -42,6 +42,37 @@ pub struct Config {
     pub webhooks: WebhooksSection,
     /// Checkpoints of the views' state.
     pub checkpoint: CheckpointSection,
+    /// The Flight SQL endpoint for analysts.
+    pub flight_sql: FlightSqlSection,
+}
+
+/// The Flight SQL endpoint: the tables of `coldstream query` for analysts'
+/// own tools, served when `enabled` (or `coldstream run --flight-sql ADDR`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlightSqlSection {
+    /// Whether `coldstream run` serves it.
+    pub enabled: bool,
+    /// Its address; TLS as on the gateway (`[tls]`), required off loopback.
+    pub listen: SocketAddr,
+    /// Memory one query's sorts, aggregations and joins may hold.
+    pub memory_limit_mb: u64,
+    /// From a statement's arrival to its last batch.
+    pub timeout_seconds: u64,
+    /// Queries running at once; more wait for a slot.
+    pub max_concurrent_queries: usize,
+}
+
+impl Default for FlightSqlSection {
+    fn default() -> Self {
+        FlightSqlSection {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            memory_limit_mb: 512,
+            timeout_seconds: 300,
+            max_concurrent_queries: 4,
+        }
+    }
 }
 
 /// What one `coldstream run` process runs.
@@ -330,8 +361,8 @@ pub struct AuthConfig {
     pub key_id: String,
     /// Older keys that still verify tokens while fridges move to new ones.
     pub previous_keys: Vec<PreviousKey>,
-    /// Principals refused whatever their token: fridge ids, or
-    /// `backoffice/<id>`.
+    /// Principals refused whatever their token: fridge ids,
+    /// `backoffice/<id>` or `analyst/<name>`.
     pub revoked: Vec<String>,
     /// Accept tokens of the old form (the bare HMAC of the principal's
     /// name), which can only be checked once the request body is read.
@@ -683,6 +714,7 @@ impl Default for Config {
             views: ViewsSection::default(),
             webhooks: WebhooksSection::default(),
             checkpoint: CheckpointSection::default(),
+            flight_sql: FlightSqlSection::default(),
         }
     }
 }
@@ -818,6 +850,37 @@ impl Config {
         Ok(tls)
     }
 
+    /// The Flight SQL endpoint's settings, when it is enabled: over this
+    /// data directory, with the gateway's tokens and certificate; refuses
+    /// plaintext off loopback as the gateway does.
+    pub fn flight_sql(
+        &self,
+        tokens: &coldstream_sources::auth::Tokens,
+        tls: Option<&coldstream_sources::gateway::ServerTls>,
+    ) -> Result<Option<crate::flight_sql::FlightSqlConfig>, ConfigError> {
+        let f = &self.flight_sql;
+        if !f.enabled {
+            return Ok(None);
+        }
+        if tls.is_none() && !f.listen.ip().is_loopback() && !self.tls.allow_plaintext {
+            return Err(ConfigError::Invalid(format!(
+                "flight_sql.listen {} is not loopback and there is no TLS: analysts' tokens would cross the network in clear; set tls.cert and tls.key",
+                f.listen
+            )));
+        }
+        Ok(Some(crate::flight_sql::FlightSqlConfig {
+            listen: f.listen,
+            data_dirs: vec![self.data_dir.clone()],
+            tokens: tokens.clone(),
+            tls: tls.cloned(),
+            limits: crate::flight_sql::Limits {
+                memory_bytes: (f.memory_limit_mb as usize) << 20,
+                timeout: Duration::from_secs(f.timeout_seconds),
+                concurrent: f.max_concurrent_queries,
+            },
+        }))
+    }
+
     /// The gateway's settings (not yet holding for a full sink).
     pub fn gateway(&self) -> coldstream_sources::gateway::GatewayConfig {
         coldstream_sources::gateway::GatewayConfig {
@@ -853,7 +916,8 @@ impl Config {
         let c = &self.checkpoint;
         // Every number has an upper bound too: none may wrap when scaled to
         // bytes or milliseconds, or overflow a deadline.
-        let ranges: [(&str, u128, u128, u128); 18] = [
+        let f = &self.flight_sql;
+        let ranges: [(&str, u128, u128, u128); 21] = [
             ("workers", self.workers as u128, 0, 1024),
             ("gateway.max_batch_events", g.max_batch_events as u128, 1, 1_000_000),
             ("gateway.max_in_flight_batches", g.max_in_flight_batches as u128, 1, 1024),
@@ -872,6 +936,9 @@ impl Config {
             ("checkpoint.every_records", c.every_records as u128, 0, 1 << 48),
             ("checkpoint.keep", c.keep as u128, 1, 1000),
             ("views.payment_wait_hours", self.views.payment_wait_hours as u128, 1, 365 * 24),
+            ("flight_sql.memory_limit_mb", f.memory_limit_mb as u128, 16, 1 << 20),
+            ("flight_sql.timeout_seconds", f.timeout_seconds as u128, 1, DAY_S),
+            ("flight_sql.max_concurrent_queries", f.max_concurrent_queries as u128, 1, 1024),
         ];
         for (name, value, low, high) in ranges {
             if !(low..=high).contains(&value) {
@@ -1062,8 +1129,8 @@ key_id = "k1"
 # Keys that still verify tokens while fridges move to tokens of the new key:
 # previous_keys = [{ id = "k0", secret = "…" }]
 previous_keys = []
-# Fridges (by id) and back-office clients (`backoffice/<id>`) refused
-# whatever their token.
+# Fridges (by id), back-office clients (`backoffice/<id>`) and analysts
+# (`analyst/<name>`) refused whatever their token.
 revoked = []
 # Accept tokens of the old form (the bare HMAC of the principal's name).
 # They can only be checked once the body is read; turn this off once every
@@ -1155,6 +1222,22 @@ lead_time_days = 2
 # later than that is archived but settles nothing.
 payment_wait_hours = 72
 
+[flight_sql]
+# The Flight SQL endpoint: the tables of `coldstream query` for analysts'
+# tools (DBeaver, Superset, Grafana, ADBC), with tokens of
+# `coldstream token --analyst NAME`. Off unless enabled (or
+# `coldstream run --flight-sql ADDR`); TLS as on the gateway ([tls]),
+# required on an address other than loopback.
+enabled = false
+listen = "127.0.0.1:50052"
+# Memory one query's sorts, aggregations and joins may hold; a query that
+# needs more fails alone (nothing spills to disk).
+memory_limit_mb = 512
+# From a statement's arrival to its last batch, waiting for a slot included.
+timeout_seconds = 300
+# Queries running at once; more wait for a slot.
+max_concurrent_queries = 4
+
 [webhooks]
 # Deliveries pending on disk (webhooks/outbox.log) beyond which the views
 # wait and the gateway slows its acks; nothing is dropped.
@@ -1202,6 +1285,7 @@ mod tests {
         assert_eq!(parsed.views, defaults.views);
         assert_eq!(parsed.webhooks, defaults.webhooks);
         assert_eq!(parsed.checkpoint, defaults.checkpoint);
+        assert_eq!(parsed.flight_sql, defaults.flight_sql);
         assert_eq!(parsed, defaults);
     }
 

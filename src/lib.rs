@@ -8,6 +8,7 @@
 pub mod archiver;
 pub mod checkpoint;
 pub mod config;
+pub mod flight_sql;
 pub mod machine;
 pub mod pipeline;
 pub mod query;

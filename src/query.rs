@@ -24,6 +24,7 @@ use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
 use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionContext};
 
 /// The current state of a view: the records of its changelog whose diffs
@@ -100,6 +101,14 @@ pub const REGION_FILE: &str = "REGION";
 /// directory's tables as they are, several directories' as their union
 /// with a `data_region` column.
 pub async fn context_of(data_dirs: &[PathBuf]) -> Result<SessionContext> {
+    let ctx = SessionContext::new();
+    register_all(&ctx, data_dirs).await?;
+    Ok(ctx)
+}
+
+/// Registers every coldstream table of `data_dirs` in `ctx`, as
+/// [`context_of`] does.
+pub async fn register_all(ctx: &SessionContext, data_dirs: &[PathBuf]) -> Result<()> {
     if data_dirs.is_empty() {
         return Err(DataFusionError::Plan("give at least one data directory".into()));
     }
@@ -111,7 +120,6 @@ pub async fn context_of(data_dirs: &[PathBuf]) -> Result<SessionContext> {
             )));
         }
     }
-    let ctx = SessionContext::new();
     let tables: Vec<(&str, String, SchemaRef, bool)> = [
         ("events", "events".to_owned(), Arc::clone(&schema::EVENTS), true),
         ("rejected", "rejected".to_owned(), Arc::clone(&schema::REJECTED), true),
@@ -127,13 +135,13 @@ pub async fn context_of(data_dirs: &[PathBuf]) -> Result<SessionContext> {
     }
     for (name, folder, file_schema, partitioned) in &tables {
         if !several {
-            register(&ctx, name, &data_dirs[0].join(folder), Arc::clone(file_schema), *partitioned).await?;
+            register(ctx, name, &data_dirs[0].join(folder), Arc::clone(file_schema), *partitioned).await?;
             continue;
         }
         let mut parts = Vec::new();
         for (i, data_dir) in data_dirs.iter().enumerate() {
             let part = format!("{PARTS_SCHEMA}.{name}_{i}");
-            register(&ctx, &part, &data_dir.join(folder), Arc::clone(file_schema), *partitioned).await?;
+            register(ctx, &part, &data_dir.join(folder), Arc::clone(file_schema), *partitioned).await?;
             let region = region_of(data_dir).replace('\'', "''");
             parts.push(format!("SELECT *, '{region}' AS {REGION_COLUMN} FROM {part}"));
         }
@@ -144,7 +152,7 @@ pub async fn context_of(data_dirs: &[PathBuf]) -> Result<SessionContext> {
         let table = ctx.sql(&now_sql(view, &changelog, several)).await?.into_view();
         ctx.register_table(format!("{view}_now"), table)?;
     }
-    Ok(ctx)
+    Ok(())
 }
 
 /// The schema that holds each directory's own tables when several are read.
@@ -154,8 +162,8 @@ fn read_only() -> SQLOptions {
     SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
 }
 
-/// Runs one SQL statement, which must only read.
-pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+/// Plans one SQL statement, which must only read.
+pub async fn plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
     let plan = ctx.state().create_logical_plan(sql).await?;
     read_only().verify_plan(&plan).map_err(|refused| {
         DataFusionError::Plan(format!(
@@ -163,6 +171,12 @@ pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
             refused.to_string().trim_start_matches("Error during planning: ")
         ))
     })?;
+    Ok(plan)
+}
+
+/// Runs one SQL statement, which must only read.
+pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    let plan = plan(ctx, sql).await?;
     ctx.execute_logical_plan(plan).await?.collect().await
 }
 

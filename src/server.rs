@@ -187,6 +187,8 @@ pub struct Server {
     progress: Arc<Progress>,
     front: Option<Front>,
     back: Option<Back>,
+    /// The Flight SQL endpoint, when it is enabled.
+    flight_sql: Option<crate::flight_sql::FlightSqlServer>,
     failures: Failures,
     /// Held until the server has stopped (dropped last, with the server).
     _lock: DataDirLock,
@@ -403,8 +405,19 @@ impl Server {
             .map_err(|e| LogError::Io { context: format!("creating {}", data_dir.display()), source: e })?;
         // Credentials and certificates are checked before any file is touched.
         let (tokens, tls) = (config.auth.tokens()?, config.server_tls()?);
+        let flight_sql = if role.has_pipeline() { config.flight_sql(&tokens, tls.as_ref())? } else { None };
         let regions = config.region.regions()?;
         let lock = DataDirLock::take(&data_dir)?;
+        let flight_sql = match flight_sql {
+            Some(flight_sql) => {
+                let listen = flight_sql.listen;
+                Some(
+                    crate::flight_sql::FlightSqlServer::start(flight_sql)
+                        .map_err(|source| ServerError::Gateway(GatewayError::Bind { addr: listen, source }))?,
+                )
+            }
+            None => None,
+        };
         if !config.region.name.is_empty() {
             // `coldstream query` labels this directory's rows with it.
             let path = data_dir.join(crate::query::REGION_FILE);
@@ -468,18 +481,24 @@ impl Server {
         };
         tracing::info!(
             addr = ?front.as_ref().map(|f| f.addr),
+            flight_sql = ?flight_sql.as_ref().map(|f| f.addr()),
             ?role,
             data_dir = %data_dir.display(),
             workers = threads,
             "coldstream is running"
         );
-        Ok(Server { held_at_start, data_dir, readers, progress, front, back, failures, _lock: lock })
+        Ok(Server { held_at_start, data_dir, readers, progress, front, back, flight_sql, failures, _lock: lock })
     }
 
     /// The address the gateway listens on.
     /// (A pipeline process has no gateway: `0.0.0.0:0`.)
     pub fn addr(&self) -> SocketAddr {
         self.front.as_ref().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |front| front.addr)
+    }
+
+    /// The address the Flight SQL endpoint listens on, when it is enabled.
+    pub fn flight_sql_addr(&self) -> Option<SocketAddr> {
+        self.flight_sql.as_ref().map(|f| f.addr())
     }
 
     /// The data directory.
@@ -554,6 +573,7 @@ impl Server {
     /// Stops taking calls, drains the log into every view and sink, and
     /// writes what is buffered.
     pub async fn shutdown(self) -> Result<(), ServerError> {
+        drop(self.flight_sql);
         let writer = match self.front {
             Some(front) => Some(front.stop().await?),
             None => None,

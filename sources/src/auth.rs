@@ -1,7 +1,7 @@
 //! Who is calling: bearer tokens signed with the fleet keys.
 //!
-//! A token names its key, its principal (a fridge, or a back-office client:
-//! two namespaces that never meet) and its expiry, and carries an
+//! A token names its key, its principal (a fridge, a back-office client or
+//! an analyst: namespaces that never meet) and its expiry, and carries an
 //! HMAC-SHA256 of those under the key; see [`Tokens`]. Macs are compared
 //! in constant time.
 
@@ -29,6 +29,8 @@ pub enum Principal {
     Fridge(String),
     /// A back-office client, by its id.
     BackOffice(String),
+    /// An analyst, by name: queries the Flight SQL endpoint, sends no events.
+    Analyst(String),
 }
 
 impl Principal {
@@ -42,10 +44,15 @@ impl Principal {
         valid_id(id).then(|| Principal::BackOffice(id.to_owned()))
     }
 
+    /// An analyst, if `name` follows the id rule.
+    pub fn analyst(name: &str) -> Option<Principal> {
+        valid_id(name).then(|| Principal::Analyst(name.to_owned()))
+    }
+
     /// The id the principal's events carry as `source_id`.
     pub fn source_id(&self) -> &str {
         match self {
-            Principal::Fridge(id) | Principal::BackOffice(id) => id,
+            Principal::Fridge(id) | Principal::BackOffice(id) | Principal::Analyst(id) => id,
         }
     }
 
@@ -53,6 +60,7 @@ impl Principal {
         match self {
             Principal::Fridge(id) => id.clone(),
             Principal::BackOffice(id) => format!("backoffice/{id}"),
+            Principal::Analyst(id) => format!("analyst/{id}"),
         }
     }
 }
@@ -131,7 +139,7 @@ pub enum Verified {
 /// Issues and checks tokens.
 ///
 /// A token of the current form reads
-/// `cs1:<key id>:<fridge|backoffice>:<id>:<expires, Unix seconds>:<mac>`,
+/// `cs1:<key id>:<fridge|backoffice|analyst>:<id>:<expires, Unix seconds>:<mac>`,
 /// the mac being the lowercase hex HMAC-SHA256 of everything before it
 /// under the named key. Since it names its principal, it is checked from
 /// the request's metadata alone, before any of the body is decoded.
@@ -190,6 +198,7 @@ impl Tokens {
         let (kind, id) = match principal {
             Principal::Fridge(id) => ("fridge", id),
             Principal::BackOffice(id) => ("backoffice", id),
+            Principal::Analyst(id) => ("analyst", id),
         };
         let signed = format!("{TOKEN_FORM}:{}:{kind}:{id}:{expires_s}", key.id);
         let mac = hex::encode(key.mac(&signed).finalize().into_bytes());
@@ -223,6 +232,7 @@ impl Tokens {
         let principal = match kind {
             "fridge" => Principal::fridge(id),
             "backoffice" => Principal::back_office(id),
+            "analyst" => Principal::analyst(id),
             _ => None,
         }
         .ok_or(Refusal::Malformed)?;
@@ -280,11 +290,12 @@ impl std::str::FromStr for Principal {
     /// `FR-000123` is a fridge, `backoffice/<id>` a back-office client: the
     /// names tokens are signed for, as the revocation list writes them.
     fn from_str(name: &str) -> Result<Principal, String> {
-        let parsed = match name.strip_prefix("backoffice/") {
-            Some(id) => Principal::back_office(id),
-            None => Principal::fridge(name),
+        let parsed = match (name.strip_prefix("backoffice/"), name.strip_prefix("analyst/")) {
+            (Some(id), _) => Principal::back_office(id),
+            (_, Some(name)) => Principal::analyst(name),
+            _ => Principal::fridge(name),
         };
-        parsed.ok_or_else(|| format!("{name:?} is not a fridge id or `backoffice/<id>` ({ID_RULE})"))
+        parsed.ok_or_else(|| format!("{name:?} is not a fridge id, `backoffice/<id>` or `analyst/<name>` ({ID_RULE})"))
     }
 }
 
@@ -322,6 +333,24 @@ mod tests {
             tokens.verify(&back_office, now_s()),
             Ok(Verified::Principal(Principal::BackOffice("FR-000001".into())))
         );
+    }
+
+    #[test]
+    fn an_analyst_is_a_namespace_of_its_own() {
+        let tokens = Tokens::new("fleet-secret-0123456789");
+        let analyst = Principal::Analyst("FR-000001".into());
+        let token = tokens.issue(&analyst);
+        assert!(token.starts_with("cs1:k1:analyst:FR-000001:"), "{token}");
+        assert_eq!(tokens.verify(&token, now_s()), Ok(Verified::Principal(analyst.clone())));
+        let fridge = Principal::Fridge("FR-000001".into());
+        assert_eq!(
+            tokens.confirm(&Verified::Principal(analyst.clone()), &fridge),
+            Err(Refusal::WrongPrincipal("FR-000001".into()))
+        );
+        assert_eq!("analyst/FR-000001".parse::<Principal>(), Ok(analyst.clone()));
+        assert_eq!(analyst.to_string(), "analyst/FR-000001");
+        let revoked = tokens.revoke([analyst.clone()]);
+        assert_eq!(revoked.verify(&token, now_s()), Err(Refusal::Revoked("analyst/FR-000001".into())));
     }
 
     #[test]

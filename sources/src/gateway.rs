@@ -159,6 +159,11 @@ fn authenticate(tokens: &Tokens, refusals: &RefusalLog, mut request: Request<()>
             Status::unauthenticated(refusal.to_string())
         })
     })?;
+    if let Verified::Principal(analyst @ Principal::Analyst(_)) = &verified {
+        return Err(Status::permission_denied(format!(
+            "{analyst} is an analyst: analysts query the Flight SQL endpoint and send no events"
+        )));
+    }
     request.extensions_mut().insert(verified);
     Ok(request)
 }

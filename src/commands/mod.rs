@@ -42,7 +42,7 @@ pub enum Command {
     Simulate(simulate::Args),
     /// SQL over the Parquet logs (DataFusion).
     Query(query::Args),
-    /// Prints the bearer token of a fridge or back-office client.
+    /// Prints the bearer token of a fridge, a back-office client or an analyst.
     Token(token::Args),
     /// A webhook receiver that verifies signatures and prints each delivery.
     Receive(receive::Args),

@@ -34,6 +34,10 @@ pub struct Args {
     /// gateway's machine follows the gateway's log there.
     #[arg(long)]
     pub log_dir: Option<std::path::PathBuf>,
+    /// Serves the Flight SQL endpoint on this address (`flight_sql.listen`
+    /// with `flight_sql.enabled`).
+    #[arg(long)]
+    pub flight_sql: Option<std::net::SocketAddr>,
 }
 
 /// Waits for Ctrl-C (SIGINT) or SIGTERM, the signal service managers
@@ -57,6 +61,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(role) = args.role {
         config.role = role;
+    }
+    if let Some(listen) = args.flight_sql {
+        config.flight_sql = coldstream::config::FlightSqlSection { enabled: true, listen, ..config.flight_sql };
     }
     if let Some(processes) = args.processes {
         config.cluster.processes = processes;
@@ -88,6 +95,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("coldstream listening on {}", server.addr());
         } else {
             println!("coldstream pipeline process {} of {} running", cluster.process, cluster.processes);
+        }
+        if let Some(addr) = server.flight_sql_addr() {
+            println!("coldstream flight sql on {addr}");
         }
         let stop = stop_signal();
         tokio::pin!(stop);

@@ -1,4 +1,5 @@
-//! `coldstream token`: the bearer token of a fridge or back-office client.
+//! `coldstream token`: the bearer token of a fridge, a back-office client
+//! or an analyst.
 
 use anyhow::bail;
 use coldstream_sources::auth::{Principal, now_s};
@@ -9,11 +10,15 @@ use super::KeyArgs;
 #[derive(clap::Args)]
 pub struct Args {
     /// A fridge id.
-    #[arg(long, conflicts_with = "back_office", required_unless_present = "back_office")]
+    #[arg(long, conflicts_with_all = ["back_office", "analyst"], required_unless_present_any = ["back_office", "analyst"])]
     pub fridge: Option<String>,
     /// A back-office client id.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "analyst")]
     pub back_office: Option<String>,
+    /// An analyst's name: the token queries the Flight SQL endpoint and
+    /// sends no events.
+    #[arg(long)]
+    pub analyst: Option<String>,
     #[command(flatten)]
     pub key: KeyArgs,
     /// Days the token is valid.
@@ -27,15 +32,16 @@ pub struct Args {
 
 /// Prints the token.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let principal = match (&args.fridge, &args.back_office) {
-        (Some(id), _) => Principal::fridge(id),
-        (None, Some(id)) => Principal::back_office(id),
-        (None, None) => bail!("give --fridge ID or --back-office ID"),
+    let principal = match (&args.fridge, &args.back_office, &args.analyst) {
+        (Some(id), _, _) => Principal::fridge(id),
+        (None, Some(id), _) => Principal::back_office(id),
+        (None, None, Some(name)) => Principal::analyst(name),
+        (None, None, None) => bail!("give --fridge ID, --back-office ID or --analyst NAME"),
     };
     let Some(principal) = principal else {
         bail!(
             "{:?} is not an id ({})",
-            args.fridge.or(args.back_office).unwrap_or_default(),
+            args.fridge.or(args.back_office).or(args.analyst).unwrap_or_default(),
             coldstream_sources::auth::ID_RULE
         );
     };

@@ -25,7 +25,7 @@ use crate::support::query_csv;
 /// half each), arriving in event time order in batches of 100 at 1 ms
 /// apart: archived, and written to a log that the server's own pipeline
 /// reads into the changelogs.
-fn fixture(dir: &Path) {
+pub(crate) fn fixture(dir: &Path) {
     let spec =
         FleetSpec { seed: 42, fridges: 6, events: 24_000, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
     let mut events = Fleet::new(&spec).all_events();
@@ -66,7 +66,7 @@ fn fixture(dir: &Path) {
     pipeline.stop().unwrap();
 }
 
-fn queries() -> Vec<PathBuf> {
+pub(crate) fn queries() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("queries"))
         .unwrap()
         .map(|entry| entry.unwrap().path())

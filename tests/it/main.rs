@@ -9,6 +9,7 @@ mod cluster;
 mod compare;
 mod durability;
 mod faults;
+mod flight_sql;
 mod fluvio;
 mod fuzz;
 mod gateway;

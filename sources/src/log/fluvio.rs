@@ -658,7 +658,8 @@ mod tests {
             ends: tokio::sync::Mutex::new(EndLookup::default()),
         });
         let (records, arriving) = sync_channel(64);
-        let reader = FluvioReader { shared, arriving, held: VecDeque::new(), position: from, skip, times, gap_until: 0 };
+        let reader =
+            FluvioReader { shared, arriving, held: VecDeque::new(), position: from, skip, times, gap_until: 0 };
         (reader, records)
     }
 
