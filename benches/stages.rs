@@ -115,7 +115,7 @@ fn views(c: &mut Criterion) {
         let (excursions, settled) = cold_chain(e.clone(), horizon, &hooks);
         let on_hand = inventory(e.clone(), excursions, settled, horizon, &hooks);
         let sold = sales_7d(e.clone(), &hooks);
-        restock_orders(e, on_hand, sold, lead, &hooks)
+        restock_orders(e, on_hand, sold, lead, None, &hooks)
     });
     group.bench_function("every view", |b| {
         b.iter_batched(input, |a| run_views(2, a, ViewConfig::default()), BatchSize::LargeInput)

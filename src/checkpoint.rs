@@ -69,7 +69,8 @@ pub struct ViewsFingerprint {
     pub payment_wait_us: i64,
     /// Every view's name, in list order.
     pub views: Vec<String>,
-    /// Every per-fridge operator's stable id, sorted.
+    /// Every per-fridge operator's stable id, sorted; with a reorder
+    /// policy UDF, `restock.lines` names it with its content hash.
     pub operators: Vec<String>,
 }
 
@@ -81,7 +82,15 @@ impl ViewsFingerprint {
             lead_time_days: views.lead_time_days,
             payment_wait_us: views.payment_wait_us,
             views: coldstream_pipelines::views::NAMES.iter().map(|name| (*name).to_owned()).collect(),
-            operators: coldstream_pipelines::views::stateful_operators(views),
+            operators: coldstream_pipelines::views::stateful_operators(views)
+                .into_iter()
+                .map(|operator| match &views.reorder_point {
+                    Some(policy) if operator == "restock.lines" => {
+                        format!("{operator} with views.reorder_point_udf = {}", policy.id)
+                    }
+                    _ => operator,
+                })
+                .collect(),
         }
     }
 
@@ -105,6 +114,7 @@ impl ViewsFingerprint {
         if self.operators != other.operators {
             parts.push(format!("the per-fridge operators [{}]", self.operators.join(", ")));
         }
+
         parts.join(" and ")
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use coldstream_sources::auth::{Key, Principal, Tokens};
@@ -44,6 +45,17 @@ pub struct Config {
     pub checkpoint: CheckpointSection,
     /// The Flight SQL endpoint for analysts.
     pub flight_sql: FlightSqlSection,
+    /// SQL extensions.
+    pub sql: SqlSection,
+}
+
+/// SQL extensions: UDFs written for Arroyo, for the Flight SQL endpoint and
+/// the restock policy (`views.reorder_point_udf`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlSection {
+    /// Libraries `coldstream udf build` made, each with its manifest beside it.
+    pub udfs: Vec<PathBuf>,
 }
 
 /// The Flight SQL endpoint: the tables of `coldstream query` for analysts'
@@ -336,6 +348,9 @@ pub struct ViewsSection {
     /// Hours after its DoorClosed that a session waits for its payment
     /// result (card networks batch captures), whatever the horizon.
     pub payment_wait_hours: u64,
+    /// A UDF of `[sql] udfs`, by name, that replaces the built-in reorder
+    /// point: `(par, min, on_hand, sales_7d, lead_time_days) -> i64`.
+    pub reorder_point_udf: Option<String>,
 }
 
 impl Default for ViewsSection {
@@ -345,6 +360,7 @@ impl Default for ViewsSection {
             horizon_hours: (defaults.horizon_us / coldstream_pipelines::event::HOUR_US) as u64,
             lead_time_days: defaults.lead_time_days,
             payment_wait_hours: (defaults.payment_wait_us / coldstream_pipelines::event::HOUR_US) as u64,
+            reorder_point_udf: None,
         }
     }
 }
@@ -694,6 +710,35 @@ pub struct ParquetSection {
     pub zstd_level: i32,
 }
 
+/// The restock policy of the UDF `name`, one of the libraries `udfs`: it
+/// must take five `i64`s (par, min, on_hand, sales_7d, lead_time_days) and
+/// return an `i64`.
+fn reorder_policy(
+    name: &str,
+    udfs: &[PathBuf],
+) -> Result<coldstream_pipelines::views::restock::ReorderPolicy, ConfigError> {
+    use crate::udf::{Typed, UdfType};
+    let loaded = crate::udf::load_all(udfs).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let udf = loaded.into_iter().find(|udf| udf.name() == name).ok_or_else(|| {
+        ConfigError::Invalid(format!("views.reorder_point_udf {name:?} is none of the UDFs in sql.udfs"))
+    })?;
+    let int = Typed { udf_type: UdfType::I64, nullable: false };
+    let manifest = udf.manifest();
+    if manifest.args != [int; 5] || manifest.returns.udf_type != UdfType::I64 {
+        return Err(ConfigError::Invalid(format!(
+            "views.reorder_point_udf {name:?} must be fn {name}(par: i64, min: i64, on_hand: i64, sales_7d: i64, lead_time_days: i64) -> i64"
+        )));
+    }
+    let id = format!("{name} sha256:{}", udf.content_hash());
+    Ok(coldstream_pipelines::views::restock::ReorderPolicy {
+        id,
+        reorder_point: Arc::new(move |i| {
+            udf.call_i64(&[i.par, i.min, i.on_hand, i.sales_7d, i.lead_time_days])?
+                .ok_or_else(|| format!("{} returned null", udf.name()))
+        }),
+    })
+}
+
 /// The development secret, for demos and tests on loopback.
 pub const DEV_SECRET: &str = "coldstream-dev-secret";
 
@@ -715,6 +760,7 @@ impl Default for Config {
             webhooks: WebhooksSection::default(),
             checkpoint: CheckpointSection::default(),
             flight_sql: FlightSqlSection::default(),
+            sql: SqlSection::default(),
         }
     }
 }
@@ -857,6 +903,7 @@ impl Config {
         &self,
         tokens: &coldstream_sources::auth::Tokens,
         tls: Option<&coldstream_sources::gateway::ServerTls>,
+        udfs: &[std::sync::Arc<crate::udf::LoadedUdf>],
     ) -> Result<Option<crate::flight_sql::FlightSqlConfig>, ConfigError> {
         let f = &self.flight_sql;
         if !f.enabled {
@@ -878,6 +925,7 @@ impl Config {
                 timeout: Duration::from_secs(f.timeout_seconds),
                 concurrent: f.max_concurrent_queries,
             },
+            udfs: udfs.to_vec(),
         }))
     }
 
@@ -1059,15 +1107,20 @@ impl Config {
         if self.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { self.workers }
     }
 
-    /// The views' settings.
-    pub fn views(&self) -> coldstream_pipelines::views::ViewConfig {
-        coldstream_pipelines::views::ViewConfig {
+    /// The views' settings, with the reorder policy's UDF loaded.
+    pub fn views(&self) -> Result<coldstream_pipelines::views::ViewConfig, ConfigError> {
+        let reorder_point = match &self.views.reorder_point_udf {
+            Some(name) => Some(reorder_policy(name, &self.sql.udfs)?),
+            None => None,
+        };
+        Ok(coldstream_pipelines::views::ViewConfig {
             horizon_us: self.views.horizon_hours as i64 * coldstream_pipelines::event::HOUR_US,
             lead_time_days: self.views.lead_time_days,
+            reorder_point,
             payment_wait_us: self.views.payment_wait_hours as i64 * coldstream_pipelines::event::HOUR_US,
             hooks: Default::default(),
             deduplicate: matches!(self.log, LogSection::Fluvio(_)),
-        }
+        })
     }
 
     /// The Parquet sink's settings.
@@ -1221,6 +1274,11 @@ lead_time_days = 2
 # (end-of-day batch captures), whatever the horizon (1 to 8760). A result
 # later than that is archived but settles nothing.
 payment_wait_hours = 72
+# A UDF of [sql] udfs, by name, that replaces the built-in reorder point:
+# fn NAME(par: i64, min: i64, on_hand: i64, sales_7d: i64, lead_time_days:
+# i64) -> i64. The checkpoints record its content hash: a changed UDF asks
+# for `coldstream rebuild`.
+# reorder_point_udf = "seasonal_reorder_point"
 
 [flight_sql]
 # The Flight SQL endpoint: the tables of `coldstream query` for analysts'
@@ -1237,6 +1295,12 @@ memory_limit_mb = 512
 timeout_seconds = 300
 # Queries running at once; more wait for a slot.
 max_concurrent_queries = 4
+
+[sql]
+# UDFs written for Arroyo (arroyo-udf-plugin), built with `coldstream udf
+# build DIR`: the libraries, each with its manifest beside it. Callable
+# from Flight SQL, and as the restock policy (views.reorder_point_udf).
+udfs = []
 
 [webhooks]
 # Deliveries pending on disk (webhooks/outbox.log) beyond which the views
@@ -1293,7 +1357,10 @@ mod tests {
     #[test]
     fn the_sections_take_their_defaults_from_the_components() {
         let config = Config::default();
-        assert_eq!(config.views().horizon_us, coldstream_pipelines::views::ViewConfig::default().horizon_us);
+        assert_eq!(
+            config.views().expect("no UDF").horizon_us,
+            coldstream_pipelines::views::ViewConfig::default().horizon_us
+        );
         assert_eq!(config.parquet().roll_bytes, coldstream_sinks::ParquetConfig::default().roll_bytes);
         assert_eq!(
             config.webhooks().expect("valid").max_pending,

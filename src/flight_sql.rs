@@ -84,6 +84,8 @@ pub struct FlightSqlConfig {
     pub tls: Option<coldstream_sources::gateway::ServerTls>,
     /// Memory, time and concurrency.
     pub limits: Limits,
+    /// UDFs callable from its SQL.
+    pub udfs: Vec<Arc<crate::udf::LoadedUdf>>,
 }
 
 /// A running endpoint.
@@ -168,6 +170,7 @@ struct Prepared {
 /// The Flight SQL service.
 struct Endpoint {
     data_dirs: Vec<PathBuf>,
+    udfs: Vec<Arc<crate::udf::LoadedUdf>>,
     tokens: Tokens,
     limits: Limits,
     slots: Arc<Semaphore>,
@@ -260,6 +263,7 @@ impl Endpoint {
     fn new(config: FlightSqlConfig) -> Endpoint {
         Endpoint {
             data_dirs: config.data_dirs,
+            udfs: config.udfs,
             tokens: config.tokens,
             slots: Arc::new(Semaphore::new(config.limits.concurrent.max(1))),
             limits: config.limits,
@@ -300,6 +304,7 @@ impl Endpoint {
             .map_err(status)?;
         let session = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
         crate::query::register_all(&session, &self.data_dirs).await.map_err(status)?;
+        crate::query::register_udfs(&session, &self.udfs);
         Ok(session)
     }
 

@@ -15,6 +15,7 @@ pub mod query;
 pub mod rebuild;
 pub mod server;
 pub mod supervise;
+pub mod udf;
 pub mod verify;
 pub mod view_sink;
 pub mod workers;

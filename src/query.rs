@@ -3,7 +3,8 @@
 //! Tables: `events` and `rejected` (partitioned by `dt`), one changelog per
 //! view (`inventory`, `sessions`, `revenue`, `sales_7d`, `excursions`,
 //! `restock_orders`, `alerts`), and the current state of each view
-//! (`<view>_now`), derived from its changelog by summing the diffs. Both
+//! (`<view>_now`), derived from its changelog by summing the diffs, and
+//! `coldstream_status`, how fresh each view's files are. Both
 //! the changelogs and the `_now` tables come from the list of views: a
 //! new view has its tables without a line here.
 //!
@@ -152,7 +153,60 @@ pub async fn register_all(ctx: &SessionContext, data_dirs: &[PathBuf]) -> Result
         let table = ctx.sql(&now_sql(view, &changelog, several)).await?.into_view();
         ctx.register_table(format!("{view}_now"), table)?;
     }
+    ctx.register_table(STATUS_TABLE, Arc::new(status_table(data_dirs, several)?))?;
     Ok(())
+}
+
+/// The table that says how fresh each view's tables are.
+pub const STATUS_TABLE: &str = "coldstream_status";
+
+/// `coldstream_status`: per view (and data directory), the logical time
+/// before which its changelog files hold every change (`complete_before`,
+/// null before its first file), and how many files there are. A `_now`
+/// table is the view as of that time.
+fn status_table(data_dirs: &[PathBuf], several: bool) -> Result<MemTable> {
+    use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
+    let mut fields = vec![
+        Field::new("view", DataType::Utf8, false),
+        Field::new(
+            "complete_before",
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("files", DataType::Int64, false),
+    ];
+    if several {
+        fields.push(Field::new(REGION_COLUMN, DataType::Utf8, false));
+    }
+    let (mut views, mut before, mut files, mut regions) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for data_dir in data_dirs {
+        for (view, _) in view_tables() {
+            let parts =
+                list_parts(&data_dir.join("views").join(view)).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            views.push(view.to_owned());
+            before.push(parts.iter().map(|(_, _, to)| *to as i64).max());
+            files.push(parts.len() as i64);
+            regions.push(region_of(data_dir));
+        }
+    }
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(views)),
+        Arc::new(TimestampMillisecondArray::from(before).with_timezone("UTC")),
+        Arc::new(Int64Array::from(files)),
+    ];
+    if several {
+        columns.push(Arc::new(StringArray::from(regions)));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+    MemTable::try_new(schema, vec![vec![batch]])
+}
+
+/// Makes `udfs` callable from SQL on `ctx`.
+pub fn register_udfs(ctx: &SessionContext, udfs: &[Arc<crate::udf::LoadedUdf>]) {
+    for udf in udfs {
+        ctx.register_udf(crate::udf::scalar_udf(udf));
+    }
 }
 
 /// The schema that holds each directory's own tables when several are read.

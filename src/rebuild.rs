@@ -130,7 +130,7 @@ pub async fn rebuild(config: &Config) -> Result<Rebuilt, ServerError> {
     webhooks.stopping().store(true, std::sync::atomic::Ordering::Release);
 
     let seqs = archived_seqs(&root, log.end())?;
-    let views = config.views();
+    let views = config.views()?;
     let fingerprint = ViewsFingerprint::of(&views);
     let pipeline = Pipeline::start(PipelineSpec {
         log: Arc::new(log.clone()),

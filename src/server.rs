@@ -284,7 +284,7 @@ impl Back {
         let retention_ms = if cluster.is_multi() || ingest.is_none() { None } else { config.log.retention_ms() };
         let pipeline = Pipeline::start(PipelineSpec {
             log: Arc::clone(readers),
-            views: config.views(),
+            views: config.views()?,
             workers: config.worker_threads(),
             cluster,
             sinks: ViewSinks::new(vec![Box::new(webhooks), Box::new(changelogs)]),
@@ -405,7 +405,9 @@ impl Server {
             .map_err(|e| LogError::Io { context: format!("creating {}", data_dir.display()), source: e })?;
         // Credentials and certificates are checked before any file is touched.
         let (tokens, tls) = (config.auth.tokens()?, config.server_tls()?);
-        let flight_sql = if role.has_pipeline() { config.flight_sql(&tokens, tls.as_ref())? } else { None };
+        let udfs = crate::udf::load_all(&config.sql.udfs)
+            .map_err(|e| ServerError::Config(crate::config::ConfigError::Invalid(e.to_string())))?;
+        let flight_sql = if role.has_pipeline() { config.flight_sql(&tokens, tls.as_ref(), &udfs)? } else { None };
         let regions = config.region.regions()?;
         let lock = DataDirLock::take(&data_dir)?;
         let flight_sql = match flight_sql {
@@ -432,7 +434,7 @@ impl Server {
             (None, config.log.follow(&data_dir)?)
         };
         let held_at_start = (readers.durable_offset(), readers.durable_ingest_ms());
-        let views = config.views();
+        let views = config.views()?;
         let threads = config.worker_threads();
         let resume = if role.has_pipeline() {
             let store = CheckpointStore::open_in_cluster(&data_dir, config.checkpoint.keep, &cluster, threads)?;

@@ -57,7 +57,7 @@ pub async fn views_against(data_dir: &Path, events: &[Event]) -> Result<Vec<View
 pub async fn views_of(data_dirs: &[std::path::PathBuf], events: &[Event]) -> Result<Vec<ViewCheck>, VerifyError> {
     let ctx = crate::query::context_of(data_dirs).await?;
     let columns = if data_dirs.len() > 1 { "* EXCLUDE (data_region)" } else { "*" };
-    let views = Config::default().views();
+    let views = Config::default().views().expect("the default views load no UDF");
     macro_rules! against_every_view {
         ($($(#[$doc:meta])* $field:ident: $marker:ident => $record:ty,)*) => {
             vec![$(view_against::<coldstream_pipelines::views::$marker>(&ctx, columns, events, &views).await?,)*]

@@ -70,6 +70,10 @@ pub trait FridgeState: Serialize + DeserializeOwned + 'static {
         out: &mut Vec<(Self::Output, isize)>,
     );
 
+    /// Takes from a freshly made state what a checkpoint does not hold
+    /// (settings that are not data, such as a policy), after a restore.
+    fn restored(&mut self, _fresh: &Self) {}
+
     /// Reacts to `changes` of the shared table, already applied to
     /// `shared`, at `time` (before this time's own inputs).
     fn reshare(
@@ -215,6 +219,12 @@ pub fn by_fridge_in_time_order_with<'s, S: FridgeState>(
                     checkpoints.fail(error);
                     Default::default()
                 });
+            if !fridges.is_empty() {
+                let fresh = new_state();
+                for state in fridges.values_mut() {
+                    state.restored(&fresh);
+                }
+            }
             held.add(fridges.values().map(|state| state.held() as i64).sum());
             // The last checkpoint taken (or started from).
             let mut taken = (checkpoints.start() > 0).then(|| checkpoints.start());

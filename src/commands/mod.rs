@@ -13,6 +13,7 @@ pub mod receive;
 pub mod run;
 pub mod simulate;
 pub mod token;
+pub mod udf;
 
 use std::path::PathBuf;
 
@@ -48,6 +49,8 @@ pub enum Command {
     Receive(receive::Args),
     /// Configuration helpers.
     Config(config::Args),
+    /// Writes and builds UDFs written for Arroyo (`arroyo-udf-plugin`).
+    Udf(udf::Args),
 }
 
 impl Command {
@@ -64,6 +67,7 @@ impl Command {
             Command::Token(args) => token::run(args),
             Command::Receive(args) => receive::run(args),
             Command::Config(args) => config::run(args),
+            Command::Udf(args) => udf::run(args),
         }
     }
 }

@@ -22,6 +22,10 @@ pub struct Args {
     /// Read the SQL from a file (`-` for standard input).
     #[arg(short = 'f', long = "file", conflicts_with = "sql")]
     pub file: Option<PathBuf>,
+    /// Loads a UDF (a library `coldstream udf build` made) for the
+    /// statement; repeat for several.
+    #[arg(long)]
+    pub udf: Vec<PathBuf>,
     /// The SQL statement.
     pub sql: Option<String>,
 }
@@ -43,6 +47,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let output = runtime()?.block_on(async {
         let one_line = |e: datafusion::error::DataFusionError| anyhow::anyhow!(query::one_line(&e));
         let ctx = query::context_of(&data).await.map_err(one_line)?;
+        let udfs = coldstream::udf::load_all(&args.udf)?;
+        query::register_udfs(&ctx, &udfs);
         let batches = query::run(&ctx, &sql).await.map_err(one_line)?;
         query::render(&batches, args.format).map_err(one_line)
     })?;

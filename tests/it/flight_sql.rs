@@ -35,6 +35,7 @@ fn endpoint(dir: &Path, memory_mb: usize) -> FlightSqlServer {
         tokens: tokens(),
         tls: None,
         limits: limits(memory_mb),
+        udfs: Vec::new(),
     })
     .unwrap()
 }
@@ -110,6 +111,10 @@ async fn an_analyst_browses_and_queries_the_tables_of_coldstream_query_over_flig
         let over_flight = csv(&sql(&mut client, &text).await.unwrap());
         assert_eq!(over_flight, query_csv(dir.path(), &text).await, "{}", file.display());
     }
+
+    let fresh = "SELECT count(*) AS n FROM coldstream_status WHERE complete_before IS NOT NULL AND files > 0";
+    let expected = format!("n\n{}\n", coldstream_pipelines::views::NAMES.len());
+    assert_eq!(csv(&sql(&mut client, fresh).await.unwrap()), expected, "each view says how fresh it is");
 
     let events = sql(&mut client, "SELECT * FROM events").await.unwrap();
     let archived = query_csv(dir.path(), "SELECT count(*) AS n FROM events").await;

@@ -26,6 +26,11 @@ use crate::support::query_csv;
 /// apart: archived, and written to a log that the server's own pipeline
 /// reads into the changelogs.
 pub(crate) fn fixture(dir: &Path) {
+    fixture_with(dir, ViewConfig::default());
+}
+
+/// The fixture, with the views computed with `views`.
+pub(crate) fn fixture_with(dir: &Path, views: ViewConfig) {
     let spec =
         FleetSpec { seed: 42, fridges: 6, events: 24_000, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
     let mut events = Fleet::new(&spec).all_events();
@@ -44,7 +49,6 @@ pub(crate) fn fixture(dir: &Path) {
         log.sync().unwrap();
     }
     archive.flush(events.len() as u64).unwrap();
-    let views = ViewConfig::default();
     let pipeline = Pipeline::start(PipelineSpec {
         log: log.readers(),
         resume: ResumePoint::start_of_log(&views),

@@ -21,4 +21,5 @@ mod recovery;
 mod replay;
 mod support;
 mod tls;
+mod udf;
 mod webhooks;

@@ -21,7 +21,7 @@ fn trimming_config(dir: &Path) -> Config {
 }
 
 /// Sends `events` events of fleet `seed` (its own fridges) to `target`.
-async fn run_fleet(target: &str, seed: u64, events: u64) {
+pub(crate) async fn run_fleet(target: &str, seed: u64, events: u64) {
     let spec = FleetSpec { seed, fridges: 8, events, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
     let run = RunSpec {
         target: target.to_owned(),

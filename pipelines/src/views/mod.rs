@@ -162,6 +162,8 @@ pub struct ViewConfig {
     pub horizon_us: i64,
     /// Lead time of a restock delivery, in days (the reorder point).
     pub lead_time_days: i64,
+    /// A reorder point other than the built-in one (a UDF).
+    pub reorder_point: Option<crate::views::restock::ReorderPolicy>,
     /// How long (µs) after its DoorClosed a session waits for its payment
     /// result, whatever the horizon.
     pub payment_wait_us: i64,
@@ -178,6 +180,7 @@ impl Default for ViewConfig {
         ViewConfig {
             horizon_us: 6 * crate::event::HOUR_US,
             lead_time_days: 2,
+            reorder_point: None,
             payment_wait_us: 72 * crate::event::HOUR_US,
             hooks: OperatorHooks::default(),
             deduplicate: false,
@@ -320,8 +323,14 @@ pub fn all<'s>(events: VecCollection<'s, Time, Event>, config: &ViewConfig) -> V
         &config.hooks,
     );
     let sales_7d = sales_7d(telemetry.concat(customers).concat(stock), &config.hooks);
-    let restock_orders =
-        restock_orders(back_office, inventory.clone(), sales_7d.clone(), config.lead_time_days, &config.hooks);
+    let restock_orders = restock_orders(
+        back_office,
+        inventory.clone(),
+        sales_7d.clone(),
+        config.lead_time_days,
+        config.reorder_point.clone(),
+        &config.hooks,
+    );
     let alerts = alerts(inventory.clone(), excursions.clone());
     Views { inventory, sessions, revenue, sales_7d, excursions, restock_orders, alerts }
 }

@@ -1,7 +1,8 @@
 //! `restock_orders(fridge_id) → lines [(sku, qty)]`.
 //!
 //! Only SKUs the fridge carries count (planogram `par` > 0). For each,
-//! `reorder_point = max(min, ceil(sales_7d / 7 × lead_time_days))`; a line
+//! `reorder_point = max(min, ceil(sales_7d / 7 × lead_time_days))`, or what
+//! a [`ReorderPolicy`] (a UDF) computes from the same inputs; a line
 //! exists when `on_hand ≤ reorder_point` and `par − on_hand > 0`, for
 //! `par − on_hand` units. A SKU with no inventory row has 0 on hand; one
 //! with no sales row has sold 0.
@@ -13,6 +14,7 @@
 //! closes when its last line disappears. The next line opens a new order.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -39,13 +41,61 @@ pub fn order_id(fridge: &str, opened_at: Time) -> String {
     format!("RO-{fridge}-{opened_at}")
 }
 
-/// The line for one carried SKU, if it needs one.
-fn line(slot: Slot, on_hand: i64, sold_7d: i64, lead_time_days: i64) -> Option<i64> {
+/// What a reorder policy is given for one carried SKU of a fridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReorderInputs {
+    /// The planogram's par.
+    pub par: i64,
+    /// The planogram's min.
+    pub min: i64,
+    /// Units on the shelf.
+    pub on_hand: i64,
+    /// Units sold in the last 7 days.
+    pub sales_7d: i64,
+    /// `views.lead_time_days`.
+    pub lead_time_days: i64,
+}
+
+/// A reorder point that replaces the built-in one (a UDF): it must be a
+/// function of its inputs alone, so that a replay gives the same orders.
+#[derive(Clone)]
+pub struct ReorderPolicy {
+    /// Names it in logs and in the checkpoints' fingerprint (a UDF's name
+    /// and content hash): a changed policy asks for a rebuild.
+    pub id: String,
+    /// The reorder point, or why there is none (the built-in one is used
+    /// then, and the reason logged).
+    pub reorder_point: Arc<dyn Fn(ReorderInputs) -> Result<i64, String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for ReorderPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReorderPolicy({})", self.id)
+    }
+}
+
+/// The built-in reorder point: `max(min, ceil(sales_7d / 7 × lead_time_days))`.
+pub fn builtin_reorder_point(inputs: ReorderInputs) -> i64 {
     // ceil(sold / 7 × lead), exact in integers for any sign.
-    let demand = -(-(sold_7d * lead_time_days)).div_euclid(7);
-    let reorder_point = slot.min.max(demand);
+    let demand = -(-(inputs.sales_7d * inputs.lead_time_days)).div_euclid(7);
+    inputs.min.max(demand)
+}
+
+/// The line for one carried SKU, if it needs one.
+fn line(slot: Slot, on_hand: i64, sold_7d: i64, lead_time_days: i64, policy: Option<&ReorderPolicy>) -> Option<i64> {
     let qty = slot.par - on_hand;
-    (slot.par > 0 && on_hand <= reorder_point && qty > 0).then_some(qty)
+    if slot.par <= 0 || qty <= 0 {
+        return None;
+    }
+    let inputs = ReorderInputs { par: slot.par, min: slot.min, on_hand, sales_7d: sold_7d, lead_time_days };
+    let reorder_point = match policy {
+        None => builtin_reorder_point(inputs),
+        Some(policy) => (policy.reorder_point)(inputs).unwrap_or_else(|error| {
+            tracing::warn!(policy = %policy.id, %error, ?inputs, "the reorder policy failed; using the built-in reorder point");
+            builtin_reorder_point(inputs)
+        }),
+    };
+    (on_hand <= reorder_point).then_some(qty)
 }
 
 /// What restock reads of one SKU of a fridge.
@@ -76,6 +126,9 @@ struct Shelf {
 #[derive(Debug, Serialize, Deserialize)]
 struct Restock {
     lead_time_days: i64,
+    /// The reorder policy, if not the built-in one: a setting, not state.
+    #[serde(skip)]
+    policy: Option<ReorderPolicy>,
     shelves: BTreeMap<String, Shelf>,
     /// Lines in the output.
     lines: usize,
@@ -121,7 +174,9 @@ impl FridgeState for Restock {
         let mut changed = Vec::new();
         for sku in touched {
             let Some(shelf) = self.shelves.get_mut(sku) else { continue };
-            let now = shelf.plan.and_then(|(_, _, slot)| line(slot, shelf.on_hand, shelf.sold, self.lead_time_days));
+            let policy = self.policy.as_ref();
+            let now =
+                shelf.plan.and_then(|(_, _, slot)| line(slot, shelf.on_hand, shelf.sold, self.lead_time_days, policy));
             if now != shelf.line {
                 changed.push((sku, shelf.line, now));
                 self.lines = self.lines + usize::from(now.is_some()) - usize::from(shelf.line.is_some());
@@ -160,6 +215,10 @@ impl FridgeState for Restock {
     fn held(&self) -> usize {
         self.shelves.len() + usize::from(self.opened_at.is_some())
     }
+
+    fn restored(&mut self, fresh: &Self) {
+        self.policy = fresh.policy.clone();
+    }
 }
 
 /// Every line of every open order, keyed by `(fridge, sku)`, from the
@@ -170,6 +229,7 @@ pub fn restock_orders<'s>(
     inventory: VecCollection<'s, Time, (InventoryKey, i64)>,
     sales_7d: VecCollection<'s, Time, (InventoryKey, i64)>,
     lead_time_days: i64,
+    policy: Option<ReorderPolicy>,
     hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, (InventoryKey, RestockLine)> {
     let plans = back_office.flat_map(|event| match event.payload {
@@ -180,7 +240,8 @@ pub fn restock_orders<'s>(
     });
     let on_hand = inventory.map(|((fridge, sku), units)| (fridge, Reading::OnHand(sku, units)));
     let sold = sales_7d.map(|((fridge, sku), units)| (fridge, Reading::Sold(sku, units)));
-    let new_state = move || Restock { lead_time_days, shelves: BTreeMap::new(), lines: 0, opened_at: None };
+    let new_state =
+        move || Restock { lead_time_days, policy: policy.clone(), shelves: BTreeMap::new(), lines: 0, opened_at: None };
     by_fridge_in_time_order(plans.concat(on_hand).concat(sold), "restock.lines", new_state, hooks)
 }
 
@@ -194,7 +255,7 @@ pub fn restock_lines_reference(events: &[Event], lead_time_days: i64) -> BTreeMa
         .filter_map(|(key, slot)| {
             let on_hand = inventory.get(&key).copied().unwrap_or(0);
             let sold = sales.get(&key).copied().unwrap_or(0);
-            line(slot, on_hand, sold, lead_time_days).map(|qty| (key, qty))
+            line(slot, on_hand, sold, lead_time_days, None).map(|qty| (key, qty))
         })
         .collect()
 }
@@ -272,13 +333,13 @@ mod tests {
     #[test]
     fn the_reorder_point_is_inclusive_and_par_zero_means_not_carried() {
         let slot = Slot { par: 10, min: 3, perishable: false };
-        assert_eq!(super::line(slot, 3, 0, 2), Some(7));
-        assert_eq!(super::line(slot, 4, 0, 2), None);
+        assert_eq!(super::line(slot, 3, 0, 2, None), Some(7));
+        assert_eq!(super::line(slot, 4, 0, 2, None), None);
         // ceil(15 / 7 × 2) = ceil(4.29) = 5.
-        assert_eq!(super::line(slot, 5, 15, 2), Some(5));
-        assert_eq!(super::line(slot, 6, 15, 2), None);
+        assert_eq!(super::line(slot, 5, 15, 2, None), Some(5));
+        assert_eq!(super::line(slot, 6, 15, 2, None), None);
         // Returns outnumbering takes do not lower the point below min.
-        assert_eq!(super::line(slot, 3, -9, 2), Some(7));
-        assert_eq!(super::line(Slot { par: 0, ..slot }, -2, 50, 2), None);
+        assert_eq!(super::line(slot, 3, -9, 2, None), Some(7));
+        assert_eq!(super::line(Slot { par: 0, ..slot }, -2, 50, 2, None), None);
     }
 }
