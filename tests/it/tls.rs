@@ -206,3 +206,36 @@ async fn webhooks_are_delivered_over_https_to_a_receiver_whose_ca_is_configured(
     server.shutdown().await.unwrap();
     receiver.abort();
 }
+
+/// The Flight SQL endpoint speaks TLS with the gateway's certificate: a
+/// client that trusts its CA queries, a plaintext client gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flight_sql_endpoint_speaks_tls_with_the_gateways_certificate() {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    use coldstream_sources::auth::Principal;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::new();
+    let mut config = with_tls(dir.path(), &ca, None);
+    config.flight_sql.enabled = true;
+    config.flight_sql.listen = "127.0.0.1:0".parse().unwrap();
+    let server = coldstream::server::Server::start(&config).await.unwrap();
+    let addr = server.flight_sql_addr().expect("enabled");
+    let token = crate::support::tokens().issue(&Principal::Analyst("ana".into()));
+
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem())).domain_name("localhost");
+    let channel =
+        Channel::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let mut client = FlightSqlServiceClient::new(channel);
+    client.set_header("authorization", format!("Bearer {token}"));
+    let info = client.execute("SELECT 1 AS one".into(), None).await.unwrap();
+    assert_eq!(info.endpoint.len(), 1);
+
+    let plaintext = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await;
+    if let Ok(channel) = plaintext {
+        let mut client = FlightSqlServiceClient::new(channel);
+        client.set_header("authorization", format!("Bearer {token}"));
+        assert!(client.execute("SELECT 1".into(), None).await.is_err(), "plaintext was answered");
+    }
+    server.shutdown().await.unwrap();
+}
