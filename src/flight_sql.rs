@@ -160,6 +160,10 @@ impl Drop for FlightSqlServer {
     }
 }
 
+/// Prepared statements open at once, over every analyst: a client that
+/// never closes its own cannot grow the endpoint's memory without bound.
+const MAX_PREPARED: usize = 4096;
+
 /// A prepared statement: its text, who prepared it, and the parameters bound.
 struct Prepared {
     sql: String,
@@ -484,10 +488,14 @@ impl FlightSqlService for Endpoint {
         let dataset = ipc_schema(plan.schema().as_arrow())?;
         let parameters = ipc_schema(&parameter_schema(&plan)?)?;
         let handle: [u8; 16] = rand::random();
-        self.prepared
-            .lock()
-            .expect("the prepared statements are never poisoned")
-            .insert(handle.to_vec(), Prepared { sql: query.query, analyst, parameters: Vec::new() });
+        let mut prepared = self.prepared.lock().expect("the prepared statements are never poisoned");
+        if prepared.len() >= MAX_PREPARED {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_PREPARED} prepared statements are open; close some (ClosePreparedStatement)"
+            )));
+        }
+        prepared.insert(handle.to_vec(), Prepared { sql: query.query, analyst, parameters: Vec::new() });
+        drop(prepared);
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.to_vec().into(),
             dataset_schema: dataset.into(),
