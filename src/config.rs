@@ -710,16 +710,15 @@ pub struct ParquetSection {
     pub zstd_level: i32,
 }
 
-/// The restock policy of the UDF `name`, one of the libraries `udfs`: it
+/// The restock policy of the UDF `name`, one of the loaded `udfs`: it
 /// must take five `i64`s (par, min, on_hand, sales_7d, lead_time_days) and
 /// return an `i64`.
 fn reorder_policy(
     name: &str,
-    udfs: &[PathBuf],
+    udfs: &[Arc<crate::udf::LoadedUdf>],
 ) -> Result<coldstream_pipelines::views::restock::ReorderPolicy, ConfigError> {
     use crate::udf::{Typed, UdfType};
-    let loaded = crate::udf::load_all(udfs).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    let udf = loaded.into_iter().find(|udf| udf.name() == name).ok_or_else(|| {
+    let udf = udfs.iter().find(|udf| udf.name() == name).map(Arc::clone).ok_or_else(|| {
         ConfigError::Invalid(format!("views.reorder_point_udf {name:?} is none of the UDFs in sql.udfs"))
     })?;
     let int = Typed { udf_type: UdfType::I64, nullable: false };
@@ -1109,8 +1108,21 @@ impl Config {
 
     /// The views' settings, with the reorder policy's UDF loaded.
     pub fn views(&self) -> Result<coldstream_pipelines::views::ViewConfig, ConfigError> {
+        let udfs = match &self.views.reorder_point_udf {
+            Some(_) => crate::udf::load_all(&self.sql.udfs).map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            None => Vec::new(),
+        };
+        self.views_with(&udfs)
+    }
+
+    /// The views' settings, the reorder policy taken from `udfs` (those of
+    /// `[sql] udfs`, loaded).
+    pub fn views_with(
+        &self,
+        udfs: &[Arc<crate::udf::LoadedUdf>],
+    ) -> Result<coldstream_pipelines::views::ViewConfig, ConfigError> {
         let reorder_point = match &self.views.reorder_point_udf {
-            Some(name) => Some(reorder_policy(name, &self.sql.udfs)?),
+            Some(name) => Some(reorder_policy(name, udfs)?),
             None => None,
         };
         Ok(coldstream_pipelines::views::ViewConfig {

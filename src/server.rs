@@ -207,6 +207,8 @@ struct Front {
 /// What the back needs to start.
 struct BackSpec<'a> {
     config: &'a Config,
+    /// The views' settings, with their policy UDF loaded.
+    views: coldstream_pipelines::views::ViewConfig,
     cluster: Cluster,
     data_dir: &'a Path,
     readers: &'a Arc<dyn OpenReader>,
@@ -241,7 +243,8 @@ const SETTLE_PATIENCE: Duration = Duration::from_secs(10);
 
 impl Back {
     fn start(spec: BackSpec<'_>) -> Result<Back, ServerError> {
-        let BackSpec { config, cluster, data_dir, readers, store, resume, ingest, progress, failures, hold } = spec;
+        let BackSpec { config, views, cluster, data_dir, readers, store, resume, ingest, progress, failures, hold } =
+            spec;
         let parquet = config.parquet();
         // The embedded log is one partition: the cluster's process 0 archives it.
         let archiver = if cluster.process == 0 {
@@ -284,7 +287,7 @@ impl Back {
         let retention_ms = if cluster.is_multi() || ingest.is_none() { None } else { config.log.retention_ms() };
         let pipeline = Pipeline::start(PipelineSpec {
             log: Arc::clone(readers),
-            views: config.views()?,
+            views,
             workers: config.worker_threads(),
             cluster,
             sinks: ViewSinks::new(vec![Box::new(webhooks), Box::new(changelogs)]),
@@ -434,7 +437,7 @@ impl Server {
             (None, config.log.follow(&data_dir)?)
         };
         let held_at_start = (readers.durable_offset(), readers.durable_ingest_ms());
-        let views = config.views()?;
+        let views = config.views_with(&udfs)?;
         let threads = config.worker_threads();
         let resume = if role.has_pipeline() {
             let store = CheckpointStore::open_in_cluster(&data_dir, config.checkpoint.keep, &cluster, threads)?;
@@ -461,6 +464,7 @@ impl Server {
         let back = match resume {
             Some((store, resume)) => Some(Back::start(BackSpec {
                 config,
+                views,
                 cluster,
                 data_dir: &data_dir,
                 readers: &readers,
