@@ -47,6 +47,46 @@ pub struct Config {
     pub flight_sql: FlightSqlSection,
     /// SQL extensions.
     pub sql: SqlSection,
+    /// Prometheus metrics and the status page.
+    pub metrics: MetricsSection,
+    /// Traces of sampled batches over OTLP.
+    pub tracing: TracingSection,
+}
+
+/// OpenTelemetry traces: a sampled batch's path from the gateway to the
+/// log, the views and each webhook delivery, exported over OTLP/gRPC.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingSection {
+    /// The OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; empty: no traces.
+    pub otlp_endpoint: String,
+    /// The share of batches followed, 0 to 1.
+    pub sample_ratio: f64,
+    /// The `service.name` of the spans.
+    pub service_name: String,
+}
+
+impl Default for TracingSection {
+    fn default() -> Self {
+        TracingSection { otlp_endpoint: String::new(), sample_ratio: 0.01, service_name: "coldstream".into() }
+    }
+}
+
+/// Prometheus metrics on `/metrics` and the live status page on `/`, on
+/// one HTTP address, served when `enabled` (or `coldstream run --metrics ADDR`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Whether `coldstream run` serves them.
+    pub enabled: bool,
+    /// Their address; TLS as on the gateway (`[tls]`), required off loopback.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection { enabled: false, listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
+    }
 }
 
 /// SQL extensions: UDFs written for Arroyo, for the Flight SQL endpoint and
@@ -103,6 +143,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// The name `--role` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Gateway => "gateway",
+            Role::Pipeline => "pipeline",
+        }
+    }
+
     /// Whether this role takes fridges' calls and writes the log.
     pub fn has_gateway(self) -> bool {
         matches!(self, Role::All | Role::Gateway)
@@ -759,6 +808,8 @@ impl Default for Config {
             webhooks: WebhooksSection::default(),
             checkpoint: CheckpointSection::default(),
             flight_sql: FlightSqlSection::default(),
+            metrics: MetricsSection::default(),
+            tracing: TracingSection::default(),
             sql: SqlSection::default(),
         }
     }
@@ -928,6 +979,36 @@ impl Config {
         }))
     }
 
+    /// The metrics listener's settings, when it is enabled; refuses
+    /// plaintext off loopback as the gateway does (the page shows the
+    /// fleet's orders and alerts).
+    pub fn metrics(
+        &self,
+        tls: Option<&coldstream_sources::gateway::ServerTls>,
+    ) -> Result<Option<crate::metrics::MetricsConfig>, ConfigError> {
+        let m = &self.metrics;
+        if !m.enabled {
+            return Ok(None);
+        }
+        if tls.is_none() && !m.listen.ip().is_loopback() && !self.tls.allow_plaintext {
+            return Err(ConfigError::Invalid(format!(
+                "metrics.listen {} is not loopback and there is no TLS: the status page shows the fleet's orders and alerts; set tls.cert and tls.key",
+                m.listen
+            )));
+        }
+        Ok(Some(crate::metrics::MetricsConfig { listen: m.listen, tls: tls.cloned() }))
+    }
+
+    /// Which batches the components follow with spans: none unless
+    /// `tracing.otlp_endpoint` is set.
+    pub fn traces(&self) -> coldstream_pipelines::traces::Traces {
+        if self.tracing.otlp_endpoint.is_empty() {
+            coldstream_pipelines::traces::Traces::default()
+        } else {
+            coldstream_pipelines::traces::Traces::sampled(self.tracing.sample_ratio)
+        }
+    }
+
     /// The gateway's settings (not yet holding for a full sink).
     pub fn gateway(&self) -> coldstream_sources::gateway::GatewayConfig {
         coldstream_sources::gateway::GatewayConfig {
@@ -940,6 +1021,8 @@ impl Config {
             tls: None,
             hold: Default::default(),
             regions: None,
+            metrics: Default::default(),
+            traces: Default::default(),
         }
     }
 
@@ -1008,6 +1091,18 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "views.lead_time_days {} is not in 0..=365",
                 self.views.lead_time_days
+            )));
+        }
+        let t = &self.tracing;
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return Err(ConfigError::Invalid(format!("tracing.sample_ratio {} is not in 0..=1", t.sample_ratio)));
+        }
+        if !t.otlp_endpoint.is_empty()
+            && !(t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "tracing.otlp_endpoint {:?} is not an http:// or https:// address of an OTLP/gRPC collector",
+                t.otlp_endpoint
             )));
         }
         self.auth.tokens_with(&self.auth.secret, false)?;
@@ -1098,6 +1193,8 @@ impl Config {
                 breaker_open: Duration::from_millis(w.breaker_open_ms),
             },
             max_pending: w.max_pending,
+            metrics: Default::default(),
+            traces: Default::default(),
         })
     }
 
@@ -1308,6 +1405,23 @@ timeout_seconds = 300
 # Queries running at once; more wait for a slot.
 max_concurrent_queries = 4
 
+[metrics]
+# Prometheus metrics on /metrics and the live status page on /, on one
+# HTTP address. Off unless enabled (or `coldstream run --metrics ADDR`);
+# TLS as on the gateway ([tls]), required on an address other than loopback.
+enabled = false
+listen = "127.0.0.1:9464"
+
+[tracing]
+# OpenTelemetry traces over OTLP/gRPC: a sampled batch's path from the
+# gateway (gateway.batch) to its group commit (log.commit), the views
+# (views.pending) and each webhook (webhook.pending, webhook.attempt).
+# Empty: no traces.
+otlp_endpoint = ""
+# The share of batches followed, 0 to 1.
+sample_ratio = 0.01
+service_name = "coldstream"
+
 [sql]
 # UDFs written for Arroyo (arroyo-udf-plugin), built with `coldstream udf
 # build DIR`: the libraries, each with its manifest beside it. Callable
@@ -1362,6 +1476,8 @@ mod tests {
         assert_eq!(parsed.webhooks, defaults.webhooks);
         assert_eq!(parsed.checkpoint, defaults.checkpoint);
         assert_eq!(parsed.flight_sql, defaults.flight_sql);
+        assert_eq!(parsed.metrics, defaults.metrics);
+        assert_eq!(parsed.tracing, defaults.tracing);
         assert_eq!(parsed, defaults);
     }
 

@@ -10,6 +10,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod flight_sql;
 pub mod machine;
+pub mod metrics;
+pub mod otlp;
 pub mod pipeline;
 pub mod query;
 pub mod rebuild;

@@ -9,12 +9,17 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "coldstream", version, about)]
 struct Cli {
+    /// How log lines on stderr are written: `human`, or `json` (one
+    /// object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value = "human", env = "COLDSTREAM_LOG_FORMAT")]
+    log_format: commands::LogFormat,
     #[command(subcommand)]
     command: commands::Command,
 }
 
 fn main() {
     let cli = Cli::parse();
+    let _ = commands::LOG_FORMAT.set(cli.log_format);
     if let Err(error) = cli.command.run() {
         let chain: Vec<String> = error.chain().map(|e| e.to_string()).collect();
         eprintln!("error: {}", chain.join(": ").split_whitespace().collect::<Vec<_>>().join(" "));

@@ -207,6 +207,11 @@ impl Pipeline {
         Ok(Pipeline { workers, abandon, view_sink })
     }
 
+    /// The log offset up to which the workers have read.
+    pub fn read_offset(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.workers.read_offset()
+    }
+
     /// Reads the log to its durable end, hands every change to the sinks,
     /// takes a last checkpoint and waits for all of it.
     pub fn stop(self) -> Result<(), ServerError> {

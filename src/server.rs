@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use coldstream_sinks::SinkError;
 use coldstream_sinks::parquet::{EventArchive, ViewChangelogs};
-use coldstream_sinks::webhooks::{OutboxError, Webhooks};
+use coldstream_pipelines::metrics::Registry;
+use coldstream_pipelines::traces::Traces;
+use coldstream_sinks::webhooks::{OutboxError, WebhookConfig, Webhooks};
 use coldstream_sources::gateway::{Gateway, GatewayConfig, GatewayError, bind};
 use coldstream_sources::ingest::{Ingest, IngestConfig, SeqSnapshot};
 use coldstream_sources::log::{LogError, OpenReader};
@@ -135,6 +137,14 @@ pub struct Progress {
     pub archive_committed: AtomicU64,
     /// Checkpoints written since the server started.
     pub checkpoints: AtomicU64,
+    /// When the last checkpoint was written (ms since the Unix epoch; 0: none yet).
+    pub checkpoint_written_ms: AtomicU64,
+    /// The last checkpoint's size in bytes.
+    pub checkpoint_bytes: AtomicU64,
+    /// How long writing the last checkpoint took, in microseconds.
+    pub checkpoint_write_us: AtomicU64,
+    /// The logical time of the last checkpoint.
+    pub checkpoint_time: AtomicU64,
 }
 
 /// A point-in-time view of the server's progress.
@@ -189,6 +199,9 @@ pub struct Server {
     back: Option<Back>,
     /// The Flight SQL endpoint, when it is enabled.
     flight_sql: Option<crate::flight_sql::FlightSqlServer>,
+    /// The metrics listener, when it is enabled.
+    metrics: Option<crate::metrics::MetricsServer>,
+    registry: Registry,
     failures: Failures,
     /// Held until the server has stopped (dropped last, with the server).
     _lock: DataDirLock,
@@ -220,6 +233,10 @@ struct BackSpec<'a> {
     failures: &'a Failures,
     /// Set while webhook delivery holds ingestion back.
     hold: &'a Arc<AtomicBool>,
+    /// Where the components register their instruments.
+    registry: &'a Registry,
+    /// The batches followed with spans, shared by every component.
+    traces: Traces,
 }
 
 /// A component's thread: it ends with its error, if it had one.
@@ -235,6 +252,8 @@ struct Back {
     outbox: Arc<std::sync::Mutex<coldstream_sinks::webhooks::Outbox>>,
     stopping_webhooks: Arc<AtomicBool>,
     readers: Arc<dyn OpenReader>,
+    /// The latest alerts and open orders, for the status page.
+    recent: Arc<std::sync::Mutex<coldstream_sinks::webhooks::Recent>>,
 }
 
 /// How long a stopping pipeline waits to see what a log with several
@@ -243,8 +262,21 @@ const SETTLE_PATIENCE: Duration = Duration::from_secs(10);
 
 impl Back {
     fn start(spec: BackSpec<'_>) -> Result<Back, ServerError> {
-        let BackSpec { config, views, cluster, data_dir, readers, store, resume, ingest, progress, failures, hold } =
-            spec;
+        let BackSpec {
+            config,
+            views,
+            cluster,
+            data_dir,
+            readers,
+            store,
+            resume,
+            ingest,
+            progress,
+            failures,
+            hold,
+            registry,
+            traces,
+        } = spec;
         let parquet = config.parquet();
         // The embedded log is one partition: the cluster's process 0 archives it.
         let archiver = if cluster.process == 0 {
@@ -279,7 +311,10 @@ impl Back {
             None
         };
         let changelogs = ViewChangelogs::open(data_dir, parquet.clone())?;
-        let (webhooks, dispatchers) = Webhooks::start(data_dir, &config.webhooks()?, parquet, Arc::clone(hold))?;
+        let webhook_config =
+            WebhookConfig { metrics: registry.clone(), traces: traces.clone(), ..config.webhooks()? };
+        let (webhooks, dispatchers) = Webhooks::start(data_dir, &webhook_config, parquet, Arc::clone(hold))?;
+        let recent = webhooks.recent();
         let outbox = webhooks.outbox();
         let stopping_webhooks = webhooks.stopping();
         // In a cluster, or beside a gateway in another process, no one
@@ -290,7 +325,9 @@ impl Back {
             views,
             workers: config.worker_threads(),
             cluster,
-            sinks: ViewSinks::new(vec![Box::new(webhooks), Box::new(changelogs)]),
+            sinks: ViewSinks::new(vec![Box::new(webhooks), Box::new(changelogs)])
+                .counted(registry)
+                .traced(traces),
             resume,
             checkpoints: CheckpointPolicy {
                 store,
@@ -305,7 +342,7 @@ impl Back {
             progress: Arc::clone(progress),
             failures: failures.clone(),
         })?;
-        Ok(Back { archiver, pipeline, dispatchers, outbox, stopping_webhooks, readers: Arc::clone(readers) })
+        Ok(Back { archiver, pipeline, dispatchers, outbox, stopping_webhooks, readers: Arc::clone(readers), recent })
     }
 
     /// Reads the log to its durable end into every sink, and checkpoints.
@@ -412,7 +449,10 @@ impl Server {
             .map_err(|e| ServerError::Config(crate::config::ConfigError::Invalid(e.to_string())))?;
         let flight_sql = if role.has_pipeline() { config.flight_sql(&tokens, tls.as_ref(), &udfs)? } else { None };
         let regions = config.region.regions()?;
+        let metrics = config.metrics(tls.as_ref())?;
         let lock = DataDirLock::take(&data_dir)?;
+        let registry = Registry::default();
+        let traces = config.traces();
         let flight_sql = match flight_sql {
             Some(flight_sql) => {
                 let listen = flight_sql.listen;
@@ -453,6 +493,8 @@ impl Server {
                     queue_batches: config.gateway.queue_batches,
                     max_commit_records: config.gateway.max_commit_records,
                     max_seq_gap: config.gateway.max_seq_gap,
+                    metrics: registry.clone(),
+                    traces: traces.clone(),
                 },
                 resume.as_ref().map(|(_, resume)| resume.seqs()).unwrap_or_default(),
             )?),
@@ -474,26 +516,74 @@ impl Server {
                 progress: &progress,
                 failures: &failures,
                 hold: &hold,
+                registry: &registry,
+                traces: traces.clone(),
             })?),
             None => None,
         };
+        crate::metrics::register_process(&registry);
+        crate::metrics::register(
+            &registry,
+            crate::metrics::Sources {
+                readers: Arc::clone(&readers),
+                progress: Arc::clone(&progress),
+                ingest: ingest.as_ref().map(|(ingest, _)| ingest.clone()),
+                read_offset: back.as_ref().map(|back| back.pipeline.read_offset()),
+                role: role.as_str(),
+            },
+        );
         let status = StatusSource { readers: Arc::clone(&readers), progress: Arc::clone(&progress) };
         let front = match ingest {
             Some((ingest, writer)) => {
-                let gateway = GatewayConfig { hold, tls, regions: regions.map(Arc::new), ..config.gateway() };
+                let gateway = GatewayConfig {
+                    hold,
+                    tls,
+                    regions: regions.map(Arc::new),
+                    metrics: registry.clone(),
+                    traces: traces.clone(),
+                    ..config.gateway()
+                };
                 Some(Front::start(config, ingest, writer, tokens, gateway, status, &failures).await?)
+            }
+            None => None,
+        };
+        let metrics = match metrics {
+            Some(metrics) => {
+                let listen = metrics.listen;
+                let page = crate::metrics::Page {
+                    registry: registry.clone(),
+                    recent: back.as_ref().map(|back| Arc::clone(&back.recent)),
+                };
+                Some(
+                    crate::metrics::MetricsServer::start(metrics, page)
+                        .await
+                        .map_err(|source| ServerError::Gateway(GatewayError::Bind { addr: listen, source }))?,
+                )
             }
             None => None,
         };
         tracing::info!(
             addr = ?front.as_ref().map(|f| f.addr),
             flight_sql = ?flight_sql.as_ref().map(|f| f.addr()),
+            metrics = ?metrics.as_ref().map(|m| m.addr()),
             ?role,
             data_dir = %data_dir.display(),
             workers = threads,
             "coldstream is running"
         );
-        Ok(Server { held_at_start, data_dir, readers, progress, front, back, flight_sql, failures, _lock: lock })
+        Ok(Server {
+            held_at_start,
+            data_dir,
+            readers,
+            progress,
+            front,
+            back,
+            flight_sql,
+            metrics,
+            registry,
+            failures,
+            _lock: lock,
+        })
     }
 
     /// The address the gateway listens on.
@@ -505,6 +595,16 @@ impl Server {
     /// The address the Flight SQL endpoint listens on, when it is enabled.
     pub fn flight_sql_addr(&self) -> Option<SocketAddr> {
         self.flight_sql.as_ref().map(|f| f.addr())
+    }
+
+    /// The address of the metrics and the status page, when they are enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr())
+    }
+
+    /// The server's instruments, as `/metrics` renders them.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The data directory.
@@ -580,6 +680,7 @@ impl Server {
     /// writes what is buffered.
     pub async fn shutdown(self) -> Result<(), ServerError> {
         drop(self.flight_sql);
+        drop(self.metrics);
         let writer = match self.front {
             Some(front) => Some(front.stop().await?),
             None => None,

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use coldstream_pipelines::Time;
 use coldstream_pipelines::checkpoint::Checkpoints;
-use coldstream_pipelines::views::ViewBatch;
+use coldstream_pipelines::metrics::{Counter, Registry};
+use coldstream_pipelines::traces::Traces;
+use coldstream_pipelines::views::{NAMES, ViewBatch};
 use coldstream_sinks::ViewSink;
 use coldstream_sources::ingest::SeqSnapshot;
 use coldstream_sources::log::OpenReader;
@@ -23,18 +25,47 @@ use crate::workers::ViewMessage;
 
 /// The sinks of the views' changes, in the order they are handed each
 /// batch; the last one takes the batch itself.
-pub struct ViewSinks(Vec<Box<dyn ViewSink>>);
+pub struct ViewSinks {
+    sinks: Vec<Box<dyn ViewSink>>,
+    /// Changes handed on, per view, in [`coldstream_pipelines::views::NAMES`] order.
+    changes: Vec<Counter>,
+    /// Followed batches' spans, which end as the frontier passes them.
+    traces: Traces,
+}
 
 impl ViewSinks {
     /// The sinks, in order. Their names must differ: they key the sinks'
     /// states in a checkpoint.
     pub fn new(sinks: Vec<Box<dyn ViewSink>>) -> ViewSinks {
-        ViewSinks(sinks)
+        ViewSinks { sinks, changes: vec![Counter::default(); NAMES.len()], traces: Traces::default() }
+    }
+
+    /// Counts the changes of each view in `registry`.
+    pub fn counted(self, registry: &Registry) -> ViewSinks {
+        let changes = NAMES
+            .iter()
+            .map(|view| {
+                registry.counter(
+                    "coldstream_view_changes_total",
+                    "Changes (insertions and retractions) a view emitted to its sinks.",
+                    &[("view", view)],
+                )
+            })
+            .collect();
+        ViewSinks { changes, ..self }
+    }
+
+    /// Ends followed batches' `views.pending` spans as every sink passes them.
+    pub fn traced(self, traces: Traces) -> ViewSinks {
+        ViewSinks { traces, ..self }
     }
 
     /// Hands `batch` to every sink.
     pub fn push(&mut self, batch: ViewBatch) {
-        if let Some((last, others)) = self.0.split_last_mut() {
+        if let Some(counter) = NAMES.iter().position(|view| *view == batch.view()).and_then(|i| self.changes.get(i)) {
+            counter.add(batch.len() as u64);
+        }
+        if let Some((last, others)) = self.sinks.split_last_mut() {
             for sink in others {
                 sink.push(&batch);
             }
@@ -44,16 +75,17 @@ impl ViewSinks {
 
     /// Every change before `frontier` has been pushed.
     pub fn advance(&mut self, frontier: Time, closing: bool) -> Result<(), ServerError> {
-        for sink in &mut self.0 {
+        for sink in &mut self.sinks {
             sink.advance(frontier, closing).map_err(|source| ServerError::ViewSink { sink: sink.name(), source })?;
         }
+        self.traces.views_passed(frontier);
         Ok(())
     }
 
     /// Every sink's state at `frontier`, by name.
     pub fn snapshot(&mut self, frontier: Time) -> Result<BTreeMap<String, Vec<u8>>, ServerError> {
         let mut states = BTreeMap::new();
-        for sink in &mut self.0 {
+        for sink in &mut self.sinks {
             let state =
                 sink.snapshot(frontier).map_err(|source| ServerError::ViewSink { sink: sink.name(), source })?;
             states.insert(sink.name().to_owned(), state);
@@ -63,7 +95,7 @@ impl ViewSinks {
 
     /// Gives every sink its state of a checkpoint taken at `frontier`.
     pub fn restore(&mut self, states: &BTreeMap<String, Vec<u8>>, frontier: Time) -> Result<(), ServerError> {
-        for sink in &mut self.0 {
+        for sink in &mut self.sinks {
             let Some(state) = states.get(sink.name()) else {
                 return Err(ServerError::Inconsistent(format!(
                     "the checkpoint holds no state of the {} sink; run `coldstream rebuild --data DIR`",
@@ -77,7 +109,7 @@ impl ViewSinks {
 
     /// Changes before this time were acted on by every sink before this start.
     pub fn resumes_at(&self) -> Time {
-        self.0.iter().map(|sink| sink.resumes_at()).max().unwrap_or(0)
+        self.sinks.iter().map(|sink| sink.resumes_at()).max().unwrap_or(0)
     }
 }
 
@@ -142,7 +174,12 @@ impl Checkpointing {
         let started = std::time::Instant::now();
         match self.store.write(&checkpoint) {
             Ok((path, bytes)) => {
-                self.progress.checkpoints.fetch_add(1, Ordering::AcqRel);
+                let progress = &self.progress;
+                progress.checkpoint_written_ms.store(coldstream_sources::ingest::now_ms(), Ordering::Release);
+                progress.checkpoint_bytes.store(bytes as u64, Ordering::Release);
+                progress.checkpoint_write_us.store(started.elapsed().as_micros() as u64, Ordering::Release);
+                progress.checkpoint_time.store(checkpoint.sink_frontier, Ordering::Release);
+                progress.checkpoints.fetch_add(1, Ordering::AcqRel);
                 tracing::debug!(
                     file = %path.display(),
                     bytes,

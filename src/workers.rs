@@ -226,6 +226,8 @@ pub struct Workers {
     /// How long a stop waits for the other processes of a cluster to stop
     /// too (`None`: one process, which always finishes).
     patience: Option<Duration>,
+    /// The log offset up to which the process's first worker has read.
+    read_offset: Arc<AtomicU64>,
 }
 
 /// How the workers ended.
@@ -243,6 +245,11 @@ pub enum Stopped {
 const CLUSTER_STOP_PATIENCE: Duration = Duration::from_secs(30);
 
 impl Workers {
+    /// The log offset up to which the workers have read.
+    pub fn read_offset(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.read_offset)
+    }
+
     /// Starts `threads` workers reading the log from `resume.offset`, with
     /// the views' state of `views.hooks.checkpoints`.
     pub fn start(
@@ -256,6 +263,8 @@ impl Workers {
     ) -> Result<Workers, RuntimeError> {
         let stop = Arc::new(AtomicBool::new(false));
         let read_upto = Arc::new(AtomicU64::new(0));
+        let read_offset = Arc::new(AtomicU64::new(resume.offset));
+        let read_offset_source = Arc::clone(&read_offset);
         // Open every reader now, so that a broken log is reported here.
         // A checkpoint's offset is where its time starts.
         let start = views.hooks.checkpoints.start();
@@ -305,6 +314,7 @@ impl Workers {
                 every_records: resume.checkpoint_every_records.max(1),
                 offsets: (local == 0).then(|| sink.clone()),
                 reports: local == 0,
+                read_offset: Arc::clone(&read_offset_source),
                 finished: Arc::clone(&finished),
             };
             let probe = worker.dataflow::<Time, _, _>(move |scope| {
@@ -334,7 +344,7 @@ impl Workers {
         })
         .map_err(RuntimeError::Start)?;
         let patience = cluster.is_multi().then_some(CLUSTER_STOP_PATIENCE);
-        let workers = Workers { stop, sources, guards: Some(guards), patience };
+        let workers = Workers { stop, sources, guards: Some(guards), patience, read_offset };
         for _ in 0..threads {
             if let Ok(Some(failure)) = built_answers.recv() {
                 workers.stop();
@@ -414,6 +424,8 @@ struct Source {
     offsets: Option<SyncSender<ViewMessage>>,
     /// Whether this is the process's first worker, which reports how far it read.
     reports: bool,
+    /// Where it reports the offset it has read up to.
+    read_offset: Arc<AtomicU64>,
     /// The views' frontier: every time before it is finished.
     finished: Arc<AtomicU64>,
 }
@@ -425,8 +437,19 @@ fn log_source<'s>(
     source_state: Source,
     mut reader: Box<dyn LogReader>,
 ) -> VecCollection<'s, Time, (u64, Event)> {
-    let Source { readers, stop, read_upto, sources, checkpoints, every_ms, every_records, offsets, reports, finished } =
-        source_state;
+    let Source {
+        readers,
+        stop,
+        read_upto,
+        sources,
+        checkpoints,
+        every_ms,
+        every_records,
+        offsets,
+        reports,
+        read_offset,
+        finished,
+    } = source_state;
     let index = scope.index() as u64;
     let peers = scope.peers() as u64;
     source(scope, "EventLog", move |mut capability, info| {
@@ -500,6 +523,9 @@ fn log_source<'s>(
                     Ok(_) => {}
                     Err(error) => tracing::warn!(offset, %error, "skipping a log record"),
                 }
+            }
+            if reports {
+                read_offset.store(reader.position(), Ordering::Release);
             }
             if read == READ_BATCH {
                 // More may be waiting at this very time; look again soon.

@@ -13,7 +13,9 @@ pub mod fleet;
 #[cfg(test)]
 mod fleet_gen;
 pub mod harness;
+pub mod metrics;
 pub mod operators;
+pub mod traces;
 pub mod views;
 
 pub use event::{Event, EventKind, Payload, Temperature};

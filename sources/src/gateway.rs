@@ -21,6 +21,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
+use coldstream_pipelines::metrics::{Counter, Gauge, Histogram, Registry};
+use coldstream_pipelines::traces::{self, Traces};
+
 use crate::auth::{ID_RULE, Principal, Tokens, Verified, bearer};
 use crate::convert::{Rejection, accept};
 use crate::ingest::{Candidate, Ingest, IngestError, Outcome, Pending, stale};
@@ -52,6 +55,80 @@ pub struct GatewayConfig {
     pub hold: Arc<AtomicBool>,
     /// The region this gateway serves, and where other regions' fridges go.
     pub regions: Option<Arc<Regions>>,
+    /// Where the gateway's instruments are registered.
+    pub metrics: Registry,
+    /// Which batches to follow with spans (`[tracing]`).
+    pub traces: Traces,
+}
+
+/// What the gateway counts, for operators (`coldstream_gateway_*`).
+#[derive(Clone, Default)]
+pub struct GatewayMetrics {
+    received: Counter,
+    accepted: Counter,
+    duplicates: Counter,
+    /// By reason code (the index).
+    rejected: Vec<Counter>,
+    refused: Counter,
+    ack_seconds: Histogram,
+    connected: Gauge,
+    streams: Counter,
+}
+
+impl GatewayMetrics {
+    /// Registers the gateway's instruments in `registry`.
+    pub fn register(registry: &Registry) -> GatewayMetrics {
+        let rejected = (0..)
+            .map_while(|code| proto::RejectReason::try_from(code).ok())
+            .map(|reason| {
+                let name = reason.as_str_name().trim_start_matches("REJECT_REASON_").to_ascii_lowercase();
+                registry.counter(
+                    "coldstream_gateway_events_rejected_total",
+                    "Events the gateway rejected, by reason; each is kept in the dead letter.",
+                    &[("reason", &name)],
+                )
+            })
+            .collect();
+        GatewayMetrics {
+            received: registry.counter(
+                "coldstream_gateway_events_received_total",
+                "Events received in batches, before any check.",
+                &[],
+            ),
+            accepted: registry.counter(
+                "coldstream_gateway_events_accepted_total",
+                "Events appended to the log and acknowledged as accepted.",
+                &[],
+            ),
+            duplicates: registry.counter(
+                "coldstream_gateway_events_duplicate_total",
+                "Events acknowledged as duplicates of durable ones (resends); not appended again.",
+                &[],
+            ),
+            rejected,
+            refused: registry.counter(
+                "coldstream_gateway_calls_refused_total",
+                "Calls refused before their body was read: a missing, bad, expired or revoked token.",
+                &[],
+            ),
+            ack_seconds: registry.histogram(
+                "coldstream_gateway_ack_seconds",
+                "From a batch's arrival to its ack: checks, queueing, group commit and fsync.",
+                &[],
+                coldstream_pipelines::metrics::LATENCY_SECONDS,
+            ),
+            connected: registry.gauge(
+                "coldstream_gateway_streams_open",
+                "Fridge streams open now.",
+                &[],
+            ),
+            streams: registry.counter(
+                "coldstream_gateway_streams_opened_total",
+                "Fridge streams welcomed since the start.",
+                &[],
+            ),
+        }
+    }
 }
 
 /// The regions of a deployment as one gateway sees them: its own, the
@@ -106,6 +183,8 @@ impl Default for GatewayConfig {
             tls: None,
             hold: Arc::default(),
             regions: None,
+            metrics: Registry::default(),
+            traces: Traces::default(),
         }
     }
 }
@@ -129,10 +208,12 @@ impl GatewayConfig {
 struct RefusalLog {
     second: std::sync::atomic::AtomicU64,
     suppressed: std::sync::atomic::AtomicU64,
+    counted: Counter,
 }
 
 impl RefusalLog {
     fn refused(&self, what: &dyn std::fmt::Display) {
+        self.counted.inc();
         let now = crate::auth::now_s();
         let last = self.second.load(Ordering::Relaxed);
         if now != last && self.second.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
@@ -176,6 +257,7 @@ pub struct Gateway {
     config: GatewayConfig,
     refusals: Arc<RefusalLog>,
     status: StatusFn,
+    metrics: GatewayMetrics,
 }
 
 /// What answers the `Status` call.
@@ -210,7 +292,9 @@ impl Gateway {
             serving: true,
             ..StatusReply::default()
         });
-        Gateway { ingest, tokens, config, refusals: Arc::default(), status }
+        let metrics = GatewayMetrics::register(&config.metrics);
+        let refusals = Arc::new(RefusalLog { counted: metrics.refused.clone(), ..RefusalLog::default() });
+        Gateway { ingest, tokens, config, refusals, status, metrics }
     }
 
     /// Answers `Status` with `status` (the server's view of its pipeline).
@@ -246,6 +330,20 @@ impl Gateway {
                 events.len()
             )));
         }
+        let arrived = std::time::Instant::now();
+        self.metrics.received.add(events.len() as u64);
+        let span = self.config.traces.sample().then(|| {
+            tracing::info_span!(
+                target: traces::TARGET,
+                "gateway.batch",
+                source = %principal,
+                incarnation,
+                batch_id,
+                events = events.len(),
+                accepted = tracing::field::Empty,
+                rejected = tracing::field::Empty,
+            )
+        });
         let now = now_us();
         let mut candidates = Vec::with_capacity(events.len());
         let mut reasons = Vec::with_capacity(events.len());
@@ -274,7 +372,7 @@ impl Gateway {
         while self.config.hold.load(Ordering::Acquire) {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let pending = self.ingest.submit(candidates).await.map_err(unavailable)?;
+        let pending = self.ingest.submit_traced(candidates, span.clone()).await.map_err(unavailable)?;
         Ok(AckFuture {
             pending,
             ingest: self.ingest.clone(),
@@ -283,6 +381,9 @@ impl Gateway {
             batch_id,
             seqs,
             reasons,
+            arrived,
+            metrics: self.metrics.clone(),
+            span,
         })
     }
 
@@ -388,6 +489,10 @@ struct AckFuture {
     batch_id: u64,
     seqs: Vec<u64>,
     reasons: Vec<Option<Rejection>>,
+    arrived: std::time::Instant,
+    metrics: GatewayMetrics,
+    /// The batch's `gateway.batch` span, when it is followed: it ends with the ack.
+    span: Option<tracing::Span>,
 }
 
 impl AckFuture {
@@ -405,6 +510,19 @@ impl AckFuture {
             }
         }
         ack.highest_durable_seq = self.ingest.position(&self.source).seq_in(self.incarnation).unwrap_or(0);
+        let metrics = &self.metrics;
+        metrics.accepted.add(ack.accepted.len() as u64);
+        metrics.duplicates.add(ack.duplicates.len() as u64);
+        for rejection in &ack.rejected {
+            if let Some(counter) = usize::try_from(rejection.code).ok().and_then(|code| metrics.rejected.get(code)) {
+                counter.inc();
+            }
+        }
+        metrics.ack_seconds.observe_duration(self.arrived.elapsed());
+        if let Some(span) = &self.span {
+            span.record("accepted", ack.accepted.len());
+            span.record("rejected", ack.rejected.len());
+        }
         Ok(ack)
     }
 }
@@ -467,7 +585,12 @@ impl FridgeGateway for Gateway {
             .map_err(|_| Status::cancelled("the fridge went away"))?;
         let gateway = self.clone();
         let incarnation = hello.incarnation;
-        tokio::spawn(async move { gateway.connection(principal, incarnation, inbound, outbound).await });
+        self.metrics.streams.inc();
+        tokio::spawn(async move {
+            gateway.metrics.connected.add(1.0);
+            gateway.clone().connection(principal, incarnation, inbound, outbound).await;
+            gateway.metrics.connected.add(-1.0);
+        });
         Ok(Response::new(ReceiverStream::new(acks)))
     }
 

@@ -32,6 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use coldstream_pipelines::metrics::{Counter, Histogram, Registry};
+use coldstream_pipelines::traces::{self, Traces};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
@@ -89,11 +91,66 @@ pub struct IngestConfig {
     pub max_commit_records: usize,
     /// How far above a source's highest durable seq a seq may jump.
     pub max_seq_gap: u64,
+    /// Where the writer's instruments are registered.
+    pub metrics: Registry,
+    /// Where a followed batch's span waits for the views after its commit.
+    pub traces: Traces,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        IngestConfig { queue_batches: 1024, max_commit_records: 50_000, max_seq_gap: 1_000_000 }
+        IngestConfig {
+            queue_batches: 1024,
+            max_commit_records: 50_000,
+            max_seq_gap: 1_000_000,
+            metrics: Registry::default(),
+            traces: Traces::default(),
+        }
+    }
+}
+
+/// What the log writer measures (`coldstream_log_*`).
+struct WriterMetrics {
+    commit_records: Histogram,
+    commit_batches: Histogram,
+    fsync_seconds: Histogram,
+    commits_failed: Counter,
+    appended: Counter,
+}
+
+impl WriterMetrics {
+    fn register(registry: &Registry) -> WriterMetrics {
+        use coldstream_pipelines::metrics::{LATENCY_SECONDS, SIZES};
+        WriterMetrics {
+            commit_records: registry.histogram(
+                "coldstream_log_commit_records",
+                "Records in one group commit (accepted and rejected events).",
+                &[],
+                SIZES,
+            ),
+            commit_batches: registry.histogram(
+                "coldstream_log_commit_batches",
+                "Batches acknowledged by one group commit.",
+                &[],
+                SIZES,
+            ),
+            fsync_seconds: registry.histogram(
+                "coldstream_log_fsync_seconds",
+                "Time to make one group commit durable (the log's sync).",
+                &[],
+                LATENCY_SECONDS,
+            ),
+            commits_failed: registry.counter(
+                "coldstream_log_commits_failed_total",
+                "Group commits that failed (a full disk, an I/O error); their batches were not acknowledged.",
+                &[],
+            ),
+            appended: registry.counter(
+                "coldstream_log_records_appended_total",
+                "Records appended to the log and made durable.",
+                &[],
+            ),
+        }
     }
 }
 
@@ -111,6 +168,8 @@ impl std::future::Future for Pending {
 struct Request {
     candidates: Vec<Candidate>,
     reply: oneshot::Sender<Result<Vec<Outcome>, IngestError>>,
+    /// The batch's span, when it is followed.
+    span: Option<tracing::Span>,
 }
 
 /// The handle connections append through. Cheap to clone.
@@ -275,6 +334,7 @@ impl Ingest {
             highest: Arc::clone(&highest),
             published: Arc::clone(&published),
             last_published: std::time::Instant::now(),
+            metrics: WriterMetrics::register(&config.metrics),
             config,
         };
         let thread = std::thread::Builder::new()
@@ -320,8 +380,18 @@ impl Ingest {
     /// future of its outcome. Batches are committed in the order they were
     /// queued, so a connection that queues in order is deduplicated in order.
     pub async fn submit(&self, candidates: Vec<Candidate>) -> Result<Pending, IngestError> {
+        self.submit_traced(candidates, None).await
+    }
+
+    /// [`Ingest::submit`], for a batch followed by `span`: its commit is a
+    /// child span, and the views' wait after it another.
+    pub async fn submit_traced(
+        &self,
+        candidates: Vec<Candidate>,
+        span: Option<tracing::Span>,
+    ) -> Result<Pending, IngestError> {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Request { candidates, reply }).await.map_err(|_| IngestError::Stopped)?;
+        self.queue.send(Request { candidates, reply, span }).await.map_err(|_| IngestError::Stopped)?;
         Ok(Pending(answer))
     }
 
@@ -333,6 +403,12 @@ impl Ingest {
     /// The highest durable position of `source` (zero if none).
     pub fn position(&self, source: &Principal) -> Position {
         self.highest.lock().expect("the seq map is never poisoned").get(source).copied().unwrap_or_default()
+    }
+
+    /// Fridges with at least one durable event.
+    pub fn fridges_known(&self) -> usize {
+        let highest = self.highest.lock().expect("the seq map is never poisoned");
+        highest.keys().filter(|source| matches!(source, Principal::Fridge(_))).count()
     }
 
     /// Why the last group commit failed, while no later one has succeeded:
@@ -396,6 +472,7 @@ struct Writer {
     highest: Arc<Mutex<HashMap<Principal, Position>>>,
     published: Arc<Mutex<SeqSnapshot>>,
     last_published: std::time::Instant,
+    metrics: WriterMetrics,
     config: IngestConfig,
 }
 
@@ -468,12 +545,48 @@ impl Writer {
                 outcomes.push(answer);
             }
         }
+        let followed: Vec<&tracing::Span> = group.iter().filter_map(|r| r.span.as_ref()).collect();
+        let commit = followed.first().map(|first| {
+            let commit = tracing::info_span!(
+                target: traces::TARGET,
+                parent: *first,
+                "log.commit",
+                records = payloads.len(),
+                batches = group.len(),
+                ingest_ms = tracing::field::Empty,
+            );
+            for other in &followed[1..] {
+                commit.follows_from(*other);
+            }
+            commit
+        });
         let result = if payloads.is_empty() {
             Ok(())
         } else {
             let ingest_ms = now_ms().max(self.log.last_ingest_ms().map_or(0, |t| t + 1));
-            self.log.append(ingest_ms, payloads).and_then(|_| self.log.sync())
+            self.log.append(ingest_ms, payloads).and_then(|_| {
+                let syncing = std::time::Instant::now();
+                let synced = self.log.sync();
+                self.metrics.fsync_seconds.observe_duration(syncing.elapsed());
+                synced
+            })
         };
+        match &result {
+            Ok(()) => {
+                if let (Some(commit), Some(time)) = (&commit, self.log.last_ingest_ms())
+                    && !payloads.is_empty()
+                {
+                    commit.record("ingest_ms", time);
+                    let waiting =
+                        tracing::info_span!(target: traces::TARGET, parent: commit, "views.pending", ingest_ms = time);
+                    self.config.traces.committed(time, waiting);
+                }
+                self.metrics.commit_records.observe(payloads.len() as f64);
+                self.metrics.commit_batches.observe(group.len() as f64);
+                self.metrics.appended.add(payloads.len() as u64);
+            }
+            Err(_) => self.metrics.commits_failed.inc(),
+        }
         *self.failing.lock().expect("the failure is never poisoned") = result.as_ref().err().map(|e| e.to_string());
         match result {
             Ok(()) => {

@@ -30,6 +30,10 @@ pub struct DemoSpec {
     pub seed: u64,
     /// Timely worker threads (0: one per core).
     pub workers: usize,
+    /// The fleet's pace in events/s (`None`: as fast as the server acks).
+    pub rate: Option<f64>,
+    /// Where to serve the metrics and the status page while the demo runs.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Why the demo failed.
@@ -109,6 +113,9 @@ const VIEW_SAMPLES: &[(&str, &str)] = &[
 pub async fn demo(spec: DemoSpec) -> Result<(), DemoError> {
     prepare(&spec.data_dir)?;
     let mut config = Config::loopback(&spec.data_dir, spec.workers);
+    if let Some(listen) = spec.metrics {
+        config.metrics = coldstream::config::MetricsSection { enabled: true, listen };
+    }
     // A receiver per webhook endpoint, in this process.
     let receivers = super::local_receivers(&mut config)
         .await
@@ -120,6 +127,9 @@ pub async fn demo(spec: DemoSpec) -> Result<(), DemoError> {
         config.worker_threads(),
         spec.data_dir.display()
     );
+    if let Some(addr) = server.metrics_addr() {
+        println!("status page on http://{addr}/ (metrics on http://{addr}/metrics) while the demo runs");
+    }
     println!("simulating {} fridges sending {} events (seed {})…", spec.fridges, spec.events, spec.seed);
     let now_us = chrono::Utc::now().timestamp_micros();
     let fleet_spec = FleetSpec {
@@ -132,7 +142,7 @@ pub async fn demo(spec: DemoSpec) -> Result<(), DemoError> {
     };
     let started = Instant::now();
     let run_spec =
-        RunSpec { target, tokens: Tokens::new(DEV_SECRET), tls: None, rate: None, batch: 500, progress: true };
+        RunSpec { target, tokens: Tokens::new(DEV_SECRET), tls: None, rate: spec.rate, batch: 500, progress: true };
     let summary = simulate::run(Fleet::new(&fleet_spec), &run_spec, spec.events).await?;
     let limit = Duration::from_secs(600);
     let status = server.caught_up(limit).await.map_err(|_| DemoError::Timeout(limit))?;
@@ -208,6 +218,13 @@ pub struct Args {
     /// Timely worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Paces the fleet: events per second, or `max` (as fast as acks come).
+    #[arg(long, default_value = "max")]
+    pub rate: String,
+    /// Serves the metrics and the live status page on this address while
+    /// the demo runs (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs the demo.
@@ -219,6 +236,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         fridges: args.fleet.fridges as usize,
         seed: args.fleet.seed,
         workers: args.workers,
+        rate: super::rate(&args.rate)?,
+        metrics: args.metrics,
     };
     runtime()?.block_on(demo(spec))?;
     Ok(())

@@ -182,11 +182,37 @@ impl KeyArgs {
     }
 }
 
-/// Logs to stderr at `default` unless `COLDSTREAM_LOG` says otherwise.
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people at a terminal: time, level, target, message, fields.
+    #[default]
+    Human,
+    /// One JSON object per line, for log shippers: `timestamp`, `level`,
+    /// `target`, `threadName`, `message` and the event's own fields.
+    Json,
+}
+
+/// The format `--log-format` chose, set once by `main`.
+pub static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Logs to stderr at `default` unless `COLDSTREAM_LOG` says otherwise, in
+/// the format of `--log-format`.
 pub fn init_logging(default: &str) {
+    init_logging_with(default, None);
+}
+
+/// [`init_logging`], and hands the batch-path spans to `exporter` (OTLP).
+pub fn init_logging_with(default: &str, exporter: Option<&coldstream::otlp::Exporter>) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("COLDSTREAM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match LOG_FORMAT.get().copied().unwrap_or_default() {
+        LogFormat::Human => lines.boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).with_thread_names(true).with_current_span(false).boxed(),
+    };
+    tracing_subscriber::registry().with(lines.with_filter(filter)).with(exporter.map(|e| e.layer())).init();
 }
 
 /// The async runtime a command runs on.

@@ -6,7 +6,7 @@ use anyhow::Context;
 use coldstream::config::{LogSection, Role};
 use coldstream::server::Server;
 
-use super::{ConfigArgs, init_logging, runtime};
+use super::{ConfigArgs, init_logging_with, runtime};
 
 /// The server's configuration and its overrides.
 #[derive(clap::Args)]
@@ -38,6 +38,10 @@ pub struct Args {
     /// with `flight_sql.enabled`).
     #[arg(long)]
     pub flight_sql: Option<std::net::SocketAddr>,
+    /// Serves Prometheus metrics and the status page on this address
+    /// (`metrics.listen` with `metrics.enabled`).
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Waits for Ctrl-C (SIGINT) or SIGTERM, the signal service managers
@@ -54,7 +58,6 @@ async fn stop_signal() -> anyhow::Result<()> {
 /// Runs the server until Ctrl-C or SIGTERM, then drains the log into every
 /// sink and takes a last checkpoint.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    init_logging("info");
     let mut config = args.config.load()?;
     if let Some(listen) = args.listen {
         config.listen = listen;
@@ -64,6 +67,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(listen) = args.flight_sql {
         config.flight_sql = coldstream::config::FlightSqlSection { enabled: true, listen, ..config.flight_sql };
+    }
+    if let Some(listen) = args.metrics {
+        config.metrics = coldstream::config::MetricsSection { enabled: true, listen };
     }
     if let Some(processes) = args.processes {
         config.cluster.processes = processes;
@@ -87,7 +93,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cluster = config.cluster.cluster()?;
     // Every secret is checked before anything is opened.
     config.auth.tokens()?;
-    runtime()?.block_on(async move {
+    let runtime = runtime()?;
+    let exporter = if config.tracing.otlp_endpoint.is_empty() {
+        None
+    } else {
+        let _on = runtime.enter();
+        Some(coldstream::otlp::Exporter::start(&config.tracing).map_err(anyhow::Error::msg)?)
+    };
+    init_logging_with("info", exporter.as_ref());
+    let result = runtime.block_on(async move {
         let started = std::time::Instant::now();
         let server = Server::start(&config).await?;
         if config.role.has_gateway() {
@@ -98,6 +112,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         if let Some(addr) = server.flight_sql_addr() {
             println!("coldstream flight sql on {addr}");
+        }
+        if let Some(addr) = server.metrics_addr() {
+            println!("coldstream metrics on http://{addr}/metrics, status page on http://{addr}/");
         }
         let stop = stop_signal();
         tokio::pin!(stop);
@@ -129,5 +146,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Some(failure) => Err(anyhow::anyhow!("{failure}")),
             None => drained.map_err(Into::into),
         }
-    })
+    });
+    // The last spans go out while the runtime that carries them still runs.
+    drop(exporter);
+    result
 }

@@ -222,7 +222,7 @@ async fn deliver_all(dir: &Path, url: hyper::Uri, messages: Vec<Message>, retry:
     let dead_letter = Arc::new(DeadLetter::new(dir, ParquetConfig::default()));
     let (send, receive) = tokio::sync::mpsc::unbounded_channel();
     drop(send);
-    let run = dispatch(Endpoint::Alerts, config, retry, Arc::clone(&outbox), dead_letter, receive);
+    let run = dispatch(Endpoint::Alerts, config, retry, Arc::clone(&outbox), dead_letter, receive, Default::default());
     tokio::time::timeout(Duration::from_secs(60), run).await.expect("every delivery ends within 60 s");
     Arc::try_unwrap(outbox).ok().unwrap().into_inner().unwrap()
 }
@@ -496,7 +496,7 @@ async fn deliveries_pending_while_the_receiver_is_down_survive_sigkill_and_arriv
     reference.stop();
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -576,7 +576,8 @@ async fn the_bundled_receiver_accepts_signed_deliveries_and_refuses_a_wrong_sign
     let (send, receive) = tokio::sync::mpsc::unbounded_channel();
     drop(send);
     let dead_letter = Arc::new(DeadLetter::new(other.path(), ParquetConfig::default()));
-    dispatch(Endpoint::Alerts, config, fast_retries(10), Arc::new(Mutex::new(outbox)), dead_letter, receive).await;
+    dispatch(Endpoint::Alerts, config, fast_retries(10), Arc::new(Mutex::new(outbox)), dead_letter, receive, Default::default())
+        .await;
     let failed = query_csv(other.path(), "SELECT webhook_id, status, answer FROM webhooks_failed").await;
     assert_eq!(failed, "webhook_id,status,answer\nmsg_b1,401,no signature matches\n");
     assert_eq!(receiver.received().len(), 2);

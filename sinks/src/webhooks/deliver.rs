@@ -19,7 +19,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use coldstream_pipelines::metrics::{Counter, Gauge, Histogram, Registry};
+
 use super::dead_letter::{DeadLetter, FailedDelivery};
+use super::Outgoing;
 use super::events::{Endpoint, Message};
 use super::outbox::Outbox;
 use super::sign::Secret;
@@ -133,6 +136,73 @@ impl RetryPolicy {
         let full = self.initial.saturating_mul(1u32 << attempt.min(20)).min(self.max);
         let half = full / 2;
         half + half.mul_f64(rand::rng().random::<f64>())
+    }
+}
+
+/// What delivery to one endpoint measures (`coldstream_webhook_*`, with
+/// the endpoint as a label).
+#[derive(Clone, Default)]
+pub struct EndpointMetrics {
+    in_flight: Gauge,
+    delivered: Counter,
+    retried: Counter,
+    dead_lettered: Counter,
+    superseded: Counter,
+    /// 0 closed, 1 probing (half open), 2 open.
+    breaker: Gauge,
+    attempt_seconds: Histogram,
+}
+
+impl EndpointMetrics {
+    /// Registers `endpoint`'s instruments in `registry`.
+    pub fn register(registry: &Registry, endpoint: Endpoint) -> EndpointMetrics {
+        let labels: &[(&str, &str)] = &[("endpoint", endpoint.as_str())];
+        EndpointMetrics {
+            in_flight: registry.gauge(
+                "coldstream_webhook_in_flight_messages",
+                "Deliveries sent and not yet answered.",
+                labels,
+            ),
+            delivered: registry.counter(
+                "coldstream_webhook_delivered_total",
+                "Messages the receiver acknowledged with a 2xx.",
+                labels,
+            ),
+            retried: registry.counter(
+                "coldstream_webhook_retries_total",
+                "Attempts that failed in a way worth retrying (timeout, connection error, 5xx, 408, 429).",
+                labels,
+            ),
+            dead_lettered: registry.counter(
+                "coldstream_webhook_dead_lettered_total",
+                "Messages refused for good (4xx) and moved to webhooks_failed/.",
+                labels,
+            ),
+            superseded: registry.counter(
+                "coldstream_webhook_superseded_total",
+                "restock.updated messages skipped unsent: a later state of the same order superseded them.",
+                labels,
+            ),
+            breaker: registry.gauge(
+                "coldstream_webhook_breaker_state",
+                "The endpoint's circuit breaker: 0 closed, 1 half open (one probe out), 2 open.",
+                labels,
+            ),
+            attempt_seconds: registry.histogram(
+                "coldstream_webhook_attempt_seconds",
+                "One delivery attempt, from sending the request to the answer (or the timeout).",
+                labels,
+                coldstream_pipelines::metrics::LATENCY_SECONDS,
+            ),
+        }
+    }
+
+    fn breaker(&self, breaker: &Breaker) {
+        self.breaker.set(match breaker {
+            Breaker::Closed { .. } => 0.0,
+            Breaker::Probing => 1.0,
+            Breaker::Open { .. } => 2.0,
+        });
     }
 }
 
@@ -283,7 +353,8 @@ pub async fn dispatch(
     retry: RetryPolicy,
     outbox: Arc<Mutex<Outbox>>,
     dead_letter: Arc<DeadLetter>,
-    mut incoming: UnboundedReceiver<Message>,
+    mut incoming: UnboundedReceiver<Outgoing>,
+    metrics: EndpointMetrics,
 ) {
     let name = endpoint.as_str();
     let client = match http_client(&config) {
@@ -304,6 +375,9 @@ pub async fn dispatch(
     }
     let mut breaker = Breaker::Closed { failures: 0 };
     let mut in_flight: JoinSet<(String, Outcome)> = JoinSet::new();
+    // The `webhook.pending` spans of followed messages, by id: each ends
+    // when its message is done.
+    let mut spans: HashMap<String, tracing::Span> = HashMap::new();
     // Done marks are fsynced in batches by their own task, so that sending
     // never waits for the disk; after a crash, a delivery whose mark was not
     // yet durable is sent again, with the same id.
@@ -320,15 +394,21 @@ pub async fn dispatch(
         {
             tracing::info!(endpoint = name, "circuit half-open: probing with one delivery");
             breaker = Breaker::Probing;
-            launch(&mut in_flight, &client, &config, &lanes, key);
+            launch(&mut in_flight, &client, &config, &lanes, key, &metrics, &spans);
         }
         while matches!(breaker, Breaker::Closed { .. }) && in_flight.len() < config.max_in_flight {
             let Some(key) = lanes.next_ready((!config.every_update).then_some(&mut superseded)) else { break };
-            launch(&mut in_flight, &client, &config, &lanes, key);
+            launch(&mut in_flight, &client, &config, &lanes, key, &metrics, &spans);
         }
+        metrics.in_flight.set(in_flight.len() as f64);
+        metrics.breaker(&breaker);
         if !superseded.is_empty() {
+            metrics.superseded.add(superseded.len() as u64);
             outbox.lock().expect("outbox lock").count_superseded(superseded.len() as u64);
             for id in superseded {
+                if let Some(span) = spans.remove(&id) {
+                    span.record("outcome", "superseded");
+                }
                 let _ = done.send(id);
             }
         }
@@ -344,7 +424,12 @@ pub async fn dispatch(
         };
         tokio::select! {
             received = incoming.recv(), if open => match received {
-                Some(message) => lanes.add(message),
+                Some((message, span)) => {
+                    if let Some(span) = span {
+                        spans.insert(message.id.clone(), span);
+                    }
+                    lanes.add(message);
+                }
                 None => open = false,
             },
             Some(joined) = in_flight.join_next() => {
@@ -354,6 +439,10 @@ pub async fn dispatch(
                     Outcome::Delivered => {
                         if breaker.answered() {
                             tracing::info!(endpoint = name, "endpoint answers again: circuit closed");
+                        }
+                        metrics.delivered.inc();
+                        if let Some(span) = spans.remove(&message.id) {
+                            span.record("outcome", "delivered");
                         }
                         let _ = done.send(message.id.clone());
                         lanes.finish(&key);
@@ -366,6 +455,10 @@ pub async fn dispatch(
                         let dead_letter = Arc::clone(&dead_letter);
                         match tokio::task::spawn_blocking(move || dead_letter.write(&failed)).await {
                             Ok(Ok(())) => {
+                                metrics.dead_lettered.inc();
+                                if let Some(span) = spans.remove(&message.id) {
+                                    span.record("outcome", "dead_lettered");
+                                }
                                 let _ = done.send(message.id.clone());
                                 lanes.finish(&key);
                             }
@@ -376,6 +469,7 @@ pub async fn dispatch(
                         }
                     }
                     Outcome::Retry(reason) => {
+                        metrics.retried.inc();
                         let (attempt, delay) = lanes.retry_later(key, &retry);
                         tracing::warn!(endpoint = name, id = %message.id, attempt, %reason,
                             retry_in_ms = delay.as_millis() as u64, "delivery failed");
@@ -417,10 +511,38 @@ fn launch(
     config: &EndpointConfig,
     lanes: &Lanes,
     key: String,
+    metrics: &EndpointMetrics,
+    spans: &HashMap<String, tracing::Span>,
 ) {
+    use tracing::Instrument;
     let Some(message) = lanes.head(&key).cloned() else { return };
-    let (client, config) = (client.clone(), config.clone());
-    in_flight.spawn(async move { (key, attempt(&client, &config, &message).await) });
+    let (client, config, latency) = (client.clone(), config.clone(), metrics.attempt_seconds.clone());
+    let span = match spans.get(&message.id) {
+        Some(pending) => tracing::info_span!(
+            target: coldstream_pipelines::traces::TARGET,
+            parent: pending,
+            "webhook.attempt",
+            webhook_id = %message.id,
+            url = %config.url,
+            outcome = tracing::field::Empty,
+        ),
+        None => tracing::Span::none(),
+    };
+    in_flight.spawn(
+        async move {
+            let started = Instant::now();
+            let outcome = attempt(&client, &config, &message).await;
+            latency.observe_duration(started.elapsed());
+            let said = match &outcome {
+                Outcome::Delivered => "delivered".to_owned(),
+                Outcome::Retry(reason) => format!("retry: {reason}"),
+                Outcome::Permanent(status, _) => format!("refused: {status}"),
+            };
+            tracing::Span::current().record("outcome", said.as_str());
+            (key, outcome)
+        }
+        .instrument(span),
+    );
 }
 
 /// Bytes of a receiver's answer kept for the dead letter, at most.

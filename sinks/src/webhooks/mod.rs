@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use coldstream_pipelines::metrics::Registry;
+use coldstream_pipelines::traces::{self, Traces};
 use coldstream_pipelines::Time;
 use coldstream_pipelines::views::ViewBatch;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
@@ -41,11 +43,25 @@ pub struct WebhookConfig {
     /// Pending deliveries on disk beyond which the view sink waits (and
     /// ingestion slows) until receivers catch up.
     pub max_pending: usize,
+    /// Where the delivery's instruments are registered.
+    pub metrics: Registry,
+    /// Where followed batches' spans wait for their messages.
+    pub traces: Traces,
 }
+
+/// A message on its way to its endpoint's dispatcher, with its
+/// `webhook.pending` span when its batch is followed.
+pub type Outgoing = (Message, Option<tracing::Span>);
 
 impl Default for WebhookConfig {
     fn default() -> Self {
-        WebhookConfig { endpoints: Vec::new(), retry: RetryPolicy::default(), max_pending: 100_000 }
+        WebhookConfig {
+            endpoints: Vec::new(),
+            retry: RetryPolicy::default(),
+            max_pending: 100_000,
+            metrics: Registry::default(),
+            traces: Traces::default(),
+        }
     }
 }
 
@@ -53,8 +69,10 @@ impl Default for WebhookConfig {
 /// and puts them in the outbox; the dispatchers (tokio tasks) deliver.
 pub struct Webhooks {
     derive: Derive,
+    recent: Arc<Mutex<Recent>>,
     outbox: Arc<Mutex<Outbox>>,
-    senders: HashMap<Endpoint, UnboundedSender<Message>>,
+    senders: HashMap<Endpoint, UnboundedSender<Outgoing>>,
+    traces: Traces,
     /// Changes before this time were already in the outbox when it opened.
     resume_at: Time,
     max_pending: usize,
@@ -107,6 +125,16 @@ impl Webhooks {
         let mut senders = HashMap::new();
         let mut tasks = Vec::new();
         for (endpoint, endpoint_config) in &config.endpoints {
+            let (e, pending) = (*endpoint, Arc::downgrade(&outbox));
+            config.metrics.gauge_fn(
+                "coldstream_webhook_pending_messages",
+                "Messages in the outbox not yet delivered (or dead-lettered), by endpoint.",
+                &[("endpoint", e.as_str())],
+                move || {
+                    let Some(outbox) = pending.upgrade() else { return 0.0 };
+                    outbox.lock().map_or(0.0, |outbox| outbox.pending_for(e) as f64)
+                },
+            );
             let (send, receive) = unbounded_channel();
             senders.insert(*endpoint, send);
             tasks.push(tokio::spawn(deliver::dispatch(
@@ -116,11 +144,29 @@ impl Webhooks {
                 Arc::clone(&outbox),
                 Arc::clone(&dead_letter),
                 receive,
+                deliver::EndpointMetrics::register(&config.metrics, *endpoint),
             )));
         }
         let max_pending = config.max_pending.max(1);
         let stopping = Arc::default();
-        Ok((Webhooks { derive: Derive::default(), outbox, senders, resume_at, max_pending, pressure, stopping }, tasks))
+        let webhooks = Webhooks {
+            derive: Derive::default(),
+            recent: Arc::default(),
+            traces: config.traces.clone(),
+            outbox,
+            senders,
+            resume_at,
+            max_pending,
+            pressure,
+            stopping,
+        };
+        Ok((webhooks, tasks))
+    }
+
+    /// The latest alerts and the open restock orders, as this process's
+    /// messages said them.
+    pub fn recent(&self) -> Arc<Mutex<Recent>> {
+        Arc::clone(&self.recent)
     }
 
     /// Set it to let a full outbox take what is left when the server stops
@@ -169,6 +215,7 @@ impl Webhooks {
         if messages.is_empty() {
             return Ok(());
         }
+        self.recent.lock().expect("recent lock").note(&messages);
         let mut waited = false;
         while self.outbox.lock().expect("outbox lock").pending_len() >= self.max_pending
             && !self.stopping.load(Ordering::Acquire)
@@ -189,11 +236,89 @@ impl Webhooks {
         }
         self.outbox.lock().expect("outbox lock").enqueue(messages.clone(), frontier)?;
         for message in messages {
+            let span = self.traces.waiting_at(message.time).first().map(|waiting| {
+                tracing::info_span!(
+                    target: traces::TARGET,
+                    parent: waiting,
+                    "webhook.pending",
+                    webhook_id = %message.id,
+                    endpoint = message.endpoint.as_str(),
+                    kind = %message.kind,
+                    outcome = tracing::field::Empty,
+                )
+            });
             if let Some(sender) = self.senders.get(&message.endpoint) {
-                let _ = sender.send(message);
+                let _ = sender.send((message, span));
             }
         }
         Ok(())
+    }
+}
+
+/// What the status page shows of the messages: the latest alerts, and the
+/// restock orders opened and not yet closed, since this process started
+/// (bounded: the newest [`Recent::ALERTS`] alerts, at most
+/// [`Recent::ORDERS`] orders).
+#[derive(Default, Debug)]
+pub struct Recent {
+    alerts: std::collections::VecDeque<Noted>,
+    orders: std::collections::BTreeMap<String, Noted>,
+}
+
+/// One message as the status page shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Noted {
+    /// The event type (`alert.raised`, `restock.opened`, …).
+    pub kind: String,
+    /// `fridge/…`: the message's key.
+    pub key: String,
+    /// The logical time of the change (ms since the Unix epoch).
+    pub time: Time,
+    /// The body's `data`.
+    pub data: serde_json::Value,
+}
+
+impl Recent {
+    /// Alerts kept.
+    pub const ALERTS: usize = 20;
+    /// Open orders kept.
+    pub const ORDERS: usize = 1000;
+
+    fn note(&mut self, messages: &[Message]) {
+        for message in messages {
+            let restock = message.kind.starts_with("restock.");
+            if message.endpoint != Endpoint::Alerts && !restock {
+                continue;
+            }
+            let data = serde_json::from_str::<serde_json::Value>(&message.body)
+                .ok()
+                .and_then(|mut body| body.get_mut("data").map(serde_json::Value::take))
+                .unwrap_or_default();
+            let noted = Noted { kind: message.kind.clone(), key: message.key.clone(), time: message.time, data };
+            if !restock {
+                self.alerts.push_front(noted);
+                self.alerts.truncate(Recent::ALERTS);
+            } else if message.kind == "restock.closed" {
+                self.orders.remove(&message.key);
+            } else if self.orders.len() < Recent::ORDERS || self.orders.contains_key(&message.key) {
+                self.orders.insert(message.key.clone(), noted);
+            }
+        }
+    }
+
+    /// The latest alerts, newest first.
+    pub fn alerts(&self) -> Vec<Noted> {
+        self.alerts.iter().cloned().collect()
+    }
+
+    /// Open restock orders, by key.
+    pub fn open_orders(&self) -> Vec<Noted> {
+        self.orders.values().cloned().collect()
+    }
+
+    /// How many restock orders are open.
+    pub fn open_order_count(&self) -> usize {
+        self.orders.len()
     }
 }
 

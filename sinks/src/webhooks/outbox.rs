@@ -134,6 +134,11 @@ impl Outbox {
         self.pending.len() - self.done.len()
     }
 
+    /// How many messages for `endpoint` are pending.
+    pub fn pending_for(&self, endpoint: Endpoint) -> usize {
+        self.per_fridge.iter().filter(|((e, _), _)| *e == endpoint).map(|(_, n)| n).sum()
+    }
+
     /// How many messages for `endpoint` about `fridge` are pending.
     pub fn pending_of(&self, endpoint: Endpoint, fridge: &str) -> usize {
         self.per_fridge.get(&(endpoint, fridge.to_owned())).copied().unwrap_or(0)

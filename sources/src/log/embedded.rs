@@ -31,7 +31,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::{DurableEnd, EventLog, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Payload, Record};
+use super::{
+    DurableEnd, EventLog, Footprint, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Payload, Record,
+};
 
 const HEADER_BYTES: usize = 16;
 
@@ -511,6 +513,24 @@ fn trim(dir: &Path, before: u64, until_ms: u64) -> Result<usize, LogError> {
 struct EmbeddedReaders(Arc<Shared>);
 
 impl OpenReader for EmbeddedReaders {
+    fn footprint(&self) -> Option<Footprint> {
+        let dir = &self.0.dir;
+        let bases = segments(dir).ok()?;
+        let mut footprint = Footprint { segments: bases.len() as u64, ..Footprint::default() };
+        for (i, base) in bases.iter().enumerate() {
+            let Ok(meta) = std::fs::metadata(dir.join(segment_name(*base))) else { continue };
+            footprint.bytes += meta.len();
+            if i == 0 {
+                footprint.oldest_segment_age_seconds = meta
+                    .modified()
+                    .ok()
+                    .and_then(|at| at.elapsed().ok())
+                    .map_or(0.0, |age| age.as_secs_f64());
+            }
+        }
+        Some(footprint)
+    }
+
     fn open(&self, offset: u64) -> Result<Box<dyn LogReader>, LogError> {
         let durable = self.durable_offset();
         if offset > durable {

@@ -279,6 +279,23 @@ pub trait OpenReader: Send + Sync {
     /// went. The caller guarantees every consumer has covered `before`. A
     /// log that cannot remove anything (a read-only one) removes nothing.
     fn trim(&self, before: u64, until_ms: u64) -> Result<usize, LogError>;
+    /// What the log occupies in its storage, where this process can see
+    /// it (`None` for a log held by a cluster of its own).
+    fn footprint(&self) -> Option<Footprint> {
+        None
+    }
+}
+
+/// What a log occupies on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Footprint {
+    /// Bytes in every segment.
+    pub bytes: u64,
+    /// Segments.
+    pub segments: u64,
+    /// Seconds since the oldest segment was last written (how far back
+    /// retention keeps the log).
+    pub oldest_segment_age_seconds: f64,
 }
 
 /// Reads durable records in offset order.
