@@ -56,9 +56,12 @@ pub fn register(registry: &Registry, sources: Sources) {
         || 1.0,
     );
     let log = Arc::clone(&readers);
-    registry.gauge_fn("coldstream_log_durable_records", "Records durable in the log (its end offset).", &[], move || {
-        log.durable_offset() as f64
-    });
+    registry.gauge_fn(
+        "coldstream_log_durable_records",
+        "Records durable in the log (its end offset).",
+        &[],
+        move || log.durable_offset() as f64,
+    );
     let log = Arc::clone(&readers);
     registry.gauge_fn(
         "coldstream_log_first_record",
@@ -157,9 +160,12 @@ fn register_views(
         &[],
         move || checkpoint.checkpoint_write_us.load(Ordering::Acquire) as f64 / 1e6,
     );
-    registry.counter_fn("coldstream_checkpoints_written_total", "Checkpoints written since the start.", &[], move || {
-        progress.checkpoints.load(Ordering::Acquire) as f64
-    });
+    registry.counter_fn(
+        "coldstream_checkpoints_written_total",
+        "Checkpoints written since the start.",
+        &[],
+        move || progress.checkpoints.load(Ordering::Acquire) as f64,
+    );
 }
 
 /// Milliseconds the views' frontier is behind the log's last ingest time.

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use coldstream_sinks::SinkError;
-use coldstream_sinks::parquet::{EventArchive, ViewChangelogs};
 use coldstream_pipelines::metrics::Registry;
 use coldstream_pipelines::traces::Traces;
+use coldstream_sinks::SinkError;
+use coldstream_sinks::parquet::{EventArchive, ViewChangelogs};
 use coldstream_sinks::webhooks::{OutboxError, WebhookConfig, Webhooks};
 use coldstream_sources::gateway::{Gateway, GatewayConfig, GatewayError, bind};
 use coldstream_sources::ingest::{Ingest, IngestConfig, SeqSnapshot};
@@ -311,8 +311,7 @@ impl Back {
             None
         };
         let changelogs = ViewChangelogs::open(data_dir, parquet.clone())?;
-        let webhook_config =
-            WebhookConfig { metrics: registry.clone(), traces: traces.clone(), ..config.webhooks()? };
+        let webhook_config = WebhookConfig { metrics: registry.clone(), traces: traces.clone(), ..config.webhooks()? };
         let (webhooks, dispatchers) = Webhooks::start(data_dir, &webhook_config, parquet, Arc::clone(hold))?;
         let recent = webhooks.recent();
         let outbox = webhooks.outbox();
@@ -325,9 +324,7 @@ impl Back {
             views,
             workers: config.worker_threads(),
             cluster,
-            sinks: ViewSinks::new(vec![Box::new(webhooks), Box::new(changelogs)])
-                .counted(registry)
-                .traced(traces),
+            sinks: ViewSinks::new(vec![Box::new(webhooks), Box::new(changelogs)]).counted(registry).traced(traces),
             resume,
             checkpoints: CheckpointPolicy {
                 store,

@@ -48,9 +48,9 @@ impl Gauge {
 
     /// Adds `delta` (negative to subtract).
     pub fn add(&self, delta: f64) {
-        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-            Some((f64::from_bits(bits) + delta).to_bits())
-        });
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| Some((f64::from_bits(bits) + delta).to_bits()));
     }
 
     /// The value.
@@ -95,9 +95,9 @@ impl Histogram {
         let cells = &self.0;
         let bucket = cells.bounds.partition_point(|bound| *bound < value);
         cells.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        let _ = cells.sum.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-            Some((f64::from_bits(bits) + value).to_bits())
-        });
+        let _ = cells
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| Some((f64::from_bits(bits) + value).to_bits()));
     }
 
     /// Counts one observation of a duration, in seconds.

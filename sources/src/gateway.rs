@@ -117,11 +117,7 @@ impl GatewayMetrics {
                 &[],
                 coldstream_pipelines::metrics::LATENCY_SECONDS,
             ),
-            connected: registry.gauge(
-                "coldstream_gateway_streams_open",
-                "Fridge streams open now.",
-                &[],
-            ),
+            connected: registry.gauge("coldstream_gateway_streams_open", "Fridge streams open now.", &[]),
             streams: registry.counter(
                 "coldstream_gateway_streams_opened_total",
                 "Fridge streams welcomed since the start.",

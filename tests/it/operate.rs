@@ -346,7 +346,10 @@ struct Span {
 
 fn spans_of(requests: &[opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest]) -> Vec<Span> {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    let text = |value: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| match value.as_ref().and_then(|v| v.value.as_ref()) {
+    let text = |value: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| match value
+        .as_ref()
+        .and_then(|v| v.value.as_ref())
+    {
         Some(Value::StringValue(s)) => s.clone(),
         Some(Value::IntValue(i)) => i.to_string(),
         Some(Value::BoolValue(b)) => b.to_string(),
@@ -356,9 +359,10 @@ fn spans_of(requests: &[opentelemetry_proto::tonic::collector::trace::v1::Export
     let mut spans = Vec::new();
     for request in requests {
         for resource in &request.resource_spans {
-            let service = resource.resource.as_ref().and_then(|r| {
-                r.attributes.iter().find(|kv| kv.key == "service.name").map(|kv| text(&kv.value))
-            });
+            let service = resource
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name").map(|kv| text(&kv.value)));
             assert_eq!(service.as_deref(), Some("coldstream"), "the spans' service.name");
             for scope in &resource.scope_spans {
                 for span in &scope.spans {
@@ -394,7 +398,8 @@ async fn one_batch_is_followed_over_otlp_from_the_gateway_through_the_log_and_th
     let server = tokio::task::block_in_place(|| {
         crate::support::ServerProcess::start_with(&data, &["--config", config.to_str().unwrap()], "warn")
     });
-    let spec = FleetSpec { seed: 4, fridges: 3, events: 1_500, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
+    let spec =
+        FleetSpec { seed: 4, fridges: 3, events: 1_500, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
     let run = RunSpec {
         target: server.addr.clone(),
         tokens: crate::support::tokens(),
@@ -444,7 +449,10 @@ async fn one_batch_is_followed_over_otlp_from_the_gateway_through_the_log_and_th
     assert_eq!(pending.attributes["outcome"], "delivered");
     assert_eq!(views.attributes["ingest_ms"], commit.attributes["ingest_ms"]);
     let source = &batch.attributes["source"];
-    assert!(["FR-000001", "FR-000002", "FR-000003"].contains(&source.as_str()) || source.starts_with("backoffice/"), "{source}");
+    assert!(
+        ["FR-000001", "FR-000002", "FR-000003"].contains(&source.as_str()) || source.starts_with("backoffice/"),
+        "{source}"
+    );
     assert!(batch.attributes["events"].parse::<u64>().unwrap() > 0);
     assert_eq!(batch.parent, Vec::<u8>::new(), "the batch is the root");
     // Every followed batch has its own trace from the gateway on.

@@ -576,8 +576,16 @@ async fn the_bundled_receiver_accepts_signed_deliveries_and_refuses_a_wrong_sign
     let (send, receive) = tokio::sync::mpsc::unbounded_channel();
     drop(send);
     let dead_letter = Arc::new(DeadLetter::new(other.path(), ParquetConfig::default()));
-    dispatch(Endpoint::Alerts, config, fast_retries(10), Arc::new(Mutex::new(outbox)), dead_letter, receive, Default::default())
-        .await;
+    dispatch(
+        Endpoint::Alerts,
+        config,
+        fast_retries(10),
+        Arc::new(Mutex::new(outbox)),
+        dead_letter,
+        receive,
+        Default::default(),
+    )
+    .await;
     let failed = query_csv(other.path(), "SELECT webhook_id, status, answer FROM webhooks_failed").await;
     assert_eq!(failed, "webhook_id,status,answer\nmsg_b1,401,no signature matches\n");
     assert_eq!(receiver.received().len(), 2);

@@ -21,8 +21,8 @@ use tokio::time::Instant;
 
 use coldstream_pipelines::metrics::{Counter, Gauge, Histogram, Registry};
 
-use super::dead_letter::{DeadLetter, FailedDelivery};
 use super::Outgoing;
+use super::dead_letter::{DeadLetter, FailedDelivery};
 use super::events::{Endpoint, Message};
 use super::outbox::Outbox;
 use super::sign::Secret;

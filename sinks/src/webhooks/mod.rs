@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use coldstream_pipelines::Time;
 use coldstream_pipelines::metrics::Registry;
 use coldstream_pipelines::traces::{self, Traces};
-use coldstream_pipelines::Time;
 use coldstream_pipelines::views::ViewBatch;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle;

@@ -31,9 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::{
-    DurableEnd, EventLog, Footprint, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Payload, Record,
-};
+use super::{DurableEnd, EventLog, Footprint, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Payload, Record};
 
 const HEADER_BYTES: usize = 16;
 
@@ -521,11 +519,8 @@ impl OpenReader for EmbeddedReaders {
             let Ok(meta) = std::fs::metadata(dir.join(segment_name(*base))) else { continue };
             footprint.bytes += meta.len();
             if i == 0 {
-                footprint.oldest_segment_age_seconds = meta
-                    .modified()
-                    .ok()
-                    .and_then(|at| at.elapsed().ok())
-                    .map_or(0.0, |age| age.as_secs_f64());
+                footprint.oldest_segment_age_seconds =
+                    meta.modified().ok().and_then(|at| at.elapsed().ok()).map_or(0.0, |age| age.as_secs_f64());
             }
         }
         Some(footprint)
