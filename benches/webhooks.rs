@@ -63,7 +63,8 @@ async fn sustained(count: usize, keys: usize) -> f64 {
     let (send, receive) = tokio::sync::mpsc::unbounded_channel();
     drop(send);
     let started = Instant::now();
-    dispatch(Endpoint::Accounting, config, RetryPolicy::default(), outbox, dead_letter, receive).await;
+    dispatch(Endpoint::Accounting, config, RetryPolicy::default(), outbox, dead_letter, receive, Default::default())
+        .await;
     let rate = count as f64 / started.elapsed().as_secs_f64();
     assert_eq!(receiver.received().len(), count, "every delivery verified");
     receiver.stop().await;

@@ -1097,9 +1097,9 @@ impl Config {
         if !(0.0..=1.0).contains(&t.sample_ratio) {
             return Err(ConfigError::Invalid(format!("tracing.sample_ratio {} is not in 0..=1", t.sample_ratio)));
         }
-        if !t.otlp_endpoint.is_empty()
-            && !(t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://"))
-        {
+        let endpoint = t.otlp_endpoint.as_str();
+        let is_url = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !(endpoint.is_empty() || is_url) {
             return Err(ConfigError::Invalid(format!(
                 "tracing.otlp_endpoint {:?} is not an http:// or https:// address of an OTLP/gRPC collector",
                 t.otlp_endpoint

@@ -107,6 +107,42 @@ pub async fn context_of(data_dirs: &[PathBuf]) -> Result<SessionContext> {
     Ok(ctx)
 }
 
+/// A table of Parquet files under a data directory.
+pub struct ParquetTable {
+    /// The table's name in SQL.
+    pub name: &'static str,
+    /// Its folder, relative to the data directory.
+    pub folder: String,
+    /// The schema its files are read with (columns are only ever added).
+    pub schema: SchemaRef,
+    /// Whether the folder is partitioned by day (`dt=YYYY-MM-DD/`).
+    pub partitioned: bool,
+}
+
+/// Every table of Parquet files: the archive, the dead letters and every
+/// view's changelog.
+pub fn parquet_tables() -> Vec<ParquetTable> {
+    let table = |name, folder: &str, schema: &SchemaRef, partitioned| ParquetTable {
+        name,
+        folder: folder.to_owned(),
+        schema: Arc::clone(schema),
+        partitioned,
+    };
+    [
+        table("events", "events", &schema::EVENTS, true),
+        table("rejected", "rejected", &schema::REJECTED, true),
+        table("webhooks_failed", "webhooks_failed", &schema::WEBHOOKS_FAILED, false),
+    ]
+    .into_iter()
+    .chain(view_tables().into_iter().map(|(view, changelog)| ParquetTable {
+        name: view,
+        folder: format!("views/{view}"),
+        schema: changelog,
+        partitioned: false,
+    }))
+    .collect()
+}
+
 /// Registers every coldstream table of `data_dirs` in `ctx`, as
 /// [`context_of`] does.
 pub async fn register_all(ctx: &SessionContext, data_dirs: &[PathBuf]) -> Result<()> {
@@ -121,14 +157,8 @@ pub async fn register_all(ctx: &SessionContext, data_dirs: &[PathBuf]) -> Result
             )));
         }
     }
-    let tables: Vec<(&str, String, SchemaRef, bool)> = [
-        ("events", "events".to_owned(), Arc::clone(&schema::EVENTS), true),
-        ("rejected", "rejected".to_owned(), Arc::clone(&schema::REJECTED), true),
-        ("webhooks_failed", "webhooks_failed".to_owned(), Arc::clone(&schema::WEBHOOKS_FAILED), false),
-    ]
-    .into_iter()
-    .chain(view_tables().into_iter().map(|(view, changelog)| (view, format!("views/{view}"), changelog, false)))
-    .collect();
+    let tables: Vec<(&str, String, SchemaRef, bool)> =
+        parquet_tables().into_iter().map(|t| (t.name, t.folder, t.schema, t.partitioned)).collect();
     let several = data_dirs.len() > 1;
     if several {
         let catalog = ctx.catalog("datafusion").ok_or_else(|| DataFusionError::Plan("no default catalog".into()))?;

@@ -122,44 +122,67 @@ async fn messages_encoded_against_the_first_contract_still_decode_and_a_live_gat
     server.shutdown().await.unwrap();
 }
 
-/// The archive's files of today, and what `SELECT * FROM events` gave over them.
+/// Parquet files the sinks wrote under the first schemas, one folder per
+/// table, and what reading them gave.
 fn parquet_fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parquet")
 }
 
+/// Runs a small fleet (a few bad events among them) into a server, writes
+/// a dead letter as delivery does for a refused webhook, and keeps every
+/// table's Parquet files.
 async fn write_parquet_fixtures() {
+    use coldstream_sinks::webhooks::{DeadLetter, Endpoint, FailedDelivery, Message as Webhook};
     let dir = tempfile::tempdir().unwrap();
     let server = crate::support::start(dir.path()).await;
-    let addr = format!("http://{}", server.addr());
-    let today = todays_messages();
-    let hello = FridgeMessage::decode(today[0].1.as_slice()).unwrap();
-    let batch = FridgeMessage::decode(today[1].1.as_slice()).unwrap();
-    let (Some(fridge_message::Kind::Hello(hello)), Some(fridge_message::Kind::Batch(batch))) = (hello.kind, batch.kind)
-    else {
-        panic!("a Hello and a Batch")
-    };
-    let mut stream = session(&addr, &hello.fridge_id).await;
-    stream.send(1, batch.events).await.unwrap();
-    stream.ack().await.unwrap();
-    drop(stream);
+    let spec =
+        FleetSpec { seed: 8, fridges: 4, events: 20_000, start_us: 1_772_323_200_000_000, bad_rate: 0.01, skus: None };
+    let run = crate::support::run_spec(format!("http://{}", server.addr()), None, 200);
+    coldstream_sources::simulator::run(Fleet::new(&spec), &run, spec.events).await.unwrap();
     server.caught_up(Duration::from_secs(60)).await.unwrap();
     server.shutdown().await.unwrap();
-    let target = parquet_fixtures().join("events");
-    let _ = std::fs::remove_dir_all(&target);
-    for day in std::fs::read_dir(dir.path().join("events")).unwrap() {
-        let day = day.unwrap();
-        std::fs::create_dir_all(target.join(day.file_name())).unwrap();
-        for file in std::fs::read_dir(day.path()).unwrap() {
-            let file = file.unwrap();
-            if file.file_name().to_string_lossy().ends_with(".parquet") {
-                std::fs::copy(file.path(), target.join(day.file_name()).join(file.file_name())).unwrap();
-            }
+    let dead_letter = DeadLetter::open(dir.path(), Default::default()).unwrap();
+    let message = Webhook {
+        id: "msg_00000000000000000000000000000001".into(),
+        endpoint: Endpoint::Procurement,
+        key: "FR-000001/RO-FR-000001-1".into(),
+        kind: "restock.opened".into(),
+        time: 1_772_323_200_000,
+        body: r#"{"type":"restock.opened","timestamp":"2026-03-01T00:00:00.000Z","data":{}}"#.into(),
+    };
+    dead_letter.write(&FailedDelivery { message, status: 410, answer: "gone".into() }).unwrap();
+    let _ = std::fs::remove_dir_all(parquet_fixtures());
+    std::fs::create_dir_all(parquet_fixtures()).unwrap();
+    for table in coldstream::query::parquet_tables() {
+        let files = parquet_files(&dir.path().join(&table.folder));
+        assert!(!files.is_empty(), "the fixture run wrote no file of {}", table.name);
+        for file in files {
+            let relative = file.strip_prefix(dir.path()).unwrap();
+            let target = parquet_fixtures().join(relative);
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(&file, &target).unwrap();
         }
     }
 }
 
+/// The Parquet files under `dir`, at any depth, in name order.
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return files };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(parquet_files(&path));
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_parquet_file_the_archive_wrote_under_the_first_schema_still_reads_with_new_columns_null() {
+async fn parquet_files_written_under_the_first_schemas_still_read_with_new_columns_null() {
     if writing() {
         write_parquet_fixtures().await;
     }
@@ -170,40 +193,51 @@ async fn a_parquet_file_the_archive_wrote_under_the_first_schema_still_reads_wit
     let csv = |sql: String| {
         let ctx = ctx.clone();
         async move {
-            let batches = coldstream::query::run(&ctx, &sql).await.unwrap();
+            let batches = coldstream::query::run(&ctx, &sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
             coldstream::query::render(&batches, coldstream::query::Format::Csv).unwrap()
         }
     };
-    // Columns are only ever added: each of the file's is still there, with its type.
-    let file_columns = parquet_columns(&parquet_fixtures().join("events"));
-    let current = coldstream_sinks::parquet::schema::EVENTS.clone();
-    for (name, data_type) in &file_columns {
-        let field = current.field_with_name(name).unwrap_or_else(|_| panic!("column {name} was removed"));
-        assert_eq!(field.data_type(), data_type, "column {name} changed its type");
-    }
-    // A column added since the file was written reads as null.
-    for field in current.fields() {
-        if !file_columns.iter().any(|(name, _)| name == field.name()) {
-            assert!(field.is_nullable(), "an added column {} must be nullable", field.name());
-            let text = csv(format!("SELECT count(*) AS n FROM events WHERE \"{}\" IS NOT NULL", field.name())).await;
-            assert_eq!(text.lines().nth(1), Some("0"), "{} reads as null", field.name());
+    use sha2::Digest;
+    let mut read_back = Vec::new();
+    for table in coldstream::query::parquet_tables() {
+        let name = table.name;
+        let files = parquet_files(&parquet_fixtures().join(&table.folder));
+        assert!(!files.is_empty(), "no fixture of {name}: every table keeps one");
+        // Columns are only ever added: each of the files' is still there, with its type.
+        let file_columns = parquet_columns(&files[0]);
+        for (column, data_type) in &file_columns {
+            let field = table.schema.field_with_name(column).unwrap_or_else(|_| panic!("{name}.{column} was removed"));
+            assert_eq!(field.data_type(), data_type, "{name}.{column} changed its type");
         }
+        // A column added since the files were written reads as null.
+        for field in table.schema.fields() {
+            if !file_columns.iter().any(|(column, _)| column == field.name()) {
+                assert!(field.is_nullable(), "the added column {name}.{} must be nullable", field.name());
+                let text =
+                    csv(format!("SELECT count(*) AS n FROM {name} WHERE \"{}\" IS NOT NULL", field.name())).await;
+                assert_eq!(text.lines().nth(1), Some("0"), "{name}.{} reads as null", field.name());
+            }
+        }
+        // The files' columns read back as they were written.
+        let columns: Vec<String> = file_columns.iter().map(|(column, _)| format!("\"{column}\"")).collect();
+        let order: Vec<String> = (1..=columns.len()).map(|i| i.to_string()).collect();
+        let read = csv(format!("SELECT {} FROM {name} ORDER BY {}", columns.join(", "), order.join(", "))).await;
+        let rows = read.lines().count() - 1;
+        assert!(rows > 0, "{name}'s fixture holds rows");
+        read_back.push(format!("{name} {rows} {}", hex::encode(sha2::Sha256::digest(read.as_bytes()))));
     }
-    // The file's columns read back as they were written.
-    let columns: Vec<String> = file_columns.iter().map(|(name, _)| format!("\"{name}\"")).collect();
-    let read = csv(format!("SELECT {} FROM events ORDER BY source_id, seq", columns.join(", "))).await;
-    assert!(read.lines().count() > 5, "the fixture holds the batch's events:\n{read}");
-    let golden = parquet_fixtures().join("events.csv");
+    // What they read as when they were written: rows and a digest of the
+    // CSV, per table.
+    let digests = parquet_fixtures().join("read_back.txt");
+    let read_back = read_back.join("\n") + "\n";
     if writing() {
-        std::fs::write(&golden, &read).unwrap();
+        std::fs::write(&digests, &read_back).unwrap();
     }
-    assert_eq!(read, std::fs::read_to_string(&golden).unwrap());
+    assert_eq!(read_back, std::fs::read_to_string(&digests).unwrap(), "every table reads as it was written");
 }
 
-/// The columns (and types) of the Parquet files under `dir`.
-fn parquet_columns(dir: &Path) -> Vec<(String, arrow::datatypes::DataType)> {
-    let day = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path();
-    let file = std::fs::read_dir(day).unwrap().next().unwrap().unwrap().path();
+/// The columns (and types) of a Parquet file.
+fn parquet_columns(file: &Path) -> Vec<(String, arrow::datatypes::DataType)> {
     let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
         std::fs::File::open(file).unwrap(),
     )

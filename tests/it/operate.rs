@@ -13,7 +13,7 @@ use coldstream::server::Server;
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_sinks::webhooks::EXAMPLE_SECRET;
 use coldstream_sinks::webhooks::receiver::Receiver;
-use coldstream_sources::simulator::{self as simulate, RunSpec, Summary};
+use coldstream_sources::simulator::{self as simulate, Summary};
 
 use crate::cluster::receiver;
 use crate::support::TEST_SECRET;
@@ -39,14 +39,7 @@ async fn server(dir: &Path, receiver: &Receiver) -> Server {
 /// Six fridges' events, some of them bad (rejected into the dead letter).
 async fn fleet(server: &Server, events: u64) -> Summary {
     let spec = FleetSpec { seed: 19, fridges: 6, events, start_us: 1_772_323_200_000_000, bad_rate: 0.03, skus: None };
-    let run = RunSpec {
-        target: format!("http://{}", server.addr()),
-        tokens: crate::support::tokens(),
-        tls: None,
-        rate: None,
-        batch: 50,
-        progress: false,
-    };
+    let run = crate::support::run_spec(format!("http://{}", server.addr()), None, 50);
     simulate::run(Fleet::new(&spec), &run, spec.events).await.unwrap()
 }
 
@@ -171,6 +164,99 @@ async fn a_live_scrape_passes_promtool_and_counts_exactly_what_the_fleet_sent() 
     assert!(plotted > 20, "the dashboard plots the metrics");
     // No fridge id is ever a label: the set of series does not grow with the fleet.
     assert!(!text.contains("FR-"), "a fridge id in a label");
+    server.shutdown().await.unwrap();
+}
+
+/// A Prometheus server (Debian's `prometheus`) scraping `target` every
+/// second, on a free loopback port; killed when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: std::net::SocketAddr) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: coldstream\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian's prometheus package, installed by .ci/run)");
+        Prometheus { child, addr, _dir: dir }
+    }
+
+    /// The value of an instant query's only sample, once it has one.
+    async fn query(&self, query: &str) -> Option<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.ok()?;
+        let path = format!(
+            "/api/v1/query?query={}",
+            query.replace(' ', "%20").replace('"', "%22").replace('{', "%7B").replace('}', "%7D").replace('+', "%2B")
+        );
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).as_bytes()).await.ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.ok()?;
+        let body: serde_json::Value = serde_json::from_str(answer.split_once("\r\n\r\n")?.1).ok()?;
+        body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_server_and_answers_with_its_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = receiver().await;
+    let server = server(dir.path(), &receiver).await;
+    let sent = fleet(&server, 2_000).await;
+    settled(&server).await;
+    let prometheus = Prometheus::start(server.metrics_addr().unwrap());
+    let registry = server.registry();
+    let expected = [
+        ("up{job=\"coldstream\"}", 1.0),
+        ("coldstream_gateway_events_accepted_total", sent.delivered.accepted as f64),
+        ("sum(coldstream_gateway_events_rejected_total)", sent.delivered.rejected as f64),
+        ("coldstream_fleet_fridges_known", 6.0),
+        ("sum(coldstream_webhook_delivered_total)", registry.sum("coldstream_webhook_delivered_total")),
+        ("max(coldstream_view_lag_seconds)", 0.0),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    for (query, value) in expected {
+        loop {
+            match prometheus.query(query).await {
+                Some(got) if got == value => break,
+                got => {
+                    assert!(std::time::Instant::now() < deadline, "{query}: Prometheus says {got:?}, not {value}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+    // The histograms are usable as they are, e.g. the ack latency's p99.
+    let p99 = prometheus
+        .query("histogram_quantile(0.99, sum by (le) (coldstream_gateway_ack_seconds_bucket))")
+        .await
+        .expect("a p99 of the ack latency");
+    assert!(p99 > 0.0 && p99 <= 60.0, "{p99}");
+    drop(prometheus);
     server.shutdown().await.unwrap();
 }
 
@@ -400,14 +486,7 @@ async fn one_batch_is_followed_over_otlp_from_the_gateway_through_the_log_and_th
     });
     let spec =
         FleetSpec { seed: 4, fridges: 3, events: 1_500, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
-    let run = RunSpec {
-        target: server.addr.clone(),
-        tokens: crate::support::tokens(),
-        tls: None,
-        rate: None,
-        batch: 100,
-        progress: false,
-    };
+    let run = crate::support::run_spec(server.addr.clone(), None, 100);
     simulate::run(Fleet::new(&spec), &run, spec.events).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while receiver.received().is_empty() {

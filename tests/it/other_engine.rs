@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
-use coldstream_sources::simulator::{self as simulate, RunSpec};
+use coldstream_sources::simulator as simulate;
 
 use crate::support::{query_csv, start};
 
@@ -72,14 +72,7 @@ async fn duckdb_recomputes_the_same_inventory_from_the_parquet_events() {
     let server = start(dir.path()).await;
     let spec =
         FleetSpec { seed: 3, fridges: 6, events: 6_000, start_us: 1_772_323_200_000_000, bad_rate: 0.002, skus: None };
-    let run = RunSpec {
-        target: format!("http://{}", server.addr()),
-        tokens: crate::support::tokens(),
-        tls: None,
-        rate: None,
-        batch: 200,
-        progress: false,
-    };
+    let run = crate::support::run_spec(format!("http://{}", server.addr()), None, 200);
     let summary = simulate::run(Fleet::new(&spec), &run, spec.events).await.unwrap();
     assert!(summary.delivered.rejected > 0, "the fleet should have sent some bad events");
     server.caught_up(Duration::from_secs(120)).await.unwrap();

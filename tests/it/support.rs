@@ -12,6 +12,20 @@ use coldstream_pipelines::Event;
 use coldstream_sources::auth::{Principal, Tokens};
 use coldstream_sources::client::Session;
 
+/// How the tests' simulated fleets send: to `target`, with the tests'
+/// tokens, at `rate` events/s (`None`: as fast as acks come), `batch`
+/// events a batch, quietly.
+pub fn run_spec(target: impl Into<String>, rate: Option<f64>, batch: usize) -> coldstream_sources::simulator::RunSpec {
+    coldstream_sources::simulator::RunSpec {
+        target: target.into(),
+        tokens: tokens(),
+        tls: None,
+        rate,
+        batch,
+        progress: false,
+    }
+}
+
 /// A server configuration for tests: loopback, an ephemeral port, 2 workers.
 pub fn config(dir: &Path) -> Config {
     let mut config =
