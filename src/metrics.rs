@@ -12,7 +12,7 @@
 //! `/grafana-dashboard.json` is a Grafana dashboard of the metrics.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::server::Progress;
+use crate::workers::ReadProgress;
 
 /// What a server's metrics are read from, besides its components' own
 /// instruments.
@@ -41,14 +42,14 @@ pub struct Sources {
     /// The log writer (a pipeline process has none).
     pub ingest: Option<Ingest>,
     /// How far the workers have read the log (a gateway has none).
-    pub read_offset: Option<Arc<AtomicU64>>,
+    pub read: Option<Arc<ReadProgress>>,
     /// The process's role, as the config says it.
     pub role: &'static str,
 }
 
 /// Registers the metrics read at scrape time.
 pub fn register(registry: &Registry, sources: Sources) {
-    let Sources { readers, progress, ingest, read_offset, role } = sources;
+    let Sources { readers, progress, ingest, read, role } = sources;
     registry.gauge_fn(
         "coldstream_build_info",
         "Always 1: the version and role of this process.",
@@ -99,8 +100,8 @@ pub fn register(registry: &Registry, sources: Sources) {
             move || ingest.fridges_known() as f64,
         );
     }
-    if let Some(read_offset) = read_offset {
-        register_views(registry, &readers, &progress, read_offset);
+    if let Some(read) = read {
+        register_views(registry, &readers, &progress, read);
     }
 }
 
@@ -109,7 +110,7 @@ fn register_views(
     registry: &Registry,
     readers: &Arc<dyn OpenReader>,
     progress: &Arc<Progress>,
-    read_offset: Arc<AtomicU64>,
+    read: Arc<ReadProgress>,
 ) {
     for view in coldstream_pipelines::views::NAMES {
         let (log, lagging) = (Arc::clone(readers), Arc::clone(progress));
@@ -118,6 +119,16 @@ fn register_views(
             "How far the view's frontier is behind the log's last durable ingest time (0: caught up).",
             &[("view", view)],
             move || views_lag_ms(log.as_ref(), &lagging) as f64 / 1000.0,
+        );
+        let (log, behind, records) = (Arc::clone(readers), Arc::clone(progress), Arc::clone(&read));
+        registry.gauge_fn(
+            "coldstream_view_lag_records",
+            "Durable log records not yet final in the view: read and unfinished, or not read yet.",
+            &[("view", view)],
+            move || {
+                let frontier = behind.views.load(Ordering::Acquire);
+                log.durable_offset().saturating_sub(records.final_before(frontier)) as f64
+            },
         );
         let frontier = Arc::clone(progress);
         registry.gauge_fn(
@@ -132,7 +143,7 @@ fn register_views(
         "coldstream_view_unread_records",
         "Durable log records the workers have not read yet.",
         &[],
-        move || log.durable_offset().saturating_sub(read_offset.load(Ordering::Acquire)) as f64,
+        move || log.durable_offset().saturating_sub(read.read()) as f64,
     );
     let (log, archive) = (Arc::clone(readers), Arc::clone(progress));
     registry.gauge_fn(
@@ -404,6 +415,7 @@ pub fn status(page: &Page) -> serde_json::Value {
             json!({
                 "view": view,
                 "lag_seconds": value("coldstream_view_lag_seconds", &[("view", view)]),
+                "lag_records": value("coldstream_view_lag_records", &[("view", view)]),
                 "changes_total": value("coldstream_view_changes_total", &[("view", view)]),
             })
         })

@@ -207,9 +207,9 @@ impl Pipeline {
         Ok(Pipeline { workers, abandon, view_sink })
     }
 
-    /// The log offset up to which the workers have read.
-    pub fn read_offset(&self) -> Arc<std::sync::atomic::AtomicU64> {
-        self.workers.read_offset()
+    /// How far the workers have read the log.
+    pub fn read_progress(&self) -> Arc<crate::workers::ReadProgress> {
+        self.workers.read_progress()
     }
 
     /// Reads the log to its durable end, hands every change to the sinks,

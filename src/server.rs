@@ -525,7 +525,7 @@ impl Server {
                 readers: Arc::clone(&readers),
                 progress: Arc::clone(&progress),
                 ingest: ingest.as_ref().map(|(ingest, _)| ingest.clone()),
-                read_offset: back.as_ref().map(|back| back.pipeline.read_offset()),
+                read: back.as_ref().map(|back| back.pipeline.read_progress()),
                 role: role.as_str(),
             },
         );

@@ -226,8 +226,36 @@ pub struct Workers {
     /// How long a stop waits for the other processes of a cluster to stop
     /// too (`None`: one process, which always finishes).
     patience: Option<Duration>,
-    /// The log offset up to which the process's first worker has read.
-    read_offset: Arc<AtomicU64>,
+    /// How far the process's first worker has read the log.
+    read: Arc<ReadProgress>,
+}
+
+/// How far the first worker of a process has read the log, and where each
+/// logical time it read and the views have not finished starts: how many
+/// records the views are behind.
+#[derive(Debug, Default)]
+pub struct ReadProgress {
+    read: AtomicU64,
+    /// `(time, first offset)` of the times read and not yet finished, in order.
+    starts: std::sync::Mutex<std::collections::VecDeque<(Time, u64)>>,
+}
+
+impl ReadProgress {
+    fn starts(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(Time, u64)>> {
+        self.starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The offset up to which the worker has read.
+    pub fn read(&self) -> u64 {
+        self.read.load(Ordering::Acquire)
+    }
+
+    /// The first offset whose time is at or after `frontier` (the views'
+    /// frontier): every record before it is final in every view.
+    pub fn final_before(&self, frontier: Time) -> u64 {
+        let starts = self.starts();
+        starts.iter().find(|(time, _)| *time >= frontier).map_or_else(|| self.read(), |(_, offset)| *offset)
+    }
 }
 
 /// How the workers ended.
@@ -245,9 +273,9 @@ pub enum Stopped {
 const CLUSTER_STOP_PATIENCE: Duration = Duration::from_secs(30);
 
 impl Workers {
-    /// The log offset up to which the workers have read.
-    pub fn read_offset(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.read_offset)
+    /// How far the workers have read the log.
+    pub fn read_progress(&self) -> Arc<ReadProgress> {
+        Arc::clone(&self.read)
     }
 
     /// Starts `threads` workers reading the log from `resume.offset`, with
@@ -263,8 +291,8 @@ impl Workers {
     ) -> Result<Workers, RuntimeError> {
         let stop = Arc::new(AtomicBool::new(false));
         let read_upto = Arc::new(AtomicU64::new(0));
-        let read_offset = Arc::new(AtomicU64::new(resume.offset));
-        let read_offset_source = Arc::clone(&read_offset);
+        let read = Arc::new(ReadProgress { read: AtomicU64::new(resume.offset), ..ReadProgress::default() });
+        let read_source = Arc::clone(&read);
         // Open every reader now, so that a broken log is reported here.
         // A checkpoint's offset is where its time starts.
         let start = views.hooks.checkpoints.start();
@@ -314,7 +342,7 @@ impl Workers {
                 every_records: resume.checkpoint_every_records.max(1),
                 offsets: (local == 0).then(|| sink.clone()),
                 reports: local == 0,
-                read_offset: Arc::clone(&read_offset_source),
+                read: Arc::clone(&read_source),
                 finished: Arc::clone(&finished),
             };
             let probe = worker.dataflow::<Time, _, _>(move |scope| {
@@ -344,7 +372,7 @@ impl Workers {
         })
         .map_err(RuntimeError::Start)?;
         let patience = cluster.is_multi().then_some(CLUSTER_STOP_PATIENCE);
-        let workers = Workers { stop, sources, guards: Some(guards), patience, read_offset };
+        let workers = Workers { stop, sources, guards: Some(guards), patience, read };
         for _ in 0..threads {
             if let Ok(Some(failure)) = built_answers.recv() {
                 workers.stop();
@@ -424,8 +452,8 @@ struct Source {
     offsets: Option<SyncSender<ViewMessage>>,
     /// Whether this is the process's first worker, which reports how far it read.
     reports: bool,
-    /// Where it reports the offset it has read up to.
-    read_offset: Arc<AtomicU64>,
+    /// Where it reports how far it has read.
+    read: Arc<ReadProgress>,
     /// The views' frontier: every time before it is finished.
     finished: Arc<AtomicU64>,
 }
@@ -447,7 +475,7 @@ fn log_source<'s>(
         every_records,
         offsets,
         reports,
-        read_offset,
+        read: reading,
         finished,
     } = source_state;
     let index = scope.index() as u64;
@@ -485,6 +513,12 @@ fn log_source<'s>(
             while unfinished.front().is_some_and(|(time, _)| *time < frontier) {
                 unfinished.pop_front();
             }
+            if reports {
+                let mut starts = reading.starts();
+                while starts.front().is_some_and(|(time, _)| *time < frontier) {
+                    starts.pop_front();
+                }
+            }
             if let Some(&(oldest, offset)) = unfinished.front()
                 && Some(oldest) != last_time
                 && reader.position().saturating_sub(offset) >= MAX_READ_AHEAD
@@ -513,6 +547,9 @@ fn log_source<'s>(
                     cap.downgrade(&record.ingest_ms);
                     last_time = Some(record.ingest_ms);
                     unfinished.push_back((record.ingest_ms, offset));
+                    if reports {
+                        reading.starts().push_back((record.ingest_ms, offset));
+                    }
                 }
                 if offset % peers != index {
                     continue;
@@ -525,7 +562,7 @@ fn log_source<'s>(
                 }
             }
             if reports {
-                read_offset.store(reader.position(), Ordering::Release);
+                reading.read.store(reader.position(), Ordering::Release);
             }
             if read == READ_BATCH {
                 // More may be waiting at this very time; look again soon.

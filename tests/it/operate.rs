@@ -126,6 +126,7 @@ async fn a_live_scrape_passes_promtool_and_counts_exactly_what_the_fleet_sent() 
     assert!(at("coldstream_log_size_bytes") > 0.0);
     for view in coldstream_pipelines::views::NAMES {
         assert_eq!(at(&format!("coldstream_view_lag_seconds{{view=\"{view}\"}}")), 0.0, "{view} caught up");
+        assert_eq!(at(&format!("coldstream_view_lag_records{{view=\"{view}\"}}")), 0.0, "{view} caught up");
     }
     assert!(at("coldstream_view_changes_total{view=\"inventory\"}") > 0.0);
     assert_eq!(at("coldstream_view_unread_records"), 0.0);
@@ -322,7 +323,8 @@ async fn headless_chromium_renders_the_status_page_with_the_numbers_of_the_metri
     for view in coldstream_pipelines::views::NAMES {
         let row = format!("data-view=\"{view}\"");
         assert_eq!(cell(&dom, &row, 1), 0.0, "{view}'s lag");
-        assert_eq!(cell(&dom, &row, 2), metric("coldstream_view_changes_total", &[("view", view)]), "{view}");
+        assert_eq!(cell(&dom, &row, 2), 0.0, "{view}'s records behind");
+        assert_eq!(cell(&dom, &row, 3), metric("coldstream_view_changes_total", &[("view", view)]), "{view}");
     }
     for endpoint in ["procurement", "accounting", "alerts"] {
         let row = format!("data-endpoint=\"{endpoint}\"");
