@@ -1,6 +1,7 @@
 //! Transport security over loopback with certificates the tests generate:
 //! TLS on the gateway, mutual TLS where a fridge's certificate stands in
-//! for its token, plaintext refused off loopback, HTTPS webhooks.
+//! for its token, plaintext refused off loopback, HTTPS webhooks, Flight SQL
+//! and the metrics over TLS.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -237,5 +238,57 @@ async fn the_flight_sql_endpoint_speaks_tls_with_the_gateways_certificate() {
         client.set_header("authorization", format!("Bearer {token}"));
         assert!(client.execute("SELECT 1".into(), None).await.is_err(), "plaintext was answered");
     }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_and_the_status_page_speak_tls_with_the_gateways_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::new();
+    let mut config = with_tls(dir.path(), &ca, None);
+    config.metrics = coldstream::config::MetricsSection { enabled: true, listen: "127.0.0.1:0".parse().unwrap() };
+    let server = Server::start(&config).await.unwrap();
+    let addr = server.metrics_addr().unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca.pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let get = |path: &'static str| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            tls.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            let _ = tls.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let scrape = get("/metrics").await;
+    assert!(scrape.starts_with("HTTP/1.0 200") || scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+    assert!(scrape.contains("# TYPE coldstream_gateway_events_accepted_total counter"));
+    assert!(get("/").await.contains("<title>coldstream status</title>"));
+
+    // Plain HTTP gets no page: the listener only speaks TLS.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), plain.read_to_end(&mut answer)).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("coldstream_"), "metrics served in clear");
+
+    // Off loopback without TLS, the config is refused.
+    let mut open = crate::support::config(&dir.path().join("other"));
+    open.metrics = coldstream::config::MetricsSection { enabled: true, listen: "0.0.0.0:0".parse().unwrap() };
+    let refused = Server::start(&open).await.err().expect("refused").to_string();
+    assert!(refused.contains("metrics.listen") && refused.contains("not loopback"), "{refused}");
     server.shutdown().await.unwrap();
 }
