@@ -25,7 +25,7 @@ use coldstream_pipelines::metrics::Registry;
 use coldstream_sinks::webhooks::{Endpoint, Recent};
 use coldstream_sources::gateway::ServerTls;
 use coldstream_sources::ingest::Ingest;
-use coldstream_sources::log::OpenReader;
+use coldstream_sources::log::{Footprint, OpenReader};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -77,20 +77,21 @@ pub fn register(registry: &Registry, sources: Sources) {
         &[],
         move || log.durable_ingest_ms().map_or(0.0, |ms| ms as f64 / 1000.0),
     );
-    let log = Arc::clone(&readers);
+    // The three are read from one listing of the log's folder per scrape.
+    let footprint = Arc::new(RecentFootprint { log: Arc::clone(&readers), last: Mutex::default() });
+    let disk = Arc::clone(&footprint);
     registry.gauge_fn("coldstream_log_size_bytes", "Bytes the log's segments occupy on disk.", &[], move || {
-        log.footprint().map_or(0.0, |f| f.bytes as f64)
+        disk.read().map_or(0.0, |f| f.bytes as f64)
     });
-    let log = Arc::clone(&readers);
+    let disk = Arc::clone(&footprint);
     registry.gauge_fn("coldstream_log_segments", "Segments the log holds.", &[], move || {
-        log.footprint().map_or(0.0, |f| f.segments as f64)
+        disk.read().map_or(0.0, |f| f.segments as f64)
     });
-    let log = Arc::clone(&readers);
     registry.gauge_fn(
         "coldstream_log_oldest_segment_age_seconds",
         "Seconds since the oldest segment was last written: how far back the log reaches.",
         &[],
-        move || log.footprint().map_or(0.0, |f| f.oldest_segment_age_seconds),
+        move || footprint.read().map_or(0.0, |f| f.oldest_segment_age_seconds),
     );
     if let Some(ingest) = ingest {
         registry.gauge_fn(
@@ -102,6 +103,26 @@ pub fn register(registry: &Registry, sources: Sources) {
     }
     if let Some(read) = read {
         register_views(registry, &readers, &progress, read);
+    }
+}
+
+/// The log's footprint, read from disk at most once a second.
+struct RecentFootprint {
+    log: Arc<dyn OpenReader>,
+    last: Mutex<Option<(std::time::Instant, Option<Footprint>)>>,
+}
+
+impl RecentFootprint {
+    fn read(&self) -> Option<Footprint> {
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *last {
+            Some((at, footprint)) if at.elapsed() < Duration::from_secs(1) => footprint,
+            _ => {
+                let footprint = self.log.footprint();
+                *last = Some((std::time::Instant::now(), footprint));
+                footprint
+            }
+        }
     }
 }
 

@@ -61,11 +61,6 @@ impl Traces {
         self.sampling.as_ref().is_some_and(|s| s.ratio >= 1.0 || rand::random::<f64>() < s.ratio)
     }
 
-    /// Whether any batch is followed.
-    pub fn enabled(&self) -> bool {
-        self.sampling.is_some()
-    }
-
     fn pending(&self) -> Option<std::sync::MutexGuard<'_, BTreeMap<Time, Vec<tracing::Span>>>> {
         let sampling = self.sampling.as_ref()?;
         Some(sampling.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
@@ -85,11 +80,6 @@ impl Traces {
         self.pending().and_then(|pending| pending.get(&time).cloned()).unwrap_or_default()
     }
 
-    /// Whether a span waits for the views at `time`.
-    pub fn waits_at(&self, time: Time) -> bool {
-        self.pending().is_some_and(|pending| pending.contains_key(&time))
-    }
-
     /// Every sink has the changes before `frontier`: their spans end.
     pub fn views_passed(&self, frontier: Time) {
         let Some(mut pending) = self.pending() else { return };
@@ -103,6 +93,16 @@ impl Traces {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Traces {
+        fn enabled(&self) -> bool {
+            self.sampling.is_some()
+        }
+
+        fn waits_at(&self, time: Time) -> bool {
+            !self.waiting_at(time).is_empty()
+        }
+    }
 
     #[test]
     fn spans_wait_by_time_until_the_views_pass_and_off_keeps_nothing() {

@@ -582,10 +582,11 @@ impl FridgeGateway for Gateway {
         let gateway = self.clone();
         let incarnation = hello.incarnation;
         self.metrics.streams.inc();
+        let connected = self.metrics.connected.clone();
         tokio::spawn(async move {
-            gateway.metrics.connected.add(1.0);
-            gateway.clone().connection(principal, incarnation, inbound, outbound).await;
-            gateway.metrics.connected.add(-1.0);
+            connected.add(1.0);
+            gateway.connection(principal, incarnation, inbound, outbound).await;
+            connected.add(-1.0);
         });
         Ok(Response::new(ReceiverStream::new(acks)))
     }
