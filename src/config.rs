@@ -563,8 +563,11 @@ pub enum LogSection {
 pub struct FluvioSection {
     /// The cluster's controller (SC), `host:port`.
     pub endpoint: String,
-    /// The topic (one partition; created if missing).
+    /// The topic (created if missing).
     pub topic: String,
+    /// Partitions of the topic when coldstream creates it (a topic that
+    /// exists keeps its own); a fridge's records all go to one of them.
+    pub partitions: u32,
     /// Replicas of the topic when coldstream creates it; an ack waits for
     /// every one of them.
     pub replication: u32,
@@ -585,6 +588,7 @@ impl Default for FluvioSection {
         FluvioSection {
             endpoint: "127.0.0.1:9003".into(),
             topic: "coldstream-events".into(),
+            partitions: 1,
             replication: 1,
             tls_ca: None,
             tls_cert: None,
@@ -639,6 +643,7 @@ impl FluvioSection {
         coldstream_sources::log::fluvio::FluvioLogConfig {
             endpoint: self.endpoint.clone(),
             topic: self.topic.clone(),
+            partitions: self.partitions,
             replication: self.replication,
             tls,
         }
@@ -1033,9 +1038,14 @@ impl Config {
         let (segment_mb, retention_hours) = match &self.log {
             LogSection::Embedded(embedded) => (embedded.segment_mb, embedded.retention_hours),
             LogSection::Fluvio(fluvio) => {
-                if !(1..=16).contains(&fluvio.replication) || fluvio.topic.is_empty() || fluvio.endpoint.is_empty() {
+                if !(1..=16).contains(&fluvio.replication)
+                    || !(1..=1024).contains(&fluvio.partitions)
+                    || fluvio.topic.is_empty()
+                    || fluvio.endpoint.is_empty()
+                {
                     return Err(ConfigError::Invalid(
-                        "log.replication must be in 1..=16, and log.topic and log.endpoint set".into(),
+                        "log.replication must be in 1..=16, log.partitions in 1..=1024, and log.topic and log.endpoint set"
+                            .into(),
                     ));
                 }
                 fluvio.check_tls(self.tls.allow_plaintext)?;
@@ -1337,7 +1347,8 @@ allow_plaintext = false
 [log]
 # Which log: "embedded" (segment files in data_dir/log; no server to run),
 # or "fluvio" (a Fluvio topic; a build with `--features fluvio`), whose
-# keys are endpoint = "host:port" of the controller, topic and replication,
+# keys are endpoint = "host:port" of the controller, topic, partitions and
+# replication (when coldstream creates the topic),
 # and for TLS to the cluster tls_ca, tls_cert, tls_key (PEM files) and
 # tls_domain (default: the endpoint's host).
 kind = "embedded"
@@ -1513,6 +1524,10 @@ mod tests {
         assert!(stray.to_string().contains("segment_mb"), "{stray}");
         let none = Config::parse("[log]\nkind = \"fluvio\"\nreplication = 0\n", "c.toml").expect_err("no replicas");
         assert!(none.to_string().contains("log.replication"), "{none}");
+        let spread = Config::parse("[log]\nkind = \"fluvio\"\npartitions = 8\n", "c.toml").expect("partitions");
+        assert!(matches!(spread.log, LogSection::Fluvio(FluvioSection { partitions: 8, .. })));
+        let nothing = Config::parse("[log]\nkind = \"fluvio\"\npartitions = 0\n", "c.toml").expect_err("none");
+        assert!(nothing.to_string().contains("log.partitions"), "{nothing}");
         let far = "[log]\nkind = \"fluvio\"\nendpoint = \"fluvio.example:9003\"\n";
         let clear = Config::parse(far, "c.toml").expect_err("plaintext off loopback");
         assert!(clear.to_string().contains("not loopback and there is no TLS"), "{clear}");

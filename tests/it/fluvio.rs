@@ -208,12 +208,20 @@ fn the_fluvio_log_passes_the_conformance_suite_against_a_real_cluster() {
     let config = |name: &str| FluvioLogConfig {
         endpoint: cluster.endpoint.clone(),
         topic: format!("cs-{run}-{name}"),
+        partitions: 1,
         replication: 1,
         tls: None,
     };
     let factory = |name: &str| -> Result<Box<dyn EventLog>, LogError> { Ok(Box::new(FluvioLog::open(config(name))?)) };
     conformance::run_all(&factory);
     conformance::run_read_half(&conformance::written(&factory));
+    // On a topic of three partitions, two of them written by no one but
+    // the writer's progress markers.
+    let spread = |name: &str| -> Result<Box<dyn EventLog>, LogError> {
+        Ok(Box::new(FluvioLog::open(FluvioLogConfig { partitions: 3, ..config(&format!("p3-{name}")) })?))
+    };
+    conformance::run_all(&spread);
+    conformance::run_read_half(&conformance::written(&spread));
     // A follower in another process sees what the writer made durable.
     let mut writer = FluvioLog::open(config("followed")).unwrap();
     writer.append(5, &[coldstream_sources::log::Record::accepted(&conformance::event(1))]).unwrap();
@@ -276,6 +284,7 @@ async fn a_server_on_the_fluvio_log_acks_archives_and_resumes_after_a_restart() 
     config.log = LogSection::Fluvio(FluvioSection {
         endpoint: cluster.endpoint.clone(),
         topic: format!("cs-{run}-server"),
+        partitions: 3,
         ..FluvioSection::default()
     });
     config.checkpoint.every_records = 2_000;
@@ -347,8 +356,12 @@ async fn two_gateways_on_one_fluvio_topic_count_a_fridge_moved_mid_batch_once() 
     let Some(cluster) = tokio::task::spawn_blocking(move || cluster::find(test)).await.unwrap() else { return };
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
     let topic = format!("cs-{run}-gateways");
-    let section =
-        FluvioSection { endpoint: cluster.endpoint.clone(), topic: topic.clone(), ..FluvioSection::default() };
+    let section = FluvioSection {
+        endpoint: cluster.endpoint.clone(),
+        topic: topic.clone(),
+        partitions: 2,
+        ..FluvioSection::default()
+    };
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let config = |dir: &tempfile::TempDir, role: Role| {
         let mut config = crate::support::config(dir.path());
@@ -399,8 +412,13 @@ async fn two_gateways_on_one_fluvio_topic_count_a_fridge_moved_mid_batch_once() 
     // when a fridge's resend overtakes its first copy: the first gateway
     // has seqs 1–6 in flight, nothing of it durable yet, so the fridge
     // resends 1–10 to the second, whose commit lands first.
-    let log_config =
-        FluvioLogConfig { endpoint: cluster.endpoint.clone(), topic: topic.clone(), replication: 1, tls: None };
+    let log_config = FluvioLogConfig {
+        endpoint: cluster.endpoint.clone(),
+        topic: topic.clone(),
+        partitions: 2,
+        replication: 1,
+        tls: None,
+    };
     let copied: Vec<Vec<u8>> = (1..=10)
         .map(|seq| {
             Record::accepted(&coldstream_pipelines::Event {
@@ -461,6 +479,7 @@ async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_
     config.log = LogSection::Fluvio(FluvioSection {
         endpoint: cluster.endpoint.clone(),
         topic: topic.clone(),
+        partitions: 4,
         ..FluvioSection::default()
     });
     config.role = Role::Gateway;
@@ -616,6 +635,7 @@ fn the_fluvio_log_speaks_mutual_tls_to_a_cluster_that_requires_it() {
     let config = FluvioLogConfig {
         endpoint: cluster.endpoint.clone(),
         topic: "cs-tls".into(),
+        partitions: 1,
         replication: 1,
         tls: Some(client.clone()),
     };

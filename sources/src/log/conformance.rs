@@ -101,17 +101,37 @@ fn flattened(commits: &[(u64, Vec<Event>)]) -> Vec<(u64, Event)> {
     commits.iter().flat_map(|(time, events)| events.iter().map(|event| (*time, event.clone()))).collect()
 }
 
+/// Events with their times, each commit's in the order of their sources
+/// (stable, so each source's keep their order): what a log must keep of
+/// the order it was given.
+fn by_commit_and_source(mut events: Vec<(u64, Event)>) -> Vec<(u64, Event)> {
+    events.sort_by(|(a_time, a), (b_time, b)| (a_time, &a.source_id).cmp(&(b_time, &b.source_id)));
+    events
+}
+
+fn decoded(records: Vec<(u64, Record)>) -> Vec<(u64, Event)> {
+    records
+        .into_iter()
+        .map(|(_, record)| match record.clone().decode().expect("decodes") {
+            Entry::Accepted(event) => (record.ingest_ms, event),
+            other => panic!("not an accepted event: {other:?}"),
+        })
+        .collect()
+}
+
 fn events_read_back_in_order(factory: ReadFactory<'_>) {
     let commits = commits(&[3, 1, 20, 5]);
     let readers = factory("read-order", &commits);
     let expected = flattened(&commits);
     let records = read_from(readers.as_ref(), 0);
     assert_eq!(records.len(), expected.len());
-    for (i, ((offset, record), (time, event))) in records.into_iter().zip(expected).enumerate() {
-        assert_eq!(offset, i as u64);
-        assert_eq!(record.ingest_ms, time);
-        assert_eq!(record.decode().expect("decodes"), Entry::Accepted(event));
+    for (i, ((offset, record), (time, _))) in records.iter().zip(&expected).enumerate() {
+        assert_eq!(*offset, i as u64);
+        assert_eq!(record.ingest_ms, *time);
     }
+    // Every event of a commit, each source's in the order they were given
+    // (a log of several partitions orders a commit's sources by partition).
+    assert_eq!(by_commit_and_source(decoded(records)), by_commit_and_source(expected));
     assert_eq!(readers.durable_offset(), 29);
     assert_eq!(readers.durable_ingest_ms(), Some(13_000));
     assert_eq!(readers.first_offset().expect("first offset"), 0);
@@ -120,14 +140,12 @@ fn events_read_back_in_order(factory: ReadFactory<'_>) {
 fn readers_open_at_any_commit_offset(factory: ReadFactory<'_>) {
     let commits = commits(&[4, 4, 4, 4, 4]);
     let readers = factory("read-offsets", &commits);
-    let expected = flattened(&commits);
+    let whole = read_from(readers.as_ref(), 0);
+    assert_eq!(by_commit_and_source(decoded(whole.clone())), by_commit_and_source(flattened(&commits)));
     for from in [0u64, 1, 3, 4, 11, 19, 20] {
         let records = read_from(readers.as_ref(), from);
         assert_eq!(records.len() as u64, 20 - from, "reading from {from}");
-        if let Some((offset, record)) = records.into_iter().next() {
-            assert_eq!(offset, from);
-            assert_eq!(record.decode().expect("decodes"), Entry::Accepted(expected[from as usize].1.clone()));
-        }
+        assert_eq!(records, whole[from as usize..], "reading from {from}: the same records at the same offsets");
     }
     assert!(readers.open(21).is_err(), "an offset past the end is refused");
 }

@@ -1,47 +1,66 @@
 //! The event log on a Fluvio topic (`[log] kind = "fluvio"`), built with
 //! the `fluvio` feature.
 //!
-//! The topic has one partition: coldstream's offsets are the partition's.
-//! Any number of gateways append to it. Each record is keyed by its source
-//! (the fridge or back-office id), and its value is `flags: u8 | stamp: u64
-//! | payload` (little-endian): the writer's clock in milliseconds, and the
-//! flag `COMMIT_END` on the last record of each of its commits.
+//! Any number of gateways append to the topic, which has any number of
+//! partitions. Each record is keyed by its source (the fridge or
+//! back-office id), and a source's records all go to one partition
+//! ([`partition_of`], the same in every process), so they stay in order.
+//! A record's value is `flags: u8 | stamp: u64 | payload` (little-endian):
+//! the writer's clock in milliseconds, and the flag `COMMIT_END` on the
+//! last record of each of its commits in each partition.
 //! [`EventLog::append`] keeps records in memory; [`EventLog::sync`] sends
-//! them, the last one flagged, and returns once Fluvio has acknowledged
-//! every one at the topic's replication (`Isolation::ReadCommitted`, no
-//! retries); only then does the gateway ack the fridge.
+//! them and returns once Fluvio has acknowledged every one at the topic's
+//! replication (`Isolation::ReadCommitted`, no retries); only then does the
+//! gateway ack the fridge.
 //!
 //! **Times come from the log alone.** Writers' clocks disagree and their
-//! commits interleave, so a record's logical time is derived along the
+//! commits interleave, so a record's logical time is derived along its
 //! partition: `time(k) = max(stamp(k), time(k−1) + end(k−1))`, where
 //! `end` is 1 after a commit's last record and 0 otherwise. Times never
-//! decrease, and every record after a commit end has a time above it: a
-//! reader hands out records only up to the last commit end (of any
-//! writer), and a time is then complete, as on the embedded log. The
-//! records of a writer that stopped before its commit ended become
-//! readable with the next commit end; they were never acknowledged, and
-//! the copies a fridge resends are dropped where the log is read
-//! ([`coldstream_pipelines::dedup`]). A commit lost with its SPU may leave
-//! offsets the partition never holds: readers hand each out as a record
-//! holding nothing ([`Payload::Skipped`]), so offsets stay dense.
+//! decrease along a partition, and every record after a commit end has a
+//! time above it.
 //!
-//! A watcher thread follows the partition from its start and publishes
-//! each commit end; a process opening the log waits until the watcher has
-//! caught up with the records there were.
+//! **One sequence of every partition.** Coldstream's offsets are positions
+//! in one merge of the partitions ([`Merge`]): every record whose time is
+//! below the least time any partition can still bring (the *complete*
+//! time: the lowest, over the partitions, of the time after what each has
+//! brought so far), in the order `(time, partition, offset)`. That order
+//! depends only on what the partitions hold, so every reader, in any
+//! process, hands out the same records at the same offsets and times, and
+//! a time is complete once a reader has read up to where the merge stands,
+//! as on the embedded log.
+//!
+//! **Progress markers.** A partition no fridge writes to would hold the
+//! complete time back for ever. So a commit also sends every partition it
+//! has no record for a marker (a record with no payload, flagged `MARKER`
+//! and `COMMIT_END`, at the commit's stamp): every commit ends in every
+//! partition, and its sync returns once the merge is complete past it,
+//! which is when its records are readable. A marker moves its partition's
+//! time and is handed out to no one. The records a writer that stopped
+//! mid-commit left without their end become readable with anyone's next
+//! commit: they were never acknowledged, and the copies a fridge resends
+//! are dropped where the log is read ([`coldstream_pipelines::dedup`]).
+//! Offsets a partition never holds (a commit lost with its SPU) take no
+//! place in the merge.
+//!
+//! A watcher follows every partition from its start and publishes how far
+//! the merge is complete, keeping a [`Mark`] every `INDEX_EVERY` records
+//! where a reader can start merging; a process opening the log waits
+//! until the watcher has taken in the records there were.
 //!
 //! Retention is Fluvio's own (the topic's retention settings): a trim here
 //! removes nothing.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use fluvio::consumer::{ConsumerConfigExtBuilder, RetryMode};
 use fluvio::metadata::topic::TopicSpec;
 use fluvio::{
-    DeliverySemantic, Fluvio, FluvioClusterConfig, Isolation, Offset, RetryPolicy, TopicProducerConfigBuilder,
-    TopicProducerPool,
+    DeliverySemantic, Fluvio, FluvioClusterConfig, Isolation, Offset, PartitionId, Partitioner, PartitionerConfig,
+    RetryPolicy, TopicProducerConfigBuilder, TopicProducerPool,
 };
 use futures::StreamExt;
 use prost::Message;
@@ -49,8 +68,18 @@ use prost::Message;
 use super::{DurableEnd, EventLog, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Payload, Record};
 use crate::proto::{LogEntry, log_entry};
 
-/// The value's flag for the last record of a commit.
+/// The value's flag for the last record of a commit in its partition.
 const COMMIT_END: u8 = 1;
+
+/// The value's flag for a progress marker, which holds nothing.
+const MARKER: u8 = 2;
+
+/// The first byte of a marker's key, followed by its partition
+/// (little-endian `u32`): a source id is UTF-8, which never holds it.
+const MARKER_KEY: u8 = 0xff;
+
+/// Records of the merge between two of the watcher's [`Mark`]s.
+const INDEX_EVERY: u64 = 4096;
 
 /// Bytes before the payload in a record's value.
 const HEADER_BYTES: usize = 9;
@@ -62,6 +91,10 @@ const READER_RETRIES: u32 = 100;
 /// How long a reader waits for records it knows are durable.
 const READ_PATIENCE: Duration = Duration::from_secs(30);
 
+/// How long [`OpenReader::latest_offset`] and [`EventLog::sync`] wait for
+/// the merge to cover what the partitions held, or the commit.
+const COVER_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Where the log is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FluvioLogConfig {
@@ -69,6 +102,9 @@ pub struct FluvioLogConfig {
     pub endpoint: String,
     /// The topic.
     pub topic: String,
+    /// Partitions of the topic when it is created here (a topic that
+    /// exists keeps its own).
+    pub partitions: u32,
     /// Replicas of the topic when it is created here.
     pub replication: u32,
     /// TLS to the cluster, when it is configured.
@@ -88,15 +124,42 @@ pub struct FluvioTls {
     pub key: std::path::PathBuf,
 }
 
+/// The partition of a record with key `key` in a topic of `partitions`:
+/// a source's records all go to one, in every process; a marker's key
+/// names its own.
+pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
+    let partitions = partitions.max(1);
+    match key {
+        [MARKER_KEY, p @ ..] if p.len() == 4 => u32::from_le_bytes(p.try_into().expect("4 bytes")) % partitions,
+        _ => crc32c::crc32c(key) % partitions,
+    }
+}
+
+fn marker_key(partition: u32) -> Vec<u8> {
+    let mut key = vec![MARKER_KEY];
+    key.extend_from_slice(&partition.to_le_bytes());
+    key
+}
+
+/// Fluvio's producer places records with [`partition_of`].
+struct BySource;
+
+impl Partitioner for BySource {
+    fn partition(&self, config: &PartitionerConfig, key: Option<&[u8]>, _value: &[u8]) -> PartitionId {
+        partition_of(key.unwrap_or_default(), config.partition_count())
+    }
+}
+
 /// The writing side of a log on a Fluvio topic.
 pub struct FluvioLog {
     runtime: Arc<tokio::runtime::Runtime>,
     /// `None` after a failed commit: the next one connects afresh, since a
     /// producer whose SPU went away does not come back by itself.
     producer: Option<TopicProducerPool>,
-    /// Appended, not yet sent: key and value.
-    buffered: Vec<(Vec<u8>, Vec<u8>)>,
-    /// After the last record this writer knows of.
+    /// Appended, not yet sent: partition, key and value.
+    buffered: Vec<(u32, Vec<u8>, Vec<u8>)>,
+    /// No more than the offset the next record will get in the merge
+    /// (other writers' records may come before it).
     end_offset: u64,
     /// This writer's last stamp.
     last_ingest_ms: Option<u64>,
@@ -106,23 +169,32 @@ pub struct FluvioLog {
 struct Shared {
     config: FluvioLogConfig,
     runtime: Arc<tokio::runtime::Runtime>,
-    /// After the last commit end, and its time.
+    /// The topic's partitions.
+    partitions: u32,
+    /// After the last record of the merge that is complete, and its time.
     durable: DurableEnd,
-    /// Looks up the partition's end, one look-up at a time.
+    /// Where readers can start merging: one mark every `INDEX_EVERY`
+    /// records, from the start.
+    index: Mutex<Vec<Mark>>,
+    /// Per partition, as the watcher has taken it in: the offset after the
+    /// last record, and the first offset not yet in the complete merge;
+    /// and who waits for it to move.
+    coverage: (Mutex<Vec<(u64, u64)>>, Condvar),
+    /// Looks up the partitions' ends, one look-up at a time.
     ends: tokio::sync::Mutex<EndLookup>,
 }
 
-/// The partition's end as last looked up.
+/// The partitions' ends as last looked up.
 #[derive(Default)]
 struct EndLookup {
     /// The connection; dropped when a look-up fails, and made again by the next.
     fluvio: Option<Fluvio>,
     /// When the last look-up started, and what it found.
-    last: Option<(std::time::Instant, u64)>,
+    last: Option<(std::time::Instant, Vec<u64>)>,
 }
 
-/// Derives records' times along the partition (see the module's doc).
-#[derive(Clone, Copy, Debug, Default)]
+/// Derives records' times along a partition (see the module's doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Times {
     /// The least time the next record can have.
     floor: u64,
@@ -133,6 +205,107 @@ impl Times {
         let time = stamp.max(self.floor);
         self.floor = if flags & COMMIT_END != 0 { time + 1 } else { time };
         time
+    }
+}
+
+/// Where a merge stands, enough to start another there: its position,
+/// and for each partition the offset of its first record not handed out
+/// with the time its partition was at before that record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Mark {
+    position: u64,
+    parts: Vec<(u64, Times)>,
+}
+
+/// A record taken in and not handed out yet.
+#[derive(Debug)]
+struct Taken {
+    offset: u64,
+    /// Its partition's times before it.
+    before: Times,
+    /// Its time derived, in `ingest_ms`.
+    record: Record,
+}
+
+/// One partition, as a merge takes it in.
+#[derive(Debug, Default)]
+struct Part {
+    times: Times,
+    /// The offset after the last record taken in.
+    next: u64,
+    queue: VecDeque<Taken>,
+}
+
+/// The partitions merged into one sequence (see the module's doc): the
+/// same sequence wherever it is computed, whatever the order in which the
+/// partitions' records arrive.
+#[derive(Debug)]
+struct Merge {
+    parts: Vec<Part>,
+    /// The offset of the next record handed out.
+    position: u64,
+}
+
+impl Merge {
+    fn at(mark: &Mark) -> Self {
+        let parts = mark.parts.iter().map(|&(next, times)| Part { times, next, queue: VecDeque::new() }).collect();
+        Merge { parts, position: mark.position }
+    }
+
+    fn start(partitions: u32) -> Self {
+        Merge::at(&Mark { position: 0, parts: vec![(0, Times::default()); partitions as usize] })
+    }
+
+    /// Takes in the record at `offset` of `partition` (in offset order
+    /// within its partition; one already taken in is ignored).
+    fn take(&mut self, partition: u32, offset: u64, flags: u8, mut record: Record) {
+        let Some(part) = self.parts.get_mut(partition as usize) else { return };
+        if offset < part.next {
+            return;
+        }
+        let before = part.times;
+        record.ingest_ms = part.times.next(flags, record.ingest_ms);
+        part.next = offset + 1;
+        if flags & MARKER == 0 {
+            part.queue.push_back(Taken { offset, before, record });
+        }
+    }
+
+    /// The least time a record not taken in yet can have.
+    fn complete_before(&self) -> u64 {
+        self.parts.iter().map(|part| part.times.floor).min().unwrap_or(0)
+    }
+
+    /// The next record of the merge with its offset, once no record still
+    /// to come can come before it.
+    fn pop(&mut self) -> Option<(u64, Record)> {
+        let complete = self.complete_before();
+        let (partition, _) = self
+            .parts
+            .iter()
+            .enumerate()
+            .filter_map(|(p, part)| part.queue.front().map(|t| (p, (t.record.ingest_ms, p, t.offset))))
+            .filter(|(_, (time, _, _))| *time < complete)
+            .min_by_key(|(_, key)| *key)?;
+        let taken = self.parts[partition].queue.pop_front()?;
+        let position = self.position;
+        self.position += 1;
+        Some((position, taken.record))
+    }
+
+    fn mark(&self) -> Mark {
+        let parts = self
+            .parts
+            .iter()
+            .map(|part| part.queue.front().map_or((part.next, part.times), |t| (t.offset, t.before)))
+            .collect();
+        Mark { position: self.position, parts }
+    }
+
+    /// Per partition: the offset after the last record taken in, and the
+    /// first offset not handed out.
+    fn coverage(&self) -> Vec<(u64, u64)> {
+        self.parts.iter().map(|part| (part.next, part.queue.front().map_or(part.next, |t| t.offset))).collect()
     }
 }
 
@@ -214,11 +387,11 @@ fn key_of(payload: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The partition's last record, if any: its offset, flags and record.
-async fn last_record(fluvio: &Fluvio, topic: &str) -> Result<Option<(u64, u8, Record)>, LogError> {
+/// The offset after the last record of `partition` (0 for an empty one).
+async fn partition_end(fluvio: &Fluvio, topic: &str, partition: u32) -> Result<u64, LogError> {
     let config = ConsumerConfigExtBuilder::default()
         .topic(topic.to_owned())
-        .partition(0)
+        .partition(partition)
         .offset_start(Offset::from_end(1))
         .disable_continuous(true)
         .isolation(Isolation::ReadCommitted)
@@ -226,117 +399,189 @@ async fn last_record(fluvio: &Fluvio, topic: &str) -> Result<Option<(u64, u8, Re
         .map_err(|e| fluvio_error("configuring a Fluvio consumer", e))?;
     let mut stream =
         fluvio.consumer_with_config(config).await.map_err(|e| fluvio_error("reading the end of the topic", e))?;
-    let mut last = None;
+    let mut end = 0;
     while let Some(record) = stream.next().await {
         let record = record.map_err(|e| fluvio_error("reading the end of the topic", e))?;
-        let offset = record.offset() as u64;
-        let (flags, decoded) = decode_value(offset, record.value())?;
-        last = Some((offset, flags, decoded));
+        end = end.max(record.offset() as u64 + 1);
     }
-    Ok(last)
+    Ok(end)
 }
 
-impl FluvioLog {
-    /// Connects to the cluster, creates the topic (one partition) if it is
-    /// missing, and follows it up to the records it holds.
-    pub fn open(config: FluvioLogConfig) -> Result<Self, LogError> {
-        let runtime = runtime()?;
-        let producer = blocking(&runtime, || async {
-            let fluvio = connect(&config).await?;
-            let admin = fluvio.admin().await;
+/// Every partition's end.
+async fn partition_ends(fluvio: &Fluvio, topic: &str, partitions: u32) -> Result<Vec<u64>, LogError> {
+    let mut ends = Vec::with_capacity(partitions as usize);
+    for partition in 0..partitions {
+        ends.push(partition_end(fluvio, topic, partition).await?);
+    }
+    Ok(ends)
+}
+
+/// The topic's partitions; it is created, as configured, if it is missing.
+async fn ensure_topic(fluvio: &Fluvio, config: &FluvioLogConfig) -> Result<u32, LogError> {
+    let admin = fluvio.admin().await;
+    let topics = admin
+        .list::<TopicSpec, String>(vec![config.topic.clone()])
+        .await
+        .map_err(|e| fluvio_error("listing Fluvio topics", e))?;
+    if let Some(topic) = topics.iter().find(|t| t.name == config.topic) {
+        let partitions = topic.spec.replicas().partitions();
+        if partitions != config.partitions {
+            tracing::info!(
+                topic = %config.topic,
+                partitions,
+                configured = config.partitions,
+                "the topic exists with its own number of partitions; using it"
+            );
+        }
+        return Ok(partitions.max(1));
+    }
+    let spec = TopicSpec::new_computed(config.partitions.max(1), config.replication, None);
+    match admin.create(config.topic.clone(), false, spec).await {
+        Ok(()) => Ok(config.partitions.max(1)),
+        // Another process created it first: use what it made.
+        Err(error) => {
             let topics = admin
                 .list::<TopicSpec, String>(vec![config.topic.clone()])
                 .await
                 .map_err(|e| fluvio_error("listing Fluvio topics", e))?;
-            match topics.iter().find(|t| t.name == config.topic) {
-                Some(topic) if topic.spec.replicas().partitions() != 1 => {
-                    return Err(fluvio_error(
-                        &format!("topic {}", config.topic),
-                        format!(
-                            "it has {} partitions; coldstream's Fluvio log is a topic of one partition",
-                            topic.spec.replicas().partitions()
-                        ),
-                    ));
-                }
-                Some(_) => {}
-                None => {
-                    let spec = TopicSpec::new_computed(1, config.replication, None);
-                    admin
-                        .create(config.topic.clone(), false, spec)
-                        .await
-                        .map_err(|e| fluvio_error(&format!("creating topic {}", config.topic), e))?;
-                }
-            }
-            producer(&fluvio, &config.topic).await
+            topics
+                .iter()
+                .find(|t| t.name == config.topic)
+                .map(|topic| topic.spec.replicas().partitions().max(1))
+                .ok_or_else(|| fluvio_error(&format!("creating topic {}", config.topic), error))
+        }
+    }
+}
+
+impl FluvioLog {
+    /// Connects to the cluster, creates the topic if it is missing, and
+    /// follows it up to the records it holds.
+    pub fn open(config: FluvioLogConfig) -> Result<Self, LogError> {
+        let runtime = runtime()?;
+        let (partitions, producer) = blocking(&runtime, || async {
+            let fluvio = connect(&config).await?;
+            let partitions = ensure_topic(&fluvio, &config).await?;
+            Ok::<_, LogError>((partitions, producer(&fluvio, &config.topic).await?))
         })?;
-        let (shared, end_offset) = Shared::watched(config, Arc::clone(&runtime))?;
-        let last_ingest_ms = shared.durable.ingest_ms();
+        let shared = Shared::watched(config, Arc::clone(&runtime), partitions)?;
+        let (end_offset, last_ingest_ms) = (shared.durable.offset(), shared.durable.ingest_ms());
         Ok(FluvioLog { runtime, producer: Some(producer), buffered: Vec::new(), end_offset, last_ingest_ms, shared })
     }
 
     /// Readers of a log on Fluvio that other processes write.
     pub fn follow(config: FluvioLogConfig) -> Result<Arc<dyn OpenReader>, LogError> {
-        let (shared, _) = Shared::watched(config, runtime()?)?;
-        Ok(Arc::new(FluvioReaders(shared)))
+        let runtime = runtime()?;
+        let partitions = blocking(&runtime, || async { ensure_topic(&connect(&config).await?, &config).await })?;
+        Ok(Arc::new(FluvioReaders(Shared::watched(config, runtime, partitions)?)))
     }
 }
 
 impl Shared {
-    /// The log's shared state, with a watcher that follows the partition
-    /// from its start and publishes every commit end; returns once the
-    /// watcher has read what the partition held, with the offset after it.
-    fn watched(config: FluvioLogConfig, runtime: Arc<tokio::runtime::Runtime>) -> Result<(Arc<Shared>, u64), LogError> {
-        let held = blocking(&runtime, || async {
-            let fluvio = connect(&config).await?;
-            Ok::<_, LogError>(last_record(&fluvio, &config.topic).await?.map_or(0, |(offset, _, _)| offset + 1))
-        })?;
+    /// The log's shared state, with a watcher that follows every partition
+    /// from its start and publishes how far the merge is complete; returns
+    /// once the watcher has taken in what the partitions held.
+    fn watched(
+        config: FluvioLogConfig,
+        runtime: Arc<tokio::runtime::Runtime>,
+        partitions: u32,
+    ) -> Result<Arc<Shared>, LogError> {
+        let held =
+            blocking(&runtime, || async { partition_ends(&connect(&config).await?, &config.topic, partitions).await })?;
+        let start = Merge::start(partitions);
         let shared = Arc::new(Shared {
             config,
             runtime,
+            partitions,
             durable: DurableEnd::new(0, None),
+            index: Mutex::new(vec![start.mark()]),
+            coverage: (Mutex::new(start.coverage()), Condvar::new()),
             ends: tokio::sync::Mutex::new(EndLookup::default()),
         });
         let watched = Arc::downgrade(&shared);
         let (records, arriving) = sync_channel(4096);
         let (config, runtime) = (shared.config.clone(), Arc::clone(&shared.runtime));
+        let starts = (0..partitions).map(|p| (p, 0)).collect();
         std::thread::Builder::new()
             .name("fluvio watcher".into())
-            .spawn(move || consume(&runtime, &config, 0, RetryMode::TryForever, records))
+            .spawn(move || consume(&runtime, &config, starts, RetryMode::TryForever, records))
             .map_err(|e| LogError::io("starting the Fluvio watcher", e))?;
         let (caught_up, read_all) = sync_channel(1);
+        let waiting = held.iter().any(|&end| end > 0);
+        let held_records: u64 = held.iter().sum();
         std::thread::Builder::new()
-            .name("fluvio commits".into())
+            .name("fluvio merge".into())
             .spawn(move || {
-                let mut times = Times::default();
-                let mut caught_up = Some(caught_up).filter(|_| held > 0);
-                while let Ok(item) = arriving.recv() {
+                let mut merge = start;
+                let mut caught_up = Some(caught_up).filter(|_| waiting);
+                while let Ok(first) = arriving.recv() {
                     let Some(shared) = watched.upgrade() else { return };
-                    let (offset, flags, record) = match item {
-                        Ok(item) => item,
-                        Err(error) => {
-                            tracing::error!(%error, "the Fluvio watcher stopped; the log's end no longer moves");
-                            return;
+                    // Take in what has arrived, then publish once.
+                    for item in std::iter::once(first).chain(arriving.try_iter().take(4096)) {
+                        match item {
+                            // The watcher needs the times only.
+                            Ok((partition, offset, flags, record)) => merge.take(
+                                partition,
+                                offset,
+                                flags,
+                                Record { ingest_ms: record.ingest_ms, payload: Payload::Skipped },
+                            ),
+                            Err(error) => {
+                                tracing::error!(%error, "the Fluvio watcher stopped; the log's end no longer moves");
+                                return;
+                            }
                         }
-                    };
-                    let time = times.next(flags, record.ingest_ms);
-                    if flags & COMMIT_END != 0 {
-                        shared.durable.advance(offset + 1, time);
                     }
-                    if offset + 1 >= held
+                    let mut last = None;
+                    loop {
+                        if merge.position % INDEX_EVERY == 0 {
+                            let mut index = shared.index.lock().expect("the index is never poisoned");
+                            if index.last().is_none_or(|mark| mark.position < merge.position) {
+                                index.push(merge.mark());
+                            }
+                        }
+                        let Some((_, record)) = merge.pop() else { break };
+                        last = Some(record.ingest_ms);
+                    }
+                    if let Some(time) = last {
+                        shared.durable.advance(merge.position, time);
+                    }
+                    let coverage = merge.coverage();
+                    if coverage.iter().zip(&held).all(|(&(next, _), &end)| next >= end)
                         && let Some(done) = caught_up.take()
                     {
                         let _ = done.send(());
                     }
+                    let (covered, moved) = &shared.coverage;
+                    *covered.lock().expect("the coverage is never poisoned") = coverage;
+                    moved.notify_all();
                 }
             })
             .map_err(|e| LogError::io("starting the Fluvio watcher", e))?;
-        if held > 0 && read_all.recv_timeout(READ_PATIENCE * 4).is_err() {
+        if waiting && read_all.recv_timeout(READ_PATIENCE * 4).is_err() {
             return Err(fluvio_error(
                 &format!("topic {}", shared.config.topic),
-                format!("the {held} records it holds were not read within {} s", READ_PATIENCE.as_secs() * 4),
+                format!("the {held_records} records it holds were not read within {} s", READ_PATIENCE.as_secs() * 4),
             ));
         }
-        Ok((shared, held))
+        Ok(shared)
+    }
+
+    /// Waits, at most [`COVER_PATIENCE`], until the merge has handed out
+    /// every record before `ends` (per partition); whether it has.
+    fn wait_covered(&self, ends: &[u64]) -> bool {
+        let (covered, moved) = &self.coverage;
+        let deadline = std::time::Instant::now() + COVER_PATIENCE;
+        let mut coverage = covered.lock().expect("the coverage is never poisoned");
+        loop {
+            if coverage.iter().zip(ends).all(|(&(next, unread), &end)| next >= end && unread >= end) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            coverage = moved.wait_timeout(coverage, left).expect("the coverage is never poisoned").0;
+        }
     }
 }
 
@@ -345,6 +590,7 @@ async fn producer(fluvio: &Fluvio, topic: &str) -> Result<TopicProducerPool, Log
         .isolation(Isolation::ReadCommitted)
         .delivery_semantic(DeliverySemantic::AtLeastOnce(RetryPolicy { max_retries: 0, ..RetryPolicy::default() }))
         .linger(Duration::from_millis(0))
+        .partitioner(Arc::new(BySource))
         .build()
         .map_err(|e| fluvio_error("configuring the Fluvio producer", e))?;
     fluvio
@@ -368,11 +614,13 @@ impl EventLog for FluvioLog {
         };
         let seen = if self.buffered.is_empty() { self.shared.durable.ingest_ms().map_or(0, |t| t + 1) } else { 0 };
         let ingest_ms = ingest_ms.max(own).max(seen);
-        let first = self.end_offset;
+        let first = self.end_offset();
         for payload in payloads {
-            self.buffered.push((key_of(payload), encode_value(0, ingest_ms, payload)));
-            self.end_offset += 1;
+            let key = key_of(payload);
+            let partition = partition_of(&key, self.shared.partitions);
+            self.buffered.push((partition, key, encode_value(0, ingest_ms, payload)));
         }
+        self.end_offset = first + payloads.len() as u64;
         if !payloads.is_empty() {
             self.last_ingest_ms = Some(ingest_ms);
         }
@@ -380,11 +628,24 @@ impl EventLog for FluvioLog {
     }
 
     fn sync(&mut self) -> Result<(), LogError> {
-        let Some(last) = self.buffered.last_mut() else { return Ok(()) };
-        last.1[0] |= COMMIT_END;
-        let records = std::mem::take(&mut self.buffered);
-        // After this writer's last acknowledged commit.
-        let acked_end = self.end_offset - records.len() as u64;
+        if self.buffered.is_empty() {
+            return Ok(());
+        }
+        let stamp = self.last_ingest_ms.unwrap_or(0);
+        // The commit ends in every partition: with its last record there,
+        // or with a marker where it has none.
+        let mut ended = vec![false; self.shared.partitions as usize];
+        for (partition, _, value) in self.buffered.iter_mut().rev() {
+            if !std::mem::replace(&mut ended[*partition as usize], true) {
+                value[0] |= COMMIT_END;
+            }
+        }
+        let mut records: Vec<(Vec<u8>, Vec<u8>)> =
+            std::mem::take(&mut self.buffered).into_iter().map(|(_, key, value)| (key, value)).collect();
+        let sent_records = records.len() as u64;
+        for (partition, _) in ended.iter().enumerate().filter(|(_, ended)| !**ended) {
+            records.push((marker_key(partition as u32), encode_value(COMMIT_END | MARKER, stamp, &[])));
+        }
         let (config, held) = (&self.shared.config, self.producer.take());
         let sent = blocking(&self.runtime, || async move {
             let producer = match held {
@@ -397,36 +658,47 @@ impl EventLog for FluvioLog {
                     outputs.push(producer.send(key, value).await.map_err(|e| fluvio_error("sending to Fluvio", e))?);
                 }
                 producer.flush().await.map_err(|e| fluvio_error("flushing to Fluvio", e))?;
-                let mut last = 0;
+                let mut ends = Vec::new();
                 for output in outputs {
-                    last = output.wait().await.map_err(|e| fluvio_error("waiting for Fluvio's ack", e))?.offset();
+                    let metadata = output.wait().await.map_err(|e| fluvio_error("waiting for Fluvio's ack", e))?;
+                    ends.push((metadata.partition_id(), metadata.offset() as u64 + 1));
                 }
-                Ok::<_, LogError>(last as u64)
+                Ok::<_, LogError>(ends)
             };
-            let last = commit.await?;
-            Ok::<_, LogError>((producer, last))
+            let ends = commit.await?;
+            Ok::<_, LogError>((producer, ends))
         });
         // What was sent of a failed commit may be in the topic, without its
         // end: the next commit end makes it readable, and the fridge's
         // copies of it are dropped where the log is read. The producer is
         // dropped with it, and the next commit connects again.
-        let (producer, last) = match sent {
+        let (producer, acked) = match sent {
             Ok(sent) => sent,
             Err(error) => {
-                self.end_offset = acked_end.max(self.shared.durable.offset());
+                self.end_offset = self.end_offset.saturating_sub(sent_records);
                 return Err(error);
             }
         };
         self.producer = Some(producer);
-        self.end_offset = self.end_offset.max(last + 1);
-        // Every record before this writer's acknowledged commit end is
-        // committed too; the readers derive its time.
-        self.shared.durable.advance(last + 1, self.last_ingest_ms.unwrap_or(0));
+        // Readable once the merge has handed out every record of the
+        // commit (its markers are handed to no one).
+        let mut ends = vec![0; self.shared.partitions as usize];
+        for (partition, end) in acked.into_iter().take(sent_records as usize) {
+            if let Some(slot) = ends.get_mut(partition as usize) {
+                *slot = (*slot).max(end);
+            }
+        }
+        if !self.shared.wait_covered(&ends) {
+            tracing::warn!(
+                "a commit Fluvio acknowledged is not readable here after {} s (the watcher is behind)",
+                COVER_PATIENCE.as_secs()
+            );
+        }
         Ok(())
     }
 
     fn end_offset(&self) -> u64 {
-        self.end_offset
+        self.end_offset.max(self.shared.durable.offset())
     }
 
     fn last_ingest_ms(&self) -> Option<u64> {
@@ -438,36 +710,42 @@ impl EventLog for FluvioLog {
     }
 }
 
-type Arrival = Result<(u64, u8, Record), LogError>;
+/// A record as a consumer delivers it: partition, offset, flags, record.
+type Arrival = Result<(u32, u64, u8, Record), LogError>;
 
-/// Streams the partition from `from` into `out` until `out` is dropped.
-/// The consumer reconnects by itself when the SPU goes away, `retry` times
-/// (Fluvio's exponential backoff between attempts) before it gives up and
-/// `out` receives the error.
+/// Streams the partitions of `starts`, each from its offset, into `out`
+/// until `out` is dropped. The consumers reconnect by themselves when an
+/// SPU goes away, `retry` times (Fluvio's exponential backoff between
+/// attempts) before they give up and `out` receives the error.
 fn consume(
     runtime: &tokio::runtime::Runtime,
     config: &FluvioLogConfig,
-    from: u64,
+    starts: Vec<(u32, u64)>,
     retry: RetryMode,
     out: SyncSender<Arrival>,
 ) {
     let failed = runtime.block_on(async {
         let fluvio = connect(config).await?;
-        let start = Offset::absolute(from as i64).map_err(|e| fluvio_error("a Fluvio offset", e))?;
-        let consumer = ConsumerConfigExtBuilder::default()
-            .topic(config.topic.clone())
-            .partition(0)
-            .offset_start(start)
-            .isolation(Isolation::ReadCommitted)
-            .retry_mode(retry)
-            .build()
-            .map_err(|e| fluvio_error("configuring a Fluvio consumer", e))?;
-        let mut stream =
-            fluvio.consumer_with_config(consumer).await.map_err(|e| fluvio_error("consuming the topic", e))?;
-        while let Some(record) = stream.next().await {
+        let mut streams = Vec::with_capacity(starts.len());
+        for (partition, from) in starts {
+            let start = Offset::absolute(from as i64).map_err(|e| fluvio_error("a Fluvio offset", e))?;
+            let consumer = ConsumerConfigExtBuilder::default()
+                .topic(config.topic.clone())
+                .partition(partition)
+                .offset_start(start)
+                .isolation(Isolation::ReadCommitted)
+                .retry_mode(retry.clone())
+                .build()
+                .map_err(|e| fluvio_error("configuring a Fluvio consumer", e))?;
+            let stream =
+                fluvio.consumer_with_config(consumer).await.map_err(|e| fluvio_error("consuming the topic", e))?;
+            streams.push(stream.map(move |record| (partition, record)).boxed());
+        }
+        let mut arrivals = futures::stream::select_all(streams);
+        while let Some((partition, record)) = arrivals.next().await {
             let record = record.map_err(|e| fluvio_error("consuming the topic", e))?;
             let offset = record.offset() as u64;
-            let item = decode_value(offset, record.value()).map(|(flags, r)| (offset, flags, r));
+            let item = decode_value(offset, record.value()).map(|(flags, r)| (partition, offset, flags, r));
             if out.send(item).is_err() {
                 return Ok(());
             }
@@ -482,72 +760,65 @@ fn consume(
 /// Opens readers of a log on Fluvio.
 struct FluvioReaders(Arc<Shared>);
 
-impl FluvioReaders {
-    /// A reader at `offset`, consuming from `from` (the record before it,
-    /// to learn the time there, or `offset` itself) with `times`.
-    fn reader(&self, offset: u64, from: u64, times: Times) -> Result<Box<dyn LogReader>, LogError> {
+impl OpenReader for FluvioReaders {
+    /// A reader starts merging at the watcher's last mark before `offset`
+    /// and skips to it: the merge, and so every record's time, is exact.
+    fn open(&self, offset: u64) -> Result<Box<dyn LogReader>, LogError> {
         let durable = self.durable_offset();
         if offset > durable {
             return Err(LogError::OutOfRange { requested: offset, end: durable });
         }
+        let mark = {
+            let index = self.0.index.lock().expect("the index is never poisoned");
+            index[index.partition_point(|mark| mark.position <= offset).saturating_sub(1)].clone()
+        };
         let (records, arriving) = sync_channel(8192);
         let (config, runtime) = (self.0.config.clone(), Arc::clone(&self.0.runtime));
+        let starts = mark.parts.iter().enumerate().map(|(p, &(from, _))| (p as u32, from)).collect();
         std::thread::Builder::new()
             .name("fluvio reader".into())
-            .spawn(move || consume(&runtime, &config, from, RetryMode::TryUntil(READER_RETRIES), records))
+            .spawn(move || consume(&runtime, &config, starts, RetryMode::TryUntil(READER_RETRIES), records))
             .map_err(|e| LogError::io("starting a Fluvio reader", e))?;
         Ok(Box::new(FluvioReader {
             shared: Arc::clone(&self.0),
             arriving,
-            held: VecDeque::new(),
-            position: from,
-            skip: offset - from,
-            times,
-            gap_until: 0,
+            skip: offset - mark.position,
+            merge: Merge::at(&mark),
         }))
-    }
-}
-
-impl OpenReader for FluvioReaders {
-    /// The time at `offset` is derived from the record before it: exact
-    /// unless that record's own time was raised above its stamp (two
-    /// writers' commits racing with their clocks apart), when it may come
-    /// out lower; the views start where a checkpoint's time says
-    /// ([`OpenReader::open_at_time`]), which is exact.
-    fn open(&self, offset: u64) -> Result<Box<dyn LogReader>, LogError> {
-        self.reader(offset, offset.saturating_sub(1), Times::default())
-    }
-
-    fn open_at_time(&self, offset: u64, time: u64) -> Result<Box<dyn LogReader>, LogError> {
-        self.reader(offset, offset, Times { floor: time })
     }
 
     fn shared(&self) -> bool {
         true
     }
 
-    /// A look-up that started after this call serves it: of many callers
-    /// at once (a fleet reconnecting, each fridge's Hello), one asks the
-    /// cluster and the others wait for its answer.
+    /// The partitions' ends are looked up (a look-up that started after
+    /// this call serves it: of many callers at once, a fleet reconnecting,
+    /// one asks the cluster and the others wait for its answer), then the
+    /// merge is waited for until it has handed out every record before
+    /// them (at most 10 s).
     fn latest_offset(&self) -> Result<u64, LogError> {
         let called = std::time::Instant::now();
         let shared = &self.0;
-        blocking(&shared.runtime, || async {
+        let ends = blocking(&shared.runtime, || async {
             let mut ends = shared.ends.lock().await;
-            if let Some((started, end)) = ends.last
-                && started >= called
+            if let Some((started, end)) = &ends.last
+                && *started >= called
             {
-                return Ok(end);
+                return Ok(end.clone());
             }
             let started = std::time::Instant::now();
             let fluvio = match ends.fluvio.take() {
                 Some(fluvio) => fluvio,
                 None => connect(&shared.config).await?,
             };
-            let end = last_record(&fluvio, &shared.config.topic).await?.map_or(0, |(offset, _, _)| offset + 1);
-            *ends = EndLookup { fluvio: Some(fluvio), last: Some((started, end)) };
-            Ok(end)
-        })
+            let end = partition_ends(&fluvio, &shared.config.topic, shared.partitions).await?;
+            *ends = EndLookup { fluvio: Some(fluvio), last: Some((started, end.clone())) };
+            Ok::<_, LogError>(end)
+        })?;
+        if !shared.wait_covered(&ends) {
+            tracing::warn!(?ends, "the merge of the partitions did not reach their ends in time");
+        }
+        Ok(self.durable_offset())
     }
 
     fn durable_offset(&self) -> u64 {
@@ -574,57 +845,33 @@ impl OpenReader for FluvioReaders {
 struct FluvioReader {
     shared: Arc<Shared>,
     arriving: Receiver<Arrival>,
-    /// Records received and not handed out yet, with their flags.
-    held: VecDeque<(u64, u8, Record)>,
-    /// The offset of the next record to take in.
-    position: u64,
-    /// Records to take in for their times only, before the first handed out.
+    merge: Merge,
+    /// Records of the merge to pass over before the first handed out.
     skip: u64,
-    times: Times,
-    /// The end of the last gap in the partition's offsets reported.
-    gap_until: u64,
 }
 
 impl LogReader for FluvioReader {
     fn read(&mut self, max: usize, out: &mut Vec<(u64, Record)>) -> Result<usize, LogError> {
         let durable = self.shared.durable.offset();
         let mut read = 0;
-        while read < max && self.position < durable {
-            let next = match self.held.front() {
-                Some(&(offset, _, _)) if offset > self.position => {
-                    // Offsets the partition does not hold (a commit lost
-                    // with its SPU, never acknowledged) are handed out as
-                    // records holding nothing, at the time there, so that
-                    // offsets stay dense for every reader.
-                    if self.gap_until <= self.position {
-                        tracing::warn!(from = self.position, to = offset, "the Fluvio partition holds no records here");
-                        self.gap_until = offset;
-                    }
-                    Some((self.position, 0, Record { ingest_ms: 0, payload: Payload::Skipped }))
-                }
-                Some(_) => self.held.pop_front(),
-                None => None,
-            };
-            if let Some((offset, flags, mut record)) = next {
-                record.ingest_ms = self.times.next(flags, record.ingest_ms);
-                self.position += 1;
+        while read < max && self.merge.position < durable {
+            if let Some((offset, record)) = self.merge.pop() {
                 if self.skip > 0 {
                     self.skip -= 1;
-                    continue;
+                } else {
+                    out.push((offset, record));
+                    read += 1;
                 }
-                out.push((offset, record));
-                read += 1;
                 continue;
             }
             // Durable, so on its way: wait for it.
             match self.arriving.recv_timeout(READ_PATIENCE) {
-                Ok(Ok(item)) if item.0 >= self.position => self.held.push_back(item),
-                Ok(Ok(_)) => {}
+                Ok(Ok((partition, offset, flags, record))) => self.merge.take(partition, offset, flags, record),
                 Ok(Err(error)) => return Err(error),
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(fluvio_error(
                         "reading the Fluvio log",
-                        format!("offset {} is durable but did not arrive within 30 s", self.position),
+                        format!("offset {} is durable but did not arrive within 30 s", self.merge.position),
                     ));
                 }
                 Err(RecvTimeoutError::Disconnected) => {
@@ -636,7 +883,7 @@ impl LogReader for FluvioReader {
     }
 
     fn position(&self) -> u64 {
-        self.position + self.skip
+        self.merge.position + self.skip
     }
 }
 
@@ -644,61 +891,134 @@ impl LogReader for FluvioReader {
 mod tests {
     use super::*;
 
-    /// A reader fed by hand: the records a consumer would deliver.
-    fn reader(durable: u64, from: u64, skip: u64, times: Times) -> (FluvioReader, SyncSender<Arrival>) {
+    fn record(stamp: u64, byte: u8) -> Record {
+        Record { ingest_ms: stamp, payload: Payload::Encoded(vec![byte]) }
+    }
+
+    /// Everything the merge can hand out now: (offset, time, payload byte).
+    fn drain(merge: &mut Merge) -> Vec<(u64, u64, u8)> {
+        std::iter::from_fn(|| merge.pop())
+            .map(|(offset, r)| match r.payload {
+                Payload::Encoded(bytes) => (offset, r.ingest_ms, bytes[0]),
+                _ => (offset, r.ingest_ms, 0),
+            })
+            .collect()
+    }
+
+    /// Two partitions' records, as `(partition, offset, flags, stamp, byte)`.
+    const TWO: [(u32, u64, u8, u64, u8); 9] = [
+        (0, 0, 0, 10, 1),
+        (0, 1, COMMIT_END, 10, 2),
+        (1, 0, COMMIT_END | MARKER, 10, 0),
+        (1, 1, 0, 7, 3),
+        (1, 2, COMMIT_END, 7, 4),
+        (0, 2, COMMIT_END | MARKER, 7, 0),
+        (0, 5, COMMIT_END, 12, 5),
+        (1, 3, COMMIT_END | MARKER, 12, 0),
+        (1, 4, COMMIT_END, 30, 6),
+    ];
+
+    #[test]
+    fn the_merge_is_the_same_whatever_order_the_partitions_arrive_in() {
+        let mut expected = None;
+        for order in [[0, 1, 2, 3, 4, 5, 6, 7, 8], [2, 3, 4, 7, 8, 0, 1, 5, 6], [0, 2, 1, 3, 5, 4, 6, 7, 8]] {
+            let mut merge = Merge::start(2);
+            let mut out = Vec::new();
+            for i in order {
+                let (p, offset, flags, stamp, byte) = TWO[i];
+                merge.take(p, offset, flags, record(stamp, byte));
+                out.extend(drain(&mut merge));
+            }
+            // Partition 1's commit at stamp 7 comes after partition 0's at
+            // 10, so it is at 11; partition 0 lost offsets 3 and 4 with
+            // its SPU, which take no place; 6 at 30 waits for partition 0.
+            assert_eq!(out, [(0, 10, 1), (1, 10, 2), (2, 11, 3), (3, 11, 4), (4, 12, 5)]);
+            let state = (merge.position, merge.coverage());
+            assert_eq!(state, (5, vec![(6, 6), (5, 4)]));
+            assert_eq!(*expected.get_or_insert(state.clone()), state);
+        }
+    }
+
+    #[test]
+    fn records_without_their_commit_end_wait_for_one() {
+        let mut merge = Merge::start(1);
+        merge.take(0, 0, 0, record(5, 1));
+        merge.take(0, 1, 0, record(5, 2));
+        assert_eq!(drain(&mut merge), [], "the commit may have more records at 5");
+        // Another writer's commit end, or its marker, makes them readable.
+        merge.take(0, 2, COMMIT_END | MARKER, record(3, 0));
+        assert_eq!(drain(&mut merge), [(0, 5, 1), (1, 5, 2)]);
+        assert_eq!(merge.complete_before(), 6);
+    }
+
+    #[test]
+    fn a_merge_started_at_a_mark_goes_on_exactly_as_the_first() {
+        let mut whole = Merge::start(2);
+        let mut marks = vec![whole.mark()];
+        let mut first = Vec::new();
+        for (p, offset, flags, stamp, byte) in TWO {
+            whole.take(p, offset, flags, record(stamp, byte));
+            while let Some(popped) = whole.pop() {
+                first.push(popped);
+                marks.push(whole.mark());
+            }
+        }
+        for mark in marks {
+            let mut again = Merge::at(&mark);
+            let mut out = Vec::new();
+            for (p, offset, flags, stamp, byte) in TWO {
+                // A consumer started at the mark's offsets sees these.
+                if offset >= mark.parts[p as usize].0 {
+                    again.take(p, offset, flags, record(stamp, byte));
+                    out.extend(std::iter::from_fn(|| again.pop()));
+                }
+            }
+            assert_eq!(out, first[mark.position as usize..], "from {mark:?}");
+        }
+    }
+
+    #[test]
+    fn a_source_stays_in_one_partition_and_a_marker_in_its_own() {
+        let fridge = b"fridge-0042";
+        assert_eq!(partition_of(fridge, 8), partition_of(fridge, 8));
+        assert!(partition_of(fridge, 8) < 8);
+        assert_eq!(partition_of(fridge, 1), 0);
+        for p in 0..8 {
+            assert_eq!(partition_of(&marker_key(p), 8), p);
+        }
+        let spread: std::collections::BTreeSet<u32> =
+            (0..100).map(|i| partition_of(format!("fridge-{i:04}").as_bytes(), 4)).collect();
+        assert_eq!(spread.len(), 4, "a fleet uses every partition");
+    }
+
+    #[test]
+    fn a_reader_hands_out_the_merge_up_to_the_durable_end() {
         let shared = Arc::new(Shared {
             config: FluvioLogConfig {
                 endpoint: "127.0.0.1:9".into(),
                 topic: "unused".into(),
+                partitions: 2,
                 replication: 1,
                 tls: None,
             },
             runtime: runtime().expect("a runtime"),
-            durable: DurableEnd::new(durable, Some(0)),
+            partitions: 2,
+            durable: DurableEnd::new(4, Some(11)),
+            index: Mutex::new(vec![Merge::start(2).mark()]),
+            coverage: (Mutex::new(Vec::new()), Condvar::new()),
             ends: tokio::sync::Mutex::new(EndLookup::default()),
         });
         let (records, arriving) = sync_channel(64);
-        let reader =
-            FluvioReader { shared, arriving, held: VecDeque::new(), position: from, skip, times, gap_until: 0 };
-        (reader, records)
-    }
-
-    fn record(offset: u64, flags: u8, stamp: u64) -> Arrival {
-        Ok((offset, flags, Record { ingest_ms: stamp, payload: Payload::Encoded(vec![offset as u8]) }))
-    }
-
-    #[test]
-    fn offsets_the_partition_lacks_are_read_as_empty_records_at_the_time_there() {
-        // Offsets 0..2 one commit at 10, 2..4 lost with their SPU, 4..6 a
-        // commit at 5 (a writer whose clock is behind).
-        let (mut reader, records) = reader(6, 0, 0, Times::default());
-        for arrival in [record(0, 0, 10), record(1, COMMIT_END, 10), record(4, 0, 5), record(5, COMMIT_END, 5)] {
-            records.send(arrival).unwrap();
+        let mut reader = FluvioReader { shared, arriving, merge: Merge::start(2), skip: 1 };
+        for (p, offset, flags, stamp, byte) in TWO {
+            records.send(Ok((p, offset, flags, record(stamp, byte)))).unwrap();
         }
         let mut out = Vec::new();
-        assert_eq!(reader.read(3, &mut out).unwrap(), 3);
-        assert_eq!(reader.position(), 3);
+        assert_eq!(reader.position(), 1);
         assert_eq!(reader.read(100, &mut out).unwrap(), 3);
         assert_eq!(reader.read(100, &mut out).unwrap(), 0, "at the durable end");
-        let read: Vec<(u64, u64, bool)> =
-            out.iter().map(|(offset, r)| (*offset, r.ingest_ms, matches!(r.payload, Payload::Skipped))).collect();
-        assert_eq!(
-            read,
-            [(0, 10, false), (1, 10, false), (2, 11, true), (3, 11, true), (4, 11, false), (5, 11, false)]
-        );
-        assert_eq!(reader.position(), 6);
-    }
-
-    #[test]
-    fn a_reader_opened_inside_a_gap_starts_where_it_was_asked() {
-        // Opened at 3 with the time there known, 2..4 held by nothing.
-        let (mut reader, records) = reader(6, 3, 0, Times { floor: 11 });
-        for arrival in [record(4, 0, 5), record(5, COMMIT_END, 5)] {
-            records.send(arrival).unwrap();
-        }
-        let mut out = Vec::new();
-        assert_eq!(reader.read(100, &mut out).unwrap(), 3);
         let read: Vec<(u64, u64)> = out.iter().map(|(offset, r)| (*offset, r.ingest_ms)).collect();
-        assert_eq!(read, [(3, 11), (4, 11), (5, 11)]);
+        assert_eq!(read, [(1, 10), (2, 11), (3, 11)]);
+        assert_eq!(reader.position(), 4);
     }
 }
