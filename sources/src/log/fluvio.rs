@@ -263,6 +263,10 @@ impl Merge {
         if offset < part.next {
             return;
         }
+        if offset > part.next {
+            // A commit lost with its SPU, never acknowledged.
+            tracing::warn!(partition, from = part.next, to = offset, "the Fluvio partition holds no records here");
+        }
         let before = part.times;
         record.ingest_ms = part.times.next(flags, record.ingest_ms);
         part.next = offset + 1;
@@ -727,7 +731,7 @@ fn consume(
     let failed = runtime.block_on(async {
         let fluvio = connect(config).await?;
         let mut streams = Vec::with_capacity(starts.len());
-        for (partition, from) in starts {
+        for &(partition, from) in &starts {
             let start = Offset::absolute(from as i64).map_err(|e| fluvio_error("a Fluvio offset", e))?;
             let consumer = ConsumerConfigExtBuilder::default()
                 .topic(config.topic.clone())
@@ -741,10 +745,23 @@ fn consume(
                 fluvio.consumer_with_config(consumer).await.map_err(|e| fluvio_error("consuming the topic", e))?;
             streams.push(stream.map(move |record| (partition, record)).boxed());
         }
+        let mut next: std::collections::HashMap<u32, u64> = starts.iter().copied().collect();
         let mut arrivals = futures::stream::select_all(streams);
         while let Some((partition, record)) = arrivals.next().await {
             let record = record.map_err(|e| fluvio_error("consuming the topic", e))?;
             let offset = record.offset() as u64;
+            let expected = next.insert(partition, offset + 1).unwrap_or(0);
+            if offset > expected {
+                // A stream that catches up skips what lies between the end of
+                // a response cut at its size limit and the partition's end at
+                // that moment: fetch the offsets it skipped, which a commit
+                // lost with its SPU leaves empty.
+                for item in skipped(&fluvio, &config.topic, partition, expected, offset).await? {
+                    if out.send(Ok(item)).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
             let item = decode_value(offset, record.value()).map(|(flags, r)| (partition, offset, flags, r));
             if out.send(item).is_err() {
                 return Ok(());
@@ -755,6 +772,50 @@ fn consume(
     if let Err(error) = failed {
         let _ = out.send(Err(error));
     }
+}
+
+/// The records of `partition` from `from` up to `until` (exclusive), in
+/// order, fetched again: as many fetches as it takes, each starting after
+/// the last record found, until one finds nothing before `until`.
+async fn skipped(
+    fluvio: &Fluvio,
+    topic: &str,
+    partition: u32,
+    from: u64,
+    until: u64,
+) -> Result<Vec<(u32, u64, u8, Record)>, LogError> {
+    let mut found = Vec::new();
+    let mut cursor = from;
+    while cursor < until {
+        let start = Offset::absolute(cursor as i64).map_err(|e| fluvio_error("a Fluvio offset", e))?;
+        let consumer = ConsumerConfigExtBuilder::default()
+            .topic(topic.to_owned())
+            .partition(partition)
+            .offset_start(start)
+            .disable_continuous(true)
+            .isolation(Isolation::ReadCommitted)
+            .build()
+            .map_err(|e| fluvio_error("configuring a Fluvio consumer", e))?;
+        let mut stream =
+            fluvio.consumer_with_config(consumer).await.map_err(|e| fluvio_error("consuming the topic", e))?;
+        let before = cursor;
+        while let Some(record) = stream.next().await {
+            let record = record.map_err(|e| fluvio_error("consuming the topic", e))?;
+            let offset = record.offset() as u64;
+            if offset >= until {
+                break;
+            }
+            if offset >= cursor {
+                let (flags, decoded) = decode_value(offset, record.value())?;
+                found.push((partition, offset, flags, decoded));
+                cursor = offset + 1;
+            }
+        }
+        if cursor == before {
+            break;
+        }
+    }
+    Ok(found)
 }
 
 /// Opens readers of a log on Fluvio.
