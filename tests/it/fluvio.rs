@@ -305,12 +305,26 @@ async fn a_server_on_the_fluvio_log_acks_archives_and_resumes_after_a_restart() 
         simulate::run(Fleet::new(&spec), &fleet(format!("http://{}", server.addr())), spec.events).await.unwrap();
     let embedded_acks = ack_latencies(&format!("http://{}", server.addr())).await;
     server.shutdown().await.unwrap();
+    // And into a topic of one partition.
+    let one_dir = tempfile::tempdir().unwrap();
+    let mut one = crate::support::config(one_dir.path());
+    one.log = LogSection::Fluvio(FluvioSection {
+        endpoint: cluster.endpoint.clone(),
+        topic: format!("cs-{run}-server-one"),
+        ..FluvioSection::default()
+    });
+    let server = Server::start(&one).await.unwrap();
+    let single =
+        simulate::run(Fleet::new(&spec), &fleet(format!("http://{}", server.addr())), spec.events).await.unwrap();
+    let single_acks = ack_latencies(&format!("http://{}", server.addr())).await;
+    server.shutdown().await.unwrap();
     let server = Server::start(&config).await.unwrap();
     let summary =
         simulate::run(Fleet::new(&spec), &fleet(format!("http://{}", server.addr())), spec.events).await.unwrap();
     let fluvio_acks = ack_latencies(&format!("http://{}", server.addr())).await;
-    eprintln!("fleet into the embedded log: {embedded}; {embedded_acks}");
-    eprintln!("fleet into the Fluvio log:   {summary}; {fluvio_acks}");
+    eprintln!("fleet into the embedded log:                 {embedded}; {embedded_acks}");
+    eprintln!("fleet into a Fluvio topic of one partition:  {single}; {single_acks}");
+    eprintln!("fleet into a Fluvio topic of three partitions: {summary}; {fluvio_acks}");
     assert_eq!(summary.delivered.rejected, 0);
     server.caught_up(Duration::from_secs(120)).await.unwrap();
     server.shutdown().await.unwrap();
