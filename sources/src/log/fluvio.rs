@@ -537,7 +537,7 @@ impl Shared {
                     }
                     let mut last = None;
                     loop {
-                        if merge.position % INDEX_EVERY == 0 {
+                        if merge.position.is_multiple_of(INDEX_EVERY) {
                             let mut index = shared.index.lock().expect("the index is never poisoned");
                             if index.last().is_none_or(|mark| mark.position < merge.position) {
                                 index.push(merge.mark());
