@@ -317,6 +317,7 @@ async fn a_server_on_the_fluvio_log_acks_archives_and_resumes_after_a_restart() 
     let single =
         simulate::run(Fleet::new(&spec), &fleet(format!("http://{}", server.addr())), spec.events).await.unwrap();
     let single_acks = ack_latencies(&format!("http://{}", server.addr())).await;
+    assert_eq!(single.delivered.accepted, embedded.delivered.accepted, "{single}");
     server.shutdown().await.unwrap();
     let server = Server::start(&config).await.unwrap();
     let summary =
