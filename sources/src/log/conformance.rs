@@ -112,9 +112,12 @@ fn by_commit_and_source(mut events: Vec<(u64, Event)>) -> Vec<(u64, Event)> {
 fn decoded(records: Vec<(u64, Record)>) -> Vec<(u64, Event)> {
     records
         .into_iter()
-        .map(|(_, record)| match record.clone().decode().expect("decodes") {
-            Entry::Accepted(event) => (record.ingest_ms, event),
-            other => panic!("not an accepted event: {other:?}"),
+        .map(|(_, record)| {
+            let time = record.ingest_ms;
+            match record.decode().expect("decodes") {
+                Entry::Accepted(event) => (time, event),
+                other => panic!("not an accepted event: {other:?}"),
+            }
         })
         .collect()
 }

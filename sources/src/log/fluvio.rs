@@ -56,7 +56,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use fluvio::consumer::{ConsumerConfigExtBuilder, RetryMode};
+use fluvio::consumer::{ConsumerConfigExt, ConsumerConfigExtBuilder, RetryMode};
 use fluvio::metadata::topic::TopicSpec;
 use fluvio::{
     DeliverySemantic, Fluvio, FluvioClusterConfig, Isolation, Offset, PartitionId, Partitioner, PartitionerConfig,
@@ -391,16 +391,31 @@ fn key_of(payload: &[u8]) -> Vec<u8> {
     }
 }
 
+/// A consumer of `partition` from `start`, of committed records only:
+/// following the partition, reconnecting as `follow` says, or, without
+/// it, reading up to its end and stopping there.
+fn consumer_config(
+    topic: &str,
+    partition: u32,
+    start: Offset,
+    follow: Option<RetryMode>,
+) -> Result<ConsumerConfigExt, LogError> {
+    let mut builder = ConsumerConfigExtBuilder::default();
+    builder.topic(topic.to_owned()).partition(partition).offset_start(start).isolation(Isolation::ReadCommitted);
+    match follow {
+        Some(retry) => builder.retry_mode(retry),
+        None => builder.disable_continuous(true),
+    };
+    builder.build().map_err(|e| fluvio_error("configuring a Fluvio consumer", e))
+}
+
+fn absolute(offset: u64) -> Result<Offset, LogError> {
+    Offset::absolute(offset as i64).map_err(|e| fluvio_error("a Fluvio offset", e))
+}
+
 /// The offset after the last record of `partition` (0 for an empty one).
 async fn partition_end(fluvio: &Fluvio, topic: &str, partition: u32) -> Result<u64, LogError> {
-    let config = ConsumerConfigExtBuilder::default()
-        .topic(topic.to_owned())
-        .partition(partition)
-        .offset_start(Offset::from_end(1))
-        .disable_continuous(true)
-        .isolation(Isolation::ReadCommitted)
-        .build()
-        .map_err(|e| fluvio_error("configuring a Fluvio consumer", e))?;
+    let config = consumer_config(topic, partition, Offset::from_end(1), None)?;
     let mut stream =
         fluvio.consumer_with_config(config).await.map_err(|e| fluvio_error("reading the end of the topic", e))?;
     let mut end = 0;
@@ -462,12 +477,13 @@ impl FluvioLog {
     /// follows it up to the records it holds.
     pub fn open(config: FluvioLogConfig) -> Result<Self, LogError> {
         let runtime = runtime()?;
-        let (partitions, producer) = blocking(&runtime, || async {
+        let (held, producer) = blocking(&runtime, || async {
             let fluvio = connect(&config).await?;
             let partitions = ensure_topic(&fluvio, &config).await?;
-            Ok::<_, LogError>((partitions, producer(&fluvio, &config.topic).await?))
+            let held = partition_ends(&fluvio, &config.topic, partitions).await?;
+            Ok::<_, LogError>((held, producer(&fluvio, &config.topic).await?))
         })?;
-        let shared = Shared::watched(config, Arc::clone(&runtime), partitions)?;
+        let shared = Shared::watched(config, Arc::clone(&runtime), held)?;
         let (end_offset, last_ingest_ms) = (shared.durable.offset(), shared.durable.ingest_ms());
         Ok(FluvioLog { runtime, producer: Some(producer), buffered: Vec::new(), end_offset, last_ingest_ms, shared })
     }
@@ -475,22 +491,26 @@ impl FluvioLog {
     /// Readers of a log on Fluvio that other processes write.
     pub fn follow(config: FluvioLogConfig) -> Result<Arc<dyn OpenReader>, LogError> {
         let runtime = runtime()?;
-        let partitions = blocking(&runtime, || async { ensure_topic(&connect(&config).await?, &config).await })?;
-        Ok(Arc::new(FluvioReaders(Shared::watched(config, runtime, partitions)?)))
+        let held = blocking(&runtime, || async {
+            let fluvio = connect(&config).await?;
+            let partitions = ensure_topic(&fluvio, &config).await?;
+            partition_ends(&fluvio, &config.topic, partitions).await
+        })?;
+        Ok(Arc::new(FluvioReaders(Shared::watched(config, runtime, held)?)))
     }
 }
 
 impl Shared {
     /// The log's shared state, with a watcher that follows every partition
     /// from its start and publishes how far the merge is complete; returns
-    /// once the watcher has taken in what the partitions held.
+    /// once the watcher has taken in what the partitions held (`held`,
+    /// each partition's end, one per partition).
     fn watched(
         config: FluvioLogConfig,
         runtime: Arc<tokio::runtime::Runtime>,
-        partitions: u32,
+        held: Vec<u64>,
     ) -> Result<Arc<Shared>, LogError> {
-        let held =
-            blocking(&runtime, || async { partition_ends(&connect(&config).await?, &config.topic, partitions).await })?;
+        let partitions = held.len() as u32;
         let start = Merge::start(partitions);
         let shared = Arc::new(Shared {
             config,
@@ -732,15 +752,7 @@ fn consume(
         let fluvio = connect(config).await?;
         let mut streams = Vec::with_capacity(starts.len());
         for &(partition, from) in &starts {
-            let start = Offset::absolute(from as i64).map_err(|e| fluvio_error("a Fluvio offset", e))?;
-            let consumer = ConsumerConfigExtBuilder::default()
-                .topic(config.topic.clone())
-                .partition(partition)
-                .offset_start(start)
-                .isolation(Isolation::ReadCommitted)
-                .retry_mode(retry.clone())
-                .build()
-                .map_err(|e| fluvio_error("configuring a Fluvio consumer", e))?;
+            let consumer = consumer_config(&config.topic, partition, absolute(from)?, Some(retry.clone()))?;
             let stream =
                 fluvio.consumer_with_config(consumer).await.map_err(|e| fluvio_error("consuming the topic", e))?;
             streams.push(stream.map(move |record| (partition, record)).boxed());
@@ -787,15 +799,7 @@ async fn skipped(
     let mut found = Vec::new();
     let mut cursor = from;
     while cursor < until {
-        let start = Offset::absolute(cursor as i64).map_err(|e| fluvio_error("a Fluvio offset", e))?;
-        let consumer = ConsumerConfigExtBuilder::default()
-            .topic(topic.to_owned())
-            .partition(partition)
-            .offset_start(start)
-            .disable_continuous(true)
-            .isolation(Isolation::ReadCommitted)
-            .build()
-            .map_err(|e| fluvio_error("configuring a Fluvio consumer", e))?;
+        let consumer = consumer_config(topic, partition, absolute(cursor)?, None)?;
         let mut stream =
             fluvio.consumer_with_config(consumer).await.map_err(|e| fluvio_error("consuming the topic", e))?;
         let before = cursor;
