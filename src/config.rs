@@ -285,7 +285,9 @@ pub struct CheckpointSection {
     /// A checkpoint is taken each time the log's ingest time enters a new
     /// interval of this many seconds...
     pub interval_seconds: u64,
-    /// ... or a commit starts this many records after the last one.
+    /// ... or a commit starts this many records after the last one (not
+    /// on processes reading shares of a partitioned log, which agree on
+    /// checkpoint times by the intervals alone).
     pub every_records: u64,
     /// Checkpoints kept on disk (the newest first; an older one is used if
     /// the newest is damaged).
@@ -705,6 +707,34 @@ impl LogSection {
             LogSection::Embedded(embedded) => EmbeddedLog::follow(embedded.dir(data_dir)),
             #[cfg(feature = "fluvio")]
             LogSection::Fluvio(fluvio) => coldstream_sources::log::fluvio::FluvioLog::follow(fluvio.log_config()),
+            #[cfg(not(feature = "fluvio"))]
+            LogSection::Fluvio(_) => Err(no_fluvio()),
+        }
+    }
+
+    /// Readers for the pipeline of process `cluster.process` on a log with
+    /// partitions to share: its share of them among the cluster's processes
+    /// ([`coldstream_sources::log::Share`]; the whole topic, when it has
+    /// fewer partitions than processes). `None` where every process reads
+    /// the log the gateway's readers read (the embedded log, one process).
+    pub fn follow_share(
+        &self,
+        cluster: &crate::workers::Cluster,
+    ) -> Result<Option<std::sync::Arc<dyn OpenReader>>, LogError> {
+        if !cluster.is_multi() {
+            return Ok(None);
+        }
+        match self {
+            LogSection::Embedded(_) => Ok(None),
+            #[cfg(feature = "fluvio")]
+            LogSection::Fluvio(fluvio) => {
+                let readers = coldstream_sources::log::fluvio::FluvioLog::follow_share(
+                    fluvio.log_config(),
+                    cluster.processes,
+                    cluster.process,
+                )?;
+                Ok(Some(readers))
+            }
             #[cfg(not(feature = "fluvio"))]
             LogSection::Fluvio(_) => Err(no_fluvio()),
         }
@@ -1284,7 +1314,10 @@ name = ""
 # The pipeline on several processes (timely's cluster mode): each has
 # `workers` threads, a fridge's state lives on one worker of one process,
 # and each process keeps, archives and delivers for its own fridges in its
-# own data_dir. Every process needs the same processes, hosts and workers.
+# own data_dir. On a Fluvio topic with at least as many partitions as
+# processes, each process reads and archives only its share of them (the
+# partitions p with p % processes = process). Every process needs the same
+# processes, hosts and workers.
 processes = 1
 # This process's index, from 0.
 process = 0
@@ -1367,7 +1400,8 @@ retention_hours = 168
 # The views' state is checkpointed each time the log's ingest time enters
 # a new interval of this many seconds, or every_records records after the
 # last checkpoint, whichever comes first; a restart replays only the log
-# after the newest checkpoint.
+# after the newest checkpoint. (Processes that read shares of a Fluvio
+# topic checkpoint at each interval's start only, so that they agree.)
 interval_seconds = 10
 every_records = 1000000
 # Checkpoints kept in checkpoints/; if the newest is damaged, the one

@@ -256,6 +256,42 @@ struct Back {
     recent: Arc<std::sync::Mutex<coldstream_sinks::webhooks::Recent>>,
 }
 
+/// The file in a data directory naming the sequence of the log whose
+/// offsets its archive counts in: the whole log, or a process's share of
+/// a partitioned one.
+const ARCHIVED_LOG_FILE: &str = "archived-log";
+
+/// Checks that the archive in `data_dir` counts offsets in the sequence
+/// this process reads (`share`, or the whole log), and records it for the
+/// next start. A directory without the file archived the whole log.
+fn check_archive_layout(data_dir: &Path, share: Option<coldstream_sources::log::Share>) -> Result<(), ServerError> {
+    let path = data_dir.join(ARCHIVED_LOG_FILE);
+    let now = share.map_or_else(|| "the whole log".to_owned(), |share| share.to_string());
+    let io = |e| ServerError::Log(LogError::Io { context: format!("writing {}", path.display()), source: e });
+    match std::fs::read_to_string(&path) {
+        Ok(before) if before.trim() == now => return Ok(()),
+        Ok(before) => {
+            return Err(ServerError::Inconsistent(format!(
+                "the archive in {} holds {}, and this process reads {now}: run the cluster with as many processes as it had, or give this process a new data directory (the old one stays queryable with `coldstream query --data DIR`)",
+                data_dir.display(),
+                before.trim()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if share.is_some() && data_dir.join("events").read_dir().is_ok_and(|mut d| d.next().is_some()) {
+                return Err(ServerError::Inconsistent(format!(
+                    "the archive in {} holds the whole log, and this process reads {now}: give this process a new data directory (the old one stays queryable with `coldstream query --data DIR`)",
+                    data_dir.display()
+                )));
+            }
+        }
+        Err(e) => return Err(io(e)),
+    }
+    let file = std::fs::File::create(&path).map_err(io)?;
+    std::io::Write::write_all(&mut &file, format!("{now}\n").as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
 /// How long a stopping pipeline waits to see what a log with several
 /// writers held when it was asked to stop.
 const SETTLE_PATIENCE: Duration = Duration::from_secs(10);
@@ -278,8 +314,10 @@ impl Back {
             traces,
         } = spec;
         let parquet = config.parquet();
-        // The embedded log is one partition: the cluster's process 0 archives it.
-        let archiver = if cluster.process == 0 {
+        // Process 0 of a cluster archives a log every process reads whole
+        // (the embedded log is one partition); each process its own share.
+        let archiver = if cluster.process == 0 || readers.share().is_some() {
+            check_archive_layout(data_dir, readers.share())?;
             let (archive, archived) = EventArchive::open(data_dir, parquet.clone())?;
             progress.archive_committed.store(archived.map_or(0, |(first, _)| first), Ordering::Release);
             let log_starts = readers.first_offset()?;
@@ -466,12 +504,15 @@ impl Server {
             std::fs::write(&path, format!("{}\n", config.region.name))
                 .map_err(|e| LogError::Io { context: format!("writing {}", path.display()), source: e })?;
         }
+        // A pipeline process of a cluster on a partitioned log reads its
+        // share of the partitions; the server's progress is the pipeline's.
+        let share = if role.has_pipeline() { config.log.follow_share(&cluster)? } else { None };
         let (log, readers) = if role.has_gateway() {
             let log = config.log.open(&data_dir)?;
-            let readers = log.readers();
+            let readers = share.clone().unwrap_or_else(|| log.readers());
             (Some(log), readers)
         } else {
-            (None, config.log.follow(&data_dir)?)
+            (None, match share { Some(share) => share, None => config.log.follow(&data_dir)? })
         };
         let held_at_start = (readers.durable_offset(), readers.durable_ingest_ms());
         let views = config.views_with(&udfs)?;

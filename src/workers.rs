@@ -344,6 +344,7 @@ impl Workers {
                 reports: local == 0,
                 read: Arc::clone(&read_source),
                 finished: Arc::clone(&finished),
+                threads: threads as u64,
             };
             let probe = worker.dataflow::<Time, _, _>(move |scope| {
                 let events = log_source(scope, source, reader);
@@ -456,6 +457,9 @@ struct Source {
     read: Arc<ReadProgress>,
     /// The views' frontier: every time before it is finished.
     finished: Arc<AtomicU64>,
+    /// This process's workers, which share its reader's records when it
+    /// reads a share of the log's partitions.
+    threads: u64,
 }
 
 /// The log as a collection of accepted events, each with its offset and
@@ -477,9 +481,13 @@ fn log_source<'s>(
         reports,
         read: reading,
         finished,
+        threads,
     } = source_state;
-    let index = scope.index() as u64;
-    let peers = scope.peers() as u64;
+    // A share of the partitions is read by this process's workers alone,
+    // and they agree on checkpoints with the other processes by time.
+    let share = readers.share().is_some();
+    let (index, peers) =
+        if share { (scope.index() as u64 % threads, threads) } else { (scope.index() as u64, scope.peers() as u64) };
     source(scope, "EventLog", move |mut capability, info| {
         let activator = scope.worker().sync_activator_for(info.address.to_vec());
         sources.lock().expect("no worker panics while registering").push(activator.clone());
@@ -488,6 +496,8 @@ fn log_source<'s>(
         }));
         let self_activator = scope.activator_for(info.address);
         capability.downgrade(&checkpoints.start());
+        // The least time a record still to read can have: the capability's.
+        let mut bound = checkpoints.start();
         let mut capability = Some(capability);
         let mut records = Vec::with_capacity(READ_BATCH);
         let mut last_time: Option<Time> = None;
@@ -504,6 +514,11 @@ fn log_source<'s>(
                 let _ = offsets.send(ViewMessage::CheckpointAt { time, offset });
             }
         };
+        // On a share, the capability moving from `bound` to `to` into a new
+        // interval asks for a checkpoint at the interval's start, which every
+        // process's share passes: the processes take checkpoints at the same
+        // times without talking. `offset` is the first record still to read.
+        let crossing = move |bound: Time, to: Time| (share && to / every_ms > bound / every_ms).then(|| to / every_ms * every_ms);
         move |output| {
             if restore_failed() {
                 capability = None;
@@ -540,11 +555,17 @@ fn log_source<'s>(
                 if last_time != Some(record.ingest_ms) {
                     // A record with a new time starts a commit.
                     let new_interval = last_time.is_some_and(|last| record.ingest_ms / every_ms > last / every_ms);
-                    if last_time.is_some() && (new_interval || offset - requested_at >= every_records) {
+                    if let Some(at) = crossing(bound, record.ingest_ms) {
+                        checkpoint(at, offset);
+                    } else if !share
+                        && last_time.is_some()
+                        && (new_interval || offset - requested_at >= every_records)
+                    {
                         checkpoint(record.ingest_ms, offset);
                         requested_at = offset;
                     }
                     cap.downgrade(&record.ingest_ms);
+                    bound = record.ingest_ms;
                     last_time = Some(record.ingest_ms);
                     unfinished.push_back((record.ingest_ms, offset));
                     if reports {
@@ -568,17 +589,25 @@ fn log_source<'s>(
                 // More may be waiting at this very time; look again soon.
                 self_activator.activate();
             } else {
-                // At a commit boundary: later records have later times.
-                if let Some(time) = last_time {
-                    cap.downgrade(&(time + 1));
+                // At a commit boundary: later records have later times, and
+                // on a log with progress markers perhaps later still.
+                let after = last_time.map(|time| time + 1).max(reader.floor()).filter(|&after| after > bound);
+                if let Some(after) = after {
+                    if let Some(at) = crossing(bound, after) {
+                        checkpoint(at, reader.position());
+                    }
+                    cap.downgrade(&after);
+                    bound = after;
                     if reports {
-                        read_upto.store(time + 1, Ordering::Release);
+                        read_upto.store(after, Ordering::Release);
                     }
                 }
                 if stop.load(Ordering::SeqCst) {
-                    // A last checkpoint, so that a clean restart replays nothing.
-                    if let Some(time) = last_time {
-                        checkpoint(time + 1, reader.position());
+                    // A last checkpoint, so that a clean restart replays
+                    // nothing (on a share, the processes' last times may
+                    // differ, and the cluster resumes where they agree).
+                    if last_time.is_some() {
+                        checkpoint(bound, reader.position());
                     }
                     capability = None;
                 }

@@ -588,9 +588,18 @@ async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_
     process.terminate();
     process.wait_success();
 
+    // Each process read, and archived, only its share of the partitions.
     let mut ids: Vec<(String, u64)> = Vec::new();
-    for dir in &dirs {
-        ids.extend(coldstream::rebuild::archived_events(dir).unwrap().into_iter().map(|(_, e)| (e.source_id, e.seq)));
+    for (process, dir) in dirs.iter().enumerate() {
+        let share = std::fs::read_to_string(dir.join("archived-log")).unwrap();
+        assert!(share.contains(&format!("p % 2 = {process} of 4")), "process {process} archived {share}");
+        let archived = coldstream::rebuild::archived_events(dir).unwrap();
+        assert!(!archived.is_empty(), "process {process} archived nothing");
+        for (_, event) in archived {
+            let partition = coldstream_sources::log::fluvio::partition_of(event.source_id.as_bytes(), 4);
+            assert_eq!(partition as usize % 2, process, "{} archived by process {process}", event.source_id);
+            ids.push((event.source_id, event.seq));
+        }
     }
     let archived = ids.len() as u64;
     ids.sort();

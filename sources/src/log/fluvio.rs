@@ -48,6 +48,15 @@
 //! where a reader can start merging; a process opening the log waits
 //! until the watcher has taken in the records there were.
 //!
+//! **Shares.** A pipeline process of a cluster reads only its share of
+//! the partitions ([`FluvioLog::follow_share`]: the partitions `p` with
+//! `p % processes == process`), merged the same way into a sequence of
+//! their own. Times are derived along each partition, so a record has the
+//! same time in a share as in the whole merge; a share's offsets are its
+//! own. Its readers also tell the least time a later record can have
+//! ([`LogReader::floor`]), which markers move on: a share whose fridges
+//! are idle does not hold back the cluster's frontier.
+//!
 //! Retention is Fluvio's own (the topic's retention settings): a trim here
 //! removes nothing.
 
@@ -65,7 +74,7 @@ use fluvio::{
 use futures::StreamExt;
 use prost::Message;
 
-use super::{DurableEnd, EventLog, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Payload, Record};
+use super::{DurableEnd, EventLog, LogError, LogReader, MAX_RECORD_BYTES, OpenReader, Payload, Record, Share};
 use crate::proto::{LogEntry, log_entry};
 
 /// The value's flag for the last record of a commit in its partition.
@@ -171,6 +180,11 @@ struct Shared {
     runtime: Arc<tokio::runtime::Runtime>,
     /// The topic's partitions.
     partitions: u32,
+    /// The partitions merged here, in order: every one, or a process's
+    /// share. Merges, marks and coverage count them from 0 in this order.
+    parts: Vec<u32>,
+    /// The share they are, when they are not every partition.
+    share: Option<Share>,
     /// After the last record of the merge that is complete, and its time.
     durable: DurableEnd,
     /// Where readers can start merging: one mark every `INDEX_EVERY`
@@ -426,10 +440,10 @@ async fn partition_end(fluvio: &Fluvio, topic: &str, partition: u32) -> Result<u
     Ok(end)
 }
 
-/// Every partition's end.
-async fn partition_ends(fluvio: &Fluvio, topic: &str, partitions: u32) -> Result<Vec<u64>, LogError> {
-    let mut ends = Vec::with_capacity(partitions as usize);
-    for partition in 0..partitions {
+/// The ends of the partitions `parts`, in their order.
+async fn partition_ends(fluvio: &Fluvio, topic: &str, parts: &[u32]) -> Result<Vec<u64>, LogError> {
+    let mut ends = Vec::with_capacity(parts.len());
+    for &partition in parts {
         ends.push(partition_end(fluvio, topic, partition).await?);
     }
     Ok(ends)
@@ -477,45 +491,85 @@ impl FluvioLog {
     /// follows it up to the records it holds.
     pub fn open(config: FluvioLogConfig) -> Result<Self, LogError> {
         let runtime = runtime()?;
-        let (held, producer) = blocking(&runtime, || async {
+        let (partitions, held, producer) = blocking(&runtime, || async {
             let fluvio = connect(&config).await?;
             let partitions = ensure_topic(&fluvio, &config).await?;
-            let held = partition_ends(&fluvio, &config.topic, partitions).await?;
-            Ok::<_, LogError>((held, producer(&fluvio, &config.topic).await?))
+            let all: Vec<u32> = (0..partitions).collect();
+            let held = partition_ends(&fluvio, &config.topic, &all).await?;
+            Ok::<_, LogError>((partitions, held, producer(&fluvio, &config.topic).await?))
         })?;
-        let shared = Shared::watched(config, Arc::clone(&runtime), held)?;
+        let shared = Shared::watched(config, Arc::clone(&runtime), partitions, None, held)?;
         let (end_offset, last_ingest_ms) = (shared.durable.offset(), shared.durable.ingest_ms());
         Ok(FluvioLog { runtime, producer: Some(producer), buffered: Vec::new(), end_offset, last_ingest_ms, shared })
     }
 
     /// Readers of a log on Fluvio that other processes write.
     pub fn follow(config: FluvioLogConfig) -> Result<Arc<dyn OpenReader>, LogError> {
+        Self::follow_share(config, 1, 0)
+    }
+
+    /// Readers of process `process`'s share of the topic's partitions
+    /// among `processes` pipeline processes ([`Share`]): its own sequence
+    /// of the partitions `p` with `p % processes == process`, so that each
+    /// process reads only its part of the topic. A topic with fewer
+    /// partitions than processes is read whole by every process.
+    pub fn follow_share(
+        config: FluvioLogConfig,
+        processes: usize,
+        process: usize,
+    ) -> Result<Arc<dyn OpenReader>, LogError> {
         let runtime = runtime()?;
-        let held = blocking(&runtime, || async {
+        let (partitions, share, held) = blocking(&runtime, || async {
             let fluvio = connect(&config).await?;
             let partitions = ensure_topic(&fluvio, &config).await?;
-            partition_ends(&fluvio, &config.topic, partitions).await
+            let share = (processes > 1).then_some(Share { process, processes, partitions });
+            let share = share.filter(|_| {
+                let enough = partitions as usize >= processes;
+                if !enough {
+                    tracing::warn!(
+                        topic = %config.topic,
+                        partitions,
+                        processes,
+                        "the topic has fewer partitions than the cluster has processes: every process reads all of it"
+                    );
+                }
+                enough
+            });
+            let parts = share_parts(partitions, share);
+            let held = partition_ends(&fluvio, &config.topic, &parts).await?;
+            Ok::<_, LogError>((partitions, share, held))
         })?;
-        Ok(Arc::new(FluvioReaders(Shared::watched(config, runtime, held)?)))
+        Ok(Arc::new(FluvioReaders(Shared::watched(config, runtime, partitions, share, held)?)))
     }
 }
 
+/// The partitions of `share` of a topic of `partitions`, in order (every
+/// partition without one).
+fn share_parts(partitions: u32, share: Option<Share>) -> Vec<u32> {
+    (0..partitions).filter(|&p| share.is_none_or(|s| p as usize % s.processes == s.process)).collect()
+}
+
 impl Shared {
-    /// The log's shared state, with a watcher that follows every partition
-    /// from its start and publishes how far the merge is complete; returns
-    /// once the watcher has taken in what the partitions held (`held`,
-    /// each partition's end, one per partition).
+    /// The log's shared state, with a watcher that follows the partitions
+    /// of `share` (every one of the topic's `partitions` without it) from
+    /// their start and publishes how far their merge is complete; returns
+    /// once the watcher has taken in what they held (`held`, each one's
+    /// end, in their order).
     fn watched(
         config: FluvioLogConfig,
         runtime: Arc<tokio::runtime::Runtime>,
+        partitions: u32,
+        share: Option<Share>,
         held: Vec<u64>,
     ) -> Result<Arc<Shared>, LogError> {
-        let partitions = held.len() as u32;
-        let start = Merge::start(partitions);
+        let parts = share_parts(partitions, share);
+        let start = Merge::start(parts.len() as u32);
         let shared = Arc::new(Shared {
             config,
             runtime,
             partitions,
+            parts,
+            share,
             durable: DurableEnd::new(0, None),
             index: Mutex::new(vec![start.mark()]),
             coverage: (Mutex::new(start.coverage()), Condvar::new()),
@@ -524,7 +578,7 @@ impl Shared {
         let watched = Arc::downgrade(&shared);
         let (records, arriving) = sync_channel(4096);
         let (config, runtime) = (shared.config.clone(), Arc::clone(&shared.runtime));
-        let starts = (0..partitions).map(|p| (p, 0)).collect();
+        let starts = shared.parts.iter().map(|&p| (p, 0)).collect();
         std::thread::Builder::new()
             .name("fluvio watcher".into())
             .spawn(move || consume(&runtime, &config, starts, RetryMode::TryForever, records))
@@ -569,6 +623,9 @@ impl Shared {
                     if let Some(time) = last {
                         shared.durable.advance(merge.position, time);
                     }
+                    // After the end it bounds: a reader that sees the floor
+                    // sees the end it was computed at.
+                    shared.durable.advance_floor(merge.complete_before());
                     let coverage = merge.coverage();
                     if coverage.iter().zip(&held).all(|(&(next, _), &end)| next >= end)
                         && let Some(done) = caught_up.take()
@@ -734,7 +791,8 @@ impl EventLog for FluvioLog {
     }
 }
 
-/// A record as a consumer delivers it: partition, offset, flags, record.
+/// A record as a consumer delivers it: the partition's place among those
+/// consumed (its index in `starts`), offset, flags, record.
 type Arrival = Result<(u32, u64, u8, Record), LogError>;
 
 /// Streams the partitions of `starts`, each from its offset, into `out`
@@ -751,30 +809,30 @@ fn consume(
     let failed = runtime.block_on(async {
         let fluvio = connect(config).await?;
         let mut streams = Vec::with_capacity(starts.len());
-        for &(partition, from) in &starts {
+        for (place, &(partition, from)) in starts.iter().enumerate() {
             let consumer = consumer_config(&config.topic, partition, absolute(from)?, Some(retry.clone()))?;
             let stream =
                 fluvio.consumer_with_config(consumer).await.map_err(|e| fluvio_error("consuming the topic", e))?;
-            streams.push(stream.map(move |record| (partition, record)).boxed());
+            streams.push(stream.map(move |record| (place, partition, record)).boxed());
         }
-        let mut next: std::collections::HashMap<u32, u64> = starts.iter().copied().collect();
+        let mut next: Vec<u64> = starts.iter().map(|&(_, from)| from).collect();
         let mut arrivals = futures::stream::select_all(streams);
-        while let Some((partition, record)) = arrivals.next().await {
+        while let Some((place, partition, record)) = arrivals.next().await {
             let record = record.map_err(|e| fluvio_error("consuming the topic", e))?;
             let offset = record.offset() as u64;
-            let expected = next.insert(partition, offset + 1).unwrap_or(0);
+            let expected = std::mem::replace(&mut next[place], offset + 1);
             if offset > expected {
                 // A stream that catches up skips what lies between the end of
                 // a response cut at its size limit and the partition's end at
                 // that moment: fetch the offsets it skipped, which a commit
                 // lost with its SPU leaves empty.
-                for item in skipped(&fluvio, &config.topic, partition, expected, offset).await? {
-                    if out.send(Ok(item)).is_err() {
+                for (offset, flags, record) in skipped(&fluvio, &config.topic, partition, expected, offset).await? {
+                    if out.send(Ok((place as u32, offset, flags, record))).is_err() {
                         return Ok(());
                     }
                 }
             }
-            let item = decode_value(offset, record.value()).map(|(flags, r)| (partition, offset, flags, r));
+            let item = decode_value(offset, record.value()).map(|(flags, r)| (place as u32, offset, flags, r));
             if out.send(item).is_err() {
                 return Ok(());
             }
@@ -795,7 +853,7 @@ async fn skipped(
     partition: u32,
     from: u64,
     until: u64,
-) -> Result<Vec<(u32, u64, u8, Record)>, LogError> {
+) -> Result<Vec<(u64, u8, Record)>, LogError> {
     let mut found = Vec::new();
     let mut cursor = from;
     while cursor < until {
@@ -811,7 +869,7 @@ async fn skipped(
             }
             if offset >= cursor {
                 let (flags, decoded) = decode_value(offset, record.value())?;
-                found.push((partition, offset, flags, decoded));
+                found.push((offset, flags, decoded));
                 cursor = offset + 1;
             }
         }
@@ -839,7 +897,7 @@ impl OpenReader for FluvioReaders {
         };
         let (records, arriving) = sync_channel(8192);
         let (config, runtime) = (self.0.config.clone(), Arc::clone(&self.0.runtime));
-        let starts = mark.parts.iter().enumerate().map(|(p, &(from, _))| (p as u32, from)).collect();
+        let starts = self.0.parts.iter().zip(&mark.parts).map(|(&p, &(from, _))| (p, from)).collect();
         std::thread::Builder::new()
             .name("fluvio reader".into())
             .spawn(move || consume(&runtime, &config, starts, RetryMode::TryUntil(READER_RETRIES), records))
@@ -854,6 +912,10 @@ impl OpenReader for FluvioReaders {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn share(&self) -> Option<Share> {
+        self.0.share
     }
 
     /// The partitions' ends are looked up (a look-up that started after
@@ -876,7 +938,7 @@ impl OpenReader for FluvioReaders {
                 Some(fluvio) => fluvio,
                 None => connect(&shared.config).await?,
             };
-            let end = partition_ends(&fluvio, &shared.config.topic, shared.partitions).await?;
+            let end = partition_ends(&fluvio, &shared.config.topic, &shared.parts).await?;
             *ends = EndLookup { fluvio: Some(fluvio), last: Some((started, end.clone())) };
             Ok::<_, LogError>(end)
         })?;
@@ -949,6 +1011,12 @@ impl LogReader for FluvioReader {
 
     fn position(&self) -> u64 {
         self.merge.position + self.skip
+    }
+
+    fn floor(&self) -> Option<u64> {
+        // The floor first: it was published after the end it bounds.
+        let floor = self.shared.durable.floor();
+        (self.position() >= self.shared.durable.offset() && floor > 0).then_some(floor)
     }
 }
 
@@ -1068,6 +1136,8 @@ mod tests {
             },
             runtime: runtime().expect("a runtime"),
             partitions: 2,
+            parts: vec![0, 1],
+            share: None,
             durable: DurableEnd::new(4, Some(11)),
             index: Mutex::new(vec![Merge::start(2).mark()]),
             coverage: (Mutex::new(Vec::new()), Condvar::new()),

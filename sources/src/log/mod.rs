@@ -112,6 +112,9 @@ pub(crate) struct DurableEnd {
     offset: AtomicU64,
     /// The last durable record's ingest time plus one; 0 for an empty log.
     ingest_plus_one: AtomicU64,
+    /// The least time a record after `offset` can have, where the log
+    /// knows one (0: it does not).
+    floor: AtomicU64,
     wakers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
 }
 
@@ -120,6 +123,7 @@ impl DurableEnd {
         DurableEnd {
             offset: AtomicU64::new(offset),
             ingest_plus_one: AtomicU64::new(last_ingest_ms.map_or(0, |t| t + 1)),
+            floor: AtomicU64::new(0),
             wakers: Mutex::new(Vec::new()),
         }
     }
@@ -140,9 +144,30 @@ impl DurableEnd {
     pub(crate) fn advance(&self, offset: u64, last_ingest_ms: u64) {
         self.ingest_plus_one.fetch_max(last_ingest_ms + 1, Ordering::AcqRel);
         if self.offset.fetch_max(offset, Ordering::AcqRel) < offset {
-            for wake in self.wakers.lock().expect("wakers are never poisoned").iter() {
-                wake();
-            }
+            self.wake();
+        }
+    }
+
+    /// The least time a record after the durable end can have (0 where
+    /// the log knows none beyond the last record's).
+    #[cfg_attr(not(feature = "fluvio"), allow(dead_code))]
+    pub(crate) fn floor(&self) -> u64 {
+        self.floor.load(Ordering::Acquire)
+    }
+
+    /// Every record after the durable end published before this call has a
+    /// time of `floor` or later (a log whose time moves without records:
+    /// progress markers); wakes the subscribers when it rises.
+    #[cfg_attr(not(feature = "fluvio"), allow(dead_code))]
+    pub(crate) fn advance_floor(&self, floor: u64) {
+        if self.floor.fetch_max(floor, Ordering::AcqRel) < floor {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        for wake in self.wakers.lock().expect("wakers are never poisoned").iter() {
+            wake();
         }
     }
 
@@ -151,9 +176,7 @@ impl DurableEnd {
     pub(crate) fn publish(&self, offset: u64, last_ingest_ms: Option<u64>) {
         self.ingest_plus_one.store(last_ingest_ms.map_or(0, |t| t + 1), Ordering::Release);
         self.offset.store(offset, Ordering::Release);
-        for wake in self.wakers.lock().expect("wakers are never poisoned").iter() {
-            wake();
-        }
+        self.wake();
     }
 
     pub(crate) fn subscribe(&self, wake: Box<dyn Fn() + Send + Sync>) {
@@ -284,6 +307,34 @@ pub trait OpenReader: Send + Sync {
     fn footprint(&self) -> Option<Footprint> {
         None
     }
+    /// Which share of a partitioned log's partitions this reads, when it
+    /// reads one process's share of them (`None`: the whole log). A
+    /// share's offsets are positions in its own sequence.
+    fn share(&self) -> Option<Share> {
+        None
+    }
+}
+
+/// One pipeline process's share of a partitioned log: the partitions `p`
+/// with `p % processes == process`, merged into a sequence of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    /// The process.
+    pub process: usize,
+    /// The processes sharing the log.
+    pub processes: usize,
+    /// The log's partitions.
+    pub partitions: u32,
+}
+
+impl std::fmt::Display for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the partitions p with p % {} = {} of {} (process {} of {})",
+            self.processes, self.process, self.partitions, self.process, self.processes
+        )
+    }
 }
 
 /// What a log occupies on disk.
@@ -305,4 +356,10 @@ pub trait LogReader: Send {
     fn read(&mut self, max: usize, out: &mut Vec<(u64, Record)>) -> Result<usize, LogError>;
     /// The offset of the next record this reader returns.
     fn position(&self) -> u64;
+    /// At the durable end, the least time a later record can have where
+    /// the log knows one above the last record's time plus one (a log
+    /// whose partitions move on with progress markers); `None` otherwise.
+    fn floor(&self) -> Option<u64> {
+        None
+    }
 }
