@@ -480,7 +480,7 @@ async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_
     use coldstream::config::{FluvioSection, LogSection, Role};
     use coldstream::server::Server;
     use coldstream_pipelines::fleet::{Fleet, FleetSpec};
-    use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint};
+    use coldstream_sinks::webhooks::receiver::Receiver;
     use coldstream_sources::simulator::{self as simulate, RunSpec};
     use std::path::PathBuf;
     use std::time::Duration;
@@ -502,21 +502,7 @@ async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_
 
     let (cluster_receiver, alone_receiver) = (receiver().await, receiver().await);
     let endpoint = cluster.endpoint.clone();
-    let config_file = |name: &str, receiver: &coldstream_sinks::webhooks::receiver::Receiver| {
-        let mut text = format!(
-            "[log]\nkind = \"fluvio\"\nendpoint = \"{endpoint}\"\ntopic = \"{topic}\"\n[checkpoint]\nevery_records = 2000\n"
-        );
-        for endpoint in Endpoint::ALL {
-            text.push_str(&format!(
-                "[webhooks.{0}]\nurl = \"http://{1}/{0}\"\nsecret = \"{EXAMPLE_SECRET}\"\n",
-                endpoint.as_str(),
-                receiver.addr()
-            ));
-        }
-        let path = root.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
+    let config_file = |name: &str, receiver: &Receiver| pipeline_config(root.path(), name, &endpoint, &topic, receiver);
     let cluster_config = config_file("cluster.toml", &cluster_receiver);
     let hosts = hostfile(root.path(), 2);
     let dirs: Vec<PathBuf> = (0..2).map(|i| root.path().join(format!("process-{i}"))).collect();
@@ -537,7 +523,8 @@ async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_
         batch: 50,
         progress: false,
     };
-    let sending = tokio::spawn(async move { simulate::run(Fleet::new(&spec), &fleet, spec.events).await });
+    let sent = spec.clone();
+    let sending = tokio::spawn(async move { simulate::run(Fleet::new(&sent), &fleet, sent.events).await });
 
     // A pipeline process killed under load: the other stops by itself,
     // and both start again while the gateway goes on acking.
@@ -573,20 +560,7 @@ async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_
 
     // One process reading the topic afresh, for comparison.
     let alone = root.path().join("alone");
-    let alone_config = config_file("alone.toml", &alone_receiver);
-    let process = Process::start(&[
-        "--role",
-        "pipeline",
-        "--workers",
-        "2",
-        "--data",
-        alone.to_str().unwrap(),
-        "--config",
-        alone_config.to_str().unwrap(),
-    ]);
-    process.wait_caught_up();
-    process.terminate();
-    process.wait_success();
+    read_alone(&alone, &config_file("alone.toml", &alone_receiver));
 
     // Each process read, and archived, only its share of the partitions.
     let mut ids: Vec<(String, u64)> = Vec::new();
@@ -602,6 +576,20 @@ async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_
         }
     }
     let archived = ids.len() as u64;
+    if archived != expected {
+        let all: std::collections::BTreeSet<(String, u64)> =
+            Fleet::new(&spec).all_events().into_iter().map(|e| (e.source_id, e.seq)).collect();
+        let got: std::collections::BTreeSet<(String, u64)> = ids.iter().cloned().collect();
+        let missing: Vec<_> = all.difference(&got).collect();
+        eprintln!("DIAG missing {}: {:?}", missing.len(), &missing[..missing.len().min(60)]);
+        let alone_ids: std::collections::BTreeSet<(String, u64)> = coldstream::rebuild::archived_events(&alone)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| (e.source_id, e.seq))
+            .collect();
+        let alone_missing: Vec<_> = all.difference(&alone_ids).collect();
+        eprintln!("DIAG alone archived {}, missing {:?}", alone_ids.len(), &alone_missing[..alone_missing.len().min(60)]);
+    }
     ids.sort();
     ids.dedup();
     assert_eq!(archived, ids.len() as u64, "an event archived twice");
@@ -614,6 +602,140 @@ async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_
         (webhook_ids(std::slice::from_ref(&alone), &alone_receiver), webhook_ids(&dirs, &cluster_receiver));
     assert!(!alone_ids.is_empty());
     assert_eq!(alone_ids, cluster_ids, "the interrupted cluster sends the webhooks one process sends");
+    alone_receiver.stop().await;
+    cluster_receiver.stop().await;
+}
+
+/// The config of a pipeline process on the Fluvio `topic`, delivering
+/// every webhook to `receiver`, written to `name` in `dir`.
+#[cfg(feature = "fluvio")]
+fn pipeline_config(
+    dir: &std::path::Path,
+    name: &str,
+    endpoint: &str,
+    topic: &str,
+    receiver: &coldstream_sinks::webhooks::receiver::Receiver,
+) -> std::path::PathBuf {
+    use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint};
+    let mut text = format!(
+        "[log]\nkind = \"fluvio\"\nendpoint = \"{endpoint}\"\ntopic = \"{topic}\"\n[checkpoint]\nevery_records = 2000\n"
+    );
+    for endpoint in Endpoint::ALL {
+        text.push_str(&format!(
+            "[webhooks.{0}]\nurl = \"http://{1}/{0}\"\nsecret = \"{EXAMPLE_SECRET}\"\n",
+            endpoint.as_str(),
+            receiver.addr()
+        ));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// One pipeline process of two workers reading the topic of `config`
+/// afresh into `dir`, to the end, for comparison.
+#[cfg(feature = "fluvio")]
+fn read_alone(dir: &std::path::Path, config: &std::path::Path) {
+    let process = crate::cluster::Process::start(&[
+        "--role",
+        "pipeline",
+        "--workers",
+        "2",
+        "--data",
+        dir.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    process.wait_caught_up();
+    process.terminate();
+    process.wait_success();
+}
+
+/// Two pipeline processes on a topic of two partitions, with every fridge
+/// in one of them: the other process's share holds only progress markers,
+/// and still moves the cluster's frontier on. Both processes catch up, and
+/// the views equal those of one process.
+#[cfg(feature = "fluvio")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_share_of_the_partitions_does_not_hold_the_cluster_back() {
+    use crate::cluster::{Process, hostfile, outputs, receiver, webhook_ids};
+    use coldstream::config::{FluvioSection, LogSection, Role};
+    use coldstream::server::Server;
+    use coldstream_pipelines::fleet::{Fleet, FleetSpec};
+    use coldstream_sources::simulator::{self as simulate, RunSpec};
+
+    let test = "an_idle_share_of_the_partitions_does_not_hold_the_cluster_back";
+    let Some(cluster) = tokio::task::spawn_blocking(move || cluster::find(test)).await.unwrap() else { return };
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let topic = format!("cs-{run}-idle");
+    let root = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config(&root.path().join("gateway"));
+    config.log = LogSection::Fluvio(FluvioSection {
+        endpoint: cluster.endpoint.clone(),
+        topic: topic.clone(),
+        partitions: 2,
+        ..FluvioSection::default()
+    });
+    config.role = Role::Gateway;
+    let gateway = Server::start(&config).await.unwrap();
+    let (cluster_receiver, alone_receiver) = (receiver().await, receiver().await);
+    let cluster_config = pipeline_config(root.path(), "cluster.toml", &cluster.endpoint, &topic, &cluster_receiver);
+    let hosts = hostfile(root.path(), 2);
+    let dirs: Vec<std::path::PathBuf> = (0..2).map(|i| root.path().join(format!("process-{i}"))).collect();
+    let processes: Vec<Process> = (0..2).map(|i| Process::member(i, &hosts, &dirs[i], &cluster_config, &[])).collect();
+    for process in &processes {
+        process.wait_caught_up();
+    }
+
+    // One fridge: one partition, one process's share.
+    let spec =
+        FleetSpec { seed: 9, fridges: 1, events: 3_000, start_us: 1_772_323_200_000_000, bad_rate: 0.0, skus: None };
+    let fleet = RunSpec {
+        target: format!("http://{}", gateway.addr()),
+        tokens: crate::support::tokens(),
+        tls: None,
+        rate: Some(2_000.0),
+        batch: 20,
+        progress: false,
+    };
+    let summary = simulate::run(Fleet::new(&spec), &fleet, spec.events).await.unwrap();
+    assert_eq!(summary.delivered.rejected, 0, "{summary}");
+    gateway.shutdown().await.unwrap();
+
+    // One process reads the topic to its end; the running cluster, whose
+    // views are final only once the idle share's frontier has passed the
+    // last commit, must deliver the same webhooks before it is stopped.
+    let alone = root.path().join("alone");
+    read_alone(&alone, &pipeline_config(root.path(), "alone.toml", &cluster.endpoint, &topic, &alone_receiver));
+    let expected = webhook_ids(std::slice::from_ref(&alone), &alone_receiver);
+    assert!(!expected.is_empty());
+    let delivered = || -> std::collections::BTreeSet<String> {
+        cluster_receiver.received().into_iter().filter(|d| d.kind != "restock.updated").map(|d| d.id).collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while delivered() != expected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the running cluster delivered {} of the {} webhooks in 120 s",
+            delivered().len(),
+            expected.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for process in &processes {
+        process.terminate();
+    }
+    for process in processes {
+        process.wait_success();
+    }
+    let archived: Vec<usize> =
+        dirs.iter().map(|dir| coldstream::rebuild::archived_events(dir).unwrap().len()).collect();
+    let expected = Fleet::new(&spec).all_events().len();
+    assert!(archived.contains(&0) && archived.iter().sum::<usize>() == expected, "archived per process: {archived:?}");
+    let (one, two) = (outputs(std::slice::from_ref(&alone)).await, outputs(&dirs).await);
+    for ((table, rows), (_, cluster_rows)) in one.iter().zip(&two) {
+        assert_eq!(rows, cluster_rows, "{table} differs between the cluster and one process");
+    }
     alone_receiver.stop().await;
     cluster_receiver.stop().await;
 }

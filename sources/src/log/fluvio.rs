@@ -11,7 +11,12 @@
 //! [`EventLog::append`] keeps records in memory; [`EventLog::sync`] sends
 //! them and returns once Fluvio has acknowledged every one at the topic's
 //! replication (`Isolation::ReadCommitted`, no retries); only then does the
-//! gateway ack the fridge.
+//! gateway ack the fridge. Each partition's records of a commit go in one
+//! request (a commit of more than a batch in rounds, each sent once the
+//! one before is acknowledged), which the SPU writes whole or cut short: a
+//! failed commit leaves at most the first part of each partition's
+//! records, never a later part without an earlier one, which would show
+//! a fridge a seq as durable above seqs the log lost.
 //!
 //! **Times come from the log alone.** Writers' clocks disagree and their
 //! commits interleave, so a record's logical time is derived along its
@@ -92,6 +97,18 @@ const INDEX_EVERY: u64 = 4096;
 
 /// Bytes before the payload in a record's value.
 const HEADER_BYTES: usize = 9;
+
+/// The producer's batch size: Fluvio's request limit (1 MiB by default).
+const BATCH_BYTES: usize = 1 << 20;
+
+/// A commit's records of one partition sent in one round, at most (with
+/// room in the batch for Fluvio's own framing): a larger commit goes in
+/// several rounds, each sent once the one before is acknowledged.
+const ROUND_BYTES: usize = BATCH_BYTES - (64 << 10);
+
+/// Fluvio's framing of one record in a batch, at most (its header, key
+/// and value lengths as varints).
+const RECORD_OVERHEAD: usize = 32;
 
 /// Reconnections a reader's consumer makes before its reader fails (the
 /// watcher, which moves the log's end, tries for ever).
@@ -666,11 +683,37 @@ impl Shared {
     }
 }
 
+/// A commit's records in rounds, each with whether it is a marker: each
+/// partition's records in order, at most [`ROUND_BYTES`] of them per round
+/// (a larger record alone).
+fn rounds(buffered: Vec<(u32, Vec<u8>, Vec<u8>)>, partitions: u32) -> Vec<Vec<(Vec<u8>, Vec<u8>, bool)>> {
+    let mut rounds = vec![Vec::new()];
+    // Per partition: its round now, and the bytes in it.
+    let mut place = vec![(0usize, 0usize); partitions as usize];
+    for (partition, key, value) in buffered {
+        let (round, bytes) = &mut place[partition as usize];
+        let size = key.len() + value.len() + RECORD_OVERHEAD;
+        if *bytes > 0 && *bytes + size > ROUND_BYTES {
+            (*round, *bytes) = (*round + 1, 0);
+        }
+        *bytes += size;
+        if rounds.len() <= *round {
+            rounds.push(Vec::new());
+        }
+        rounds[*round].push((key, value, false));
+    }
+    rounds
+}
+
 async fn producer(fluvio: &Fluvio, topic: &str) -> Result<TopicProducerPool, LogError> {
+    // Nothing leaves before a round's flush, and a round's records of one
+    // partition fit one batch: each goes in one request, which the SPU
+    // writes whole or cut short, never with a hole.
     let config = TopicProducerConfigBuilder::default()
         .isolation(Isolation::ReadCommitted)
         .delivery_semantic(DeliverySemantic::AtLeastOnce(RetryPolicy { max_retries: 0, ..RetryPolicy::default() }))
-        .linger(Duration::from_millis(0))
+        .linger(Duration::from_secs(24 * 3600))
+        .batch_size(BATCH_BYTES)
         .partitioner(Arc::new(BySource))
         .build()
         .map_err(|e| fluvio_error("configuring the Fluvio producer", e))?;
@@ -721,11 +764,10 @@ impl EventLog for FluvioLog {
                 value[0] |= COMMIT_END;
             }
         }
-        let mut records: Vec<(Vec<u8>, Vec<u8>)> =
-            std::mem::take(&mut self.buffered).into_iter().map(|(_, key, value)| (key, value)).collect();
-        let sent_records = records.len() as u64;
+        let sent_records = self.buffered.len() as u64;
+        let mut rounds = rounds(std::mem::take(&mut self.buffered), self.shared.partitions);
         for (partition, _) in ended.iter().enumerate().filter(|(_, ended)| !**ended) {
-            records.push((marker_key(partition as u32), encode_value(COMMIT_END | MARKER, stamp, &[])));
+            rounds[0].push((marker_key(partition as u32), encode_value(COMMIT_END | MARKER, stamp, &[]), true));
         }
         let (config, held) = (&self.shared.config, self.producer.take());
         let sent = blocking(&self.runtime, || async move {
@@ -734,15 +776,20 @@ impl EventLog for FluvioLog {
                 None => producer(&connect(config).await?, &config.topic).await?,
             };
             let commit = async {
-                let mut outputs = Vec::with_capacity(records.len());
-                for (key, value) in records {
-                    outputs.push(producer.send(key, value).await.map_err(|e| fluvio_error("sending to Fluvio", e))?);
-                }
-                producer.flush().await.map_err(|e| fluvio_error("flushing to Fluvio", e))?;
                 let mut ends = Vec::new();
-                for output in outputs {
-                    let metadata = output.wait().await.map_err(|e| fluvio_error("waiting for Fluvio's ack", e))?;
-                    ends.push((metadata.partition_id(), metadata.offset() as u64 + 1));
+                for round in rounds {
+                    let mut outputs = Vec::with_capacity(round.len());
+                    for (key, value, marker) in round {
+                        let output = producer.send(key, value).await.map_err(|e| fluvio_error("sending to Fluvio", e))?;
+                        outputs.push((output, marker));
+                    }
+                    producer.flush().await.map_err(|e| fluvio_error("flushing to Fluvio", e))?;
+                    for (output, marker) in outputs {
+                        let metadata = output.wait().await.map_err(|e| fluvio_error("waiting for Fluvio's ack", e))?;
+                        if !marker {
+                            ends.push((metadata.partition_id(), metadata.offset() as u64 + 1));
+                        }
+                    }
                 }
                 Ok::<_, LogError>(ends)
             };
@@ -764,7 +811,7 @@ impl EventLog for FluvioLog {
         // Readable once the merge has handed out every record of the
         // commit (its markers are handed to no one).
         let mut ends = vec![0; self.shared.partitions as usize];
-        for (partition, end) in acked.into_iter().take(sent_records as usize) {
+        for (partition, end) in acked {
             if let Some(slot) = ends.get_mut(partition as usize) {
                 *slot = (*slot).max(end);
             }
@@ -1108,6 +1155,28 @@ mod tests {
             }
             assert_eq!(out, first[mark.position as usize..], "from {mark:?}");
         }
+    }
+
+    #[test]
+    fn a_commit_goes_in_rounds_of_at_most_a_batch_per_partition_in_order() {
+        let record = |p: u32, i: u8, bytes: usize| (p, vec![i], vec![i; bytes]);
+        let small = ROUND_BYTES / 4;
+        let buffered = vec![
+            record(0, 1, small),
+            record(1, 2, small),
+            record(0, 3, small),
+            record(0, 4, small),
+            record(0, 5, small),
+            record(1, 6, ROUND_BYTES * 2),
+            record(0, 7, 10),
+        ];
+        let rounds: Vec<Vec<u8>> = rounds(buffered, 2)
+            .into_iter()
+            .map(|round| round.into_iter().map(|(key, _, marker)| if marker { 0 } else { key[0] }).collect())
+            .collect();
+        // Partition 0: three records fill a round, the next two go in the
+        // second; partition 1's record larger than a round goes alone.
+        assert_eq!(rounds, [vec![1, 2, 3, 4], vec![5, 6, 7]]);
     }
 
     #[test]
