@@ -512,7 +512,13 @@ impl Server {
             let readers = share.clone().unwrap_or_else(|| log.readers());
             (Some(log), readers)
         } else {
-            (None, match share { Some(share) => share, None => config.log.follow(&data_dir)? })
+            (
+                None,
+                match share {
+                    Some(share) => share,
+                    None => config.log.follow(&data_dir)?,
+                },
+            )
         };
         let held_at_start = (readers.durable_offset(), readers.durable_ingest_ms());
         let views = config.views_with(&udfs)?;

@@ -518,7 +518,8 @@ fn log_source<'s>(
         // interval asks for a checkpoint at the interval's start, which every
         // process's share passes: the processes take checkpoints at the same
         // times without talking. `offset` is the first record still to read.
-        let crossing = move |bound: Time, to: Time| (share && to / every_ms > bound / every_ms).then(|| to / every_ms * every_ms);
+        let crossing =
+            move |bound: Time, to: Time| (share && to / every_ms > bound / every_ms).then(|| to / every_ms * every_ms);
         move |output| {
             if restore_failed() {
                 capability = None;
@@ -557,9 +558,7 @@ fn log_source<'s>(
                     let new_interval = last_time.is_some_and(|last| record.ingest_ms / every_ms > last / every_ms);
                     if let Some(at) = crossing(bound, record.ingest_ms) {
                         checkpoint(at, offset);
-                    } else if !share
-                        && last_time.is_some()
-                        && (new_interval || offset - requested_at >= every_records)
+                    } else if !share && last_time.is_some() && (new_interval || offset - requested_at >= every_records)
                     {
                         checkpoint(record.ingest_ms, offset);
                         requested_at = offset;

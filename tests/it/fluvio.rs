@@ -588,7 +588,11 @@ async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_
             .map(|(_, e)| (e.source_id, e.seq))
             .collect();
         let alone_missing: Vec<_> = all.difference(&alone_ids).collect();
-        eprintln!("DIAG alone archived {}, missing {:?}", alone_ids.len(), &alone_missing[..alone_missing.len().min(60)]);
+        eprintln!(
+            "DIAG alone archived {}, missing {:?}",
+            alone_ids.len(),
+            &alone_missing[..alone_missing.len().min(60)]
+        );
     }
     ids.sort();
     ids.dedup();

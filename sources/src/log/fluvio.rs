@@ -780,7 +780,8 @@ impl EventLog for FluvioLog {
                 for round in rounds {
                     let mut outputs = Vec::with_capacity(round.len());
                     for (key, value, marker) in round {
-                        let output = producer.send(key, value).await.map_err(|e| fluvio_error("sending to Fluvio", e))?;
+                        let output =
+                            producer.send(key, value).await.map_err(|e| fluvio_error("sending to Fluvio", e))?;
                         outputs.push((output, marker));
                     }
                     producer.flush().await.map_err(|e| fluvio_error("flushing to Fluvio", e))?;
