@@ -683,10 +683,12 @@ impl Shared {
     }
 }
 
-/// A commit's records in rounds, each with whether it is a marker: each
-/// partition's records in order, at most [`ROUND_BYTES`] of them per round
-/// (a larger record alone).
-fn rounds(buffered: Vec<(u32, Vec<u8>, Vec<u8>)>, partitions: u32) -> Vec<Vec<(Vec<u8>, Vec<u8>, bool)>> {
+/// A record to send: key, value, and whether it is a marker.
+type Outgoing = (Vec<u8>, Vec<u8>, bool);
+
+/// A commit's records in rounds: each partition's records in order, at
+/// most [`ROUND_BYTES`] of them per round (a larger record alone).
+fn rounds(buffered: Vec<(u32, Vec<u8>, Vec<u8>)>, partitions: u32) -> Vec<Vec<Outgoing>> {
     let mut rounds = vec![Vec::new()];
     // Per partition: its round now, and the bytes in it.
     let mut place = vec![(0usize, 0usize); partitions as usize];
