@@ -17,14 +17,23 @@
 //! fridge to its one worker in the cluster, so a process's sinks receive
 //! the changes of its own fridges. Each process's first worker reports to
 //! that process's sink. Before the workers start, the processes agree on
-//! the checkpoint they all resume from ([`agree`]).
+//! the checkpoint they all resume from ([`agree`]). On a log a process
+//! reads a share of ([`coldstream_sources::log::Share`], the partitions of
+//! a Fluvio topic), its workers read only that share, and decode every
+//! `threads`-th of its records; a source moves its capability on to the
+//! least time its reader says a later record can have
+//! ([`LogReader::floor`]), so that a share without records does not hold
+//! the cluster back.
 //!
 //! Checkpoints: whenever the ingest time of the records read enters a new
 //! interval, or a commit starts a given number of records after the last
 //! request (and once more when the workers stop), the sources ask for a
 //! checkpoint at that record's time. Every source sees the same records,
 //! so they agree on the times without talking; worker 0's also tells the
-//! sink the offset of that record, where a restart resumes reading.
+//! sink the offset of that record, where a restart resumes reading. On
+//! shares, which see different records, a source asks at the start of
+//! each interval its capability moves into, the same times in every
+//! process.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

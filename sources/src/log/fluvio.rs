@@ -287,8 +287,8 @@ impl Merge {
         Merge::at(&Mark { position: 0, parts: vec![(0, Times::default()); partitions as usize] })
     }
 
-    /// Takes in the record at `offset` of `partition` (in offset order
-    /// within its partition; one already taken in is ignored).
+    /// Takes in the record at `offset` of the `partition`-th partition
+    /// merged (in offset order within it; one already taken in is ignored).
     fn take(&mut self, partition: u32, offset: u64, flags: u8, mut record: Record) {
         let Some(part) = self.parts.get_mut(partition as usize) else { return };
         if offset < part.next {
@@ -296,7 +296,12 @@ impl Merge {
         }
         if offset > part.next {
             // A commit lost with its SPU, never acknowledged.
-            tracing::warn!(partition, from = part.next, to = offset, "the Fluvio partition holds no records here");
+            tracing::warn!(
+                merged_partition = partition,
+                from = part.next,
+                to = offset,
+                "the Fluvio partition holds no records here (the merged_partition-th of those this process reads)"
+            );
         }
         let before = part.times;
         record.ingest_ms = part.times.next(flags, record.ingest_ms);
