@@ -132,6 +132,9 @@ pub struct Progress {
     pub archived: AtomicU64,
     /// Logical time before which every view change has reached its sink.
     pub views: AtomicU64,
+    /// Logical time before which the workers have computed every view
+    /// change (the sinks may still be writing it).
+    pub computed: AtomicU64,
     /// The first offset of the archive's last committed range: a restart
     /// reads the log again from there, so retention keeps it.
     pub archive_committed: AtomicU64,
@@ -156,8 +159,11 @@ pub struct Status {
     pub last_ingest_ms: Option<u64>,
     /// Records read by the archiver.
     pub archived_offset: u64,
-    /// The views' frontier.
+    /// The views' frontier: every change before it is in its sinks (the
+    /// webhooks' in the outbox).
     pub views_frontier: u64,
+    /// The workers' frontier: every change before it is computed.
+    pub computed_frontier: u64,
 }
 
 impl Status {
@@ -182,6 +188,7 @@ impl StatusSource {
             last_ingest_ms: self.readers.durable_ingest_ms(),
             archived_offset: self.progress.archived.load(Ordering::Acquire),
             views_frontier: self.progress.views.load(Ordering::Acquire),
+            computed_frontier: self.progress.computed.load(Ordering::Acquire),
         }
     }
 }

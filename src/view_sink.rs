@@ -254,6 +254,9 @@ pub fn sink_views(
             ViewMessage::Changes(batch) => sinks.push(batch),
             ViewMessage::Frontier(frontier) => {
                 last_frontier = Some(frontier);
+                if frontier >= resume_at {
+                    progress.computed.store(frontier, Ordering::Release);
+                }
                 sinks.advance(frontier, false)?;
                 if frontier >= resume_at {
                     progress.views.store(frontier, Ordering::Release);
@@ -261,6 +264,7 @@ pub fn sink_views(
                 checkpointing.sink_at(frontier, &mut sinks)?;
             }
             ViewMessage::Closed(frontier) => {
+                progress.computed.store(frontier, Ordering::Release);
                 sinks.advance(frontier, true)?;
                 progress.views.store(frontier, Ordering::Release);
                 checkpointing.sink_at(frontier, &mut sinks)?;

@@ -28,4 +28,12 @@ fn the_bench_reports_throughput_latency_cpu_and_memory_as_a_table_and_json() {
         all["max_ms"].as_u64().unwrap(),
     );
     assert!(p50 <= p99 && p99 <= p999 && p999 <= max, "{all}");
+    // Each stage measured, in the order a change passes them.
+    assert!(stdout.contains("latency by stage"), "{stdout}");
+    let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|l| l["of"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["commit → views computed", "views → outbox", "outbox → receiver"], "{report}");
+    for stage in report["stages"].as_array().unwrap() {
+        assert!(stage["count"].as_u64().unwrap() > 0, "{stage}");
+        assert!(stage["p99_ms"].as_u64().unwrap() <= all["max_ms"].as_u64().unwrap() + 1_000, "{stage}");
+    }
 }

@@ -104,18 +104,28 @@ pub fn draw(points: &[BenchReport], path: &Path) -> anyhow::Result<()> {
 /// The curve as a table: one row per run.
 pub fn table(points: &[BenchReport]) -> String {
     let mut out = format!(
-        "{:>10} {:>12} {:>20} {:>20} {:>20} {:>8}\n",
-        "rate", "events/s", "restock p50/p99 ms", "webhooks p50/p99 ms", "views p50/p99 ms", "CPU s/M"
+        "{:>10} {:>12} {:>20} {:>20} {:>20} {:>30} {:>8}\n",
+        "rate",
+        "events/s",
+        "restock p50/p99 ms",
+        "webhooks p50/p99 ms",
+        "views p50/p99 ms",
+        "p99 ms: compute/outbox/deliver",
+        "CPU s/M"
     );
     for r in points {
         let pair = |of| latency(r, of).map_or_else(|| "-".to_owned(), |l| format!("{} / {}", l.p50_ms, l.p99_ms));
+        let stages: Vec<String> =
+            r.stages.iter().map(|l| if l.count > 0 { l.p99_ms.to_string() } else { "-".to_owned() }).collect();
+        let stages = if stages.is_empty() { "-".to_owned() } else { stages.join(" / ") };
         let rate = r.settings["rate"].as_str().unwrap_or("?").to_owned();
         out.push_str(&format!(
-            "{rate:>10} {:>12.0} {:>20} {:>20} {:>20} {:>8.1}\n",
+            "{rate:>10} {:>12.0} {:>20} {:>20} {:>20} {:>30} {:>8.1}\n",
             r.events_per_second,
             pair("restock"),
             pair("all"),
             pair("in the views"),
+            stages,
             r.cpu_seconds_per_million_events
         ));
     }
@@ -159,6 +169,11 @@ mod tests {
                 latency("all", webhook_p99),
                 latency("in the views", views_p99),
             ],
+            stages: vec![
+                latency("commit → views computed", views_p99 / 2),
+                latency("views → outbox", views_p99 / 2),
+                latency("outbox → receiver", webhook_p99 - views_p99),
+            ],
             superseded_updates: 0,
             cpu_seconds_per_million_events: 10.0,
             peak_rss_mib: 100.0,
@@ -182,5 +197,6 @@ mod tests {
         let table = table(&points);
         assert_eq!(table.lines().count(), 4);
         assert!(table.lines().last().unwrap().contains("2250 / 9000"), "{table}");
+        assert!(table.lines().last().unwrap().contains("450 / 450 / 8100"), "{table}");
     }
 }

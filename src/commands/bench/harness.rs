@@ -13,6 +13,11 @@
 //!   its view change causes (a restock order, a payment, an alert), as an
 //!   HdrHistogram: p50, p99, p99.9, max; the durable moment is sampled
 //!   every millisecond;
+//! - the same latency by stage, so that a regression shows where it is:
+//!   commit → views computed (the workers' frontier passed the commit),
+//!   views → outbox (every sink has the changes, the webhooks fsynced in
+//!   the outbox), outbox → receiver (delivered); the first two over the
+//!   sampled commits, the last over the deliveries;
 //! - CPU seconds of this process (pipeline and receivers) per million
 //!   events, and its peak resident memory;
 //! - the machine and the settings.
@@ -88,6 +93,9 @@ pub struct BenchReport {
     pub fleet_seconds: f64,
     /// Latency from commit to webhook arrival, by endpoint and over all.
     pub latency: Vec<Latency>,
+    /// The same, by stage: commit → views computed, views → outbox,
+    /// outbox → receiver.
+    pub stages: Vec<Latency>,
     /// `restock.updated` deliveries skipped because a newer state of the
     /// same order superseded them before they were sent.
     pub superseded_updates: u64,
@@ -130,6 +138,15 @@ impl std::fmt::Display for BenchReport {
                 l.of, l.count, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
             )?;
         }
+        writeln!(f, "latency by stage (ms):")?;
+        writeln!(f, "  {:<26} {:>8} {:>6} {:>6} {:>7} {:>6}", "stage", "count", "p50", "p99", "p99.9", "max")?;
+        for l in &self.stages {
+            writeln!(
+                f,
+                "  {:<26} {:>8} {:>6} {:>6} {:>7} {:>6}",
+                l.of, l.count, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+            )?;
+        }
         Ok(())
     }
 }
@@ -169,6 +186,14 @@ struct Samples {
     durable_at: Vec<(u64, u64)>,
     /// (views frontier, the first wall time, ms, the views were past it).
     views_at: Vec<(u64, u64)>,
+    /// (workers' frontier, the first wall time, ms, it was past it).
+    computed_at: Vec<(u64, u64)>,
+}
+
+/// The first wall time at which a sampled frontier (`at`: frontier →
+/// first wall time) was past `time`.
+fn passed(at: &[(u64, u64)], time: u64) -> Option<u64> {
+    at.get(at.partition_point(|(frontier, _)| *frontier <= time)).map(|(_, wall)| *wall)
 }
 
 impl Samples {
@@ -181,6 +206,32 @@ impl Samples {
         if self.views_at.last().is_none_or(|(f, _)| *f < status.views_frontier) {
             self.views_at.push((status.views_frontier, now_ms));
         }
+        if self.computed_at.last().is_none_or(|(f, _)| *f < status.computed_frontier) {
+            self.computed_at.push((status.computed_frontier, now_ms));
+        }
+    }
+
+    /// Each stage's latency: over the sampled commits, from durable to
+    /// computed and from computed to in every sink; over `deliveries`,
+    /// from in the outbox to arrival.
+    fn stages(&self, deliveries: &[&Delivery]) -> Vec<Latency> {
+        let (mut computing, mut sinking, mut delivering) = (new_histogram(), new_histogram(), new_histogram());
+        for &(time, durable_ms) in &self.durable_at {
+            if let (Some(computed), Some(sunk)) = (passed(&self.computed_at, time), passed(&self.views_at, time)) {
+                computing.saturating_record(computed.saturating_sub(durable_ms));
+                sinking.saturating_record(sunk.saturating_sub(computed.max(durable_ms)));
+            }
+        }
+        for delivery in deliveries {
+            if let Some(enqueued) = logical_ms(delivery).and_then(|time| passed(&self.views_at, time)) {
+                delivering.saturating_record(delivery.received_ms.saturating_sub(enqueued));
+            }
+        }
+        vec![
+            summary("commit → views computed", &computing),
+            summary("views → outbox", &sinking),
+            summary("outbox → receiver", &delivering),
+        ]
     }
 
     /// From each sampled commit's durable moment to the moment every view
@@ -188,8 +239,7 @@ impl Samples {
     fn views_latency(&self) -> Latency {
         let mut histogram = new_histogram();
         for &(time, durable_ms) in &self.durable_at {
-            let index = self.views_at.partition_point(|(frontier, _)| *frontier <= time);
-            if let Some((_, views_ms)) = self.views_at.get(index) {
+            if let Some(views_ms) = passed(&self.views_at, time) {
                 histogram.saturating_record(views_ms.saturating_sub(durable_ms));
             }
         }
@@ -329,8 +379,10 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         latencies.push(latency(name, &first, durable_at));
         all.extend(received.into_iter().filter(|d| !d.repeat));
     }
-    latencies.push(latency("all", &all.iter().collect::<Vec<_>>(), durable_at));
+    let all: Vec<&Delivery> = all.iter().collect();
+    latencies.push(latency("all", &all, durable_at));
     latencies.push(samples.views_latency());
+    let stages = samples.stages(&all);
     let superseded_updates = server.webhooks_superseded();
     server.shutdown().await?;
     for (_, receiver) in receivers {
@@ -355,6 +407,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         archive_seconds: archive_at.unwrap_or(seconds),
         fleet_seconds,
         latency: latencies,
+        stages,
         superseded_updates,
         cpu_seconds_per_million_events: cpu / (events.max(1) as f64 / 1e6),
         peak_rss_mib: coldstream::machine::peak_rss_mib().unwrap_or(0.0),
