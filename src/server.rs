@@ -274,7 +274,8 @@ const ARCHIVED_LOG_FILE: &str = "archived-log";
 fn check_archive_layout(data_dir: &Path, share: Option<coldstream_sources::log::Share>) -> Result<(), ServerError> {
     let path = data_dir.join(ARCHIVED_LOG_FILE);
     let now = share.map_or_else(|| "the whole log".to_owned(), |share| share.to_string());
-    let io = |e| ServerError::Log(LogError::Io { context: format!("writing {}", path.display()), source: e });
+    let io =
+        |doing: &str, e| ServerError::Log(LogError::Io { context: format!("{doing} {}", path.display()), source: e });
     match std::fs::read_to_string(&path) {
         Ok(before) if before.trim() == now => return Ok(()),
         Ok(before) => {
@@ -292,11 +293,11 @@ fn check_archive_layout(data_dir: &Path, share: Option<coldstream_sources::log::
                 )));
             }
         }
-        Err(e) => return Err(io(e)),
+        Err(e) => return Err(io("reading", e)),
     }
-    let file = std::fs::File::create(&path).map_err(io)?;
-    std::io::Write::write_all(&mut &file, format!("{now}\n").as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)
+    let file = std::fs::File::create(&path).map_err(|e| io("writing", e))?;
+    std::io::Write::write_all(&mut &file, format!("{now}\n").as_bytes()).map_err(|e| io("writing", e))?;
+    file.sync_all().map_err(|e| io("syncing", e))
 }
 
 /// How long a stopping pipeline waits to see what a log with several

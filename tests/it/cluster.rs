@@ -37,7 +37,12 @@ pub(crate) fn fleet_log(dir: &Path) -> usize {
 /// A config file sending every endpoint's webhooks to `receiver`, with a
 /// checkpoint every 3,000 records.
 pub(crate) fn config_file(dir: &Path, name: &str, receiver: &Receiver) -> PathBuf {
-    let mut text = String::from("[checkpoint]\nevery_records = 3000\n");
+    config_file_after(dir, name, "[checkpoint]\nevery_records = 3000\n", receiver)
+}
+
+/// A config file of `head`, then every endpoint's webhooks to `receiver`.
+pub(crate) fn config_file_after(dir: &Path, name: &str, head: &str, receiver: &Receiver) -> PathBuf {
+    let mut text = head.to_owned();
     for endpoint in Endpoint::ALL {
         text.push_str(&format!(
             "[webhooks.{0}]\nurl = \"http://{1}/{0}\"\nsecret = \"{EXAMPLE_SECRET}\"\n",

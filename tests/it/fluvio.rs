@@ -477,8 +477,6 @@ async fn two_gateways_on_one_fluvio_topic_count_a_fridge_moved_mid_batch_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_spu() {
     use crate::cluster::{Process, hostfile, outputs, receiver, webhook_ids};
-    use coldstream::config::{FluvioSection, LogSection, Role};
-    use coldstream::server::Server;
     use coldstream_pipelines::fleet::{Fleet, FleetSpec};
     use coldstream_sinks::webhooks::receiver::Receiver;
     use coldstream_sources::simulator::{self as simulate, RunSpec};
@@ -487,18 +485,8 @@ async fn a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_
 
     let test = "a_pipeline_cluster_on_fluvio_survives_a_killed_process_and_a_restarted_spu";
     let Some(mut cluster) = tokio::task::spawn_blocking(move || cluster::find(test)).await.unwrap() else { return };
-    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-    let topic = format!("cs-{run}-cluster");
     let root = tempfile::tempdir().unwrap();
-    let mut config = crate::support::config(&root.path().join("gateway"));
-    config.log = LogSection::Fluvio(FluvioSection {
-        endpoint: cluster.endpoint.clone(),
-        topic: topic.clone(),
-        partitions: 4,
-        ..FluvioSection::default()
-    });
-    config.role = Role::Gateway;
-    let gateway = Server::start(&config).await.unwrap();
+    let (gateway, topic) = gateway_on_a_new_topic(&root.path().join("gateway"), &cluster.endpoint, "cluster", 4).await;
 
     let (cluster_receiver, alone_receiver) = (receiver().await, receiver().await);
     let endpoint = cluster.endpoint.clone();
@@ -617,20 +605,33 @@ fn pipeline_config(
     topic: &str,
     receiver: &coldstream_sinks::webhooks::receiver::Receiver,
 ) -> std::path::PathBuf {
-    use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint};
-    let mut text = format!(
+    let head = format!(
         "[log]\nkind = \"fluvio\"\nendpoint = \"{endpoint}\"\ntopic = \"{topic}\"\n[checkpoint]\nevery_records = 2000\n"
     );
-    for endpoint in Endpoint::ALL {
-        text.push_str(&format!(
-            "[webhooks.{0}]\nurl = \"http://{1}/{0}\"\nsecret = \"{EXAMPLE_SECRET}\"\n",
-            endpoint.as_str(),
-            receiver.addr()
-        ));
-    }
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+    crate::cluster::config_file_after(dir, name, &head, receiver)
+}
+
+/// A gateway (`--role gateway`) with its data in `dir`, on a topic of
+/// `partitions` named for `test` and this run; returns it with the topic.
+#[cfg(feature = "fluvio")]
+async fn gateway_on_a_new_topic(
+    dir: &std::path::Path,
+    endpoint: &str,
+    test: &str,
+    partitions: u32,
+) -> (coldstream::server::Server, String) {
+    use coldstream::config::{FluvioSection, LogSection, Role};
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let topic = format!("cs-{run}-{test}");
+    let mut config = crate::support::config(dir);
+    config.log = LogSection::Fluvio(FluvioSection {
+        endpoint: endpoint.to_owned(),
+        topic: topic.clone(),
+        partitions,
+        ..FluvioSection::default()
+    });
+    config.role = Role::Gateway;
+    (coldstream::server::Server::start(&config).await.unwrap(), topic)
 }
 
 /// One pipeline process of two workers reading the topic of `config`
@@ -660,25 +661,13 @@ fn read_alone(dir: &std::path::Path, config: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_share_of_the_partitions_does_not_hold_the_cluster_back() {
     use crate::cluster::{Process, hostfile, outputs, receiver, webhook_ids};
-    use coldstream::config::{FluvioSection, LogSection, Role};
-    use coldstream::server::Server;
     use coldstream_pipelines::fleet::{Fleet, FleetSpec};
     use coldstream_sources::simulator::{self as simulate, RunSpec};
 
     let test = "an_idle_share_of_the_partitions_does_not_hold_the_cluster_back";
     let Some(cluster) = tokio::task::spawn_blocking(move || cluster::find(test)).await.unwrap() else { return };
-    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-    let topic = format!("cs-{run}-idle");
     let root = tempfile::tempdir().unwrap();
-    let mut config = crate::support::config(&root.path().join("gateway"));
-    config.log = LogSection::Fluvio(FluvioSection {
-        endpoint: cluster.endpoint.clone(),
-        topic: topic.clone(),
-        partitions: 2,
-        ..FluvioSection::default()
-    });
-    config.role = Role::Gateway;
-    let gateway = Server::start(&config).await.unwrap();
+    let (gateway, topic) = gateway_on_a_new_topic(&root.path().join("gateway"), &cluster.endpoint, "idle", 2).await;
     let (cluster_receiver, alone_receiver) = (receiver().await, receiver().await);
     let cluster_config = pipeline_config(root.path(), "cluster.toml", &cluster.endpoint, &topic, &cluster_receiver);
     let hosts = hostfile(root.path(), 2);

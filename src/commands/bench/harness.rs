@@ -129,26 +129,29 @@ impl std::fmt::Display for BenchReport {
             "restock.updated skipped: {} (a newer state of the same order was pending)",
             self.superseded_updates
         )?;
-        writeln!(f, "latency, commit to webhook arrival (ms):")?;
-        writeln!(f, "  {:<12} {:>8} {:>6} {:>6} {:>7} {:>6}", "webhook", "count", "p50", "p99", "p99.9", "max")?;
-        for l in &self.latency {
-            writeln!(
-                f,
-                "  {:<12} {:>8} {:>6} {:>6} {:>7} {:>6}",
-                l.of, l.count, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
-            )?;
-        }
-        writeln!(f, "latency by stage (ms):")?;
-        writeln!(f, "  {:<26} {:>8} {:>6} {:>6} {:>7} {:>6}", "stage", "count", "p50", "p99", "p99.9", "max")?;
-        for l in &self.stages {
-            writeln!(
-                f,
-                "  {:<26} {:>8} {:>6} {:>6} {:>7} {:>6}",
-                l.of, l.count, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
-            )?;
-        }
-        Ok(())
+        latency_table(f, "latency, commit to webhook arrival (ms):", "webhook", 12, &self.latency)?;
+        latency_table(f, "latency by stage (ms):", "stage", 26, &self.stages)
     }
+}
+
+/// A table of latencies under `title`, the first column `width` wide.
+fn latency_table(
+    f: &mut std::fmt::Formatter<'_>,
+    title: &str,
+    first: &str,
+    width: usize,
+    rows: &[Latency],
+) -> std::fmt::Result {
+    writeln!(f, "{title}")?;
+    writeln!(f, "  {first:<width$} {:>8} {:>6} {:>6} {:>7} {:>6}", "count", "p50", "p99", "p99.9", "max")?;
+    for l in rows {
+        writeln!(
+            f,
+            "  {:<width$} {:>8} {:>6} {:>6} {:>7} {:>6}",
+            l.of, l.count, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+        )?;
+    }
+    Ok(())
 }
 
 const MARKER: &str = ".coldstream-bench";
