@@ -1,6 +1,7 @@
 //! The alternatives of `cargo bench --bench compare` compute what coldstream
-//! computes: on the same events, the single-threaded loop gives the same
-//! inventory and restock lines as coldstream's dataflow, and the DataFusion
+//! computes: on the same events, the single-threaded loop gives every row
+//! of every view that coldstream's dataflow gives (also on late, warm
+//! delivery, where both equal the batch references), and the DataFusion
 //! SQL over the archived events gives the same restock lines; the rows
 //! written for dbsp carry every event that matters to them.
 
@@ -20,7 +21,10 @@ mod workload;
 use std::collections::BTreeMap;
 
 use coldstream_pipelines::harness::run_views;
-use coldstream_pipelines::views::{ViewConfig, restock_lines_reference};
+use coldstream_pipelines::views::{
+    ViewConfig, alerts_reference, excursions_reference, inventory_reference, restock_lines_reference,
+    revenue_reference, sales_7d_reference, sessions_reference,
+};
 use coldstream_pipelines::{Event, Payload, Time};
 use coldstream_sinks::ParquetConfig;
 use coldstream_sinks::parquet::EventArchive;
@@ -42,9 +46,8 @@ async fn the_alternatives_compute_the_same_inventory_and_restock_lines() {
     assert!(inventory.len() > 20 && lines.len() > 5, "{} inventory rows, {} lines", inventory.len(), lines.len());
     assert_eq!(lines, restock_lines_reference(&events, 2));
 
-    let (loop_inventory, loop_lines) = cost::inventory_and_restock(&events, 2);
-    assert_eq!(loop_inventory, inventory);
-    assert_eq!(loop_lines, lines);
+    let looped = cost_loop(&hours);
+    assert_eq!(looped.differences(&views.rows()), Vec::<String>::new());
 
     let dir = tempfile::tempdir().unwrap();
     let (mut archive, _) = EventArchive::open(dir.path(), ParquetConfig::default()).unwrap();
@@ -54,6 +57,52 @@ async fn the_alternatives_compute_the_same_inventory_and_restock_lines() {
     archive.flush(events.len() as u64).unwrap();
     let (sql_lines, _) = recompute::restock_lines(dir.path()).await.unwrap();
     assert_eq!(sql_lines, lines);
+}
+
+/// The single-threaded loop's views after `hours`.
+fn cost_loop(hours: &[Vec<Event>]) -> cost::Rows {
+    let mut looped = cost::Streaming::new(&ViewConfig::default());
+    for (hour, events) in hours.iter().enumerate() {
+        looped.advance_to(hour as Time + 1);
+        for event in events {
+            looped.apply(event);
+        }
+    }
+    looped.views()
+}
+
+#[test]
+fn on_late_warm_delivery_the_loop_gives_every_row_of_every_view_that_coldstream_gives() {
+    let hours = workload::late_and_warm(6, 4, 3);
+    let events: Vec<Event> = hours.iter().flatten().cloned().collect();
+    let arrivals = hours.iter().enumerate().map(|(hour, batch)| (hour as Time + 1, batch.clone())).collect();
+    let mut views = consolidated::Consolidated::default();
+    for batch in run_views(2, arrivals, ViewConfig::default()) {
+        views.add(batch);
+    }
+    let ours = views.rows();
+    let looped = cost_loop(&hours);
+    assert_eq!(looped.differences(&ours), Vec::<String>::new());
+
+    // Both are the batch references' answer, and the workload exercises them.
+    let config = ViewConfig::default();
+    assert_eq!(looped.inventory_by_shelf(), inventory_reference(&events));
+    assert_eq!(looped.sessions, sessions_reference(&events, &config).into_iter().collect());
+    assert_eq!(looped.revenue, revenue_reference(&events, &config).into_iter().collect());
+    assert_eq!(looped.sales_7d, sales_7d_reference(&events).into_iter().collect());
+    assert_eq!(looped.excursions, excursions_reference(&events).into_iter().collect());
+    assert_eq!(looped.lines_by_shelf(), restock_lines_reference(&events, 2));
+    assert_eq!(looped.alerts, alerts_reference(&events));
+    let late = hours.windows(2).any(|pair| {
+        let newest = pair[0].iter().map(|e| e.event_time).max().unwrap_or(i64::MIN);
+        pair[1].iter().any(|e| e.event_time < newest - 30 * 60_000_000)
+    });
+    assert!(late, "some events arrive more than 30 minutes behind newer ones");
+    for (view, rows) in looped.counts() {
+        assert!(rows > 0, "{view} has rows");
+    }
+    let negative = looped.alerts.iter().filter(|a| a.kind() == "inventory.negative").count();
+    assert!(looped.excursions.len() >= 2 && negative < looped.alerts.len(), "{:?}", looped.counts());
 }
 
 /// Inventory folded from the rows `feldera::write_rows` wrote, the way the
@@ -112,7 +161,7 @@ fn the_rows_for_dbsp_carry_every_event_that_matters_to_inventory_and_restock() {
         assert!(line.contains(&event.event_time.to_string()), "{line} vs {event:?}");
     }
 
-    let (mut inventory, _) = cost::inventory_and_restock(&events, 2);
+    let mut inventory = cost_loop(&hours).inventory_by_shelf();
     inventory.retain(|_, qty| *qty != 0);
     assert!(inventory.len() > 10);
     assert_eq!(inventory_from_rows(&text), inventory);
