@@ -197,7 +197,7 @@ impl Pipeline {
             Arc::clone(&log),
             policy.retention_ms,
             progress,
-        );
+        )?;
         let view_sink = supervised("view sink", &failures, move || sink_views(messages, sinks, checkpointing))?;
         let views = ViewConfig { hooks: OperatorHooks { checkpoints, ..views.hooks }, ..views };
         let resume =

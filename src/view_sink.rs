@@ -1,8 +1,9 @@
 //! The view sink: one thread that hands the workers' view changes to every
-//! [`ViewSink`] as the frontier passes them, and gathers and writes the
-//! checkpoints (the operators' states, the sinks' states by name, the log
-//! offset and the seq map), then lets the log's retention remove what
-//! every consumer has covered.
+//! [`ViewSink`] as the frontier passes them, and gathers the checkpoints
+//! (the operators' states, the sinks' states by name, the log offset and
+//! the seq map). A thread of their own writes them and then lets the log's
+//! retention remove what every consumer has covered, so that a checkpoint
+//! being written never holds the views' frontier back.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use coldstream_sinks::ViewSink;
 use coldstream_sources::ingest::SeqSnapshot;
 use coldstream_sources::log::OpenReader;
 
-use crate::checkpoint::{CheckpointStore, Gatherer, ViewsFingerprint};
+use crate::checkpoint::{Checkpoint, CheckpointStore, Gatherer, ViewsFingerprint};
 use crate::server::{Progress, ServerError};
 use crate::workers::ViewMessage;
 
@@ -113,23 +114,20 @@ impl ViewSinks {
     }
 }
 
-/// How the view sink takes checkpoints.
+/// How the view sink takes checkpoints: it gathers them, and a thread of
+/// their own writes them, so that encoding and fsyncing a checkpoint never
+/// holds up the views' frontier.
 pub struct Checkpointing {
-    /// Where checkpoints are written.
-    store: CheckpointStore,
     /// What the state depends on.
     fingerprint: ViewsFingerprint,
     /// The operators' side: how many snapshots make one checkpoint.
     checkpoints: Checkpoints,
     /// The ingest's latest seq map.
     seqs: Box<dyn Fn() -> SeqSnapshot + Send>,
-    /// The log, for retention.
-    log: Arc<dyn OpenReader>,
-    /// Log retention; `None` removes nothing.
-    retention_ms: Option<u64>,
     /// Where the view sink says how far the views have got.
     progress: Arc<Progress>,
     gatherer: Gatherer,
+    writer: CheckpointWriter,
 }
 
 impl Checkpointing {
@@ -142,17 +140,9 @@ impl Checkpointing {
         log: Arc<dyn OpenReader>,
         retention_ms: Option<u64>,
         progress: Arc<Progress>,
-    ) -> Checkpointing {
-        Checkpointing {
-            store,
-            fingerprint,
-            checkpoints,
-            seqs,
-            log,
-            retention_ms,
-            progress,
-            gatherer: Gatherer::default(),
-        }
+    ) -> Result<Checkpointing, ServerError> {
+        let writer = CheckpointWriter::start(store, log, retention_ms, Arc::clone(&progress))?;
+        Ok(Checkpointing { fingerprint, checkpoints, seqs, progress, gatherer: Gatherer::default(), writer })
     }
 
     /// Gives the sinks' state at `frontier` to the checkpoints that need it.
@@ -164,49 +154,134 @@ impl Checkpointing {
         Ok(())
     }
 
-    /// Writes the newest whole checkpoint, if there is one, and trims the log.
+    /// Hands the newest whole checkpoint, if there is one, to the writer.
     fn write_whole(&mut self) {
-        let Some(checkpoint) =
+        if let Some(checkpoint) =
             self.gatherer.take_whole(self.checkpoints.expected_snapshots(), &self.fingerprint, (self.seqs)())
-        else {
+        {
+            self.writer.write(checkpoint);
+        }
+    }
+}
+
+/// The thread that writes whole checkpoints and then trims the log. One
+/// checkpoint is written at a time and at most one more waits: a newer
+/// whole checkpoint replaces a waiting one, since it covers everything the
+/// older one does, so memory stays bounded however slow the disk is.
+struct CheckpointWriter {
+    slot: Arc<(std::sync::Mutex<WriterSlot>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct WriterSlot {
+    next: Option<Checkpoint>,
+    closing: bool,
+}
+
+impl CheckpointWriter {
+    fn start(
+        store: CheckpointStore,
+        log: Arc<dyn OpenReader>,
+        retention_ms: Option<u64>,
+        progress: Arc<Progress>,
+    ) -> Result<CheckpointWriter, ServerError> {
+        let slot = Arc::new((std::sync::Mutex::new(WriterSlot::default()), std::sync::Condvar::new()));
+        let shared = Arc::clone(&slot);
+        let thread = std::thread::Builder::new()
+            .name("checkpoint writer".into())
+            .spawn(move || {
+                let (lock, wake) = &*shared;
+                loop {
+                    let next = {
+                        let mut slot = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        loop {
+                            if let Some(next) = slot.next.take() {
+                                break Some(next);
+                            }
+                            if slot.closing {
+                                break None;
+                            }
+                            slot = wake.wait(slot).unwrap_or_else(std::sync::PoisonError::into_inner);
+                        }
+                    };
+                    let Some(checkpoint) = next else { return };
+                    write_and_trim(&store, &checkpoint, &*log, retention_ms, &progress);
+                }
+            })
+            .map_err(|error| ServerError::Inconsistent(format!("starting the checkpoint writer: {error}")))?;
+        Ok(CheckpointWriter { slot, thread: Some(thread) })
+    }
+
+    /// Writes `checkpoint` once the one being written, if any, is done.
+    fn write(&self, checkpoint: Checkpoint) {
+        let (lock, wake) = &*self.slot;
+        let mut slot = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(replaced) = slot.next.replace(checkpoint) {
+            tracing::debug!(time = replaced.dataflow.time, "a newer checkpoint replaced one waiting to be written");
+        }
+        wake.notify_one();
+    }
+}
+
+impl Drop for CheckpointWriter {
+    /// Writes what is waiting, then stops the thread.
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.slot;
+        lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner).closing = true;
+        wake.notify_one();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the checkpoint writer panicked; the next start replays from the last checkpoint on disk");
+        }
+    }
+}
+
+/// Writes `checkpoint` into `store`, says so in `progress`, then lets the
+/// log's retention remove what every kept checkpoint and the archive have
+/// covered.
+fn write_and_trim(
+    store: &CheckpointStore,
+    checkpoint: &Checkpoint,
+    log: &dyn OpenReader,
+    retention_ms: Option<u64>,
+    progress: &Progress,
+) {
+    let started = std::time::Instant::now();
+    match store.write(checkpoint) {
+        Ok((path, bytes)) => {
+            progress.checkpoint_written_ms.store(coldstream_sources::ingest::now_ms(), Ordering::Release);
+            progress.checkpoint_bytes.store(bytes as u64, Ordering::Release);
+            progress.checkpoint_write_us.store(started.elapsed().as_micros() as u64, Ordering::Release);
+            progress.checkpoint_time.store(checkpoint.sink_frontier, Ordering::Release);
+            progress.checkpoints.fetch_add(1, Ordering::AcqRel);
+            tracing::debug!(
+                file = %path.display(),
+                bytes,
+                fridge_states = checkpoint.dataflow.fridge_states(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "checkpoint written"
+            );
+        }
+        Err(error) => {
+            tracing::error!(%error, "writing a checkpoint failed; the next one will try again");
             return;
-        };
-        let started = std::time::Instant::now();
-        match self.store.write(&checkpoint) {
-            Ok((path, bytes)) => {
-                let progress = &self.progress;
-                progress.checkpoint_written_ms.store(coldstream_sources::ingest::now_ms(), Ordering::Release);
-                progress.checkpoint_bytes.store(bytes as u64, Ordering::Release);
-                progress.checkpoint_write_us.store(started.elapsed().as_micros() as u64, Ordering::Release);
-                progress.checkpoint_time.store(checkpoint.sink_frontier, Ordering::Release);
-                progress.checkpoints.fetch_add(1, Ordering::AcqRel);
-                tracing::debug!(
-                    file = %path.display(),
-                    bytes,
-                    fridge_states = checkpoint.dataflow.fridge_states(),
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "checkpoint written"
-                );
-            }
-            Err(error) => {
-                tracing::error!(%error, "writing a checkpoint failed; the next one will try again");
-                return;
-            }
         }
-        let Some(retention_ms) = self.retention_ms else { return };
-        let keep_from = match self.store.keep_from() {
-            Ok(keep_from) => keep_from.unwrap_or(0),
-            Err(error) => return tracing::warn!(%error, "listing checkpoints for retention"),
-        };
-        // The archive's last range stays in the log: a restart writes it
-        // again, and a rebuild resumes the log after it.
-        let archived = self.progress.archive_committed.load(Ordering::Acquire);
-        let until_ms = coldstream_sources::ingest::now_ms().saturating_sub(retention_ms);
-        match self.log.trim(keep_from.min(archived), until_ms) {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, before = keep_from.min(archived), "log retention removed segments"),
-            Err(error) => tracing::warn!(%error, "log retention"),
-        }
+    }
+    let Some(retention_ms) = retention_ms else { return };
+    let keep_from = match store.keep_from() {
+        Ok(keep_from) => keep_from.unwrap_or(0),
+        Err(error) => return tracing::warn!(%error, "listing checkpoints for retention"),
+    };
+    // The archive's last range stays in the log: a restart writes it
+    // again, and a rebuild resumes the log after it.
+    let archived = progress.archive_committed.load(Ordering::Acquire);
+    let until_ms = coldstream_sources::ingest::now_ms().saturating_sub(retention_ms);
+    match log.trim(keep_from.min(archived), until_ms) {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, before = keep_from.min(archived), "log retention removed segments"),
+        Err(error) => tracing::warn!(%error, "log retention"),
     }
 }
 

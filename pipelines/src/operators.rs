@@ -15,8 +15,14 @@
 //! A view may also read a small table every fridge shares (the price list):
 //! its changes are broadcast to every worker and applied, at each logical
 //! time, before the fridges' own updates of that time.
+//!
+//! A checkpoint does not stop the operator while it encodes every fridge:
+//! its state at the checkpoint's time is taken copy-on-write ([`Taking`]).
+//! A fridge is encoded just before its first change after that time, and
+//! the rest a slice at a time between the operator's other work, so the
+//! views keep answering while a large state is written out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -165,6 +171,72 @@ fn hold<'a, I, C>(
     })
 }
 
+/// Encoding one checkpoint's fridges takes at most this long per
+/// activation; the operator asks to run again for the rest.
+const ENCODE_SLICE: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// A checkpoint being taken copy-on-write: the operator's state at `time`,
+/// of which the fridges in `left` are not yet encoded (and have not changed
+/// since `time`).
+struct Taking {
+    time: Time,
+    shared: Vec<u8>,
+    encoded: Vec<(String, Vec<u8>)>,
+    /// Fridges still to encode, in the order the slices take them ...
+    order: Vec<String>,
+    /// ... and as a set, to look a fridge up before it changes.
+    left: HashSet<String>,
+}
+
+impl Taking {
+    /// Starts a checkpoint at `time` of `fridges` and `table` as they are now.
+    fn start<S: Serialize, T: Serialize>(time: Time, fridges: &HashMap<String, S>, table: &T) -> Taking {
+        let order: Vec<String> = fridges.keys().cloned().collect();
+        Taking {
+            time,
+            shared: encode(table),
+            encoded: Vec::with_capacity(order.len()),
+            left: order.iter().cloned().collect(),
+            order,
+        }
+    }
+
+    /// Encodes `fridge` if its state at `time` is not encoded yet: called
+    /// just before the state changes.
+    fn before_change<S: Serialize>(&mut self, fridge: &str, state: &S) {
+        if self.left.remove(fridge) {
+            self.encoded.push((fridge.to_owned(), encode(state)));
+        }
+    }
+
+    /// Encodes fridges until `until` (every one left, with `None`); says
+    /// whether the checkpoint is whole.
+    fn encode_until<S: Serialize>(&mut self, fridges: &HashMap<String, S>, until: Option<std::time::Instant>) -> bool {
+        while let Some(fridge) = self.order.pop() {
+            if self.left.remove(&fridge)
+                && let Some(state) = fridges.get(&fridge)
+            {
+                self.encoded.push((fridge, encode(state)));
+                if until.is_some_and(|until| std::time::Instant::now() >= until) {
+                    break;
+                }
+            }
+        }
+        self.left.is_empty()
+    }
+
+    /// The whole snapshot, once [`Taking::encode_until`] said so.
+    fn snapshot(self, operator: &str, worker: usize) -> OperatorSnapshot {
+        OperatorSnapshot {
+            time: self.time,
+            operator: operator.to_owned(),
+            worker,
+            shared: self.shared,
+            fridges: self.encoded,
+        }
+    }
+}
+
 /// The horizon rule every per-fridge operator applies: an event more than
 /// `horizon_us` behind `latest` (the newest event time of the kind the
 /// operator reads that its fridge had sent before the event's commit) is
@@ -210,9 +282,11 @@ pub fn by_fridge_in_time_order_with<'s, S: FridgeState>(
     let (held, checkpoints) = (hooks.held.clone(), hooks.checkpoints.clone());
     checkpoints.register(id, worker, peers);
     let operator = id.to_owned();
+    let scope = input.inner.scope();
     input
         .inner
-        .binary_frontier(shared.inner.broadcast(), exchange, Pipeline, id, move |_capability, _info| {
+        .binary_frontier(shared.inner.broadcast(), exchange, Pipeline, id, move |_capability, info| {
+            let activator = scope.activator_for(info.address);
             let mut pending: BTreeMap<Time, Pending<S::Input, <S::Shared as Shared>::Change>> = BTreeMap::new();
             let (mut fridges, mut table): (HashMap<String, S>, S::Shared) =
                 checkpoints.restore(&operator, worker, peers).unwrap_or_else(|error| {
@@ -226,14 +300,20 @@ pub fn by_fridge_in_time_order_with<'s, S: FridgeState>(
                 }
             }
             held.add(fridges.values().map(|state| state.held() as i64).sum());
-            // The last checkpoint taken (or started from).
+            // The last checkpoint started (or started from), and the one
+            // being taken.
             let mut taken = (checkpoints.start() > 0).then(|| checkpoints.start());
-            let snapshot = move |time: Time, fridges: &HashMap<String, S>, table: &S::Shared| OperatorSnapshot {
-                time,
-                operator: operator.clone(),
-                worker,
-                shared: encode(table),
-                fridges: fridges.iter().map(|(fridge, state)| (fridge.clone(), encode(state))).collect(),
+            let mut taking: Option<Taking> = None;
+            // Starts a checkpoint at `at`, finishing the one before it first.
+            let begin = {
+                let (checkpoints, operator) = (checkpoints.clone(), operator.clone());
+                move |taking: &mut Option<Taking>, at: Time, fridges: &HashMap<String, S>, table: &S::Shared| {
+                    if let Some(mut older) = taking.take() {
+                        older.encode_until(fridges, None);
+                        checkpoints.deliver(older.snapshot(&operator, worker));
+                    }
+                    *taking = Some(Taking::start(at, fridges, table));
+                }
             };
             let mut out = Vec::new();
             move |(input, frontier), (shared_input, shared_frontier), output| {
@@ -253,7 +333,7 @@ pub fn by_fridge_in_time_order_with<'s, S: FridgeState>(
                     }
                     // Checkpoints requested before this time see none of it.
                     while let Some(at) = checkpoints.next_after(taken).filter(|at| at <= entry.key()) {
-                        checkpoints.deliver(snapshot(at, &fridges, &table));
+                        begin(&mut taking, at, &fridges, &table);
                         taken = Some(at);
                     }
                     let (time, Pending { capability, mut updates, shared: mut changes }) = entry.remove_entry();
@@ -265,6 +345,10 @@ pub fn by_fridge_in_time_order_with<'s, S: FridgeState>(
                     };
                     consolidate(&mut changes);
                     if !changes.is_empty() {
+                        // Every fridge may change: the checkpoint takes them all first.
+                        if let Some(taking) = taking.as_mut() {
+                            taking.encode_until(&fridges, None);
+                        }
                         table.update(&changes);
                         for (fridge, state) in fridges.iter_mut() {
                             track(state, &mut |state| state.reshare(fridge, time, &changes, &table, &mut out));
@@ -277,6 +361,9 @@ pub fn by_fridge_in_time_order_with<'s, S: FridgeState>(
                         let inputs: Vec<(S::Input, isize)> =
                             rest[..len].iter().map(|((_, value), diff)| (value.clone(), *diff)).collect();
                         let state = fridges.entry(fridge.clone()).or_insert_with(&new_state);
+                        if let Some(taking) = taking.as_mut() {
+                            taking.before_change(fridge, state);
+                        }
                         track(state, &mut |state| state.apply(fridge, time, &inputs, &table, &mut out));
                         rest = &rest[len..];
                     }
@@ -290,10 +377,65 @@ pub fn by_fridge_in_time_order_with<'s, S: FridgeState>(
                     if frontier.less_than(&at) || shared_frontier.less_than(&at) {
                         break;
                     }
-                    checkpoints.deliver(snapshot(at, &fridges, &table));
+                    begin(&mut taking, at, &fridges, &table);
                     taken = Some(at);
+                }
+                // A slice of the checkpoint being taken; all of it once the
+                // inputs have ended, since the operator may not run again.
+                if let Some(mut current) = taking.take() {
+                    let ended = frontier.is_empty() && shared_frontier.is_empty();
+                    let until = (!ended).then(|| std::time::Instant::now() + ENCODE_SLICE);
+                    if current.encode_until(&fridges, until) {
+                        checkpoints.deliver(current.snapshot(&operator, worker));
+                    } else {
+                        taking = Some(current);
+                        activator.activate();
+                    }
                 }
             }
         })
         .as_collection()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint taken copy-on-write holds every fridge as it was at its
+    /// time, whether the fridge was encoded before a later change, by a
+    /// slice, or at the end, and none that appeared after it.
+    #[test]
+    fn a_checkpoint_taken_copy_on_write_holds_the_state_at_its_time() {
+        let mut fridges: HashMap<String, Vec<i64>> = (0..50).map(|i| (format!("FR-{i:03}"), vec![i, i * 2])).collect();
+        let at_time = fridges.clone();
+        let mut taking = Taking::start(7, &fridges, &"prices");
+
+        // Changes after the checkpoint's time: each fridge is taken first.
+        for i in (0..50).step_by(3) {
+            let fridge = format!("FR-{i:03}");
+            let state = fridges.get_mut(&fridge).unwrap();
+            taking.before_change(&fridge, state);
+            state.push(-1);
+        }
+        fridges.insert("FR-new".into(), vec![99]);
+        // A slice that has already run out takes one fridge at most.
+        let left = taking.left.len();
+        assert!(!taking.encode_until(&fridges, Some(std::time::Instant::now())));
+        assert_eq!(taking.left.len(), left - 1);
+        // A second change of an encoded fridge does not encode it again.
+        let state = fridges.get_mut("FR-000").unwrap();
+        taking.before_change("FR-000", state);
+        state.push(-2);
+        assert!(taking.encode_until(&fridges, None));
+
+        let snapshot = taking.snapshot("op", 1);
+        assert_eq!((snapshot.time, snapshot.operator.as_str(), snapshot.worker), (7, "op", 1));
+        assert_eq!(snapshot.shared, encode(&"prices"));
+        let mut got = snapshot.fridges;
+        got.sort();
+        let mut expected: Vec<(String, Vec<u8>)> =
+            at_time.iter().map(|(fridge, state)| (fridge.clone(), encode(state))).collect();
+        expected.sort();
+        assert_eq!(got, expected);
+    }
 }
