@@ -69,11 +69,6 @@ impl Consolidated {
         }
     }
 
-    /// The inventory: `(fridge, sku) → on hand`.
-    pub fn inventory(&self) -> ByShelf {
-        present(&self.inventory).into_iter().collect()
-    }
-
     /// The restock lines: `(fridge, sku) → units`.
     pub fn lines(&self) -> ByShelf {
         present(&self.lines).into_iter().collect()

@@ -53,11 +53,6 @@ impl Rows {
         self.inventory.iter().cloned().collect()
     }
 
-    /// The restock lines: `(fridge, sku) → units`.
-    pub fn lines_by_shelf(&self) -> ByShelf {
-        self.restock_lines.iter().cloned().collect()
-    }
-
     /// `(view, rows)` of each view, in the order of coldstream's list.
     pub fn counts(&self) -> [(&'static str, usize); 7] {
         [

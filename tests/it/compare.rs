@@ -42,7 +42,7 @@ async fn the_alternatives_compute_the_same_inventory_and_restock_lines() {
     for batch in run_views(2, arrivals, ViewConfig::default()) {
         views.add(batch);
     }
-    let (inventory, lines) = (views.inventory(), views.lines());
+    let (inventory, lines) = (views.rows().inventory_by_shelf(), views.lines());
     assert!(inventory.len() > 20 && lines.len() > 5, "{} inventory rows, {} lines", inventory.len(), lines.len());
     assert_eq!(lines, restock_lines_reference(&events, 2));
 
@@ -91,7 +91,7 @@ fn on_late_warm_delivery_the_loop_gives_every_row_of_every_view_that_coldstream_
     assert_eq!(looped.revenue, revenue_reference(&events, &config).into_iter().collect());
     assert_eq!(looped.sales_7d, sales_7d_reference(&events).into_iter().collect());
     assert_eq!(looped.excursions, excursions_reference(&events).into_iter().collect());
-    assert_eq!(looped.lines_by_shelf(), restock_lines_reference(&events, 2));
+    assert_eq!(looped.restock_lines.iter().cloned().collect::<cost::ByShelf>(), restock_lines_reference(&events, 2));
     assert_eq!(looped.alerts, alerts_reference(&events));
     let late = hours.windows(2).any(|pair| {
         let newest = pair[0].iter().map(|e| e.event_time).max().unwrap_or(i64::MIN);
