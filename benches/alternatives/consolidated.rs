@@ -15,7 +15,7 @@ type Counts<R> = BTreeMap<R, isize>;
 pub struct Consolidated {
     inventory: Counts<((String, String), i64)>,
     sessions: Counts<((String, String), coldstream_pipelines::views::SessionRow)>,
-    revenue: Counts<((String, i64), (i64, i64, i64))>,
+    revenue: Counts<(coldstream_pipelines::views::RevenueKey, (i64, i64, i64))>,
     sales_7d: Counts<((String, String), i64)>,
     excursions: Counts<((String, i64), coldstream_pipelines::views::Excursion)>,
     lines: Counts<((String, String), i64)>,
