@@ -156,13 +156,7 @@ fn cost_loop(hours: &[Vec<Event>]) -> (Duration, Rows) {
     let mut best = (Duration::MAX, Rows::default());
     for _ in 0..3 {
         let started = Instant::now();
-        let mut views = cost::Streaming::new(&ViewConfig::default());
-        for (hour, events) in hours.iter().enumerate() {
-            views.advance_to(hour as Time + 1);
-            for event in events {
-                views.apply(event);
-            }
-        }
+        let views = cost::Streaming::over_hours(hours, &ViewConfig::default());
         let took = started.elapsed();
         if took < best.0 {
             best = (took, views.views());

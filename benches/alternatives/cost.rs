@@ -223,6 +223,18 @@ pub struct Streaming {
 }
 
 impl Streaming {
+    /// The loop fed `hours`, the events of hour `h` at logical time `h + 1`.
+    pub fn over_hours(hours: &[Vec<Event>], config: &ViewConfig) -> Self {
+        let mut views = Streaming::new(config);
+        for (hour, events) in hours.iter().enumerate() {
+            views.advance_to(hour as Time + 1);
+            for event in events {
+                views.apply(event);
+            }
+        }
+        views
+    }
+
     pub fn new(config: &ViewConfig) -> Self {
         Streaming {
             horizon_us: config.horizon_us,

@@ -61,14 +61,7 @@ async fn the_alternatives_compute_the_same_inventory_and_restock_lines() {
 
 /// The single-threaded loop's views after `hours`.
 fn cost_loop(hours: &[Vec<Event>]) -> cost::Rows {
-    let mut looped = cost::Streaming::new(&ViewConfig::default());
-    for (hour, events) in hours.iter().enumerate() {
-        looped.advance_to(hour as Time + 1);
-        for event in events {
-            looped.apply(event);
-        }
-    }
-    looped.views()
+    cost::Streaming::over_hours(hours, &ViewConfig::default()).views()
 }
 
 #[test]
