@@ -300,7 +300,7 @@ fn main() -> anyhow::Result<()> {
         for (hour, events) in day_hours.iter().enumerate() {
             let ingest_ms = ((day - 1) * 24 + hour as i64 + 1) as u64;
             for event in events {
-                archive.push_event(offset, ingest_ms, event.clone());
+                archive.push_event(offset, ingest_ms, event.clone()).expect("the event is archived");
                 offset += 1;
             }
         }

@@ -19,7 +19,7 @@ use coldstream::server::Server;
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_sinks::ParquetConfig;
 use coldstream_sinks::webhooks::deliver::dispatch;
-use coldstream_sinks::webhooks::receiver::Receiver;
+use coldstream_sinks::webhooks::receiver::{Keep, Receiver};
 use coldstream_sinks::webhooks::{
     DeadLetter, EXAMPLE_SECRET, Endpoint, EndpointConfig, Message, Outbox, RetryPolicy, Secret,
 };
@@ -31,7 +31,8 @@ fn secret() -> Secret {
 
 /// Delivers `count` messages spread over `keys` keys; returns deliveries/s.
 async fn sustained(count: usize, keys: usize) -> f64 {
-    let receiver = Receiver::start("127.0.0.1:0".parse().expect("address"), secret(), false).await.expect("receiver");
+    let receiver =
+        Receiver::start("127.0.0.1:0".parse().expect("address"), secret(), Keep::Everything).await.expect("receiver");
     let dir = tempfile::tempdir().expect("temporary directory");
     let messages: Vec<Message> = (0..count)
         .map(|n| {
@@ -132,7 +133,7 @@ async fn outage(fridges: usize) {
     );
     let mut receivers = Vec::new();
     for addr in &addrs {
-        receivers.push(Receiver::start(*addr, secret(), false).await.expect("receiver"));
+        receivers.push(Receiver::start(*addr, secret(), Keep::Everything).await.expect("receiver"));
     }
     let back = Instant::now();
     while server.webhooks_pending() > 0 && back.elapsed() < Duration::from_secs(600) {

@@ -103,10 +103,10 @@ pub fn archive_log(
             match record.decode() {
                 Ok(Entry::Accepted(event)) => {
                     if positions.as_mut().is_none_or(|positions| positions.admits(&event)) {
-                        archive.push_event(offset, ingest_ms, event);
+                        archive.push_event(offset, ingest_ms, event)?;
                     }
                 }
-                Ok(Entry::Rejected(rejected)) => archive.push_rejected(offset, rejected_row(ingest_ms, rejected)),
+                Ok(Entry::Rejected(rejected)) => archive.push_rejected(offset, rejected_row(ingest_ms, rejected))?,
                 Ok(Entry::Skipped) => {}
                 Err(error) => tracing::warn!(offset, %error, "skipping a log record"),
             }

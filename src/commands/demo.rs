@@ -117,7 +117,7 @@ pub async fn demo(spec: DemoSpec) -> Result<(), DemoError> {
         config.metrics = coldstream::config::MetricsSection { enabled: true, listen };
     }
     // A receiver per webhook endpoint, in this process.
-    let receivers = super::local_receivers(&mut config)
+    let receivers = super::local_receivers(&mut config, coldstream_sinks::webhooks::receiver::Keep::Everything)
         .await
         .map_err(|e| DemoError::Io(format!("starting a webhook receiver: {e}")))?;
     let server = Server::start(&config).await?;

@@ -225,13 +225,14 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// demo and the bench).
 pub async fn local_receivers(
     config: &mut Config,
+    keep: coldstream_sinks::webhooks::receiver::Keep,
 ) -> std::io::Result<Vec<(coldstream_sinks::webhooks::Endpoint, coldstream_sinks::webhooks::receiver::Receiver)>> {
     use coldstream_sinks::webhooks::receiver::Receiver;
     use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint, Secret};
     let mut receivers = Vec::new();
     for endpoint in Endpoint::ALL {
         let secret = Secret::parse(EXAMPLE_SECRET).expect("the example secret parses");
-        let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), secret, false).await?;
+        let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), secret, keep).await?;
         *config.webhooks.endpoint_mut(endpoint) = Some(coldstream::config::EndpointSection {
             url: format!("http://{}/{}", receiver.addr(), endpoint.as_str()),
             secret: EXAMPLE_SECRET.to_owned(),

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use coldstream_sinks::webhooks::Secret;
-use coldstream_sinks::webhooks::receiver::Receiver;
+use coldstream_sinks::webhooks::receiver::{Keep, Receiver};
 
 use super::{init_logging, runtime};
 
@@ -33,7 +33,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let secret = Secret::parse(text.trim()).context("the endpoint's secret")?;
     let listen = args.listen;
     runtime()?.block_on(async move {
-        let receiver = Receiver::start(listen, secret, true).await.with_context(|| format!("listening on {listen}"))?;
+        let receiver =
+            Receiver::start(listen, secret, Keep::Print).await.with_context(|| format!("listening on {listen}"))?;
         eprintln!("receiving webhooks on http://{}/ (Ctrl-C stops)", receiver.addr());
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
         receiver.stop().await;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use coldstream::query;
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_sinks::parquet::view_tables;
-use coldstream_sinks::webhooks::receiver::Receiver;
+use coldstream_sinks::webhooks::receiver::{Keep, Receiver};
 use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint, Outbox, Secret};
 use coldstream_sources::log::embedded::{EmbeddedConfig, EmbeddedLog};
 use coldstream_sources::log::{EventLog, Record};
@@ -187,7 +187,7 @@ pub(crate) fn webhook_ids(dirs: &[PathBuf], receiver: &Receiver) -> BTreeSet<Str
 }
 
 pub(crate) async fn receiver() -> Receiver {
-    Receiver::start(([127, 0, 0, 1], 0).into(), Secret::parse(EXAMPLE_SECRET).unwrap(), false).await.unwrap()
+    Receiver::start(([127, 0, 0, 1], 0).into(), Secret::parse(EXAMPLE_SECRET).unwrap(), Keep::Everything).await.unwrap()
 }
 
 fn count(dirs: &[PathBuf], sql: &str) -> impl std::future::Future<Output = u64> {

@@ -52,7 +52,7 @@ async fn the_alternatives_compute_the_same_inventory_and_restock_lines() {
     let dir = tempfile::tempdir().unwrap();
     let (mut archive, _) = EventArchive::open(dir.path(), ParquetConfig::default()).unwrap();
     for (offset, event) in events.iter().enumerate() {
-        archive.push_event(offset as u64, 1_000 + offset as u64 / 500, event.clone());
+        archive.push_event(offset as u64, 1_000 + offset as u64 / 500, event.clone()).unwrap();
     }
     archive.flush(events.len() as u64).unwrap();
     let (sql_lines, _) = recompute::restock_lines(dir.path()).await.unwrap();

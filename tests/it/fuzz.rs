@@ -116,7 +116,7 @@ fn real_parquet() -> Vec<u8> {
         for seq in 1..=20 {
             let taken =
                 event("FR-1", seq, 1, Payload::ItemTaken { session_id: "s".into(), sku: "cola".into(), qty: 1 });
-            archive.push_event(seq - 1, 7, taken);
+            archive.push_event(seq - 1, 7, taken).unwrap();
         }
         archive.flush(20).unwrap();
         let (path, _, _) = list_parts(&dir.path().join("events")).unwrap().remove(0);

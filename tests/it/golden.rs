@@ -42,7 +42,7 @@ pub(crate) fn fixture_with(dir: &Path, views: ViewConfig) {
     for (batch, chunk) in events.chunks(100).enumerate() {
         let time = 1_000 + batch as u64;
         for (i, event) in chunk.iter().enumerate() {
-            archive.push_event((batch * 100 + i) as u64, time, event.clone());
+            archive.push_event((batch * 100 + i) as u64, time, event.clone()).unwrap();
         }
         let payloads: Vec<Vec<u8>> = chunk.iter().map(Record::accepted).collect();
         log.append(time, &payloads).unwrap();

@@ -549,7 +549,7 @@ async fn the_bundled_receiver_accepts_signed_deliveries_and_refuses_a_wrong_sign
     let receiver = coldstream_sinks::webhooks::receiver::Receiver::start(
         "127.0.0.1:0".parse().unwrap(),
         Secret::parse(EXAMPLE_SECRET).unwrap(),
-        false,
+        coldstream_sinks::webhooks::receiver::Keep::Everything,
     )
     .await
     .unwrap();

@@ -2,14 +2,16 @@
 //! day (`dt=YYYY-MM-DD`: the event date for events, the receive date for
 //! rejections).
 //!
-//! Rows are buffered in log order and flushed as one file per table and
-//! day, all named after the log range `first..end` they cover. Files of
+//! Rows are written in log order, a batch at a time, into one open file per
+//! table and day, all named after the log range `first..end` they cover
+//! when the range is committed. Files of
 //! one range are committed before the next range starts, so after a crash
 //! only the last range can be incomplete: [`EventArchive::open`] reports it,
 //! the caller reads that range from the log again, and [`EventArchive::flush`]
 //! writes the files that are missing and skips those that exist.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,11 +20,12 @@ use arrow::array::{
     ArrayRef, BooleanBuilder, Float32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
     TimestampMillisecondBuilder, UInt64Builder,
 };
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use chrono::DateTime;
 use coldstream_pipelines::{Event, Payload};
 
-use super::{ParquetConfig, SinkError, list_parts, part_name, remove_leftovers, schema, write_part};
+use super::{OpenPart, ParquetConfig, SinkError, list_parts, part_name, remove_leftovers, schema};
 
 /// A rejected event as the dead letter keeps it.
 #[derive(Clone, Debug)]
@@ -47,20 +50,81 @@ pub struct RejectedRow {
     pub event: String,
 }
 
-/// The day partition of a timestamp in microseconds.
-fn day_of_us(us: i64) -> String {
-    DateTime::from_timestamp_micros(us).map_or_else(|| "1970-01-01".to_owned(), |t| t.format("%Y-%m-%d").to_string())
+/// Microseconds in a day.
+const DAY_US: i64 = 86_400_000_000;
+
+/// The day partition folder of a day number (days since the epoch).
+fn day_folder(day: i64) -> String {
+    let date = DateTime::from_timestamp_micros(day.saturating_mul(DAY_US))
+        .map_or_else(|| "1970-01-01".to_owned(), |t| t.format("%Y-%m-%d").to_string());
+    format!("dt={date}")
 }
 
-/// The buffering, crash-safe writer of `events/` and `rejected/`.
+/// Rows are written into the open parts once this many are buffered.
+const BATCH_ROWS: usize = 8 * 1024;
+
+/// The open parts of one table in the range being written, one per day.
+struct DayParts {
+    dir: PathBuf,
+    schema: SchemaRef,
+    parts: BTreeMap<i64, OpenPart>,
+}
+
+impl DayParts {
+    fn new(dir: PathBuf, schema: &SchemaRef) -> Self {
+        DayParts { dir, schema: Arc::clone(schema), parts: BTreeMap::new() }
+    }
+
+    /// Writes rows, grouped by their day (`day_of`), each group as one
+    /// batch (`batch`) into that day's part.
+    fn write<T>(
+        &mut self,
+        rows: &[T],
+        day_of: impl Fn(&T) -> i64,
+        batch: impl Fn(&[&T]) -> Result<RecordBatch, SinkError>,
+        config: &ParquetConfig,
+    ) -> Result<(), SinkError> {
+        let mut by_day: BTreeMap<i64, Vec<&T>> = BTreeMap::new();
+        for row in rows {
+            by_day.entry(day_of(row)).or_default().push(row);
+        }
+        for (day, rows) in by_day {
+            let batch = batch(&rows)?;
+            let part = match self.parts.entry(day) {
+                Entry::Occupied(part) => part.into_mut(),
+                Entry::Vacant(slot) => {
+                    slot.insert(OpenPart::create(&self.dir.join(day_folder(day)), Arc::clone(&self.schema), config)?)
+                }
+            };
+            part.write(&batch)?;
+        }
+        Ok(())
+    }
+
+    fn bytes(&self) -> usize {
+        self.parts.values().map(OpenPart::bytes).sum()
+    }
+
+    /// Commits every day's part as `name`; returns how many were new.
+    fn commit(&mut self, name: &str) -> Result<usize, SinkError> {
+        let mut written = 0;
+        for (_, part) in std::mem::take(&mut self.parts) {
+            written += usize::from(part.commit(name)?);
+        }
+        Ok(written)
+    }
+}
+
+/// The crash-safe writer of `events/` and `rejected/`. Rows are written
+/// into open part files a batch at a time as they are read, so the archive
+/// holds at most a batch of rows in memory, whatever the size of a range.
 pub struct EventArchive {
-    events_dir: PathBuf,
-    rejected_dir: PathBuf,
+    events_parts: DayParts,
+    rejected_parts: DayParts,
     config: ParquetConfig,
     events: Vec<(u64, Event)>,
     rejected: Vec<RejectedRow>,
     first_offset: Option<u64>,
-    buffered_bytes: usize,
     oldest: Option<Instant>,
 }
 
@@ -79,81 +143,82 @@ impl EventArchive {
             .map(|(_, from, to)| (from, to))
             .max();
         let archive = EventArchive {
-            events_dir,
-            rejected_dir,
+            events_parts: DayParts::new(events_dir, &schema::EVENTS),
+            rejected_parts: DayParts::new(rejected_dir, &schema::REJECTED),
             config,
             events: Vec::new(),
             rejected: Vec::new(),
             first_offset: None,
-            buffered_bytes: 0,
             oldest: None,
         };
         Ok((archive, last))
     }
 
-    fn note(&mut self, offset: u64, bytes: usize) {
+    fn note(&mut self, offset: u64) {
         self.first_offset.get_or_insert(offset);
         self.oldest.get_or_insert_with(Instant::now);
-        self.buffered_bytes += bytes;
     }
 
-    /// Buffers an accepted event read at `offset` with its ingest time.
-    pub fn push_event(&mut self, offset: u64, ingest_ms: u64, event: Event) {
-        self.note(offset, 160 + event.source_id.len());
+    /// Buffers an accepted event read at `offset` with its ingest time,
+    /// writing the buffer into the open parts once a batch has gathered.
+    pub fn push_event(&mut self, offset: u64, ingest_ms: u64, event: Event) -> Result<(), SinkError> {
+        self.note(offset);
         self.events.push((ingest_ms, event));
+        if self.events.len() >= BATCH_ROWS {
+            self.write_events()?;
+        }
+        Ok(())
     }
 
     /// Buffers a rejected event read at `offset`.
-    pub fn push_rejected(&mut self, offset: u64, row: RejectedRow) {
-        self.note(offset, 200 + row.event.len() + row.reason.len());
+    pub fn push_rejected(&mut self, offset: u64, row: RejectedRow) -> Result<(), SinkError> {
+        self.note(offset);
         self.rejected.push(row);
+        if self.rejected.len() >= BATCH_ROWS {
+            self.write_rejected()?;
+        }
+        Ok(())
     }
 
-    /// Whether the buffer is big or old enough to be written.
+    fn write_events(&mut self) -> Result<(), SinkError> {
+        let day_of = |row: &(u64, Event)| row.1.event_time.div_euclid(DAY_US);
+        self.events_parts.write(&self.events, day_of, |rows| events_batch(rows), &self.config)?;
+        self.events.clear();
+        Ok(())
+    }
+
+    fn write_rejected(&mut self) -> Result<(), SinkError> {
+        let day_of = |row: &RejectedRow| (row.received_ms as i64 * 1000).div_euclid(DAY_US);
+        self.rejected_parts.write(&self.rejected, day_of, |rows| rejected_batch(rows), &self.config)?;
+        self.rejected.clear();
+        Ok(())
+    }
+
+    /// Whether the range is big or old enough to be committed.
     pub fn is_due(&self) -> bool {
-        self.buffered_bytes >= self.config.roll_bytes
-            || self.oldest.is_some_and(|t| t.elapsed() >= self.config.roll_age)
+        self.oldest.is_some_and(|t| t.elapsed() >= self.config.roll_age)
+            || self.events_parts.bytes() + self.rejected_parts.bytes() >= self.config.roll_bytes
     }
 
-    /// The offset of the first buffered record, if any.
+    /// The offset of the first record of the range, if any.
     pub fn buffered_from(&self) -> Option<u64> {
         self.first_offset
     }
 
-    /// Whether anything is buffered.
+    /// Whether the range holds anything.
     pub fn is_empty(&self) -> bool {
         self.first_offset.is_none()
     }
 
-    /// Writes everything buffered as the range `first..end_offset`, where
-    /// `end_offset` is the offset after the last buffered record. Returns
-    /// the number of files written.
+    /// Commits the range as `first..end_offset`, where `end_offset` is the
+    /// offset after its last record. Returns the number of files written.
     pub fn flush(&mut self, end_offset: u64) -> Result<usize, SinkError> {
         let Some(first) = self.first_offset else { return Ok(0) };
+        self.write_events()?;
+        self.write_rejected()?;
         let name = part_name(first, end_offset);
-        let mut written = 0;
-        let mut by_day: BTreeMap<String, Vec<&(u64, Event)>> = BTreeMap::new();
-        for row in &self.events {
-            by_day.entry(day_of_us(row.1.event_time)).or_default().push(row);
-        }
-        for (day, rows) in by_day {
-            let batch = events_batch(&rows)?;
-            written +=
-                usize::from(write_part(&self.events_dir.join(format!("dt={day}")), &name, &batch, &self.config)?);
-        }
-        let mut by_day: BTreeMap<String, Vec<&RejectedRow>> = BTreeMap::new();
-        for row in &self.rejected {
-            by_day.entry(day_of_us(row.received_ms as i64 * 1000)).or_default().push(row);
-        }
-        for (day, rows) in by_day {
-            let batch = rejected_batch(&rows)?;
-            written +=
-                usize::from(write_part(&self.rejected_dir.join(format!("dt={day}")), &name, &batch, &self.config)?);
-        }
-        self.events.clear();
-        self.rejected.clear();
+        let written = self.events_parts.commit(&name)? + self.rejected_parts.commit(&name)?;
         self.first_offset = None;
-        self.buffered_bytes = 0;
         self.oldest = None;
         Ok(written)
     }
@@ -602,7 +667,7 @@ mod tests {
         let mut written: Vec<(u64, Event)> = Vec::new();
         for (offset, event) in events.into_iter().enumerate() {
             let ingest_ms = 5_000 + offset as u64 / 100;
-            archive.push_event(offset as u64, ingest_ms, event.clone());
+            archive.push_event(offset as u64, ingest_ms, event.clone()).expect("buffers");
             written.push((ingest_ms, event));
         }
         archive.flush(written.len() as u64).expect("flushes");

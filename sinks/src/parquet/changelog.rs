@@ -20,7 +20,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use coldstream_pipelines::views::View;
 
-use super::{ParquetConfig, SinkError, list_parts, part_name, schema, write_part};
+use super::{OpenPart, ParquetConfig, SinkError, list_parts, part_name, schema};
 
 /// One value of a changelog row; the column's type says how it is stored
 /// (an `Int` in a timestamp column is its count of the column's unit).
@@ -241,17 +241,32 @@ fn consolidate<R: Ord>(mut changes: Vec<(R, u64, i64)>) -> Vec<(R, u64, i64)> {
 }
 
 /// The crash-safe changelog writer of one view.
+///
+/// Final changes are written into an open part file a batch at a time, so
+/// a view's changelog holds at most a batch of changes in memory whatever
+/// its rate; the part is committed, covering `covered..written`, when it
+/// is big or old enough, or before a checkpoint.
 pub struct Changelog<R: ChangeRow> {
     dir: PathBuf,
     schema: SchemaRef,
     config: ParquetConfig,
+    /// Every change before this time is in a committed file.
     covered: u64,
+    /// Every change before this time is in a file, committed or open.
+    written: u64,
     /// Changes before this time came back from a checkpoint; a replay's
     /// copies of them are dropped.
     restored: u64,
+    /// Changes not yet in a file, final or not.
     buffer: Vec<(R::Record, u64, i64)>,
+    /// The part holding `covered..written`, if that range has changes.
+    open: Option<OpenPart>,
+    /// When the oldest change not in a committed file arrived.
     oldest: Option<Instant>,
 }
+
+/// Final changes are written to the open part once this many are buffered.
+const BATCH_ROWS: usize = 16 * 1024;
 
 /// A changelog buffering more changes than this is written out before a
 /// checkpoint rather than copied into it.
@@ -268,8 +283,10 @@ impl<R: ChangeRow> Changelog<R> {
             schema: changelog_schema::<R>(),
             config,
             covered,
+            written: covered,
             restored: 0,
             buffer: Vec::new(),
+            open: None,
             oldest: None,
         })
     }
@@ -281,16 +298,18 @@ impl<R: ChangeRow> Changelog<R> {
 
     /// Buffers a change; one that is already committed is dropped.
     pub fn push(&mut self, row: R::Record, time: u64, diff: i64) {
-        if time >= self.covered.max(self.restored) {
+        if time >= self.written.max(self.restored) {
             self.oldest.get_or_insert_with(Instant::now);
             self.buffer.push((row, time, diff));
         }
     }
 
-    /// The buffered changes before `frontier`, for a checkpoint; if there
-    /// are many, they are written to a file first and none are returned.
+    /// The buffered changes before `frontier`, for a checkpoint. If many
+    /// changes are buffered, or some are in an open part, every change
+    /// before `frontier` is committed to a file first and none are
+    /// returned.
     pub fn checkpoint(&mut self, frontier: u64) -> Result<Vec<(R::Record, u64, i64)>, SinkError> {
-        if self.buffer.len() > CHECKPOINT_ROWS {
+        if self.open.is_some() || self.buffer.len() > CHECKPOINT_ROWS {
             self.advance(frontier, true)?;
         }
         Ok(self.buffer.iter().filter(|(_, time, _)| *time < frontier).cloned().collect())
@@ -301,38 +320,54 @@ impl<R: ChangeRow> Changelog<R> {
     pub fn restore(&mut self, changes: Vec<(R::Record, u64, i64)>, frontier: u64) {
         self.restored = frontier;
         self.buffer.retain(|(_, time, _)| *time >= frontier);
-        self.buffer.extend(changes.into_iter().filter(|(_, time, _)| *time >= self.covered));
+        self.buffer.extend(changes.into_iter().filter(|(_, time, _)| *time >= self.written));
         if !self.buffer.is_empty() {
             self.oldest = Some(Instant::now());
         }
     }
 
     /// Called when the view's frontier reaches `frontier`: every change
-    /// before it is final. Writes them if the buffer is due (or `force`).
-    /// Returns whether a file was written.
+    /// before it is final. Writes them into the open part once a batch
+    /// has gathered, and commits the part when it is due (or `force`).
+    /// Returns whether a file was committed.
     pub fn advance(&mut self, frontier: u64, force: bool) -> Result<bool, SinkError> {
-        if frontier <= self.covered {
-            return Ok(false);
-        }
         let due = force
-            || self.buffer.len() * 64 >= self.config.roll_bytes
+            || self.open.as_ref().is_some_and(|part| part.bytes() >= self.config.roll_bytes)
             || self.oldest.is_some_and(|t| t.elapsed() >= self.config.roll_age);
-        if !due {
+        if frontier > self.written && (due || self.buffer.len() >= BATCH_ROWS) {
+            self.write_final(frontier)?;
+        }
+        if !due || self.written == self.covered {
             return Ok(false);
         }
-        let (ready, later): (Vec<_>, Vec<_>) = self.buffer.drain(..).partition(|(_, time, _)| *time < frontier);
+        let committed = match self.open.take() {
+            Some(part) => part.commit(&part_name(self.covered, self.written))?,
+            None => false,
+        };
+        self.covered = self.written;
+        self.oldest = if self.buffer.is_empty() { None } else { Some(Instant::now()) };
+        Ok(committed)
+    }
+
+    /// Writes every buffered change before `frontier` into the open part.
+    fn write_final(&mut self, frontier: u64) -> Result<(), SinkError> {
+        let (ready, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.buffer).into_iter().partition(|(_, time, _)| *time < frontier);
         self.buffer = later;
         // Workers may split one change into parts that cancel; the file
         // holds the net change of each record at each time.
         let ready = consolidate(ready);
-        let mut written = false;
         if !ready.is_empty() {
             let batch = changes_batch::<R>(&self.schema, &ready)?;
-            written = write_part(&self.dir, &part_name(self.covered, frontier), &batch, &self.config)?;
+            drop(ready);
+            let part = match &mut self.open {
+                Some(part) => part,
+                open => open.insert(OpenPart::create(&self.dir, Arc::clone(&self.schema), &self.config)?),
+            };
+            part.write(&batch)?;
         }
-        self.covered = frontier;
-        self.oldest = if self.buffer.is_empty() { None } else { Some(Instant::now()) };
-        Ok(written)
+        self.written = frontier;
+        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ pub mod views;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
@@ -30,7 +31,9 @@ pub use views::{ViewChangelogs, view_tables};
 /// Settings of the Parquet sink.
 #[derive(Clone, Debug)]
 pub struct ParquetConfig {
-    /// A file is closed once its rows reach about this many bytes in memory.
+    /// A file is closed once it holds about this many bytes (encoded and
+    /// compressed: rows are written into it as they come, not held in
+    /// memory until it closes).
     pub roll_bytes: usize,
     /// A file is closed once its oldest row has waited this long.
     pub roll_age: Duration,
@@ -169,28 +172,106 @@ fn fsync_dir(dir: &Path) -> Result<(), SinkError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| SinkError::io(format!("fsync of {}", dir.display()), e))
 }
 
+/// Rows in one row group of a part file. The writer holds a row group's
+/// encoded, compressed pages in memory until it is complete, so this
+/// bounds what a part costs in memory while it is written, whatever the
+/// file's size.
+pub const ROW_GROUP_ROWS: usize = 64 * 1024;
+
+/// A part file being written: rows are encoded and compressed into a
+/// hidden temporary file as they come, and the file appears under its name
+/// only when [`OpenPart::commit`] has fsynced it. A part dropped without a
+/// commit removes its temporary file; one a crash left is removed by
+/// [`remove_leftovers`] when its writer opens again.
+pub struct OpenPart {
+    dir: PathBuf,
+    temporary: PathBuf,
+    /// `None` once committed.
+    writer: Option<ArrowWriter<File>>,
+    rows: usize,
+}
+
+impl OpenPart {
+    /// Starts a part of `schema` in `dir`.
+    pub fn create(dir: &Path, schema: SchemaRef, config: &ParquetConfig) -> Result<Self, SinkError> {
+        static OPENED: AtomicU64 = AtomicU64::new(0);
+        std::fs::create_dir_all(dir).map_err(|e| SinkError::io(format!("creating {}", dir.display()), e))?;
+        let temporary =
+            dir.join(format!(".open-{}-{}.tmp", std::process::id(), OPENED.fetch_add(1, Ordering::Relaxed)));
+        let file =
+            File::create(&temporary).map_err(|e| SinkError::io(format!("creating {}", temporary.display()), e))?;
+        let level = ZstdLevel::try_new(config.zstd_level).map_err(|e| SinkError::Config(e.to_string()))?;
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .build();
+        let writer = ArrowWriter::try_new(file, schema, Some(properties))
+            .map_err(|source| SinkError::Parquet { file: temporary.display().to_string(), source })?;
+        Ok(OpenPart { dir: dir.to_path_buf(), temporary, writer: Some(writer), rows: 0 })
+    }
+
+    fn parquet_error(&self, source: parquet::errors::ParquetError) -> SinkError {
+        SinkError::Parquet { file: self.temporary.display().to_string(), source }
+    }
+
+    /// Appends rows.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        let Some(writer) = self.writer.as_mut() else { return Ok(()) };
+        let written = writer.write(batch);
+        written.map_err(|e| self.parquet_error(e))?;
+        self.rows += batch.num_rows();
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// About how many bytes the file will hold: those written, and those
+    /// encoded in memory for the row group in progress.
+    pub fn bytes(&self) -> usize {
+        self.writer.as_ref().map_or(0, |writer| writer.bytes_written() + writer.in_progress_size())
+    }
+
+    /// Closes the file, fsyncs it and renames it to `name` in its folder.
+    /// Returns false, leaving nothing behind, if a file of that name is
+    /// already there (committed before a crash, from the same log range,
+    /// so with the same rows).
+    pub fn commit(mut self, name: &str) -> Result<bool, SinkError> {
+        let path = self.dir.join(name);
+        if path.exists() {
+            return Ok(false); // dropping `self` removes the temporary file
+        }
+        let Some(writer) = self.writer.take() else { return Ok(false) };
+        let file = writer.into_inner().map_err(|e| self.parquet_error(e))?;
+        file.sync_all().map_err(|e| SinkError::io(format!("fsync of {}", self.temporary.display()), e))?;
+        drop(file);
+        std::fs::rename(&self.temporary, &path)
+            .map_err(|e| SinkError::io(format!("renaming to {}", path.display()), e))?;
+        fsync_dir(&self.dir)?;
+        Ok(true)
+    }
+}
+
+impl Drop for OpenPart {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
+}
+
 /// Writes `batch` to `dir/name` atomically. Returns false, writing nothing,
 /// if the file already exists (it was committed before a crash and its
 /// content is the same, since it is derived from the same log range).
 pub fn write_part(dir: &Path, name: &str, batch: &RecordBatch, config: &ParquetConfig) -> Result<bool, SinkError> {
-    let path = dir.join(name);
-    if path.exists() {
+    if dir.join(name).exists() {
         return Ok(false);
     }
-    std::fs::create_dir_all(dir).map_err(|e| SinkError::io(format!("creating {}", dir.display()), e))?;
-    let temporary = dir.join(format!(".{name}.tmp"));
-    let file = File::create(&temporary).map_err(|e| SinkError::io(format!("creating {}", temporary.display()), e))?;
-    let level = ZstdLevel::try_new(config.zstd_level).map_err(|e| SinkError::Config(e.to_string()))?;
-    let properties = WriterProperties::builder().set_compression(Compression::ZSTD(level)).build();
-    let parquet_error = |source| SinkError::Parquet { file: temporary.display().to_string(), source };
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(parquet_error)?;
-    writer.write(batch).map_err(parquet_error)?;
-    let file = writer.into_inner().map_err(parquet_error)?;
-    file.sync_all().map_err(|e| SinkError::io(format!("fsync of {}", temporary.display()), e))?;
-    drop(file);
-    std::fs::rename(&temporary, &path).map_err(|e| SinkError::io(format!("renaming to {}", path.display()), e))?;
-    fsync_dir(dir)?;
-    Ok(true)
+    let mut part = OpenPart::create(dir, batch.schema(), config)?;
+    part.write(batch)?;
+    part.commit(name)
 }
 
 /// An empty batch of `schema`, for tables with no rows yet.

@@ -1,9 +1,10 @@
 //! A small webhook receiver: verifies each delivery's Standard Webhooks
 //! signature, answers 204 (or 401 with the reason), drops repeats by
-//! `webhook-id`, and keeps what it received. `coldstream receive` prints
-//! each delivery and keeps only the last [`REMEMBERED_IDS`] ids (a receiver
-//! left running for weeks must not grow); the demo and the tests keep every
-//! delivery and read them back.
+//! `webhook-id`, and keeps what it received ([`Keep`]). `coldstream
+//! receive` prints each delivery and keeps only the last
+//! [`REMEMBERED_IDS`] ids (a receiver left running for weeks must not
+//! grow); the demo and the tests keep every delivery and read them back;
+//! the bench keeps a receipt of each.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -25,14 +26,28 @@ pub struct Delivery {
     pub id: String,
     /// The body's `type`.
     pub kind: String,
-    /// The body's `data`.
+    /// The body's `data` (null in a receipt).
     pub data: serde_json::Value,
-    /// The raw body.
+    /// The raw body (empty in a receipt).
     pub body: String,
+    /// The body's `timestamp`, in ms since the Unix epoch.
+    pub timestamp_ms: Option<u64>,
     /// Whether an earlier delivery had the same id.
     pub repeat: bool,
     /// When it arrived, in ms since the Unix epoch.
     pub received_ms: u64,
+}
+
+/// What a receiver does with a verified delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Keeps it whole, for [`Receiver::received`].
+    Everything,
+    /// Keeps its id, type, timestamp and arrival, without its body: what
+    /// a latency measurement needs, at a few dozen bytes a delivery.
+    Receipts,
+    /// Prints a line of it and keeps nothing.
+    Print,
 }
 
 /// Ids a printing receiver remembers to flag repeats, at most.
@@ -40,7 +55,7 @@ pub const REMEMBERED_IDS: usize = 100_000;
 
 struct Shared {
     secret: Secret,
-    print: bool,
+    keep: Keep,
     seen: Mutex<Seen>,
     received: Mutex<Vec<Delivery>>,
 }
@@ -79,13 +94,12 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Listens on `listen` (port 0 for any) until stopped; with `print`,
-    /// writes one line per delivery to standard output instead of keeping
-    /// it (so [`Receiver::received`] stays empty).
-    pub async fn start(listen: SocketAddr, secret: Secret, print: bool) -> std::io::Result<Receiver> {
+    /// Listens on `listen` (port 0 for any) until stopped, keeping what
+    /// `keep` says of each delivery.
+    pub async fn start(listen: SocketAddr, secret: Secret, keep: Keep) -> std::io::Result<Receiver> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared { secret, print, seen: Mutex::default(), received: Mutex::default() });
+        let shared = Arc::new(Shared { secret, keep, seen: Mutex::default(), received: Mutex::default() });
         let app =
             Router::new().route("/{*path}", post(receive)).route("/", post(receive)).with_state(Arc::clone(&shared));
         let (stop, stopped) = oneshot::channel::<()>();
@@ -132,16 +146,23 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         return (StatusCode::BAD_REQUEST, "the body is not JSON".into());
     };
     let kind = json["type"].as_str().unwrap_or_default().to_owned();
-    let limit = shared.print.then_some(REMEMBERED_IDS);
+    let limit = (shared.keep == Keep::Print).then_some(REMEMBERED_IDS);
     let repeat = !shared.seen.lock().expect("receiver lock").insert(&id, limit);
-    if shared.print {
-        println!("{id} {kind}{} {}", if repeat { " (repeat)" } else { "" }, json["data"]);
-        return (StatusCode::NO_CONTENT, String::new());
-    }
-    let body = String::from_utf8_lossy(&body).into_owned();
+    let (data, body) = match shared.keep {
+        Keep::Print => {
+            println!("{id} {kind}{} {}", if repeat { " (repeat)" } else { "" }, json["data"]);
+            return (StatusCode::NO_CONTENT, String::new());
+        }
+        Keep::Receipts => (serde_json::Value::Null, String::new()),
+        Keep::Everything => (json["data"].clone(), String::from_utf8_lossy(&body).into_owned()),
+    };
+    let timestamp_ms = json["timestamp"]
+        .as_str()
+        .and_then(|stamp| chrono::DateTime::parse_from_rfc3339(stamp).ok())
+        .map(|stamp| stamp.timestamp_millis() as u64);
     let received_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let delivery = Delivery { id, kind, data: json["data"].clone(), body, repeat, received_ms };
+    let delivery = Delivery { id, kind, data, body, timestamp_ms, repeat, received_ms };
     shared.received.lock().expect("receiver lock").push(delivery);
     (StatusCode::NO_CONTENT, String::new())
 }

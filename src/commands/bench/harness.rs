@@ -33,7 +33,7 @@ use serde_json::json;
 
 use coldstream::config::Config;
 use coldstream::server::Server;
-use coldstream_sinks::webhooks::receiver::Delivery;
+use coldstream_sinks::webhooks::receiver::{Delivery, Keep};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -174,11 +174,9 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// The logical time of a delivered message, from its body's `timestamp`.
+/// The logical time of a delivered message: its body's `timestamp`.
 fn logical_ms(delivery: &Delivery) -> Option<u64> {
-    let body: serde_json::Value = serde_json::from_str(&delivery.body).ok()?;
-    let stamp = body["timestamp"].as_str()?;
-    Some(chrono::DateTime::parse_from_rfc3339(stamp).ok()?.timestamp_millis() as u64)
+    delivery.timestamp_ms
 }
 
 /// The sampler's record of when each commit became durable and when the
@@ -284,7 +282,8 @@ fn latency(of: &str, deliveries: &[&Delivery], durable_at: &[(u64, u64)]) -> Lat
 pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     prepare(&spec.data_dir)?;
     let mut config = Config::loopback(&spec.data_dir, spec.workers);
-    let receivers = super::super::local_receivers(&mut config).await.context("starting a webhook receiver")?;
+    let receivers =
+        super::super::local_receivers(&mut config, Keep::Receipts).await.context("starting a webhook receiver")?;
     let server = Server::start(&config).await?;
     let exe = match &spec.fleet_binary {
         Some(binary) => binary.clone(),

@@ -39,7 +39,7 @@ use rand::{Rng, SeedableRng};
 
 use coldstream::config::Config;
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
-use coldstream_sinks::webhooks::receiver::Receiver;
+use coldstream_sinks::webhooks::receiver::{Keep, Receiver};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -532,7 +532,7 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
     let secret = Secret::parse(EXAMPLE_SECRET)?;
     let mut receivers = Vec::new();
     for endpoint in Endpoint::ALL {
-        let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), secret.clone(), false).await?;
+        let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), secret.clone(), Keep::Everything).await?;
         receivers.push((endpoint, receiver));
     }
     let listen = free_port()?;
