@@ -682,4 +682,43 @@ mod tests {
         let kinds: std::collections::BTreeSet<_> = read.iter().map(|(_, event)| event.kind()).collect();
         assert_eq!(kinds.len(), 13, "every kind is in the round trip: {kinds:?}");
     }
+
+    #[test]
+    fn a_range_is_written_as_it_is_read_and_appears_only_when_committed() {
+        let spec = FleetSpec {
+            seed: 4,
+            fridges: 2,
+            events: 3 * BATCH_ROWS as u64,
+            start_us: 1_767_225_600_000_000,
+            bad_rate: 0.0,
+            skus: None,
+        };
+        let events = Fleet::new(&spec).all_events();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let open_parts = || -> usize {
+            super::super::part_folders(&dir.path().join("events"))
+                .expect("lists")
+                .iter()
+                .flat_map(|folder| super::super::files_in(folder).expect("lists"))
+                .filter(|(name, _)| name.ends_with(".tmp"))
+                .count()
+        };
+        let (mut archive, _) = EventArchive::open(dir.path(), ParquetConfig::default()).expect("opens");
+        for (offset, event) in events.iter().enumerate() {
+            archive.push_event(offset as u64, 5_000, event.clone()).expect("buffers");
+        }
+        assert!(archive.events.len() < BATCH_ROWS, "{} events held in memory", archive.events.len());
+        assert!(open_parts() >= 1, "the range is in open parts");
+        assert!(list_parts(&dir.path().join("events")).expect("lists").is_empty(), "and not yet in a part");
+        archive.flush(events.len() as u64).expect("commits");
+        assert_eq!(open_parts(), 0);
+        let mut read = Vec::new();
+        for (path, _, _) in list_parts(&dir.path().join("events")).expect("lists") {
+            read.extend(read_events(&path).expect("reads").into_iter().map(|(_, event)| event));
+        }
+        let (mut read, mut events) = (read, events);
+        read.sort_by_key(|e| (e.source_id.clone(), e.seq));
+        events.sort_by_key(|e| (e.source_id.clone(), e.seq));
+        assert_eq!(read, events, "every event once");
+    }
 }

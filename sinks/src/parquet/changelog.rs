@@ -441,4 +441,75 @@ mod tests {
         log.advance(3, true).expect("writes");
         assert_eq!(written(dir.path()), [(change(2, 8).0, 2, 1)]);
     }
+
+    /// The `.tmp` files in the changelog's folder: its open part.
+    fn open_parts(root: &Path) -> usize {
+        std::fs::read_dir(root.join("views").join("inventory"))
+            .map(|entries| {
+                entries.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tmp"))).count()
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn final_changes_go_to_an_open_part_a_batch_at_a_time_and_a_crash_loses_none_of_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rows = 2 * BATCH_ROWS as u64;
+        let config = ParquetConfig { roll_age: std::time::Duration::from_secs(3600), ..ParquetConfig::default() };
+        {
+            let mut log = Changelog::<Inventory>::open(dir.path(), config.clone()).expect("opens");
+            for t in 1..=rows {
+                let (record, time, diff) = change(t, t as i64);
+                log.push(record, time, diff);
+                assert!(!log.advance(t + 1, false).expect("advances"), "nothing is due yet");
+            }
+            assert!(log.buffer.len() < BATCH_ROWS, "{} changes held in memory", log.buffer.len());
+            assert_eq!(open_parts(dir.path()), 1, "the final changes are in an open part");
+            assert_eq!(log.covered(), 0, "and none is committed");
+            // A crash: the open part is not a file of the changelog.
+        }
+        let mut log = Changelog::<Inventory>::open(dir.path(), config).expect("reopens");
+        assert_eq!((log.covered(), open_parts(dir.path())), (0, 0), "the crash's open part is gone");
+        for t in 1..=rows {
+            let (record, time, diff) = change(t, t as i64);
+            log.push(record, time, diff);
+        }
+        assert!(log.advance(rows + 1, true).expect("writes"));
+        let expected: Vec<_> = (1..=rows).map(|t| change(t, t as i64)).map(|(r, t, d)| (r, t as i64, d)).collect();
+        assert_eq!(written(dir.path()), expected, "every change once, none lost");
+    }
+
+    #[test]
+    fn an_open_part_is_committed_when_it_is_old_enough_though_the_frontier_stands_still() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = ParquetConfig { roll_age: std::time::Duration::from_millis(50), ..ParquetConfig::default() };
+        let mut log = Changelog::<Inventory>::open(dir.path(), config).expect("opens");
+        for t in 1..=BATCH_ROWS as u64 {
+            let (record, time, diff) = change(t, t as i64);
+            log.push(record, time, diff);
+        }
+        let frontier = BATCH_ROWS as u64 + 1;
+        log.advance(frontier, false).expect("advances");
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert!(log.advance(frontier, false).expect("commits"), "the same frontier again commits the old part");
+        assert_eq!(log.covered(), frontier);
+        assert_eq!(written(dir.path()).len(), BATCH_ROWS);
+        assert_eq!(open_parts(dir.path()), 0);
+    }
+
+    #[test]
+    fn a_checkpoint_commits_the_open_part_and_holds_only_what_is_not_in_a_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut log = Changelog::<Inventory>::open(dir.path(), ParquetConfig::default()).expect("opens");
+        for t in 1..=BATCH_ROWS as u64 + 10 {
+            let (record, time, diff) = change(t, t as i64);
+            log.push(record, time, diff);
+        }
+        log.advance(BATCH_ROWS as u64, false).expect("advances");
+        assert_eq!(open_parts(dir.path()), 1);
+        let held = log.checkpoint(BATCH_ROWS as u64 + 5).expect("checkpoints");
+        assert!(held.is_empty(), "every change before the checkpoint is in a committed file");
+        assert_eq!(log.covered(), BATCH_ROWS as u64 + 5);
+        assert_eq!(written(dir.path()).len(), BATCH_ROWS + 4);
+    }
 }
