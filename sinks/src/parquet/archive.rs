@@ -182,14 +182,14 @@ impl EventArchive {
 
     fn write_events(&mut self) -> Result<(), SinkError> {
         let day_of = |row: &(u64, Event)| row.1.event_time.div_euclid(DAY_US);
-        self.events_parts.write(&self.events, day_of, |rows| events_batch(rows), &self.config)?;
+        self.events_parts.write(&self.events, day_of, events_batch, &self.config)?;
         self.events.clear();
         Ok(())
     }
 
     fn write_rejected(&mut self) -> Result<(), SinkError> {
         let day_of = |row: &RejectedRow| (row.received_ms as i64 * 1000).div_euclid(DAY_US);
-        self.rejected_parts.write(&self.rejected, day_of, |rows| rejected_batch(rows), &self.config)?;
+        self.rejected_parts.write(&self.rejected, day_of, rejected_batch, &self.config)?;
         self.rejected.clear();
         Ok(())
     }
