@@ -695,14 +695,7 @@ mod tests {
         };
         let events = Fleet::new(&spec).all_events();
         let dir = tempfile::tempdir().expect("temp dir");
-        let open_parts = || -> usize {
-            super::super::part_folders(&dir.path().join("events"))
-                .expect("lists")
-                .iter()
-                .flat_map(|folder| super::super::files_in(folder).expect("lists"))
-                .filter(|(name, _)| name.ends_with(".tmp"))
-                .count()
-        };
+        let open_parts = || super::super::temporary_files(&dir.path().join("events"));
         let (mut archive, _) = EventArchive::open(dir.path(), ParquetConfig::default()).expect("opens");
         for (offset, event) in events.iter().enumerate() {
             archive.push_event(offset as u64, 5_000, event.clone()).expect("buffers");

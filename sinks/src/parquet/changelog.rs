@@ -296,7 +296,7 @@ impl<R: ChangeRow> Changelog<R> {
         self.covered
     }
 
-    /// Buffers a change; one that is already committed is dropped.
+    /// Buffers a change; one that is already in a file is dropped.
     pub fn push(&mut self, row: R::Record, time: u64, diff: i64) {
         if time >= self.written.max(self.restored) {
             self.oldest.get_or_insert_with(Instant::now);
@@ -442,13 +442,9 @@ mod tests {
         assert_eq!(written(dir.path()), [(change(2, 8).0, 2, 1)]);
     }
 
-    /// The `.tmp` files in the changelog's folder: its open part.
+    /// The changelog's open parts.
     fn open_parts(root: &Path) -> usize {
-        std::fs::read_dir(root.join("views").join("inventory"))
-            .map(|entries| {
-                entries.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tmp"))).count()
-            })
-            .unwrap_or(0)
+        super::super::temporary_files(&root.join("views").join("inventory"))
     }
 
     #[test]

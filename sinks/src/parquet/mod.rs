@@ -188,7 +188,6 @@ pub struct OpenPart {
     temporary: PathBuf,
     /// `None` once committed.
     writer: Option<ArrowWriter<File>>,
-    rows: usize,
 }
 
 impl OpenPart {
@@ -207,7 +206,7 @@ impl OpenPart {
             .build();
         let writer = ArrowWriter::try_new(file, schema, Some(properties))
             .map_err(|source| SinkError::Parquet { file: temporary.display().to_string(), source })?;
-        Ok(OpenPart { dir: dir.to_path_buf(), temporary, writer: Some(writer), rows: 0 })
+        Ok(OpenPart { dir: dir.to_path_buf(), temporary, writer: Some(writer) })
     }
 
     fn parquet_error(&self, source: parquet::errors::ParquetError) -> SinkError {
@@ -218,14 +217,7 @@ impl OpenPart {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
         let Some(writer) = self.writer.as_mut() else { return Ok(()) };
         let written = writer.write(batch);
-        written.map_err(|e| self.parquet_error(e))?;
-        self.rows += batch.num_rows();
-        Ok(())
-    }
-
-    /// Rows written so far.
-    pub fn rows(&self) -> usize {
-        self.rows
+        written.map_err(|e| self.parquet_error(e))
     }
 
     /// About how many bytes the file will hold: those written, and those
@@ -272,6 +264,18 @@ pub fn write_part(dir: &Path, name: &str, batch: &RecordBatch, config: &ParquetC
     let mut part = OpenPart::create(dir, batch.schema(), config)?;
     part.write(batch)?;
     part.commit(name)
+}
+
+/// The temporary files below `dir` (one level of partition folders deep):
+/// parts being written.
+#[cfg(test)]
+fn temporary_files(dir: &Path) -> usize {
+    part_folders(dir)
+        .expect("lists")
+        .iter()
+        .flat_map(|folder| files_in(folder).expect("lists"))
+        .filter(|(name, _)| name.ends_with(".tmp"))
+        .count()
 }
 
 /// An empty batch of `schema`, for tables with no rows yet.
