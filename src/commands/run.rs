@@ -44,15 +44,20 @@ pub struct Args {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
-/// Waits for Ctrl-C (SIGINT) or SIGTERM, the signal service managers
-/// (systemd, Docker, Kubernetes) stop a process with.
-async fn stop_signal() -> anyhow::Result<()> {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("listening for SIGTERM")?;
-    tokio::select! {
-        interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C"),
-        _ = terminate.recv() => Ok(()),
-    }
+/// Listens for Ctrl-C (SIGINT) and SIGTERM, the signal service managers
+/// (systemd, Docker, Kubernetes) stop a process with. Listening starts
+/// when this is called, so a signal sent as soon as the address is
+/// printed stops the server cleanly rather than killing it.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
 
 /// Runs the server until Ctrl-C or SIGTERM, then drains the log into every
@@ -104,6 +109,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let result = runtime.block_on(async move {
         let started = std::time::Instant::now();
         let server = Server::start(&config).await?;
+        let stop = stop_signal()?;
+        tokio::pin!(stop);
         if config.role.has_gateway() {
             // Scripts and tests read the bound address from this line.
             println!("coldstream listening on {}", server.addr());
@@ -116,8 +123,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(addr) = server.metrics_addr() {
             println!("coldstream metrics on http://{addr}/metrics, status page on http://{addr}/");
         }
-        let stop = stop_signal();
-        tokio::pin!(stop);
         let replayed = async {
             if server.replayed(Duration::from_secs(86_400)).await.is_ok() {
                 // ... and, from this one, the time it took to replay what the log held.
@@ -131,10 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // acks stop too, instead of going on while a sink falls behind.
         let failure = tokio::select! {
             _ = replayed => None,
-            stopped = &mut stop => {
-                stopped?;
-                None
-            }
+            () = &mut stop => None,
             failure = server.failed() => Some(failure),
         };
         tracing::info!("shutting down: draining the log into every sink");
