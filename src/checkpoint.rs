@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use coldstream_pipelines::Time;
@@ -160,16 +160,44 @@ fn parse_name(name: &str) -> Option<(Time, u64)> {
     Some((time.parse().ok()?, keep_from.parse().ok()?))
 }
 
-/// Encodes a checkpoint as a file's bytes.
-fn encode(checkpoint: &Checkpoint) -> Vec<u8> {
-    let body = bincode::serialize(checkpoint).expect("in-memory checkpoints always encode");
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + body.len());
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&FORMAT.to_le_bytes());
-    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    bytes.extend_from_slice(&body);
-    bytes
+/// Writes `checkpoint` to `out` as a file's bytes, as it encodes it: the
+/// body goes out a megabyte at a time, and the header's length and CRC
+/// are filled in after it, so no copy of the whole file is ever in
+/// memory. Returns the bytes written.
+fn write_framed<W: Write + Seek>(out: &mut W, checkpoint: &Checkpoint) -> std::io::Result<usize> {
+    out.write_all(MAGIC)?;
+    out.write_all(&FORMAT.to_le_bytes())?;
+    out.write_all(&[0; 12])?;
+    let mut body = std::io::BufWriter::with_capacity(1 << 20, Framing { out: &mut *out, len: 0, crc: 0 });
+    bincode::serialize_into(&mut body, checkpoint).map_err(|e| match *e {
+        bincode::ErrorKind::Io(error) => error,
+        other => std::io::Error::other(other.to_string()),
+    })?;
+    let Framing { len, crc, .. } = body.into_inner().map_err(std::io::IntoInnerError::into_error)?;
+    out.seek(SeekFrom::Start(MAGIC.len() as u64 + 4))?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(&crc.to_le_bytes())?;
+    Ok(HEADER_BYTES + len as usize)
+}
+
+/// A checkpoint's body on its way out: counted and checksummed.
+struct Framing<W> {
+    out: W,
+    len: u64,
+    crc: u32,
+}
+
+impl<W: Write> Write for Framing<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.out.write(bytes)?;
+        self.crc = crc32c::crc32c_append(self.crc, &bytes[..written]);
+        self.len += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// Decodes a file's bytes, or says why they are not a whole checkpoint.
@@ -311,10 +339,9 @@ impl CheckpointStore {
         let name = file_name(checkpoint.dataflow.time, checkpoint.keep_from());
         let path = self.dir.join(&name);
         let temporary = self.dir.join(format!(".{name}.tmp"));
-        let bytes = encode(checkpoint);
         let mut file = File::create(&temporary).map_err(|e| io(format!("creating {}", temporary.display()), e))?;
-        file.write_all(&bytes)
-            .and_then(|_| file.sync_all())
+        let bytes = write_framed(&mut file, checkpoint)
+            .and_then(|bytes| file.sync_all().map(|()| bytes))
             .map_err(|e| io(format!("writing {}", temporary.display()), e))?;
         drop(file);
         std::fs::rename(&temporary, &path).map_err(|e| io(format!("renaming to {}", path.display()), e))?;
@@ -326,7 +353,7 @@ impl CheckpointStore {
         if files.len() > self.keep {
             self.sync_dir()?;
         }
-        Ok((path, bytes.len()))
+        Ok((path, bytes))
     }
 
     /// The lowest log offset any kept checkpoint reads from (`None`: there
@@ -461,7 +488,9 @@ mod tests {
         ) {
             let _ = decode(&body);
             let _ = decode(&framed(&body));
-            let mut real = encode(&checkpoint(5, 9));
+            let mut real = std::io::Cursor::new(Vec::new());
+            write_framed(&mut real, &checkpoint(5, 9)).expect("writes to memory");
+            let mut real = real.into_inner();
             for (at, mask) in flips {
                 let at = HEADER_BYTES + at % (real.len() - HEADER_BYTES);
                 real[at] ^= mask;
@@ -469,6 +498,25 @@ mod tests {
             let body = real[HEADER_BYTES..].to_vec();
             let _ = decode(&framed(&body));
         }
+    }
+
+    #[test]
+    fn a_checkpoint_written_as_it_encodes_is_the_framed_encoding_and_loads_back() {
+        let mut fridges: Vec<(String, Vec<u8>)> =
+            (0..3000).map(|n| (format!("FR-{n:06}"), (0..700).map(|b| (b * n) as u8).collect())).collect();
+        fridges.sort();
+        let mut whole = checkpoint(300, 30);
+        whole.dataflow.operators.insert("inventory.stock".into(), (vec![9; 10], fridges));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = CheckpointStore::open(dir.path(), 2).expect("opens");
+        let (path, written) = store.write(&whole).expect("writes");
+        let on_disk = std::fs::read(&path).expect("reads");
+        let body = bincode::serialize(&whole).expect("encodes");
+        assert!(body.len() > 2 << 20, "larger than the write buffer: {}", body.len());
+        assert_eq!(written, on_disk.len());
+        assert!(on_disk == framed(&body), "the file is the header, then the body");
+        let (_, loaded) = store.load(&fingerprint(2), &mut Vec::new()).expect("loads").expect("whole");
+        assert_eq!(loaded.dataflow.operators, whole.dataflow.operators);
     }
 
     #[test]
