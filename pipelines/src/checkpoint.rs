@@ -87,7 +87,12 @@ type Deliver = Box<dyn Fn(OperatorSnapshot) + Send + Sync>;
 #[derive(Default)]
 struct Inner {
     requests: Mutex<BTreeSet<Time>>,
-    restored: Option<DataflowState>,
+    /// The restored state's time (0: none).
+    start: Time,
+    /// What is left of the restored state: each operator on each worker
+    /// takes its own fridges' states out, so none stays in memory beside
+    /// the operators' own.
+    restored: Mutex<Option<DataflowState>>,
     deliver: Option<Deliver>,
     /// The ids of the operators built on this process's first worker, and
     /// the number of this process's workers.
@@ -107,7 +112,7 @@ impl std::fmt::Debug for Checkpoints {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Checkpoints")
             .field("enabled", &self.0.deliver.is_some())
-            .field("restored_at", &self.0.restored.as_ref().map(|s| s.time))
+            .field("restored_at", &self.0.start)
             .finish()
     }
 }
@@ -116,7 +121,12 @@ impl Checkpoints {
     /// Checkpoints that start from `restored` (if any) and hand every
     /// operator snapshot to `deliver`.
     pub fn new(restored: Option<DataflowState>, deliver: impl Fn(OperatorSnapshot) + Send + Sync + 'static) -> Self {
-        Checkpoints(Arc::new(Inner { restored, deliver: Some(Box::new(deliver)), ..Inner::default() }))
+        Checkpoints(Arc::new(Inner {
+            start: restored.as_ref().map_or(0, |s| s.time),
+            restored: Mutex::new(restored),
+            deliver: Some(Box::new(deliver)),
+            ..Inner::default()
+        }))
     }
 
     /// Checkpoints of the workers `local` of a cluster: this process hands
@@ -127,7 +137,8 @@ impl Checkpoints {
         deliver: impl Fn(OperatorSnapshot) + Send + Sync + 'static,
     ) -> Self {
         Checkpoints(Arc::new(Inner {
-            restored,
+            start: restored.as_ref().map_or(0, |s| s.time),
+            restored: Mutex::new(restored),
             deliver: Some(Box::new(deliver)),
             local: Some(local),
             ..Inner::default()
@@ -144,7 +155,7 @@ impl Checkpoints {
 
     /// The time the dataflow starts from: the restored state's, or 0.
     pub fn start(&self) -> Time {
-        self.0.restored.as_ref().map_or(0, |s| s.time)
+        self.0.start
     }
 
     /// How many snapshots make one checkpoint (operators × this process's
@@ -197,33 +208,42 @@ impl Checkpoints {
 
     /// The restored states of `operator` for the fridges `worker` of
     /// `peers` keeps (the exchange sends fridge `f` to worker
-    /// `hash(f) % peers`), and its shared table.
+    /// `hash(f) % peers`), and its shared table. They are taken out of the
+    /// restored state: each operator of each worker restores once.
     pub(crate) fn restore<S: DeserializeOwned, T: DeserializeOwned + Default>(
         &self,
         operator: &str,
         worker: usize,
         peers: usize,
     ) -> Result<(HashMap<String, S>, T), RestoreError> {
-        let Some(restored) = self.0.restored.as_ref() else {
-            return Ok((HashMap::new(), T::default()));
-        };
-        // Every operator hands over a snapshot, fridges or not: one that is
-        // missing was not in the dataflow the checkpoint was taken from,
-        // and starting it empty would silently lose what it should hold.
-        let Some((shared, fridges)) = restored.operators.get(operator) else {
-            return Err(RestoreError {
-                operator: operator.to_owned(),
-                reason: "the checkpoint holds no state for it (it was taken by a dataflow without this operator)"
-                    .into(),
-            });
+        let (shared, mine) = {
+            let mut restored = self.0.restored.lock().expect("the restored state is never poisoned");
+            let Some(restored) = restored.as_mut() else {
+                return Ok((HashMap::new(), T::default()));
+            };
+            // Every operator hands over a snapshot, fridges or not: one that
+            // is missing was not in the dataflow the checkpoint was taken
+            // from, and starting it empty would silently lose what it
+            // should hold.
+            let Some((shared, fridges)) = restored.operators.get_mut(operator) else {
+                return Err(RestoreError {
+                    operator: operator.to_owned(),
+                    reason: "the checkpoint holds no state for it (it was taken by a dataflow without this operator)"
+                        .into(),
+                });
+            };
+            let (mine, theirs): (Vec<_>, Vec<_>) = std::mem::take(fridges)
+                .into_iter()
+                .partition(|(fridge, _)| (fridge.hashed() % peers as u64) as usize == worker);
+            *fridges = theirs;
+            (shared.clone(), mine)
         };
         let error = |e: bincode::Error| RestoreError { operator: operator.to_owned(), reason: e.to_string() };
-        let table = if shared.is_empty() { T::default() } else { bincode::deserialize(shared).map_err(error)? };
-        let mut states = HashMap::new();
-        for (fridge, bytes) in fridges {
-            if (fridge.hashed() % peers as u64) as usize == worker {
-                states.insert(fridge.clone(), bincode::deserialize(bytes).map_err(error)?);
-            }
+        let table = if shared.is_empty() { T::default() } else { bincode::deserialize(&shared).map_err(error)? };
+        let mut states = HashMap::with_capacity(mine.len());
+        for (fridge, bytes) in mine {
+            let state = bincode::deserialize(&bytes).map_err(error)?;
+            states.insert(fridge, state);
         }
         Ok((states, table))
     }
@@ -232,4 +252,35 @@ impl Checkpoints {
 /// Encodes a state for a snapshot.
 pub(crate) fn encode<S: Serialize>(state: &S) -> Vec<u8> {
     bincode::serialize(state).expect("in-memory states always encode")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_worker_takes_its_own_fridges_out_of_the_restored_state() {
+        let fridges: Vec<(String, Vec<u8>)> = (0..40u32).map(|n| (format!("FR-{n:03}"), encode(&n))).collect();
+        let state =
+            DataflowState { time: 7, operators: [("stock".to_owned(), (encode(&5u8), fridges.clone()))].into() };
+        let checkpoints = Checkpoints::new(Some(state), |_| {});
+        let mut restored = Vec::new();
+        for worker in 0..2 {
+            let (states, table) = checkpoints.restore::<u32, u8>("stock", worker, 2).expect("restores");
+            assert_eq!(table, 5);
+            for (fridge, n) in states {
+                assert_eq!((fridge.hashed() % 2) as usize, worker, "{fridge} on the wrong worker");
+                restored.push((fridge, n));
+            }
+        }
+        restored.sort();
+        let expected: Vec<(String, u32)> = (0..40u32).map(|n| (format!("FR-{n:03}"), n)).collect();
+        assert_eq!(restored, expected);
+        assert_eq!(checkpoints.start(), 7);
+        let left = checkpoints.0.restored.lock().expect("not poisoned");
+        assert!(left.as_ref().expect("still there").operators["stock"].1.is_empty(), "no fridge stays behind");
+        drop(left);
+        let missing = checkpoints.restore::<u32, u8>("sales", 0, 2).expect_err("no such operator");
+        assert!(missing.reason.contains("no state for it"), "{missing}");
+    }
 }
