@@ -33,7 +33,7 @@ use serde_json::json;
 
 use coldstream::config::Config;
 use coldstream::server::Server;
-use coldstream_sinks::webhooks::receiver::{Delivery, Keep};
+use coldstream_sinks::webhooks::receiver::{Keep, Receipt};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -174,11 +174,6 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// The logical time of a delivered message: its body's `timestamp`.
-fn logical_ms(delivery: &Delivery) -> Option<u64> {
-    delivery.timestamp_ms
-}
-
 /// The sampler's record of when each commit became durable and when the
 /// views passed it.
 #[derive(Default)]
@@ -215,7 +210,7 @@ impl Samples {
     /// Each stage's latency: over the sampled commits, from durable to
     /// computed and from computed to in every sink; over `deliveries`,
     /// from in the outbox to arrival.
-    fn stages(&self, deliveries: &[&Delivery]) -> Vec<Latency> {
+    fn stages(&self, deliveries: &[Receipt]) -> Vec<Latency> {
         let (mut computing, mut sinking, mut delivering) = (new_histogram(), new_histogram(), new_histogram());
         for &(time, durable_ms) in &self.durable_at {
             if let (Some(computed), Some(sunk)) = (passed(&self.computed_at, time), passed(&self.views_at, time)) {
@@ -224,7 +219,7 @@ impl Samples {
             }
         }
         for delivery in deliveries {
-            if let Some(enqueued) = logical_ms(delivery).and_then(|time| passed(&self.views_at, time)) {
+            if let Some(enqueued) = delivery.timestamp_ms.and_then(|time| passed(&self.views_at, time)) {
                 delivering.saturating_record(delivery.received_ms.saturating_sub(enqueued));
             }
         }
@@ -266,10 +261,10 @@ fn summary(of: &str, histogram: &Histogram<u64>) -> Latency {
 
 /// Latencies of `deliveries`, from the wall time their change's commit was
 /// durable (`durable_at`: ingest time → first wall time it was durable).
-fn latency(of: &str, deliveries: &[&Delivery], durable_at: &[(u64, u64)]) -> Latency {
+fn latency(of: &str, deliveries: &[Receipt], durable_at: &[(u64, u64)]) -> Latency {
     let mut histogram = new_histogram();
     for delivery in deliveries {
-        let Some(time) = logical_ms(delivery) else { continue };
+        let Some(time) = delivery.timestamp_ms else { continue };
         let index = durable_at.partition_point(|(t, _)| *t < time);
         if let Some((_, acked_ms)) = durable_at.get(index) {
             histogram.saturating_record(delivery.received_ms.saturating_sub(*acked_ms));
@@ -371,17 +366,16 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     let mut latencies = Vec::new();
     let mut all = Vec::new();
     for (endpoint, receiver) in &receivers {
-        let received = receiver.received();
-        let first: Vec<&Delivery> = received.iter().filter(|d| !d.repeat).collect();
+        let mut first = receiver.take_receipts();
+        first.retain(|receipt| !receipt.repeat);
         let name = match endpoint {
             Endpoint::Procurement => "restock",
             Endpoint::Accounting => "payment",
             Endpoint::Alerts => "alerts",
         };
         latencies.push(latency(name, &first, durable_at));
-        all.extend(received.into_iter().filter(|d| !d.repeat));
+        all.extend(first);
     }
-    let all: Vec<&Delivery> = all.iter().collect();
     latencies.push(latency("all", &all, durable_at));
     latencies.push(samples.views_latency());
     let stages = samples.stages(&all);
