@@ -197,7 +197,7 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     if shared.keep == Keep::Receipts {
         let Ok(head) = serde_json::from_slice::<Head>(&body) else {
-            return (StatusCode::BAD_REQUEST, "the body is not JSON".into());
+            return (StatusCode::BAD_REQUEST, "the body is not a JSON object".into());
         };
         let repeat = !shared.seen.lock().expect("receiver lock").insert(id, limit);
         let timestamp_ms = head.timestamp.as_deref().and_then(epoch_ms);
@@ -259,11 +259,11 @@ mod tests {
     async fn a_receipt_keeps_the_timestamp_and_arrival_and_marks_repeats_of_any_id() {
         let secret = Secret::parse(EXAMPLE_SECRET).expect("the example secret");
         let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), secret, Keep::Receipts).await.expect("listens");
-        let derived = "msg_0123456789abcdef0123456789ABCDEF";
+        let upper = "msg_0123456789abcdef0123456789ABCDEF";
         let body = r#"{"type":"restock.opened","timestamp":"2026-01-02T03:04:05.678Z","data":{"lines":[1,2]}}"#;
         let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970");
         let lower = "msg_0123456789abcdef0123456789abcdef";
-        for id in [derived, lower, lower, "evt-7", "evt-7"] {
+        for id in [upper, lower, lower, "evt-7", "evt-7"] {
             assert!(post(receiver.addr(), id, body).await.contains("204"), "{id} accepted");
         }
         assert!(post(receiver.addr(), "evt-8", "not json").await.contains("400"));
