@@ -101,15 +101,14 @@ impl Seen {
     /// Whether `id` is new; remembers it, forgetting the oldest beyond `limit`.
     fn insert(&mut self, id: &str, limit: Option<usize>) -> bool {
         let id = SeenId::of(id);
+        let Some(limit) = limit else { return self.ids.insert(id) };
         if !self.ids.insert(id.clone()) {
             return false;
         }
-        if let Some(limit) = limit {
-            self.order.push_back(id);
-            while self.order.len() > limit {
-                if let Some(old) = self.order.pop_front() {
-                    self.ids.remove(&old);
-                }
+        self.order.push_back(id);
+        while self.order.len() > limit {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
             }
         }
         true
