@@ -22,6 +22,10 @@ use coldstream_pipelines::views::{ViewConfig, all};
 use coldstream_pipelines::{Event, Payload, Time};
 use differential_dataflow::input::Input;
 
+/// The `coldstream` binary's allocator, so that the dataflow is measured as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let days: i64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(30);

@@ -51,6 +51,10 @@ use cost::{ByShelf, Rows};
 use differential_dataflow::input::Input;
 use serde_json::json;
 
+/// The `coldstream` binary's allocator, so that the dataflow is measured as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The history lengths (days) at which the alternatives are compared.
 const CHECK_DAYS: [i64; 6] = [1, 2, 4, 8, 15, 30];
 

@@ -475,7 +475,6 @@ impl Server {
     /// returns once the gateway is listening (a pipeline process: once its
     /// workers run).
     pub async fn start(config: &Config) -> Result<Server, ServerError> {
-        crate::machine::give_back_freed_memory();
         let data_dir = config.data_dir.clone();
         let role = config.role;
         let cluster = config.cluster.cluster()?;

@@ -16,12 +16,13 @@
 //! another type than it declares fails the query with one line, and the
 //! process goes on.
 //!
-//! The plugin frees the argument vector the host allocates, so host and
-//! plugin must share an allocator: neither may set a `#[global_allocator]`
-//! of its own (both then use the system allocator).
+//! The plugin takes the argument vector the host allocates and frees it
+//! with its own global allocator, the system's (the plugin must not set
+//! one). So the host takes that vector, and only it, from the C allocator
+//! ([`c_vector`]), whatever allocator the host process uses for the rest.
 
 // Calling into a dynamic library is unsafe by nature; every unsafe block
-// here is one of the three FFI steps, each with its reason.
+// here is one of the FFI steps or the C allocation of what crosses, each with its reason.
 #![allow(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,29 @@ struct FfiArrays {
     len: usize,
     capacity: usize,
     error: bool,
+}
+
+// The C allocator's memory is aligned for any fundamental type (16 bytes
+// on 64-bit Linux), which covers the arrays' structs.
+const _: () = assert!(std::mem::align_of::<FfiArraySchema>() <= 16);
+
+/// `arrays` moved into memory from the C allocator, as the plugin's `Vec`
+/// of them: the plugin frees it with `free`, its global allocator being
+/// the system's (`None`: out of memory).
+fn c_vector(arrays: Vec<FfiArraySchema>) -> Option<FfiArrays> {
+    let len = arrays.len();
+    let bytes = std::mem::size_of::<FfiArraySchema>().checked_mul(len.max(1))?;
+    // SAFETY: malloc takes a size and returns uninitialised memory or null.
+    let ptr = unsafe { libc::malloc(bytes) }.cast::<FfiArraySchema>();
+    if ptr.is_null() {
+        return None;
+    }
+    for (i, array) in arrays.into_iter().enumerate() {
+        // SAFETY: `ptr` holds room for `len` aligned structs (asserted
+        // above), and each slot is written once.
+        unsafe { ptr.add(i).write(array) };
+    }
+    Some(FfiArrays { ptr, len, capacity: len, error: false })
 }
 
 /// Mirror of the plugin's `RunResult`.
@@ -338,10 +362,8 @@ impl LoadedUdf {
             let (array, schema) = to_ffi(&arg.to_data()).map_err(|e| format!("{name}: {e}"))?;
             arrays.push(FfiArraySchema(array, schema));
         }
-        // The plugin takes the vector and frees it (with the allocator both share).
-        let mut arrays = std::mem::ManuallyDrop::new(arrays);
-        let passed =
-            FfiArrays { ptr: arrays.as_mut_ptr(), len: arrays.len(), capacity: arrays.capacity(), error: false };
+        // The plugin takes the vector and frees it with the C allocator.
+        let passed = c_vector(arrays).ok_or_else(|| format!("{name}: out of memory for its arguments"))?;
         let run = self.run;
         // SAFETY: `passed` holds valid C data interface arrays, owned from
         // here by the plugin; a panic that escapes the plugin's own catch is
