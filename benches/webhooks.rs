@@ -34,23 +34,23 @@ async fn sustained(count: usize, keys: usize) -> f64 {
     let receiver =
         Receiver::start("127.0.0.1:0".parse().expect("address"), secret(), Keep::Everything).await.expect("receiver");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let messages: Vec<Message> = (0..count)
+    let messages: Vec<Arc<Message>> = (0..count)
         .map(|n| {
             let body = format!(
                 r#"{{"type":"payment.settled","timestamp":"2026-01-01T00:00:00.000Z","data":{{"session_id":"S{n:07}","captured_cents":420}}}}"#
             );
-            Message {
+            Arc::new(Message {
                 id: format!("msg_{n:032x}"),
                 endpoint: Endpoint::Accounting,
                 key: format!("FR-{:06}", n % keys),
                 kind: "payment.settled".into(),
                 time: n as u64,
                 body,
-            }
+            })
         })
         .collect();
     let mut outbox = Outbox::open(&dir.path().join("webhooks")).expect("outbox");
-    outbox.enqueue(messages, count as u64).expect("enqueue");
+    outbox.enqueue(&messages, count as u64).expect("enqueue");
     let outbox = Arc::new(Mutex::new(outbox));
     let config = EndpointConfig {
         url: format!("http://{}/hooks", receiver.addr()).parse().expect("url"),

@@ -209,7 +209,7 @@ fn fast_retries(breaker_failures: u32) -> RetryPolicy {
 /// Delivers `messages` from a fresh outbox in `dir` until all are done.
 async fn deliver_all(dir: &Path, url: hyper::Uri, messages: Vec<Message>, retry: RetryPolicy) -> Outbox {
     let mut outbox = Outbox::open(&dir.join("webhooks")).unwrap();
-    outbox.enqueue(messages, 1).unwrap();
+    outbox.enqueue(&messages.into_iter().map(Arc::new).collect::<Vec<_>>(), 1).unwrap();
     let outbox = Arc::new(Mutex::new(outbox));
     let config = EndpointConfig {
         url,
@@ -564,7 +564,7 @@ async fn the_bundled_receiver_accepts_signed_deliveries_and_refuses_a_wrong_sign
     // Signed with another secret: refused with 401, a permanent failure.
     let other = tempfile::tempdir().unwrap();
     let mut outbox = Outbox::open(&other.path().join("webhooks")).unwrap();
-    outbox.enqueue(vec![message("b", 1)], 1).unwrap();
+    outbox.enqueue(&[Arc::new(message("b", 1))], 1).unwrap();
     let config = EndpointConfig {
         url,
         secret: Secret::parse("whsec_c29tZWJvZHktZWxzZXMtc2VjcmV0").unwrap(),

@@ -219,7 +219,7 @@ enum Outcome {
 /// Messages of one key, delivered one after the other.
 #[derive(Default)]
 struct Lane {
-    queue: VecDeque<Message>,
+    queue: VecDeque<Arc<Message>>,
     attempts: u32,
 }
 
@@ -275,7 +275,7 @@ struct Lanes {
 }
 
 impl Lanes {
-    fn add(&mut self, message: Message) {
+    fn add(&mut self, message: Arc<Message>) {
         let key = message.key.clone();
         let lane = self.lanes.entry(key.clone()).or_default();
         lane.queue.push_back(message);
@@ -291,15 +291,15 @@ impl Lanes {
     fn next_ready(&mut self, superseded: Option<&mut Vec<String>>) -> Option<String> {
         let key = self.ready.pop_front()?;
         if let (Some(superseded), Some(lane)) = (superseded, self.lanes.get_mut(&key)) {
-            while lane.queue.len() > 1 && lane.queue.front().is_some_and(Message::may_be_superseded) {
-                superseded.extend(lane.queue.pop_front().map(|m| m.id));
+            while lane.queue.len() > 1 && lane.queue.front().is_some_and(|m| m.may_be_superseded()) {
+                superseded.extend(lane.queue.pop_front().map(|m| m.id.clone()));
                 lane.attempts = 0;
             }
         }
         Some(key)
     }
 
-    fn head(&self, key: &str) -> Option<&Message> {
+    fn head(&self, key: &str) -> Option<&Arc<Message>> {
         self.lanes.get(key).and_then(|lane| lane.queue.front())
     }
 
@@ -366,7 +366,7 @@ pub async fn dispatch(
         }
     };
     let mut lanes = Lanes::default();
-    let seeded: Vec<Message> = {
+    let seeded: Vec<Arc<Message>> = {
         let outbox = outbox.lock().expect("outbox lock");
         outbox.pending().filter(|m| m.endpoint == endpoint).cloned().collect()
     };
@@ -451,7 +451,7 @@ pub async fn dispatch(
                         breaker.answered();
                         tracing::error!(endpoint = name, id = %message.id, kind = %message.kind, status,
                             "permanent failure: moved to webhooks_failed/");
-                        let failed = FailedDelivery { message: message.clone(), status, answer };
+                        let failed = FailedDelivery { message: Message::clone(&message), status, answer };
                         let dead_letter = Arc::clone(&dead_letter);
                         match tokio::task::spawn_blocking(move || dead_letter.write(&failed)).await {
                             Ok(Ok(())) => {
@@ -600,15 +600,15 @@ async fn attempt(client: &HttpClient, config: &EndpointConfig, message: &Message
 mod tests {
     use super::*;
 
-    fn message(id: &str, key: &str) -> Message {
-        Message {
+    fn message(id: &str, key: &str) -> Arc<Message> {
+        Arc::new(Message {
             id: id.into(),
             endpoint: Endpoint::Procurement,
             key: key.into(),
             kind: "restock.opened".into(),
             time: 1,
             body: "{}".into(),
-        }
+        })
     }
 
     #[test]
@@ -631,7 +631,8 @@ mod tests {
     #[test]
     fn an_update_superseded_before_it_was_sent_is_skipped_and_opened_and_closed_never_are() {
         let mut lanes = Lanes::default();
-        let order = |id: &str, kind: &str| Message { kind: kind.into(), ..message(id, "FR-1/o1") };
+        let order =
+            |id: &str, kind: &str| Arc::new(Message { kind: kind.into(), ..Message::clone(&message(id, "FR-1/o1")) });
         lanes.add(order("opened", "restock.opened"));
         for (id, kind) in [("u1", "restock.updated"), ("u2", "restock.updated"), ("closed", "restock.closed")] {
             lanes.add(order(id, kind));

@@ -50,8 +50,9 @@ pub struct WebhookConfig {
 }
 
 /// A message on its way to its endpoint's dispatcher, with its
-/// `webhook.pending` span when its batch is followed.
-pub type Outgoing = (Message, Option<tracing::Span>);
+/// `webhook.pending` span when its batch is followed. The outbox and the
+/// dispatcher share each pending message.
+pub type Outgoing = (Arc<Message>, Option<tracing::Span>);
 
 impl Default for WebhookConfig {
     fn default() -> Self {
@@ -101,7 +102,7 @@ impl Webhooks {
         let dead_letter = DeadLetter::open(root, parquet).map_err(dead_letter_error)?;
         // Messages for an endpoint the config no longer has would wait (and
         // hold ingestion) forever: they go to the dead letter instead.
-        let orphans: Vec<Message> =
+        let orphans: Vec<Arc<Message>> =
             outbox.pending().filter(|m| !config.endpoints.iter().any(|(e, _)| *e == m.endpoint)).cloned().collect();
         if !orphans.is_empty() {
             for message in &orphans {
@@ -110,7 +111,7 @@ impl Webhooks {
                     message.endpoint.as_str()
                 );
                 dead_letter
-                    .write(&FailedDelivery { message: message.clone(), status: 0, answer })
+                    .write(&FailedDelivery { message: Message::clone(message), status: 0, answer })
                     .map_err(dead_letter_error)?;
             }
             let ids: Vec<String> = orphans.iter().map(|m| m.id.clone()).collect();
@@ -234,7 +235,8 @@ impl Webhooks {
             tracing::info!("webhook outbox below its bound again");
             self.pressure.store(false, Ordering::Release);
         }
-        self.outbox.lock().expect("outbox lock").enqueue(messages.clone(), frontier)?;
+        let messages: Vec<Arc<Message>> = messages.into_iter().map(Arc::new).collect();
+        self.outbox.lock().expect("outbox lock").enqueue(&messages, frontier)?;
         for message in messages {
             let span = self.traces.waiting_at(message.time).first().map(|waiting| {
                 tracing::info_span!(
@@ -420,7 +422,12 @@ mod tests {
         let flood: Vec<Message> = (0..ALERTS_PENDING_PER_FRIDGE + 500).map(|n| alert("FR-1", n)).collect();
         let kept = webhooks.within_alert_quota(flood);
         assert_eq!(kept.len(), ALERTS_PENDING_PER_FRIDGE);
-        webhooks.outbox.lock().expect("outbox").enqueue(kept, 1).expect("enqueues");
+        webhooks
+            .outbox
+            .lock()
+            .expect("outbox")
+            .enqueue(&kept.into_iter().map(Arc::new).collect::<Vec<_>>(), 1)
+            .expect("enqueues");
         let more = webhooks.within_alert_quota(vec![alert("FR-1", 99_999), alert("FR-2", 1), alert("FR-2", 2)]);
         assert_eq!(more.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), ["FR-2/sku-1", "FR-2/sku-2"]);
         // Delivered alerts make room again.

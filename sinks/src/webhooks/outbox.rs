@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use coldstream_pipelines::Time;
 use serde::{Deserialize, Serialize};
@@ -21,10 +22,19 @@ use serde::{Deserialize, Serialize};
 use super::events::{Endpoint, Message};
 
 /// A line of the outbox file.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 enum Record {
     Enqueued(Message),
     Done(String),
+    Covered(Time),
+}
+
+/// A line of the outbox file, as written: the same JSON as [`Record`],
+/// from borrowed parts.
+#[derive(Serialize)]
+enum RecordRef<'a> {
+    Enqueued(&'a Message),
+    Done(&'a str),
     Covered(Time),
 }
 
@@ -43,7 +53,8 @@ pub struct Outbox {
     path: PathBuf,
     file: BufWriter<File>,
     /// Enqueued, in order; those in `done` are done but not yet at the front.
-    pending: VecDeque<Message>,
+    /// Each is shared with its endpoint's dispatcher.
+    pending: VecDeque<Arc<Message>>,
     /// The ids in `pending`, with the endpoint and fridge of each.
     ids: HashMap<String, (Endpoint, String)>,
     /// Ids in `pending` that are done: always a subset of `ids`.
@@ -78,7 +89,7 @@ impl Outbox {
         let mut covered = 0;
         for record in records {
             match record {
-                Record::Enqueued(message) => pending.push(message),
+                Record::Enqueued(message) => pending.push(Arc::new(message)),
                 Record::Done(id) => {
                     done.insert(id);
                 }
@@ -86,7 +97,7 @@ impl Outbox {
             }
         }
         let dead_records = pending.iter().filter(|m| done.contains(&m.id)).count() + done.len();
-        let pending: VecDeque<Message> = pending.into_iter().filter(|m| !done.contains(&m.id)).collect();
+        let pending: VecDeque<Arc<Message>> = pending.into_iter().filter(|m| !done.contains(&m.id)).collect();
         // From here on `done` holds only ids still in `pending`.
         let done = HashSet::new();
         let ids = pending.iter().map(|m| (m.id.clone(), (m.endpoint, fridge_of(&m.key).to_owned()))).collect();
@@ -114,7 +125,7 @@ impl Outbox {
     }
 
     /// Messages enqueued and not yet done, oldest first.
-    pub fn pending(&self) -> impl Iterator<Item = &Message> {
+    pub fn pending(&self) -> impl Iterator<Item = &Arc<Message>> {
         self.pending.iter().filter(|m| !self.done.contains(&m.id))
     }
 
@@ -146,20 +157,20 @@ impl Outbox {
 
     /// Durably enqueues `messages` and records that changes before
     /// `covered` are all in.
-    pub fn enqueue(&mut self, messages: Vec<Message>, covered: Time) -> Result<(), OutboxError> {
-        for message in &messages {
-            self.write(&Record::Enqueued(message.clone()))?;
+    pub fn enqueue(&mut self, messages: &[Arc<Message>], covered: Time) -> Result<(), OutboxError> {
+        for message in messages {
+            self.write(&RecordRef::Enqueued(message))?;
         }
         if covered > self.covered {
-            self.write(&Record::Covered(covered))?;
+            self.write(&RecordRef::Covered(covered))?;
             self.covered = covered;
         }
         self.sync()?;
         self.ids.extend(messages.iter().map(|m| (m.id.clone(), (m.endpoint, fridge_of(&m.key).to_owned()))));
-        for message in &messages {
+        for message in messages {
             *self.per_fridge.entry((message.endpoint, fridge_of(&message.key).to_owned())).or_insert(0) += 1;
         }
-        self.pending.extend(messages);
+        self.pending.extend(messages.iter().cloned());
         Ok(())
     }
 
@@ -172,7 +183,7 @@ impl Outbox {
             if !self.ids.contains_key(id) || self.done.contains(id) {
                 continue;
             }
-            self.write(&Record::Done(id.clone()))?;
+            self.write(&RecordRef::Done(id))?;
             self.done.insert(id.clone());
             marked += 1;
             if let Some(key) = self.ids.get(id)
@@ -195,7 +206,7 @@ impl Outbox {
         self.compact_if_worth_it()
     }
 
-    fn write(&mut self, record: &Record) -> Result<(), OutboxError> {
+    fn write(&mut self, record: &RecordRef<'_>) -> Result<(), OutboxError> {
         let json = serde_json::to_vec(record).expect("outbox records serialize");
         let mut frame = Vec::with_capacity(json.len() + 8);
         frame.extend_from_slice(&(json.len() as u32).to_le_bytes());
@@ -220,9 +231,9 @@ impl Outbox {
         let aside = self.path.with_extension("log.tmp");
         let error = |source| OutboxError { path: aside.display().to_string(), source };
         let mut out = BufWriter::new(File::create(&aside).map_err(error)?);
-        let live: Vec<Message> = self.pending().cloned().collect();
+        let live: Vec<Arc<Message>> = self.pending().cloned().collect();
         let mut frames = Vec::new();
-        for record in live.iter().cloned().map(Record::Enqueued).chain([Record::Covered(self.covered)]) {
+        for record in live.iter().map(|m| RecordRef::Enqueued(m)).chain([RecordRef::Covered(self.covered)]) {
             let json = serde_json::to_vec(&record).expect("outbox records serialize");
             frames.extend_from_slice(&(json.len() as u32).to_le_bytes());
             frames.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
@@ -250,7 +261,7 @@ pub fn fridge_of(key: &str) -> &str {
     key.split_once('/').map_or(key, |(fridge, _)| fridge)
 }
 
-fn count_per_fridge(pending: &VecDeque<Message>) -> HashMap<(Endpoint, String), usize> {
+fn count_per_fridge(pending: &VecDeque<Arc<Message>>) -> HashMap<(Endpoint, String), usize> {
     let mut counts = HashMap::new();
     for message in pending {
         *counts.entry((message.endpoint, fridge_of(&message.key).to_owned())).or_insert(0) += 1;
@@ -281,22 +292,22 @@ mod tests {
     use super::*;
     use crate::webhooks::events::Endpoint;
 
-    fn message(n: u64) -> Message {
-        Message {
+    fn message(n: u64) -> Arc<Message> {
+        Arc::new(Message {
             id: format!("msg_{n}"),
             endpoint: Endpoint::Alerts,
             key: format!("k{}", n % 3),
             kind: "inventory.negative".into(),
             time: n,
             body: format!("{{\"n\":{n}}}"),
-        }
+        })
     }
 
     #[test]
     fn pending_messages_survive_a_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = Outbox::open(dir.path()).unwrap();
-        outbox.enqueue((1..=5).map(message).collect(), 10).unwrap();
+        outbox.enqueue(&(1..=5).map(message).collect::<Vec<_>>(), 10).unwrap();
         outbox.done(&["msg_1".into(), "msg_3".into()]).unwrap();
         drop(outbox);
         // A crash in the middle of the next append leaves half a frame.
@@ -316,7 +327,7 @@ mod tests {
     fn marking_a_message_done_twice_or_one_never_enqueued_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = Outbox::open(dir.path()).unwrap();
-        outbox.enqueue((1..=3).map(message).collect(), 3).unwrap();
+        outbox.enqueue(&(1..=3).map(message).collect::<Vec<_>>(), 3).unwrap();
         outbox.done(&["msg_1".into(), "msg_1".into()]).unwrap();
         outbox.done(&["msg_1".into(), "msg_9".into()]).unwrap();
         assert_eq!(outbox.pending_len(), 2);
@@ -330,7 +341,7 @@ mod tests {
     fn a_mostly_done_file_is_rewritten_with_what_is_pending() {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = Outbox::open(dir.path()).unwrap();
-        outbox.enqueue((0..12_000).map(message).collect(), 12_000).unwrap();
+        outbox.enqueue(&(0..12_000).map(message).collect::<Vec<_>>(), 12_000).unwrap();
         let ids: Vec<String> = (0..11_990).map(|n| format!("msg_{n}")).collect();
         outbox.done(&ids).unwrap();
         let size = std::fs::metadata(dir.path().join("outbox.log")).unwrap().len();
