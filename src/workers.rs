@@ -10,6 +10,10 @@
 //! A log commit wakes the source operators through an activator; the view
 //! changes go to the view sink over a bounded channel, followed by the
 //! frontier reported by worker 0, so the sink knows when a time is final.
+//! Commits that land within [`PACE`] of the last one a source read are read
+//! together, [`PACE`] after it: every commit keeps its own logical time,
+//! but the dataflow takes one step, and the sinks one frontier, for them
+//! all, instead of one per commit.
 //!
 //! On several processes (timely's cluster mode, [`Cluster`]) every worker
 //! of every process reads the log the same way: the records a process
@@ -61,6 +65,15 @@ const READ_BATCH: usize = 8192;
 /// instead of in the dataflow's queues. (One commit larger than this is
 /// still read whole.)
 const MAX_READ_AHEAD: u64 = 131_072;
+
+/// After a source has read up to a commit boundary, how long it lets the
+/// next commits gather before it reads them. At moderate rates the log
+/// commits every millisecond or so, a few events each; reading each commit
+/// alone cost a dataflow step per commit on every worker (progress
+/// exchanged, every operator scheduled, a frontier to the sinks, an outbox
+/// fsync), which is what made an event cost more at half the flat-out rate
+/// than flat out.
+pub const PACE: Duration = Duration::from_millis(5);
 
 /// What the workers send to the view sink.
 pub enum ViewMessage {
@@ -500,10 +513,19 @@ fn log_source<'s>(
     source(scope, "EventLog", move |mut capability, info| {
         let activator = scope.worker().sync_activator_for(info.address.to_vec());
         sources.lock().expect("no worker panics while registering").push(activator.clone());
+        // Whether a commit wakes the source: not while it waits out its pace.
+        let armed = Arc::new(AtomicBool::new(true));
+        let wakes = Arc::clone(&armed);
         readers.subscribe(Box::new(move || {
-            let _ = activator.activate();
+            if wakes.swap(false, Ordering::AcqRel) {
+                let _ = activator.activate();
+            }
         }));
         let self_activator = scope.activator_for(info.address);
+        // Until when the source lets commits gather, and whether it has
+        // asked to be woken then.
+        let mut paced_until: Option<std::time::Instant> = None;
+        let mut wake_asked = false;
         capability.downgrade(&checkpoints.start());
         // The least time a record still to read can have: the capability's.
         let mut bound = checkpoints.start();
@@ -534,6 +556,22 @@ fn log_source<'s>(
                 capability = None;
             }
             let Some(cap) = capability.as_mut() else { return };
+            if let Some(until) = paced_until
+                && !stop.load(Ordering::SeqCst)
+            {
+                let now = std::time::Instant::now();
+                if now < until {
+                    if !wake_asked {
+                        self_activator.activate_after(until - now);
+                        wake_asked = true;
+                    }
+                    return;
+                }
+            }
+            paced_until = None;
+            wake_asked = false;
+            // Woken by the next commit, unless what this reads starts a pace.
+            armed.store(true, Ordering::Release);
             let frontier = finished.load(Ordering::Acquire);
             while unfinished.front().is_some_and(|(time, _)| *time < frontier) {
                 unfinished.pop_front();
@@ -597,6 +635,14 @@ fn log_source<'s>(
                 // More may be waiting at this very time; look again soon.
                 self_activator.activate();
             } else {
+                if read > 0 {
+                    // Let the next commits gather; a commit that lands
+                    // meanwhile need not wake the source.
+                    armed.store(false, Ordering::Release);
+                    paced_until = Some(std::time::Instant::now() + PACE);
+                    self_activator.activate_after(PACE);
+                    wake_asked = true;
+                }
                 // At a commit boundary: later records have later times, and
                 // on a log with progress markers perhaps later still.
                 let after = last_time.map(|time| time + 1).max(reader.floor()).filter(|&after| after > bound);
