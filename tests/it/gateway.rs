@@ -114,3 +114,30 @@ async fn health_is_served() {
     assert_eq!(answer.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_lands_while_the_workers_let_commits_gather_reaches_the_views_with_no_commit_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut fridge = session(&format!("http://{}", server.addr()), "FR-000001").await;
+    fridge
+        .send(1, vec![encode(&event("FR-000001", 1, 0, Payload::StockCounted { sku: "cola".into(), qty: 100 }))])
+        .await
+        .unwrap();
+    fridge.ack().await.unwrap();
+    // Each round commits right after the views took the one before, i.e.
+    // within the workers' pace, and then nothing more is committed: the
+    // views must still get there.
+    for seq in 2..=21 {
+        server.caught_up(std::time::Duration::from_secs(30)).await.unwrap();
+        fridge.send(seq, vec![taken("FR-000001", seq, 1)]).await.unwrap();
+        assert_eq!(fridge.ack().await.unwrap().accepted, vec![seq]);
+    }
+    let status = server.caught_up(std::time::Duration::from_secs(30)).await.unwrap();
+    assert!(status.views_frontier > status.last_ingest_ms.unwrap());
+    server.shutdown().await.unwrap();
+    assert_eq!(
+        query_csv(dir.path(), "SELECT * FROM inventory_now").await,
+        "fridge_id,sku,on_hand\nFR-000001,cola,80\n"
+    );
+}
