@@ -8,7 +8,7 @@ use clap::Parser;
 /// The process's allocator. Every thread of the pipeline allocates and
 /// frees small records all the time (decoded events, view changes, webhook
 /// bodies); glibc's allocator spent about a quarter of the CPU on it at half
-/// the flat-out rate (see the README's "Where the CPU goes"). A UDF's
+/// the flat-out rate (see "The allocator" in the README). A UDF's
 /// library frees only memory the host took from the C allocator for it
 /// (see `udf.rs`), so the host's own allocator is free to be another.
 #[global_allocator]

@@ -57,8 +57,8 @@ struct FfiArrays {
 const _: () = assert!(std::mem::align_of::<FfiArraySchema>() <= 16);
 
 /// `arrays` moved into memory from the C allocator, as the plugin's `Vec`
-/// of them: the plugin frees it with `free`, its global allocator being
-/// the system's (`None`: out of memory).
+/// of them: the plugin grows or frees it with its global allocator, the
+/// system's, i.e. `realloc` and `free` (`None`: out of memory).
 fn c_vector(arrays: Vec<FfiArraySchema>) -> Option<FfiArrays> {
     let len = arrays.len();
     let bytes = std::mem::size_of::<FfiArraySchema>().checked_mul(len.max(1))?;

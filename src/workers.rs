@@ -68,11 +68,10 @@ const MAX_READ_AHEAD: u64 = 131_072;
 
 /// After a source has read up to a commit boundary, how long it lets the
 /// next commits gather before it reads them. At moderate rates the log
-/// commits every millisecond or so, a few events each; reading each commit
-/// alone cost a dataflow step per commit on every worker (progress
-/// exchanged, every operator scheduled, a frontier to the sinks, an outbox
-/// fsync), which is what made an event cost more at half the flat-out rate
-/// than flat out.
+/// commits every millisecond or so, a few events each; read one by one,
+/// each commit costs a dataflow step on every worker (progress exchanged,
+/// every operator scheduled) and a frontier for the sinks (an outbox
+/// fsync among them). A view answers at most this much later.
 pub const PACE: Duration = Duration::from_millis(5);
 
 /// What the workers send to the view sink.
