@@ -521,10 +521,9 @@ fn log_source<'s>(
             }
         }));
         let self_activator = scope.activator_for(info.address);
-        // Until when the source lets commits gather, and whether it has
-        // asked to be woken then.
+        // Until when the source lets commits gather (it has asked to be
+        // woken then).
         let mut paced_until: Option<std::time::Instant> = None;
-        let mut wake_asked = false;
         capability.downgrade(&checkpoints.start());
         // The least time a record still to read can have: the capability's.
         let mut bound = checkpoints.start();
@@ -555,20 +554,10 @@ fn log_source<'s>(
                 capability = None;
             }
             let Some(cap) = capability.as_mut() else { return };
-            if let Some(until) = paced_until
-                && !stop.load(Ordering::SeqCst)
-            {
-                let now = std::time::Instant::now();
-                if now < until {
-                    if !wake_asked {
-                        self_activator.activate_after(until - now);
-                        wake_asked = true;
-                    }
-                    return;
-                }
+            if paced_until.is_some_and(|until| std::time::Instant::now() < until) && !stop.load(Ordering::SeqCst) {
+                return;
             }
             paced_until = None;
-            wake_asked = false;
             // Woken by the next commit, unless what this reads starts a pace.
             armed.store(true, Ordering::Release);
             let frontier = finished.load(Ordering::Acquire);
@@ -640,7 +629,6 @@ fn log_source<'s>(
                     armed.store(false, Ordering::Release);
                     paced_until = Some(std::time::Instant::now() + PACE);
                     self_activator.activate_after(PACE);
-                    wake_asked = true;
                 }
                 // At a commit boundary: later records have later times, and
                 // on a log with progress markers perhaps later still.

@@ -166,11 +166,12 @@ impl Outbox {
             self.covered = covered;
         }
         self.sync()?;
-        self.ids.extend(messages.iter().map(|m| (m.id.clone(), (m.endpoint, fridge_of(&m.key).to_owned()))));
         for message in messages {
-            *self.per_fridge.entry((message.endpoint, fridge_of(&message.key).to_owned())).or_insert(0) += 1;
+            let key = (message.endpoint, fridge_of(&message.key).to_owned());
+            *self.per_fridge.entry(key.clone()).or_insert(0) += 1;
+            self.ids.insert(message.id.clone(), key);
+            self.pending.push_back(Arc::clone(message));
         }
-        self.pending.extend(messages.iter().cloned());
         Ok(())
     }
 
