@@ -554,7 +554,11 @@ fn log_source<'s>(
                 capability = None;
             }
             let Some(cap) = capability.as_mut() else { return };
-            if paced_until.is_some_and(|until| std::time::Instant::now() < until) && !stop.load(Ordering::SeqCst) {
+            // Looked at before reading: a stop seen here was asked after
+            // everything acknowledged before it became durable, so this read
+            // covers it. A stop asked during the read is seen next time.
+            let stopping = stop.load(Ordering::SeqCst);
+            if paced_until.is_some_and(|until| std::time::Instant::now() < until) && !stopping {
                 return;
             }
             paced_until = None;
@@ -643,7 +647,7 @@ fn log_source<'s>(
                         read_upto.store(after, Ordering::Release);
                     }
                 }
-                if stop.load(Ordering::SeqCst) {
+                if stopping {
                     // A last checkpoint, so that a clean restart replays
                     // nothing (on a share, the processes' last times may
                     // differ, and the cluster resumes where they agree).

@@ -3,7 +3,7 @@
 //! says what happened.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coldstream::checkpoint::CheckpointStore;
@@ -17,9 +17,8 @@ use coldstream_sinks::{SinkError, ViewSink};
 use coldstream_sources::client::{self, Session};
 use coldstream_sources::convert::encode;
 use coldstream_sources::ingest::SeqSnapshot;
-use coldstream_sources::log::EventLog;
-use coldstream_sources::log::Record;
 use coldstream_sources::log::embedded::{EmbeddedConfig, EmbeddedLog};
+use coldstream_sources::log::{EventLog, LogError, LogReader, OpenReader, Record};
 use coldstream_sources::proto;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -186,4 +185,146 @@ fn authorized<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert("authorization", format!("Bearer {}", fridge_token("FR-000001")).parse().unwrap());
     request
+}
+
+/// A log whose first read that finds records runs `during` before it
+/// returns: what happens between a read and what the workers do with it.
+struct Interrupted {
+    inner: Arc<dyn OpenReader>,
+    during: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>,
+}
+
+struct InterruptedReader {
+    inner: Box<dyn LogReader>,
+    during: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>,
+}
+
+impl OpenReader for Interrupted {
+    fn open(&self, offset: u64) -> Result<Box<dyn LogReader>, LogError> {
+        Ok(Box::new(InterruptedReader { inner: self.inner.open(offset)?, during: Arc::clone(&self.during) }))
+    }
+    fn durable_offset(&self) -> u64 {
+        self.inner.durable_offset()
+    }
+    fn first_offset(&self) -> Result<u64, LogError> {
+        self.inner.first_offset()
+    }
+    fn durable_ingest_ms(&self) -> Option<u64> {
+        self.inner.durable_ingest_ms()
+    }
+    fn subscribe(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        self.inner.subscribe(wake)
+    }
+    fn trim(&self, before: u64, until_ms: u64) -> Result<usize, LogError> {
+        self.inner.trim(before, until_ms)
+    }
+}
+
+impl LogReader for InterruptedReader {
+    fn read(&mut self, max: usize, out: &mut Vec<(u64, Record)>) -> Result<usize, LogError> {
+        let read = self.inner.read(max, out)?;
+        if read > 0 {
+            let during = self.during.lock().unwrap().take();
+            if let Some(during) = during {
+                during();
+            }
+        }
+        Ok(read)
+    }
+    fn position(&self) -> u64 {
+        self.inner.position()
+    }
+    fn floor(&self) -> Option<u64> {
+        self.inner.floor()
+    }
+}
+
+/// What the views handed to their sink: the times of inventory changes,
+/// and the frontier of the last, final advance.
+#[derive(Default)]
+struct Seen {
+    inventory_times: Vec<u64>,
+    closed_at: Option<u64>,
+}
+
+struct Recording(Arc<Mutex<Seen>>);
+
+impl ViewSink for Recording {
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+    fn push(&mut self, batch: &ViewBatch) {
+        if let ViewBatch::Inventory(changes) = batch {
+            self.0.lock().unwrap().inventory_times.extend(changes.iter().map(|(_, time, _)| *time));
+        }
+    }
+    fn advance(&mut self, frontier: u64, last: bool) -> Result<(), SinkError> {
+        if last {
+            self.0.lock().unwrap().closed_at = Some(frontier);
+        }
+        Ok(())
+    }
+    fn snapshot(&mut self, _: u64) -> Result<Vec<u8>, SinkError> {
+        Ok(Vec::new())
+    }
+    fn restore(&mut self, _: &[u8], _: u64) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_stop_asked_while_the_workers_read_still_covers_what_was_durable_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path().join("log"), EmbeddedConfig::default()).unwrap();
+    let readers = log.readers();
+    let log = Arc::new(Mutex::new(log));
+    let item =
+        |seq| event("FR-000001", seq, 1, Payload::ItemTaken { session_id: "s".into(), sku: "cola".into(), qty: 1 });
+    let commit = move |log: &Mutex<EmbeddedLog>, ingest_ms, seq| {
+        let mut log = log.lock().unwrap();
+        log.append(ingest_ms, &[Record::accepted(&item(seq))]).unwrap();
+        log.sync().unwrap();
+    };
+    commit(&log, 1_000, 1);
+    // While the workers hold what they read of the first commit, a second
+    // one becomes durable and then the stop is asked: the stop must cover it.
+    let (ask_stop, stop_asked) = std::sync::mpsc::channel();
+    let during: Box<dyn FnOnce() + Send> = {
+        let log = Arc::clone(&log);
+        Box::new(move || {
+            commit(&log, 2_000, 2);
+            ask_stop.send(()).unwrap();
+            // Long enough for the stop to be asked before the read returns.
+            std::thread::sleep(Duration::from_millis(500));
+        })
+    };
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let views = ViewConfig::default();
+    let pipeline = Pipeline::start(PipelineSpec {
+        log: Arc::new(Interrupted { inner: readers, during: Arc::new(Mutex::new(Some(during))) }),
+        resume: ResumePoint::start_of_log(&views),
+        views,
+        workers: 1,
+        cluster: Default::default(),
+        sinks: ViewSinks::new(vec![Box::new(Recording(Arc::clone(&seen)))]),
+        checkpoints: CheckpointPolicy {
+            store: CheckpointStore::open(dir.path(), 1).unwrap(),
+            every_ms: u64::MAX,
+            every_records: u64::MAX,
+            seqs: Box::new(SeqSnapshot::default),
+            retention_ms: None,
+        },
+        progress: Arc::new(Progress::default()),
+        failures: Failures::default(),
+    })
+    .unwrap();
+    stop_asked.recv_timeout(Duration::from_secs(60)).expect("the workers read the first commit");
+    pipeline.stop().unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.closed_at, Some(2_001), "the views closed before the second commit");
+    assert!(
+        seen.inventory_times.contains(&2_000),
+        "the second commit never reached inventory: {:?}",
+        seen.inventory_times
+    );
 }
