@@ -465,6 +465,50 @@ fn follow(
     }
 }
 
+/// The encoded records of a group commit. Each slot's buffer is kept for
+/// the next commit, so that a commit allocates nothing per record.
+#[derive(Default)]
+struct Encoded {
+    buffers: Vec<Vec<u8>>,
+    used: usize,
+}
+
+impl Encoded {
+    /// A buffer larger than this is given back rather than kept.
+    const KEEP_BYTES: usize = 4096;
+
+    fn clear(&mut self) {
+        for buffer in &mut self.buffers[..self.used] {
+            if buffer.capacity() > Self::KEEP_BYTES {
+                *buffer = Vec::new();
+            }
+        }
+        self.used = 0;
+    }
+
+    fn push(&mut self, record: &impl Message) {
+        if self.used == self.buffers.len() {
+            self.buffers.push(Vec::new());
+        }
+        let buffer = &mut self.buffers[self.used];
+        buffer.clear();
+        record.encode(buffer).expect("a Vec grows to fit what is encoded");
+        self.used += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.used
+    }
+
+    fn is_empty(&self) -> bool {
+        self.used == 0
+    }
+
+    fn as_slice(&self) -> &[Vec<u8>] {
+        &self.buffers[..self.used]
+    }
+}
+
 struct Writer {
     log: Box<dyn EventLog>,
     failing: Arc<Mutex<Option<String>>>,
@@ -479,7 +523,7 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         let mut group: Vec<Request> = Vec::new();
-        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        let mut payloads = Encoded::default();
         while let Some(first) = self.requests.blocking_recv() {
             let mut records = first.candidates.len();
             group.push(first);
@@ -500,26 +544,41 @@ impl Writer {
         tracing::debug!("log writer stopped: every connection has closed");
     }
 
-    fn commit(&mut self, group: &mut Vec<Request>, payloads: &mut Vec<Vec<u8>>) {
+    fn commit(&mut self, group: &mut Vec<Request>, payloads: &mut Encoded) {
         payloads.clear();
         let mut pending: HashMap<Principal, Position> = HashMap::new();
         let mut outcomes: Vec<Vec<Outcome>> = Vec::with_capacity(group.len());
         {
             let highest = self.highest.lock().expect("the seq map is never poisoned");
+            // The source of the candidates in a row (a batch has one) and
+            // its position so far: looked up once per row, not per event.
+            let mut current: Option<(Principal, Position)> = None;
             for request in group.iter_mut() {
                 let mut answer = Vec::with_capacity(request.candidates.len());
                 for candidate in request.candidates.drain(..) {
                     let (entry, incarnation) = match candidate {
                         Candidate::Accepted { event, source, incarnation } => {
-                            let position =
-                                pending.get(&source).or_else(|| highest.get(&source)).copied().unwrap_or_default();
-                            match judge(&source, position, incarnation, event.seq, self.config.max_seq_gap) {
+                            let (source, position) = match &mut current {
+                                Some(row) if row.0 == source => row,
+                                row => {
+                                    if let Some((before, position)) = row.take() {
+                                        pending.insert(before, position);
+                                    }
+                                    let position = pending
+                                        .get(&source)
+                                        .or_else(|| highest.get(&source))
+                                        .copied()
+                                        .unwrap_or_default();
+                                    row.insert((source, position))
+                                }
+                            };
+                            match judge(source, *position, incarnation, event.seq, self.config.max_seq_gap) {
                                 Ok(None) => {
                                     answer.push(Outcome::Duplicate);
                                     continue;
                                 }
                                 Ok(Some(next)) => {
-                                    pending.insert(source, next);
+                                    *position = next;
                                     answer.push(Outcome::Appended);
                                     (Entry::Accepted(event), incarnation)
                                 }
@@ -540,9 +599,12 @@ impl Writer {
                             (Entry::Rejected(rejected), 0)
                         }
                     };
-                    payloads.push(LogEntry { entry: Some(entry), incarnation }.encode_to_vec());
+                    payloads.push(&LogEntry { entry: Some(entry), incarnation });
                 }
                 outcomes.push(answer);
+            }
+            if let Some((source, position)) = current {
+                pending.insert(source, position);
             }
         }
         let followed: Vec<&tracing::Span> = group.iter().filter_map(|r| r.span.as_ref()).collect();
@@ -564,7 +626,7 @@ impl Writer {
             Ok(())
         } else {
             let ingest_ms = now_ms().max(self.log.last_ingest_ms().map_or(0, |t| t + 1));
-            self.log.append(ingest_ms, payloads).and_then(|_| {
+            self.log.append(ingest_ms, payloads.as_slice()).and_then(|_| {
                 let syncing = std::time::Instant::now();
                 let synced = self.log.sync();
                 self.metrics.fsync_seconds.observe_duration(syncing.elapsed());
