@@ -41,24 +41,122 @@ fn sighting(event: &Event) -> Option<(String, Sighting)> {
 }
 
 /// One fridge's sales window.
-#[derive(Default, Serialize, Deserialize)]
+///
+/// Each SKU keeps its movements in event-time order, one entry of three
+/// integers per distinct time, so a movement costs 24 bytes rather than a
+/// map entry with its own copy of the SKU's name. A checkpoint stores the
+/// window as `(event_time, sku) → (units, movements)` and `sku → totals`
+/// ([`Stored`]), the layout it has always had.
+#[derive(Default, Deserialize)]
+#[serde(from = "Stored")]
 struct Window {
+    latest: Option<i64>,
+    skus: BTreeMap<String, Movements>,
+    /// The earliest event time any SKU holds: the window's opening passing
+    /// it is what makes a SKU worth looking at for what left.
+    oldest: Option<i64>,
+}
+
+/// One SKU's movements inside the window.
+#[derive(Default)]
+struct Movements {
+    /// `(event_time, units, movements)`, in event-time order, one per time.
+    at: std::collections::VecDeque<(i64, i64, i64)>,
+    units: i64,
+    movements: i64,
+}
+
+impl Movements {
+    /// The SKU's row: its units while the window holds a movement of it.
+    fn row(&self) -> Option<i64> {
+        (self.movements > 0).then_some(self.units)
+    }
+
+    fn add(&mut self, at: i64, units: i64, movements: i64) {
+        self.units += units;
+        self.movements += movements;
+        let index = self.at.partition_point(|(time, _, _)| *time < at);
+        match self.at.get_mut(index) {
+            Some(entry) if entry.0 == at => {
+                entry.1 += units;
+                entry.2 += movements;
+                if entry.1 == 0 && entry.2 == 0 {
+                    self.at.remove(index);
+                }
+            }
+            _ => self.at.insert(index, (at, units, movements)),
+        }
+    }
+
+    /// Forgets the movements at or before `opens`.
+    fn leave(&mut self, opens: i64) {
+        while let Some(&(time, units, movements)) = self.at.front()
+            && time <= opens
+        {
+            self.units -= units;
+            self.movements -= movements;
+            self.at.pop_front();
+        }
+    }
+}
+
+/// A window as a checkpoint holds it.
+#[derive(Deserialize)]
+struct Stored {
     latest: Option<i64>,
     /// `(event_time, sku) → (units, movements)` inside the window.
     movements: BTreeMap<(i64, String), (i64, i64)>,
-    /// `sku → (units, movements)` summed over the window.
+    /// `sku → (units, movements)` summed over the window (derived again).
+    #[allow(dead_code)]
     totals: BTreeMap<String, (i64, i64)>,
 }
 
-impl Window {
-    fn add(&mut self, changed: &mut BTreeMap<String, Option<i64>>, sku: &str, units: i64, movements: i64) {
-        let total = self.totals.entry(sku.to_owned()).or_insert((0, 0));
-        changed.entry(sku.to_owned()).or_insert((total.1 > 0).then_some(total.0));
-        total.0 += units;
-        total.1 += movements;
-        if total.1 == 0 {
-            self.totals.remove(sku);
+impl From<Stored> for Window {
+    fn from(stored: Stored) -> Window {
+        let mut window = Window { latest: stored.latest, ..Window::default() };
+        for ((at, sku), (units, movements)) in stored.movements {
+            if units != 0 || movements != 0 {
+                window.skus.entry(sku).or_default().add(at, units, movements);
+            }
         }
+        window.oldest = window.skus.values().filter_map(|sku| sku.at.front()).map(|(time, _, _)| *time).min();
+        window
+    }
+}
+
+impl Serialize for Window {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct AllMovements<'a>(&'a BTreeMap<String, Movements>);
+        impl Serialize for AllMovements<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let mut map = serializer.serialize_map(Some(self.0.values().map(|sku| sku.at.len()).sum()))?;
+                for (sku, movements) in self.0 {
+                    for (at, units, count) in &movements.at {
+                        map.serialize_entry(&(*at, sku), &(*units, *count))?;
+                    }
+                }
+                map.end()
+            }
+        }
+        struct Totals<'a>(&'a BTreeMap<String, Movements>);
+        impl Serialize for Totals<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let held = self.0.values().filter(|movements| movements.movements != 0).count();
+                let mut map = serializer.serialize_map(Some(held))?;
+                for (sku, movements) in self.0.iter().filter(|(_, movements)| movements.movements != 0) {
+                    map.serialize_entry(sku, &(movements.units, movements.movements))?;
+                }
+                map.end()
+            }
+        }
+        let mut stored = serializer.serialize_struct("Window", 3)?;
+        stored.serialize_field("latest", &self.latest)?;
+        stored.serialize_field("movements", &AllMovements(&self.skus))?;
+        stored.serialize_field("totals", &Totals(&self.skus))?;
+        stored.end()
     }
 }
 
@@ -79,25 +177,41 @@ impl FridgeState for Window {
         let latest = self.latest.map_or(newest, |l| l.max(newest));
         self.latest = Some(latest);
         let opens = latest.saturating_sub(SALES_WINDOW_US);
+        // Each touched SKU's row before this time.
         let mut changed: BTreeMap<String, Option<i64>> = BTreeMap::new();
         for ((at, movement), diff) in inputs {
             if let Some((sku, units)) = movement
                 && *at > opens
             {
-                let (units, count) = (units * *diff as i64, *diff as i64);
-                let entry = self.movements.entry((*at, sku.clone())).or_insert((0, 0));
-                entry.0 += units;
-                entry.1 += count;
-                self.add(&mut changed, sku, units, count);
+                let movements = match self.skus.get_mut(sku.as_str()) {
+                    Some(movements) => movements,
+                    None => self.skus.entry(sku.clone()).or_default(),
+                };
+                if !changed.contains_key(sku.as_str()) {
+                    changed.insert(sku.clone(), movements.row());
+                }
+                movements.add(*at, units * *diff as i64, *diff as i64);
+                self.oldest = Some(self.oldest.map_or(*at, |oldest| oldest.min(*at)));
             }
         }
         // Movements that the advancing window has left behind.
-        let kept = self.movements.split_off(&(opens + 1, String::new()));
-        for ((_, sku), (units, count)) in std::mem::replace(&mut self.movements, kept) {
-            self.add(&mut changed, &sku, -units, -count);
+        if self.oldest.is_some_and(|oldest| oldest <= opens) {
+            for (sku, movements) in &mut self.skus {
+                if movements.at.front().is_some_and(|(time, _, _)| *time <= opens) {
+                    if !changed.contains_key(sku.as_str()) {
+                        changed.insert(sku.clone(), movements.row());
+                    }
+                    movements.leave(opens);
+                }
+            }
+            self.skus.retain(|_, movements| !movements.at.is_empty());
+            self.oldest = self.skus.values().filter_map(|sku| sku.at.front()).map(|(time, _, _)| *time).min();
         }
         for (sku, before) in changed {
-            let after = self.totals.get(&sku).map(|(units, _)| *units);
+            if self.skus.get(&sku).is_some_and(|movements| movements.at.is_empty()) {
+                self.skus.remove(&sku);
+            }
+            let after = self.skus.get(&sku).and_then(Movements::row);
             if before != after {
                 let key = (fridge.to_owned(), sku);
                 if let Some(units) = before {
@@ -111,7 +225,7 @@ impl FridgeState for Window {
     }
 
     fn held(&self) -> usize {
-        self.movements.len() + self.totals.len()
+        self.skus.values().map(|sku| sku.at.len() + usize::from(sku.movements != 0)).sum()
     }
 }
 
@@ -165,6 +279,59 @@ mod tests {
 
     fn sales(arrivals: Vec<(Time, Vec<Event>)>) -> BTreeMap<InventoryKey, i64> {
         keyed(&run_all(2, arrivals, ViewConfig::default(), |views| views.sales_7d))
+    }
+
+    /// The layout a window had in checkpoints before it was kept per SKU.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Earlier {
+        latest: Option<i64>,
+        movements: BTreeMap<(i64, String), (i64, i64)>,
+        totals: BTreeMap<String, (i64, i64)>,
+    }
+
+    #[test]
+    fn a_window_is_checkpointed_in_the_layout_it_always_had_and_restores_from_it() {
+        let earlier = Earlier {
+            latest: Some(200),
+            movements: BTreeMap::from([
+                ((50, "cola".to_owned()), (3, 2)),
+                ((60, "salad".to_owned()), (-1, 1)),
+                ((70, "cola".to_owned()), (1, 1)),
+                // Retracted to nothing: dropped on restore.
+                ((80, "water".to_owned()), (0, 0)),
+            ]),
+            totals: BTreeMap::from([("cola".to_owned(), (4, 3)), ("salad".to_owned(), (-1, 1))]),
+        };
+        let bytes = crate::checkpoint::encode(&earlier);
+        let window: Window = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(window.latest, Some(200));
+        assert_eq!(window.oldest, Some(50));
+        assert_eq!(window.skus["cola"].at, [(50, 3, 2), (70, 1, 1)]);
+        assert_eq!((window.skus["cola"].units, window.skus["cola"].movements), (4, 3));
+        assert_eq!(window.skus["salad"].row(), Some(-1));
+        assert!(!window.skus.contains_key("water"));
+        assert_eq!(window.held(), 5);
+        // Written back, it is the earlier layout without the empty entry.
+        let again: Earlier = bincode::deserialize(&crate::checkpoint::encode(&window)).unwrap();
+        let mut expected = earlier;
+        expected.movements.remove(&(80, "water".to_owned()));
+        assert_eq!(again, expected);
+    }
+
+    #[test]
+    fn a_window_forgets_what_leaves_it_and_keeps_one_entry_per_time() {
+        let mut window = Window::default();
+        let mut out = Vec::new();
+        let take = |at: i64, sku: &str, qty: i64| ((at, Some((sku.to_owned(), qty))), 1isize);
+        window.apply("FR-1", 1, &[take(10, "cola", 2), take(10, "cola", 1), take(20, "salad", 1)], &(), &mut out);
+        assert_eq!(window.skus["cola"].at, [(10, 3, 2)]);
+        out.clear();
+        // The window now opens after 10: cola's movements leave it, salad's stay.
+        window.apply("FR-1", 2, &[((10 + SALES_WINDOW_US, None), 1)], &(), &mut out);
+        assert!(!window.skus.contains_key("cola"));
+        assert_eq!(window.oldest, Some(20));
+        assert_eq!(out, vec![((("FR-1".to_owned(), "cola".to_owned()), 3), -1)]);
+        assert_eq!(window.held(), 2);
     }
 
     #[test]
