@@ -16,6 +16,7 @@ pub mod harness;
 pub mod metrics;
 pub mod operators;
 pub mod traces;
+pub mod vec_map;
 pub mod views;
 
 pub use event::{Event, EventKind, Payload, Temperature};

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::HOUR_US;
 use crate::operators::{FridgeState, OperatorHooks, Shared, beyond_horizon, by_fridge_in_time_order_with};
+use crate::vec_map::VecMap;
 use crate::views::{Keyed, ViewConfig};
 use crate::{Event, Payload, Time};
 
@@ -235,10 +236,10 @@ fn decide(
 struct Session {
     /// Events naming the session: it exists while this is positive.
     events: isize,
-    closes: BTreeMap<(i64, u64), isize>,
-    payments: BTreeMap<PaymentResult, isize>,
+    closes: VecMap<(i64, u64), isize>,
+    payments: VecMap<PaymentResult, isize>,
     /// `sku → taken − returned`.
-    basket: BTreeMap<String, i64>,
+    basket: VecMap<String, i64>,
     /// The latest event time of the session.
     last: i64,
     /// The row and the revenue contribution currently in the output.
@@ -255,9 +256,9 @@ impl Session {
         self.last = self.last.max(at);
         match fact {
             Fact::Named => {}
-            Fact::Closed(seq) => *self.closes.entry((at, *seq)).or_insert(0) += diff,
-            Fact::Item(sku, qty) => *self.basket.entry(sku.clone()).or_insert(0) += qty * diff as i64,
-            Fact::Payment(seq, amount) => *self.payments.entry((at, *seq, *amount)).or_insert(0) += diff,
+            Fact::Closed(seq) => *self.closes.value_mut(&(at, *seq)) += diff,
+            Fact::Item(sku, qty) => *self.basket.value_mut(sku.as_str()) += qty * diff as i64,
+            Fact::Payment(seq, amount) => *self.payments.value_mut(&(at, *seq, *amount)) += diff,
         }
         self.closes.retain(|_, n| *n != 0);
         self.payments.retain(|_, n| *n != 0);

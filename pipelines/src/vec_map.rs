@@ -1,0 +1,123 @@
+//! [`VecMap`]: a map kept as one sorted vector, for the many small maps of
+//! per-session state (a session's closes, payment results and basket hold
+//! a handful of entries each). A `BTreeMap` allocates a whole node for its
+//! first entry, several hundred bytes; this holds exactly its entries.
+//!
+//! It is written and read as a map, entries in key order, so a state that
+//! held a `BTreeMap` where it now holds a `VecMap` encodes to the same bytes
+//! and checkpoints taken with either restore into the other.
+
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A map of few entries, sorted by key in one vector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VecMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for VecMap<K, V> {
+    fn default() -> Self {
+        VecMap(Vec::new())
+    }
+}
+
+impl<K: Ord, V> VecMap<K, V> {
+    fn find<Q: Ord + ?Sized>(&self, key: &Q) -> Result<usize, usize>
+    where
+        K: Borrow<Q>,
+    {
+        self.0.binary_search_by(|(k, _)| k.borrow().cmp(key))
+    }
+
+    /// The value of `key`, inserted as the default if missing (the key is
+    /// copied only then).
+    pub fn value_mut<Q: Ord + ToOwned<Owned = K> + ?Sized>(&mut self, key: &Q) -> &mut V
+    where
+        K: Borrow<Q>,
+        V: Default,
+    {
+        let index = match self.find(key) {
+            Ok(index) => index,
+            Err(index) => {
+                self.0.insert(index, (key.to_owned(), V::default()));
+                index
+            }
+        };
+        &mut self.0[index].1
+    }
+
+    /// Whether `key` has an entry.
+    pub fn contains_key<Q: Ord + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
+        self.find(key).is_ok()
+    }
+
+    /// Keeps the entries for which `keep` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
+        self.0.retain(|(k, v)| keep(k, v));
+    }
+
+    /// The keys, in order.
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &K> + ExactSizeIterator {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    /// The values, in key order.
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> + ExactSizeIterator {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    /// The entries, in key order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&K, &V)> + ExactSizeIterator {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    /// How many entries it holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K: Serialize, V: Serialize> Serialize for VecMap<K, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl<'de, K: Ord + Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for VecMap<K, V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<K, V>::deserialize(deserializer)?;
+        Ok(VecMap(map.into_iter().collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_keeps_its_entries_sorted_and_encodes_like_a_btree_map() {
+        let mut map: VecMap<String, i64> = VecMap::default();
+        *map.value_mut("water") += 2;
+        *map.value_mut("cola") += 1;
+        *map.value_mut("water") -= 2;
+        *map.value_mut("salad") += 3;
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["cola", "salad", "water"]);
+        map.retain(|_, qty| *qty != 0);
+        assert!(!map.contains_key("water") && map.contains_key("cola"));
+        let btree = BTreeMap::from([("cola".to_owned(), 1i64), ("salad".to_owned(), 3)]);
+        let bytes = bincode::serialize(&map).unwrap();
+        assert_eq!(bytes, bincode::serialize(&btree).unwrap());
+        let back: VecMap<String, i64> = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back, map);
+        assert_eq!(back.len(), 2);
+    }
+}
