@@ -40,6 +40,8 @@ impl<K: Ord, V> VecMap<K, V> {
         let index = match self.find(key) {
             Ok(index) => index,
             Err(index) => {
+                // One entry at a time: the map stays as small as it is.
+                self.0.reserve_exact(1);
                 self.0.insert(index, (key.to_owned(), V::default()));
                 index
             }
