@@ -65,7 +65,6 @@ const READ_BATCH: usize = 8192;
 /// instead of in the dataflow's queues. (One commit larger than this is
 /// still read whole.)
 const MAX_READ_AHEAD: u64 = 131_072;
-static EXP_AHEAD: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| std::env::var("EXP_AHEAD").ok().and_then(|v| v.parse().ok()).unwrap_or(MAX_READ_AHEAD));
 
 /// After a source has read up to a commit boundary, how long it lets the
 /// next commits gather before it reads them. At moderate rates the log
@@ -577,7 +576,7 @@ fn log_source<'s>(
             }
             if let Some(&(oldest, offset)) = unfinished.front()
                 && Some(oldest) != last_time
-                && reader.position().saturating_sub(offset) >= *EXP_AHEAD
+                && reader.position().saturating_sub(offset) >= MAX_READ_AHEAD
             {
                 // Far enough ahead of the views: look again once they move.
                 self_activator.activate_after(Duration::from_millis(1));
