@@ -187,16 +187,19 @@ fn authorized<T>(message: T) -> tonic::Request<T> {
     request
 }
 
+/// What runs once, inside the first read that finds records.
+type During = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
+
 /// A log whose first read that finds records runs `during` before it
 /// returns: what happens between a read and what the workers do with it.
 struct Interrupted {
     inner: Arc<dyn OpenReader>,
-    during: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>,
+    during: During,
 }
 
 struct InterruptedReader {
     inner: Box<dyn LogReader>,
-    during: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>,
+    during: During,
 }
 
 impl OpenReader for Interrupted {
