@@ -67,11 +67,6 @@ impl<K: Ord, V> VecMap<K, V> {
         self.0.iter().map(|(k, _)| k)
     }
 
-    /// The values, in key order.
-    pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> + ExactSizeIterator {
-        self.0.iter().map(|(_, v)| v)
-    }
-
     /// The entries, in key order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&K, &V)> + ExactSizeIterator {
         self.0.iter().map(|(k, v)| (k, v))

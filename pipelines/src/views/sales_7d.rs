@@ -204,9 +204,9 @@ impl FridgeState for Window {
                     movements.leave(opens);
                 }
             }
-            self.skus.retain(|_, movements| !movements.at.is_empty());
             self.oldest = self.skus.values().filter_map(|sku| sku.at.front()).map(|(time, _, _)| *time).min();
         }
+        // Every SKU touched above is in `changed`: those left empty go.
         for (sku, before) in changed {
             if self.skus.get(&sku).is_some_and(|movements| movements.at.is_empty()) {
                 self.skus.remove(&sku);
