@@ -529,6 +529,9 @@ fn log_source<'s>(
         let mut bound = checkpoints.start();
         let mut capability = Some(capability);
         let mut records = Vec::with_capacity(READ_BATCH);
+        // The events of the commit being read, given to the views together:
+        // a session per event would send each in a container of its own.
+        let mut commit = Vec::new();
         let mut last_time: Option<Time> = None;
         // The first offset of each time read and not yet finished.
         let mut unfinished: std::collections::VecDeque<(Time, u64)> = std::collections::VecDeque::new();
@@ -593,6 +596,8 @@ fn log_source<'s>(
             };
             for (offset, record) in records.drain(..) {
                 if last_time != Some(record.ingest_ms) {
+                    // One container per commit, sent before the capability moves on.
+                    output.session(&*cap).give_iterator(commit.drain(..));
                     // A record with a new time starts a commit.
                     let new_interval = last_time.is_some_and(|last| record.ingest_ms / every_ms > last / every_ms);
                     if let Some(at) = crossing(bound, record.ingest_ms) {
@@ -615,11 +620,12 @@ fn log_source<'s>(
                 }
                 let ingest_ms = record.ingest_ms;
                 match record.decode() {
-                    Ok(Entry::Accepted(event)) => output.session(&*cap).give(((offset, event), ingest_ms, 1isize)),
+                    Ok(Entry::Accepted(event)) => commit.push(((offset, event), ingest_ms, 1isize)),
                     Ok(_) => {}
                     Err(error) => tracing::warn!(offset, %error, "skipping a log record"),
                 }
             }
+            output.session(&*cap).give_iterator(commit.drain(..));
             if reports {
                 reading.read.store(reader.position(), Ordering::Release);
             }

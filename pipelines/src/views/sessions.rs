@@ -20,6 +20,7 @@
 //! expected is null), `awaiting_payment`, `unpaid` (declined), `settled`,
 //! `undercharged`, `overcharged` (captured vs expected).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use differential_dataflow::collection::VecCollection;
@@ -264,6 +265,11 @@ impl Session {
         self.payments.retain(|_, n| *n != 0);
     }
 
+    /// The records the session holds, as [`FridgeState::held`] counts them.
+    fn held(&self) -> usize {
+        1 + self.closes.len() + self.payments.len() + self.basket.len()
+    }
+
     /// The event time of the latest DoorClosed, if any.
     fn closed_at(&self) -> Option<i64> {
         self.closes.keys().next_back().map(|&(at, _)| at)
@@ -318,6 +324,10 @@ struct FridgeSessions {
     sessions: HashMap<String, Session>,
     /// `hour → (captured_cents, sessions, units)` as in the output.
     revenue: BTreeMap<i64, (i64, i64, i64)>,
+    /// The records the sessions hold, kept as they change: summing them
+    /// for every update would visit every session of the fridge.
+    #[serde(skip)]
+    held: usize,
 }
 
 impl FridgeSessions {
@@ -356,6 +366,7 @@ impl FridgeSessions {
                 session.earned = earned;
             }
             if session.events <= 0 {
+                self.held -= session.held();
                 self.sessions.remove(id);
             }
         }
@@ -389,8 +400,14 @@ impl FridgeSessions {
         self.floor = floor;
         let retired = floor.saturating_sub(self.horizon_us);
         let wait = self.payment_wait_us;
+        let held = &mut self.held;
         self.sessions.retain(|_, session| {
-            session.last >= retired || session.closed_at().is_some_and(|closed| closed.saturating_add(wait) >= floor)
+            let keep = session.last >= retired
+                || session.closed_at().is_some_and(|closed| closed.saturating_add(wait) >= floor);
+            if !keep {
+                *held -= session.held();
+            }
+            keep
         });
         let held: BTreeSet<i64> = self.sessions.values().filter_map(|s| s.earned.map(|(hour, _, _)| hour)).collect();
         self.revenue.retain(|hour, _| hour + HOUR_US > floor || held.contains(hour));
@@ -423,7 +440,16 @@ impl FridgeState for FridgeSessions {
                 }
             }
             self.latest = self.latest.max(*at);
-            self.sessions.entry(id.clone()).or_default().add(*at, fact, *diff);
+            let (session, before) = match self.sessions.entry(id.clone()) {
+                Entry::Occupied(held) => {
+                    let session = held.into_mut();
+                    let before = session.held();
+                    (session, before)
+                }
+                Entry::Vacant(new) => (new.insert(Session::default()), 0),
+            };
+            session.add(*at, fact, *diff);
+            self.held = self.held + session.held() - before;
             touched.insert(id);
         }
         self.refresh(fridge, touched, prices, out);
@@ -450,8 +476,11 @@ impl FridgeState for FridgeSessions {
     }
 
     fn held(&self) -> usize {
-        let facts: usize = self.sessions.values().map(|s| 1 + s.closes.len() + s.payments.len() + s.basket.len()).sum();
-        facts + self.revenue.len()
+        self.held + self.revenue.len()
+    }
+
+    fn restored(&mut self, _fresh: &Self) {
+        self.held = self.sessions.values().map(Session::held).sum();
     }
 }
 
@@ -477,6 +506,7 @@ pub fn sessions_and_revenue<'s>(
         floor: i64::MIN,
         sessions: HashMap::new(),
         revenue: BTreeMap::new(),
+        held: 0,
     };
     let changes = by_fridge_in_time_order_with(sightings, prices, "sessions.sessions", new_state, hooks);
     let sessions = changes.clone().flat_map(|change| match change {
@@ -802,6 +832,38 @@ mod tests {
         #[test]
         fn sessions_equal_the_reference((events, arrivals) in fleet_gen::shuffled(fleet_gen::commerce(50)), workers in 1usize..=2) {
             prop_assert_eq!(sessions_by_dataflow(workers, arrivals), reference(&events));
+        }
+
+        /// The count of held records kept as sessions change equals a count
+        /// over every session, through new sessions, retractions that end
+        /// one and sessions retired behind the horizon.
+        #[test]
+        fn the_held_count_follows_every_change((_, arrivals) in fleet_gen::shuffled(fleet_gen::commerce(50))) {
+            let new_state = || FridgeSessions {
+                horizon_us: 5 * MINUTE_US,
+                payment_wait_us: 10 * MINUTE_US,
+                latest: i64::MIN,
+                floor: i64::MIN,
+                sessions: HashMap::new(),
+                revenue: BTreeMap::new(),
+                held: 0,
+            };
+            let (prices, mut out) = (PriceList::default(), Vec::new());
+            let mut fridges: BTreeMap<String, FridgeSessions> = BTreeMap::new();
+            for (time, events) in arrivals {
+                let mut inputs: BTreeMap<String, Vec<(Sighting, isize)>> = BTreeMap::new();
+                for (fridge, seen) in events.iter().filter_map(sighting) {
+                    inputs.entry(fridge).or_default().push((seen, 1));
+                }
+                for (fridge, inputs) in inputs {
+                    let state = fridges.entry(fridge.clone()).or_insert_with(new_state);
+                    let retracted: Vec<(Sighting, isize)> = inputs.iter().map(|(seen, _)| (seen.clone(), -1)).collect();
+                    for batch in [&inputs, &retracted, &inputs] {
+                        state.apply(&fridge, time, batch, &prices, &mut out);
+                        prop_assert_eq!(state.held, state.sessions.values().map(Session::held).sum::<usize>());
+                    }
+                }
+            }
         }
 
         #[test]
