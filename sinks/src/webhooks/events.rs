@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use coldstream_pipelines::Time;
 use coldstream_pipelines::views::{Alert, RestockLine, SessionKey, SessionRow, SessionStatus, ViewBatch};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 /// Who receives a message.
@@ -84,13 +83,64 @@ fn message_id(view: &str, key: &[&str], time: Time, kind: &str) -> String {
     format!("msg_{}", &hex::encode(hash.finalize())[..32])
 }
 
-fn message(endpoint: Endpoint, view: &str, key: [&str; 2], kind: &str, time: Time, data: serde_json::Value) -> Message {
+/// A message's body. The fields of the bodies are written in name order,
+/// as they always have been, so that a body is the same bytes whichever
+/// release derives it.
+#[derive(Serialize)]
+struct Body<'a, D> {
+    data: D,
+    timestamp: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+}
+
+#[derive(Serialize)]
+struct OrderData<'a> {
+    fridge_id: &'a str,
+    lines: Vec<LineData<'a>>,
+    opened_at_ms: Time,
+    order_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct LineData<'a> {
+    qty: i64,
+    sku: &'a str,
+}
+
+#[derive(Serialize)]
+struct PaymentData<'a> {
+    captured_cents: Option<i64>,
+    closed_at_us: Option<i64>,
+    expected_cents: Option<i64>,
+    fridge_id: &'a str,
+    session_id: &'a str,
+    status: &'a str,
+    units: i64,
+}
+
+#[derive(Serialize)]
+struct NegativeData<'a> {
+    fridge_id: &'a str,
+    sku: &'a str,
+    state: &'a str,
+}
+
+#[derive(Serialize)]
+struct ExcursionData<'a> {
+    fridge_id: &'a str,
+    start_us: i64,
+    state: &'a str,
+}
+
+fn message(endpoint: Endpoint, view: &str, key: [&str; 2], kind: &str, time: Time, data: impl Serialize) -> Message {
     let id = message_id(view, &key, time, kind);
     let key = key.join("/");
     let timestamp = chrono::DateTime::from_timestamp_millis(time as i64)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default();
-    let body = json!({ "type": kind, "timestamp": timestamp, "data": data }).to_string();
+    let body = serde_json::to_string(&Body { data, timestamp: &timestamp, kind })
+        .expect("a body of strings and integers always encodes");
     Message { id, endpoint, key, kind: kind.to_owned(), time, body }
 }
 
@@ -190,8 +240,10 @@ impl Derive {
             match change {
                 Change::Line((fridge, sku), line) => {
                     let orders = self.orders.entry(fridge.clone()).or_default();
-                    let before = orders.get(&line.order_id).cloned();
-                    touched.entry((fridge, line.order_id.clone())).or_insert(before);
+                    // The order as it was before this time: taken at its first change.
+                    touched
+                        .entry((fridge, line.order_id.clone()))
+                        .or_insert_with(|| orders.get(&line.order_id).cloned());
                     let order = orders.entry(line.order_id).or_insert((line.opened_at, BTreeMap::new()));
                     if diff > 0 {
                         order.1.insert(sku, line.qty);
@@ -208,28 +260,30 @@ impl Derive {
         }
         for ((fridge, order_id), before) in touched {
             let orders = self.orders.entry(fridge.clone()).or_default();
-            let after = orders.get(&order_id).filter(|(_, lines)| !lines.is_empty()).cloned();
+            let before = before.filter(|(_, lines)| !lines.is_empty());
+            let after = orders.get(&order_id).filter(|(_, lines)| !lines.is_empty());
+            let kind = match (&before, after) {
+                (None, Some(_)) => Some("restock.opened"),
+                (Some(b), Some(a)) if b != a => Some("restock.updated"),
+                (Some(_), None) => Some("restock.closed"),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                let (opened_at, lines) = after.or(before.as_ref()).expect("an order before or after");
+                let lines = if kind == "restock.closed" {
+                    Vec::new()
+                } else {
+                    lines.iter().map(|(sku, &qty)| LineData { qty, sku }).collect()
+                };
+                let data = OrderData { fridge_id: &fridge, lines, opened_at_ms: *opened_at, order_id: &order_id };
+                out.push(message(Endpoint::Procurement, "restock_orders", [&fridge, &order_id], kind, time, data));
+            }
             if after.is_none() {
                 orders.remove(&order_id);
             }
             if orders.is_empty() {
                 self.orders.remove(&fridge);
             }
-            let before = before.filter(|(_, lines)| !lines.is_empty());
-            let kind = match (&before, &after) {
-                (None, Some(_)) => "restock.opened",
-                (Some(b), Some(a)) if b != a => "restock.updated",
-                (Some(_), None) => "restock.closed",
-                _ => continue,
-            };
-            let (opened_at, lines) = after.or(before).expect("an order before or after");
-            let lines: Vec<_> = if kind == "restock.closed" {
-                Vec::new()
-            } else {
-                lines.iter().map(|(sku, qty)| json!({ "sku": sku, "qty": qty })).collect()
-            };
-            let data = json!({ "order_id": order_id, "fridge_id": fridge, "opened_at_ms": opened_at, "lines": lines });
-            out.push(message(Endpoint::Procurement, "restock_orders", [&fridge, &order_id], kind, time, data));
         }
         for ((fridge, session), (before, after)) in sessions {
             let Some(row) = after else { continue };
@@ -241,15 +295,15 @@ impl Derive {
             if before.as_ref().is_some_and(same) {
                 continue;
             }
-            let data = json!({
-                "fridge_id": fridge,
-                "session_id": session,
-                "status": row.status.as_str(),
-                "expected_cents": row.expected_cents,
-                "captured_cents": row.captured_cents,
-                "units": row.units,
-                "closed_at_us": row.closed_at,
-            });
+            let data = PaymentData {
+                captured_cents: row.captured_cents,
+                closed_at_us: row.closed_at,
+                expected_cents: row.expected_cents,
+                fridge_id: &fridge,
+                session_id: &session,
+                status: row.status.as_str(),
+                units: row.units,
+            };
             out.push(message(Endpoint::Accounting, "sessions", [&fridge, &session], kind, time, data));
         }
     }
@@ -268,11 +322,11 @@ fn alert_message(alert: &Alert, raised: bool, time: Time) -> Message {
     let state = if raised { "raised" } else { "cleared" };
     match alert {
         Alert::InventoryNegative { fridge_id, sku } => {
-            let data = json!({ "fridge_id": fridge_id, "sku": sku, "state": state });
+            let data = NegativeData { fridge_id, sku, state };
             message(Endpoint::Alerts, "alerts", [fridge_id, sku], alert.kind(), time, data)
         }
         Alert::ColdchainExcursion { fridge_id, start } => {
-            let data = json!({ "fridge_id": fridge_id, "start_us": start, "state": state });
+            let data = ExcursionData { fridge_id, start_us: *start, state };
             message(Endpoint::Alerts, "alerts", [fridge_id, &start.to_string()], alert.kind(), time, data)
         }
     }
@@ -405,6 +459,31 @@ mod tests {
         let key: SessionKey = ("FR-1".into(), "s1".into());
         derive.push(&ViewBatch::Sessions(vec![((key.clone(), row(1)), 20, -1), ((key, row(2)), 20, 1)]));
         assert!(derive.advance(21).is_empty());
+    }
+
+    /// The bodies receivers have always had, byte for byte: fields in name
+    /// order, integers as integers.
+    #[test]
+    fn every_kind_of_body_keeps_its_bytes() {
+        let mut derive = Derive::default();
+        derive.push(&lines(vec![(line("cola", 5, 3), 7, 1), (line("chips", 5, 2), 7, 1)]));
+        derive.push(&session(SessionStatus::Settled, Some(450), 1));
+        let excursion = Alert::ColdchainExcursion { fridge_id: "FR-1".into(), start: 60 };
+        let negative = Alert::InventoryNegative { fridge_id: "FR-1".into(), sku: "cola".into() };
+        derive.push(&ViewBatch::Alerts(vec![(excursion, 12, 1), (negative, 12, -1)]));
+        let bodies: Vec<String> = derive.advance(13).into_iter().map(|m| m.body).collect();
+        let order = order_id("FR-1", 5);
+        assert_eq!(
+            bodies,
+            [
+                format!(
+                    r#"{{"data":{{"fridge_id":"FR-1","lines":[{{"qty":2,"sku":"chips"}},{{"qty":3,"sku":"cola"}}],"opened_at_ms":5,"order_id":"{order}"}},"timestamp":"1970-01-01T00:00:00.007Z","type":"restock.opened"}}"#
+                ),
+                r#"{"data":{"captured_cents":450,"closed_at_us":1,"expected_cents":450,"fridge_id":"FR-1","session_id":"s1","status":"settled","units":1},"timestamp":"1970-01-01T00:00:00.010Z","type":"payment.settled"}"#.to_owned(),
+                r#"{"data":{"fridge_id":"FR-1","sku":"cola","state":"cleared"},"timestamp":"1970-01-01T00:00:00.012Z","type":"inventory.negative"}"#.to_owned(),
+                r#"{"data":{"fridge_id":"FR-1","start_us":60,"state":"raised"},"timestamp":"1970-01-01T00:00:00.012Z","type":"coldchain.excursion"}"#.to_owned(),
+            ]
+        );
     }
 
     #[test]
