@@ -400,12 +400,12 @@ impl FridgeSessions {
         self.floor = floor;
         let retired = floor.saturating_sub(self.horizon_us);
         let wait = self.payment_wait_us;
-        let held = &mut self.held;
+        let count = &mut self.held;
         self.sessions.retain(|_, session| {
             let keep = session.last >= retired
                 || session.closed_at().is_some_and(|closed| closed.saturating_add(wait) >= floor);
             if !keep {
-                *held -= session.held();
+                *count -= session.held();
             }
             keep
         });
@@ -441,8 +441,8 @@ impl FridgeState for FridgeSessions {
             }
             self.latest = self.latest.max(*at);
             let (session, before) = match self.sessions.entry(id.clone()) {
-                Entry::Occupied(held) => {
-                    let session = held.into_mut();
+                Entry::Occupied(entry) => {
+                    let session = entry.into_mut();
                     let before = session.held();
                     (session, before)
                 }
