@@ -412,8 +412,15 @@ impl Gatherer {
     }
 
     /// The newest whole checkpoint, if any (`snapshots` per checkpoint);
-    /// older ones are dropped with it.
-    pub fn take_whole(&mut self, snapshots: usize, views: &ViewsFingerprint, seqs: SeqSnapshot) -> Option<Checkpoint> {
+    /// older ones are dropped with it. `seqs` is asked for the sources'
+    /// positions only when there is one: this is called after every batch
+    /// of view changes, and most find none whole.
+    pub fn take_whole(
+        &mut self,
+        snapshots: usize,
+        views: &ViewsFingerprint,
+        seqs: impl FnOnce() -> SeqSnapshot,
+    ) -> Option<Checkpoint> {
         let time = *self
             .gathering
             .iter()
@@ -429,7 +436,7 @@ impl Gatherer {
             dataflow: DataflowState::gather(time, whole.parts),
             sink_frontier,
             sinks,
-            seqs,
+            seqs: seqs(),
         })
     }
 }
@@ -498,6 +505,28 @@ mod tests {
             let body = real[HEADER_BYTES..].to_vec();
             let _ = decode(&framed(&body));
         }
+    }
+
+    /// The sources' positions are read when a checkpoint is whole, and only
+    /// then: the view sink asks after every batch of changes.
+    #[test]
+    fn the_sources_positions_are_read_only_for_a_whole_checkpoint() {
+        let views = fingerprint(2);
+        let mut gatherer = Gatherer::default();
+        gatherer.offset(100, 10);
+        gatherer.sink(100, BTreeMap::new());
+        assert!(gatherer.take_whole(1, &views, || panic!("nothing is whole yet")).is_none());
+        gatherer.part(OperatorSnapshot {
+            time: 100,
+            operator: "inventory.stock".into(),
+            worker: 0,
+            shared: Vec::new(),
+            fridges: Vec::new(),
+        });
+        let seqs = checkpoint(100, 10).seqs;
+        let whole = gatherer.take_whole(1, &views, || seqs.clone()).expect("whole");
+        assert_eq!((whole.offset, whole.seqs), (10, seqs));
+        assert!(gatherer.is_empty());
     }
 
     #[test]

@@ -157,7 +157,7 @@ impl Checkpointing {
     /// Hands the newest whole checkpoint, if there is one, to the writer.
     fn write_whole(&mut self) {
         if let Some(checkpoint) =
-            self.gatherer.take_whole(self.checkpoints.expected_snapshots(), &self.fingerprint, (self.seqs)())
+            self.gatherer.take_whole(self.checkpoints.expected_snapshots(), &self.fingerprint, &self.seqs)
         {
             self.writer.write(checkpoint);
         }
