@@ -43,10 +43,10 @@ pub type Excursion = (i64, Temperature);
 /// Where a reading sits in its fridge's order: `(event_time, seq)`.
 type Position = (i64, u64);
 
-fn reading(event: &Event) -> Option<(String, (Position, Temperature))> {
-    match &event.payload {
+fn reading(event: Event) -> Option<(String, (Position, Temperature))> {
+    match event.payload {
         Payload::Telemetry { temperature_c, .. } => {
-            Some((event.source_id.clone(), ((event.event_time, event.seq), *temperature_c)))
+            Some((event.source_id, ((event.event_time, event.seq), temperature_c)))
         }
         _ => None,
     }
@@ -215,7 +215,7 @@ pub fn cold_chain<'s>(
     horizon_us: i64,
     hooks: &OperatorHooks,
 ) -> (Keyed<'s, ExcursionKey, Excursion>, Keyed<'s, String, i64>) {
-    let readings = events.flat_map(|event| reading(&event));
+    let readings = events.flat_map(reading);
     let new_state = move || Telemetry {
         horizon_us,
         latest: i64::MIN,
@@ -239,7 +239,7 @@ pub fn cold_chain<'s>(
 /// The batch reference of [`excursions`].
 pub fn excursions_reference(events: &[Event]) -> BTreeMap<ExcursionKey, Excursion> {
     let mut by_fridge: BTreeMap<String, BTreeMap<Position, Temperature>> = BTreeMap::new();
-    for (fridge, (position, temperature)) in events.iter().filter_map(reading) {
+    for (fridge, (position, temperature)) in events.iter().cloned().filter_map(reading) {
         by_fridge.entry(fridge).or_default().insert(position, temperature);
     }
     let mut all = BTreeMap::new();

@@ -28,16 +28,16 @@ pub const SALES_WINDOW_US: i64 = 7 * DAY_US;
 /// take or return, `(sku, signed units)`.
 type Sighting = (i64, Option<(String, i64)>);
 
-fn sighting(event: &Event) -> Option<(String, Sighting)> {
+fn sighting(event: Event) -> Option<(String, Sighting)> {
     if event.kind().is_back_office() {
         return None;
     }
-    let movement = match &event.payload {
-        Payload::ItemTaken { sku, qty, .. } => Some((sku.clone(), *qty)),
-        Payload::ItemReturned { sku, qty, .. } => Some((sku.clone(), -*qty)),
+    let movement = match event.payload {
+        Payload::ItemTaken { sku, qty, .. } => Some((sku, qty)),
+        Payload::ItemReturned { sku, qty, .. } => Some((sku, -qty)),
         _ => None,
     };
-    Some((event.source_id.clone(), (event.event_time, movement)))
+    Some((event.source_id, (event.event_time, movement)))
 }
 
 /// One fridge's sales window.
@@ -234,18 +234,18 @@ pub fn sales_7d<'s>(
     events: VecCollection<'s, Time, Event>,
     hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, (InventoryKey, i64)> {
-    by_fridge_in_time_order(events.flat_map(|event| sighting(&event)), "sales_7d.window", Window::default, hooks)
+    by_fridge_in_time_order(events.flat_map(sighting), "sales_7d.window", Window::default, hooks)
 }
 
 /// The batch reference of [`sales_7d`].
 pub fn sales_7d_reference(events: &[Event]) -> BTreeMap<InventoryKey, i64> {
     let mut latest: BTreeMap<String, i64> = BTreeMap::new();
-    for (fridge, (at, _)) in events.iter().filter_map(sighting) {
+    for (fridge, (at, _)) in events.iter().cloned().filter_map(sighting) {
         let entry = latest.entry(fridge).or_insert(at);
         *entry = (*entry).max(at);
     }
     let mut units = BTreeMap::new();
-    for (fridge, (at, movement)) in events.iter().filter_map(sighting) {
+    for (fridge, (at, movement)) in events.iter().cloned().filter_map(sighting) {
         if let Some((sku, qty)) = movement
             && at > latest[&fridge] - SALES_WINDOW_US
         {

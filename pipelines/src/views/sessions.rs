@@ -111,28 +111,27 @@ enum Fact {
 /// `(session_id, event_time, fact)` of a session event, keyed by its fridge.
 type Sighting = (String, i64, Fact);
 
-fn sighting(event: &Event) -> Option<(String, Sighting)> {
-    let (session_id, fact) = match &event.payload {
+fn sighting(event: Event) -> Option<(String, Sighting)> {
+    let Event { source_id, seq, event_time, payload, .. } = event;
+    let (session_id, fact) = match payload {
         Payload::DoorOpened { session_id } | Payload::PaymentAuthorized { session_id, .. } => (session_id, Fact::Named),
-        Payload::DoorClosed { session_id } => (session_id, Fact::Closed(event.seq)),
-        Payload::ItemTaken { session_id, sku, qty } => (session_id, Fact::Item(sku.clone(), *qty)),
-        Payload::ItemReturned { session_id, sku, qty } => (session_id, Fact::Item(sku.clone(), -*qty)),
-        Payload::PaymentCaptured { session_id, amount_cents } => {
-            (session_id, Fact::Payment(event.seq, Some(*amount_cents)))
-        }
-        Payload::PaymentDeclined { session_id, .. } => (session_id, Fact::Payment(event.seq, None)),
+        Payload::DoorClosed { session_id } => (session_id, Fact::Closed(seq)),
+        Payload::ItemTaken { session_id, sku, qty } => (session_id, Fact::Item(sku, qty)),
+        Payload::ItemReturned { session_id, sku, qty } => (session_id, Fact::Item(sku, -qty)),
+        Payload::PaymentCaptured { session_id, amount_cents } => (session_id, Fact::Payment(seq, Some(amount_cents))),
+        Payload::PaymentDeclined { session_id, .. } => (session_id, Fact::Payment(seq, None)),
         _ => return None,
     };
-    Some((event.source_id.clone(), (session_id.clone(), event.event_time, fact)))
+    Some((source_id, (session_id, event_time, fact)))
 }
 
 /// A price change: `(sku, fridge of an override or None, (event_time, seq, cents))`.
 pub type PriceChange = (String, Option<String>, (i64, u64, i64));
 
-fn price(event: &Event) -> Option<PriceChange> {
-    match &event.payload {
+fn price(event: Event) -> Option<PriceChange> {
+    match event.payload {
         Payload::PriceChanged { sku, price_cents, fridge_id } => {
-            Some((sku.clone(), fridge_id.clone(), (event.event_time, event.seq, *price_cents)))
+            Some((sku, fridge_id, (event.event_time, event.seq, price_cents)))
         }
         _ => None,
     }
@@ -497,8 +496,8 @@ pub fn sessions_and_revenue<'s>(
     payment_wait_us: i64,
     hooks: &OperatorHooks,
 ) -> (Keyed<'s, SessionKey, SessionRow>, Keyed<'s, RevenueKey, Totals>) {
-    let sightings = events.clone().flat_map(|event| sighting(&event));
-    let prices = events.flat_map(|event| price(&event));
+    let sightings = events.clone().flat_map(sighting);
+    let prices = events.flat_map(price);
     let new_state = move || FridgeSessions {
         horizon_us,
         payment_wait_us,
@@ -531,7 +530,7 @@ struct Gathered {
 /// Every session's facts, from the full list of events.
 fn gather(events: &[Event]) -> BTreeMap<SessionKey, Gathered> {
     let mut sessions: BTreeMap<SessionKey, Gathered> = BTreeMap::new();
-    for (fridge, (id, at, fact)) in events.iter().filter_map(sighting) {
+    for (fridge, (id, at, fact)) in events.iter().cloned().filter_map(sighting) {
         let session = sessions.entry((fridge, id)).or_default();
         match fact {
             Fact::Named => {}
@@ -545,7 +544,7 @@ fn gather(events: &[Event]) -> BTreeMap<SessionKey, Gathered> {
 
 /// The batch reference of [`sessions_and_revenue`]'s sessions.
 pub fn sessions_reference(events: &[Event], config: &ViewConfig) -> BTreeMap<SessionKey, SessionRow> {
-    let prices: Vec<PriceChange> = events.iter().filter_map(price).collect();
+    let prices: Vec<PriceChange> = events.iter().cloned().filter_map(price).collect();
     // The fridge's own latest version at or before `at`, else the global one.
     let price_at = |fridge: &str, sku: &str, at: i64| -> Option<i64> {
         let mut best: Option<(bool, i64, u64, i64)> = None;
@@ -852,7 +851,7 @@ mod tests {
             let mut fridges: BTreeMap<String, FridgeSessions> = BTreeMap::new();
             for (time, events) in arrivals {
                 let mut inputs: BTreeMap<String, Vec<(Sighting, isize)>> = BTreeMap::new();
-                for (fridge, seen) in events.iter().filter_map(sighting) {
+                for (fridge, seen) in events.into_iter().filter_map(sighting) {
                     inputs.entry(fridge).or_default().push((seen, 1));
                 }
                 for (fridge, inputs) in inputs {
