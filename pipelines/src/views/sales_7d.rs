@@ -100,6 +100,20 @@ impl Movements {
     }
 }
 
+impl Window {
+    /// The earliest event time any SKU holds.
+    fn oldest_held(&self) -> Option<i64> {
+        self.skus.values().filter_map(|sku| sku.at.front()).map(|(time, _, _)| *time).min()
+    }
+}
+
+/// Notes `sku`'s row as it was before this time, at its first change in it.
+fn note_before(changed: &mut BTreeMap<String, Option<i64>>, sku: &str, movements: &Movements) {
+    if !changed.contains_key(sku) {
+        changed.insert(sku.to_owned(), movements.row());
+    }
+}
+
 /// A window as a checkpoint holds it.
 #[derive(Deserialize)]
 struct Stored {
@@ -119,7 +133,7 @@ impl From<Stored> for Window {
                 window.skus.entry(sku).or_default().add(at, units, movements);
             }
         }
-        window.oldest = window.skus.values().filter_map(|sku| sku.at.front()).map(|(time, _, _)| *time).min();
+        window.oldest = window.oldest_held();
         window
     }
 }
@@ -187,9 +201,7 @@ impl FridgeState for Window {
                     Some(movements) => movements,
                     None => self.skus.entry(sku.clone()).or_default(),
                 };
-                if !changed.contains_key(sku.as_str()) {
-                    changed.insert(sku.clone(), movements.row());
-                }
+                note_before(&mut changed, sku, movements);
                 movements.add(*at, units * *diff as i64, *diff as i64);
                 self.oldest = Some(self.oldest.map_or(*at, |oldest| oldest.min(*at)));
             }
@@ -198,13 +210,11 @@ impl FridgeState for Window {
         if self.oldest.is_some_and(|oldest| oldest <= opens) {
             for (sku, movements) in &mut self.skus {
                 if movements.at.front().is_some_and(|(time, _, _)| *time <= opens) {
-                    if !changed.contains_key(sku.as_str()) {
-                        changed.insert(sku.clone(), movements.row());
-                    }
+                    note_before(&mut changed, sku, movements);
                     movements.leave(opens);
                 }
             }
-            self.oldest = self.skus.values().filter_map(|sku| sku.at.front()).map(|(time, _, _)| *time).min();
+            self.oldest = self.oldest_held();
         }
         // Every SKU touched above is in `changed`: those left empty go.
         for (sku, before) in changed {

@@ -20,7 +20,6 @@
 //! expected is null), `awaiting_payment`, `unpaid` (declined), `settled`,
 //! `undercharged`, `overcharged` (captured vs expected).
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use differential_dataflow::collection::VecCollection;
@@ -439,13 +438,13 @@ impl FridgeState for FridgeSessions {
                 }
             }
             self.latest = self.latest.max(*at);
-            let (session, before) = match self.sessions.entry(id.clone()) {
-                Entry::Occupied(entry) => {
-                    let session = entry.into_mut();
+            // The id is copied only for a new session.
+            let (session, before) = match self.sessions.get_mut(id.as_str()) {
+                Some(session) => {
                     let before = session.held();
                     (session, before)
                 }
-                Entry::Vacant(new) => (new.insert(Session::default()), 0),
+                None => (self.sessions.entry(id.clone()).or_default(), 0),
             };
             session.add(*at, fact, *diff);
             self.held = self.held + session.held() - before;
