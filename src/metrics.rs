@@ -490,10 +490,7 @@ pub fn status(page: &Page) -> serde_json::Value {
     let (alerts, orders, open_orders) = match &page.recent {
         Some(recent) => {
             let recent = recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut orders = recent.open_orders();
-            orders.sort_by_key(|order| std::cmp::Reverse(order.time));
-            orders.truncate(20);
-            (recent.alerts(), orders, recent.open_order_count())
+            (recent.alerts(), recent.newest_orders(20), recent.open_order_count())
         }
         None => (Vec::new(), Vec::new(), 0),
     };

@@ -216,7 +216,6 @@ impl Webhooks {
         if messages.is_empty() {
             return Ok(());
         }
-        self.recent.lock().expect("recent lock").note(&messages);
         let mut waited = false;
         while self.outbox.lock().expect("outbox lock").pending_len() >= self.max_pending
             && !self.stopping.load(Ordering::Acquire)
@@ -236,6 +235,7 @@ impl Webhooks {
             self.pressure.store(false, Ordering::Release);
         }
         let messages: Vec<Arc<Message>> = messages.into_iter().map(Arc::new).collect();
+        self.recent.lock().expect("recent lock").note(&messages);
         self.outbox.lock().expect("outbox lock").enqueue(&messages, frontier)?;
         for message in messages {
             let span = self.traces.waiting_at(message.time).first().map(|waiting| {
@@ -261,10 +261,14 @@ impl Webhooks {
 /// restock orders opened and not yet closed, since this process started
 /// (bounded: the newest [`Recent::ALERTS`] alerts, at most
 /// [`Recent::ORDERS`] orders).
+///
+/// The messages are kept as they went to the outbox, shared with it; a
+/// body is read back into JSON only when the page asks for it, not for
+/// every message that passes.
 #[derive(Default, Debug)]
 pub struct Recent {
-    alerts: std::collections::VecDeque<Noted>,
-    orders: std::collections::BTreeMap<String, Noted>,
+    alerts: std::collections::VecDeque<Arc<Message>>,
+    orders: std::collections::BTreeMap<String, Arc<Message>>,
 }
 
 /// One message as the status page shows it.
@@ -280,42 +284,49 @@ pub struct Noted {
     pub data: serde_json::Value,
 }
 
+impl Noted {
+    fn of(message: &Message) -> Noted {
+        let data = serde_json::from_str::<serde_json::Value>(&message.body)
+            .ok()
+            .and_then(|mut body| body.get_mut("data").map(serde_json::Value::take))
+            .unwrap_or_default();
+        Noted { kind: message.kind.clone(), key: message.key.clone(), time: message.time, data }
+    }
+}
+
 impl Recent {
     /// Alerts kept.
     pub const ALERTS: usize = 20;
     /// Open orders kept.
     pub const ORDERS: usize = 1000;
 
-    fn note(&mut self, messages: &[Message]) {
+    fn note(&mut self, messages: &[Arc<Message>]) {
         for message in messages {
             let restock = message.kind.starts_with("restock.");
             if message.endpoint != Endpoint::Alerts && !restock {
                 continue;
             }
-            let data = serde_json::from_str::<serde_json::Value>(&message.body)
-                .ok()
-                .and_then(|mut body| body.get_mut("data").map(serde_json::Value::take))
-                .unwrap_or_default();
-            let noted = Noted { kind: message.kind.clone(), key: message.key.clone(), time: message.time, data };
             if !restock {
-                self.alerts.push_front(noted);
+                self.alerts.push_front(Arc::clone(message));
                 self.alerts.truncate(Recent::ALERTS);
             } else if message.kind == "restock.closed" {
                 self.orders.remove(&message.key);
             } else if self.orders.len() < Recent::ORDERS || self.orders.contains_key(&message.key) {
-                self.orders.insert(message.key.clone(), noted);
+                self.orders.insert(message.key.clone(), Arc::clone(message));
             }
         }
     }
 
     /// The latest alerts, newest first.
     pub fn alerts(&self) -> Vec<Noted> {
-        self.alerts.iter().cloned().collect()
+        self.alerts.iter().map(|message| Noted::of(message)).collect()
     }
 
-    /// Open restock orders, by key.
-    pub fn open_orders(&self) -> Vec<Noted> {
-        self.orders.values().cloned().collect()
+    /// The `limit` open restock orders that changed last, newest first.
+    pub fn newest_orders(&self, limit: usize) -> Vec<Noted> {
+        let mut orders: Vec<&Arc<Message>> = self.orders.values().collect();
+        orders.sort_by_key(|message| std::cmp::Reverse(message.time));
+        orders.into_iter().take(limit).map(|message| Noted::of(message)).collect()
     }
 
     /// How many restock orders are open.
@@ -433,5 +444,50 @@ mod tests {
         // Delivered alerts make room again.
         webhooks.outbox.lock().expect("outbox").done(&["msg_FR-1_0".to_owned()]).expect("marks");
         assert_eq!(webhooks.within_alert_quota(vec![alert("FR-1", 100_000)]).len(), 1);
+    }
+
+    fn order(fridge: &str, kind: &str, time: Time, qty: i64) -> Arc<Message> {
+        Arc::new(Message {
+            id: format!("msg_{fridge}_{time}"),
+            endpoint: Endpoint::Procurement,
+            key: format!("{fridge}/order"),
+            kind: kind.into(),
+            time,
+            body: format!(r#"{{"data":{{"fridge_id":"{fridge}","qty":{qty}}},"timestamp":"t","type":"{kind}"}}"#),
+        })
+    }
+
+    #[test]
+    fn the_status_page_reads_the_latest_state_of_each_open_order_and_the_newest_alerts() {
+        let mut recent = Recent::default();
+        let mut negative = alert("FR-9", 7);
+        negative.body = r#"{"data":{"sku":"cola"},"timestamp":"t","type":"inventory.negative"}"#.into();
+        recent.note(&[
+            order("FR-1", "restock.opened", 10, 4),
+            order("FR-2", "restock.opened", 11, 2),
+            order("FR-1", "restock.updated", 12, 6),
+            Arc::new(negative),
+            order("FR-3", "restock.opened", 13, 1),
+            order("FR-2", "restock.closed", 14, 2),
+        ]);
+        assert_eq!(recent.open_order_count(), 2);
+        let newest = recent.newest_orders(20);
+        let seen: Vec<(&str, &str, Time, i64)> = newest
+            .iter()
+            .map(|noted| {
+                (noted.key.as_str(), noted.kind.as_str(), noted.time, noted.data["qty"].as_i64().unwrap_or(-1))
+            })
+            .collect();
+        assert_eq!(seen, [("FR-3/order", "restock.opened", 13, 1), ("FR-1/order", "restock.updated", 12, 6)]);
+        assert_eq!(recent.newest_orders(1).len(), 1);
+        let alerts = recent.alerts();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].data, serde_json::json!({"sku": "cola"}));
+        for n in 0..Recent::ALERTS + 5 {
+            recent.note(&[Arc::new(alert("FR-9", 100 + n))]);
+        }
+        let alerts = recent.alerts();
+        assert_eq!(alerts.len(), Recent::ALERTS);
+        assert_eq!(alerts[0].time, (100 + Recent::ALERTS + 4) as Time, "newest first");
     }
 }
