@@ -43,7 +43,10 @@ pub type Excursion = (i64, Temperature);
 /// Where a reading sits in its fridge's order: `(event_time, seq)`.
 type Position = (i64, u64);
 
-fn reading(event: Event) -> Option<(String, (Position, Temperature))> {
+/// What the cold chain reads of a telemetry event: where it sits and its temperature.
+pub(crate) type Reading = (Position, Temperature);
+
+pub(crate) fn reading(event: Event) -> Option<(String, Reading)> {
     match event.payload {
         Payload::Telemetry { temperature_c, .. } => {
             Some((event.source_id, ((event.event_time, event.seq), temperature_c)))
@@ -215,7 +218,15 @@ pub fn cold_chain<'s>(
     horizon_us: i64,
     hooks: &OperatorHooks,
 ) -> (Keyed<'s, ExcursionKey, Excursion>, Keyed<'s, String, i64>) {
-    let readings = events.flat_map(reading);
+    cold_chain_of(events.flat_map(reading), horizon_us, hooks)
+}
+
+/// [`cold_chain`] of the fridges' readings ([`reading`]).
+pub(crate) fn cold_chain_of<'s>(
+    readings: Keyed<'s, String, Reading>,
+    horizon_us: i64,
+    hooks: &OperatorHooks,
+) -> (Keyed<'s, ExcursionKey, Excursion>, Keyed<'s, String, i64>) {
     let new_state = move || Telemetry {
         horizon_us,
         latest: i64::MIN,

@@ -23,6 +23,7 @@ use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use crate::operators::{FridgeState, OperatorHooks, beyond_horizon, by_fridge_in_time_order};
+use crate::views::Keyed;
 use crate::views::cold_chain::{EXCURSION_AFTER_US, Excursion, ExcursionKey};
 use crate::{Event, Payload, Time};
 
@@ -79,7 +80,10 @@ pub enum Stock {
     Planned(String, u64, bool),
 }
 
-fn stock(event: &Event) -> Option<(String, (i64, Stock))> {
+/// What a fridge's shelves hear of an event: `(event_time, what)`.
+pub(crate) type Heard = (i64, Stock);
+
+pub(crate) fn stock(event: &Event) -> Option<(String, Heard)> {
     if let Some(((fridge, sku), (at, delta))) = movement(event) {
         return Some((fridge, (at, Stock::Moved(sku, delta))));
     }
@@ -307,9 +311,20 @@ pub fn inventory<'s>(
     horizon_us: i64,
     hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, (InventoryKey, i64)> {
+    inventory_of(events.flat_map(|event| stock(&event)), excursions, settled, horizon_us, hooks)
+}
+
+/// [`inventory`] of what the fridges' shelves hear of their events ([`stock`]).
+pub(crate) fn inventory_of<'s>(
+    heard: Keyed<'s, String, Heard>,
+    excursions: VecCollection<'s, Time, (ExcursionKey, Excursion)>,
+    settled: VecCollection<'s, Time, (String, i64)>,
+    horizon_us: i64,
+    hooks: &OperatorHooks,
+) -> VecCollection<'s, Time, (InventoryKey, i64)> {
     let write_offs = excursions.map(|((fridge, start), _)| (fridge, (start + EXCURSION_AFTER_US, Stock::WrittenOff)));
     let settled = settled.map(|(fridge, at)| (fridge, (at, Stock::Settled)));
-    let stock = events.flat_map(|event| stock(&event)).concat(write_offs).concat(settled);
+    let stock = heard.concat(write_offs).concat(settled);
     let new_state = move || Fridge {
         horizon_us,
         latest: i64::MIN,

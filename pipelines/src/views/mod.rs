@@ -67,7 +67,6 @@ use differential_dataflow::ExchangeData;
 use differential_dataflow::collection::{AsCollection, VecCollection};
 use differential_dataflow::hashable::Hashable;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::operators::vec::Partition;
 
 pub use alerts::{Alert, Alerts, alerts, alerts_reference};
 pub use cold_chain::{Excursion, ExcursionKey, Excursions, cold_chain, excursions, excursions_reference};
@@ -283,48 +282,104 @@ macro_rules! define_views {
 
 for_each_view!(define_views);
 
-/// Which views read an event: telemetry (0), a customer session (1), stock
-/// (2), the back office (3).
-fn route(event: &Event) -> u64 {
-    match event.payload {
-        crate::Payload::Telemetry { .. } => 0,
-        crate::Payload::RestockDelivered { .. } | crate::Payload::StockCounted { .. } => 2,
-        _ if event.kind().is_back_office() => 3,
-        _ => 1,
+/// Every view's own reading of the events, as [`split`] gives them.
+struct Inputs<'s> {
+    readings: Keyed<'s, String, cold_chain::Reading>,
+    heard: Keyed<'s, String, inventory::Heard>,
+    sightings: Keyed<'s, String, sessions::Sighting>,
+    prices: VecCollection<'s, Time, sessions::PriceChange>,
+    sales: Keyed<'s, String, sales_7d::Sighting>,
+    plans: Keyed<'s, String, restock::Reading>,
+}
+
+/// The updates of one output of [`split`] at the time being read.
+type Updates<D> = Vec<(D, Time, isize)>;
+
+/// A view's reading of an event, as an update at the event's time.
+fn at_time<D>(read: Option<D>, at: Time, diff: isize) -> Option<(D, Time, isize)> {
+    read.map(|read| (read, at, diff))
+}
+
+/// Reads each event once and gives every view what it reads of it, in one
+/// operator: each view's projection of the event, and nothing of an event
+/// it does not read. The projections that borrow the event come first;
+/// the one that keeps its strings takes the event itself: the cold chain a
+/// reading, the sessions any other fridge event. So an event is never
+/// copied whole, only the fields a view keeps.
+fn split<'s>(events: VecCollection<'s, Time, Event>) -> Inputs<'s> {
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+    use timely::progress::operate::FrontierInterest;
+
+    let mut builder = OperatorBuilder::new("Split".to_owned(), events.inner.scope());
+    let mut input = builder.new_input(events.inner, Pipeline);
+    builder.set_notify_for(0, FrontierInterest::Never);
+    let (mut readings_out, readings) = builder.new_output::<Updates<_>>();
+    let (mut heard_out, heard) = builder.new_output::<Updates<_>>();
+    let (mut sightings_out, sightings) = builder.new_output::<Updates<_>>();
+    let (mut prices_out, prices) = builder.new_output::<Updates<_>>();
+    let (mut sales_out, sales) = builder.new_output::<Updates<_>>();
+    let (mut plans_out, plans) = builder.new_output::<Updates<_>>();
+    builder.build(move |_| {
+        let (mut readings, mut heard, mut sightings) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut prices, mut sales, mut plans) = (Vec::new(), Vec::new(), Vec::new());
+        move |_frontiers| {
+            let (mut readings_out, mut heard_out) = (readings_out.activate(), heard_out.activate());
+            let (mut sightings_out, mut prices_out) = (sightings_out.activate(), prices_out.activate());
+            let (mut sales_out, mut plans_out) = (sales_out.activate(), plans_out.activate());
+            input.for_each_time(|time, containers| {
+                for (event, at, diff) in containers.flat_map(|container| container.drain(..)) {
+                    heard.extend(at_time(inventory::stock(&event), at, diff));
+                    sales.extend(at_time(sales_7d::sighting(&event), at, diff));
+                    plans.extend(at_time(restock::plan(&event), at, diff));
+                    prices.extend(at_time(sessions::price(&event), at, diff));
+                    if matches!(event.payload, crate::Payload::Telemetry { .. }) {
+                        readings.extend(at_time(cold_chain::reading(event), at, diff));
+                    } else {
+                        sightings.extend(at_time(sessions::sighting(event), at, diff));
+                    }
+                }
+                readings_out.give(&time, &mut readings);
+                heard_out.give(&time, &mut heard);
+                sightings_out.give(&time, &mut sightings);
+                prices_out.give(&time, &mut prices);
+                sales_out.give(&time, &mut sales);
+                plans_out.give(&time, &mut plans);
+                // What a container holds after it is given is unspecified.
+                readings.clear();
+                heard.clear();
+                sightings.clear();
+                prices.clear();
+                sales.clear();
+                plans.clear();
+            });
+        }
+    });
+    Inputs {
+        readings: readings.as_collection(),
+        heard: heard.as_collection(),
+        sightings: sightings.as_collection(),
+        prices: prices.as_collection(),
+        sales: sales.as_collection(),
+        plans: plans.as_collection(),
     }
 }
 
 /// Builds every view from `events`.
 ///
-/// The events are first split by kind, so that each view receives (and
-/// copies) only the events it reads: telemetry, most of the traffic, goes
-/// to the cold chain and the sales clock only.
+/// The events are first split into each view's reading of them ([`split`]),
+/// so that a view receives only what it keeps of the events it reads:
+/// telemetry, most of the traffic, reaches the cold chain and the sales
+/// clock only, as a reading and an event time.
 pub fn all<'s>(events: VecCollection<'s, Time, Event>, config: &ViewConfig) -> Views<'s> {
-    let mut parts = events
-        .inner
-        .partition(4, |(event, time, diff)| (route(&event), (event, time, diff)))
-        .into_iter()
-        .map(|stream| stream.as_collection());
-    let mut next = || parts.next().expect("partition returns one stream per part");
-    let (telemetry, customers, stock, back_office) = (next(), next(), next(), next());
-
-    let (excursions, settled) = cold_chain(telemetry.clone(), config.horizon_us, &config.hooks);
-    let inventory = inventory(
-        customers.clone().concat(stock.clone()).concat(back_office.clone()),
-        excursions.clone(),
-        settled,
-        config.horizon_us,
-        &config.hooks,
-    );
-    let (sessions, revenue) = sessions_and_revenue(
-        customers.clone().concat(back_office.clone()),
-        config.horizon_us,
-        config.payment_wait_us,
-        &config.hooks,
-    );
-    let sales_7d = sales_7d(telemetry.concat(customers).concat(stock), &config.hooks);
-    let restock_orders = restock_orders(
-        back_office,
+    let Inputs { readings, heard, sightings, prices, sales, plans } = split(events);
+    let (excursions, settled) = cold_chain::cold_chain_of(readings, config.horizon_us, &config.hooks);
+    let inventory = inventory::inventory_of(heard, excursions.clone(), settled, config.horizon_us, &config.hooks);
+    let (sessions, revenue) =
+        sessions::sessions_and_revenue_of(sightings, prices, config.horizon_us, config.payment_wait_us, &config.hooks);
+    let sales_7d = sales_7d::sales_7d_of(sales, &config.hooks);
+    let restock_orders = restock::restock_orders_of(
+        plans,
         inventory.clone(),
         sales_7d.clone(),
         config.lead_time_days,

@@ -100,7 +100,7 @@ fn line(slot: Slot, on_hand: i64, sold_7d: i64, lead_time_days: i64, policy: Opt
 
 /// What restock reads of one SKU of a fridge.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum Reading {
+pub(crate) enum Reading {
     /// A PlanogramSet: `(event_time, seq, slot)`.
     Plan(String, (i64, u64, Slot)),
     /// A row of `inventory`.
@@ -232,12 +232,29 @@ pub fn restock_orders<'s>(
     policy: Option<ReorderPolicy>,
     hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, (InventoryKey, RestockLine)> {
-    let plans = back_office.flat_map(|event| match event.payload {
+    restock_orders_of(back_office.flat_map(|event| plan(&event)), inventory, sales_7d, lead_time_days, policy, hooks)
+}
+
+/// What restock reads of a back-office event: a PlanogramSet's slot.
+pub(crate) fn plan(event: &Event) -> Option<(String, Reading)> {
+    match &event.payload {
         Payload::PlanogramSet { fridge_id, sku, par, min, perishable } => {
-            Some((fridge_id, Reading::Plan(sku, (event.event_time, event.seq, Slot { par, min, perishable }))))
+            let slot = Slot { par: *par, min: *min, perishable: *perishable };
+            Some((fridge_id.clone(), Reading::Plan(sku.clone(), (event.event_time, event.seq, slot))))
         }
         _ => None,
-    });
+    }
+}
+
+/// [`restock_orders`] of the planograms' slots ([`plan`]).
+pub(crate) fn restock_orders_of<'s>(
+    plans: VecCollection<'s, Time, (String, Reading)>,
+    inventory: VecCollection<'s, Time, (InventoryKey, i64)>,
+    sales_7d: VecCollection<'s, Time, (InventoryKey, i64)>,
+    lead_time_days: i64,
+    policy: Option<ReorderPolicy>,
+    hooks: &OperatorHooks,
+) -> VecCollection<'s, Time, (InventoryKey, RestockLine)> {
     let on_hand = inventory.map(|((fridge, sku), units)| (fridge, Reading::OnHand(sku, units)));
     let sold = sales_7d.map(|((fridge, sku), units)| (fridge, Reading::Sold(sku, units)));
     let new_state =

@@ -26,18 +26,18 @@ pub const SALES_WINDOW_US: i64 = 7 * DAY_US;
 
 /// What a fridge event tells the sales window: its event time and, for a
 /// take or return, `(sku, signed units)`.
-type Sighting = (i64, Option<(String, i64)>);
+pub(crate) type Sighting = (i64, Option<(String, i64)>);
 
-fn sighting(event: Event) -> Option<(String, Sighting)> {
+pub(crate) fn sighting(event: &Event) -> Option<(String, Sighting)> {
     if event.kind().is_back_office() {
         return None;
     }
-    let movement = match event.payload {
-        Payload::ItemTaken { sku, qty, .. } => Some((sku, qty)),
-        Payload::ItemReturned { sku, qty, .. } => Some((sku, -qty)),
+    let movement = match &event.payload {
+        Payload::ItemTaken { sku, qty, .. } => Some((sku.clone(), *qty)),
+        Payload::ItemReturned { sku, qty, .. } => Some((sku.clone(), -*qty)),
         _ => None,
     };
-    Some((event.source_id, (event.event_time, movement)))
+    Some((event.source_id.clone(), (event.event_time, movement)))
 }
 
 /// One fridge's sales window.
@@ -244,18 +244,26 @@ pub fn sales_7d<'s>(
     events: VecCollection<'s, Time, Event>,
     hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, (InventoryKey, i64)> {
-    by_fridge_in_time_order(events.flat_map(sighting), "sales_7d.window", Window::default, hooks)
+    sales_7d_of(events.flat_map(|event| sighting(&event)), hooks)
+}
+
+/// [`sales_7d`] of the fridges' events as the window sees them ([`sighting`]).
+pub(crate) fn sales_7d_of<'s>(
+    sightings: VecCollection<'s, Time, (String, Sighting)>,
+    hooks: &OperatorHooks,
+) -> VecCollection<'s, Time, (InventoryKey, i64)> {
+    by_fridge_in_time_order(sightings, "sales_7d.window", Window::default, hooks)
 }
 
 /// The batch reference of [`sales_7d`].
 pub fn sales_7d_reference(events: &[Event]) -> BTreeMap<InventoryKey, i64> {
     let mut latest: BTreeMap<String, i64> = BTreeMap::new();
-    for (fridge, (at, _)) in events.iter().cloned().filter_map(sighting) {
+    for (fridge, (at, _)) in events.iter().filter_map(sighting) {
         let entry = latest.entry(fridge).or_insert(at);
         *entry = (*entry).max(at);
     }
     let mut units = BTreeMap::new();
-    for (fridge, (at, movement)) in events.iter().cloned().filter_map(sighting) {
+    for (fridge, (at, movement)) in events.iter().filter_map(sighting) {
         if let Some((sku, qty)) = movement
             && at > latest[&fridge] - SALES_WINDOW_US
         {

@@ -96,7 +96,7 @@ type PaymentResult = (i64, u64, Option<i64>);
 
 /// What one event tells its session.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum Fact {
+pub(crate) enum Fact {
     /// DoorOpened or PaymentAuthorized: the session exists.
     Named,
     /// DoorClosed, with its seq.
@@ -108,9 +108,9 @@ enum Fact {
 }
 
 /// `(session_id, event_time, fact)` of a session event, keyed by its fridge.
-type Sighting = (String, i64, Fact);
+pub(crate) type Sighting = (String, i64, Fact);
 
-fn sighting(event: Event) -> Option<(String, Sighting)> {
+pub(crate) fn sighting(event: Event) -> Option<(String, Sighting)> {
     let Event { source_id, seq, event_time, payload, .. } = event;
     let (session_id, fact) = match payload {
         Payload::DoorOpened { session_id } | Payload::PaymentAuthorized { session_id, .. } => (session_id, Fact::Named),
@@ -127,10 +127,10 @@ fn sighting(event: Event) -> Option<(String, Sighting)> {
 /// A price change: `(sku, fridge of an override or None, (event_time, seq, cents))`.
 pub type PriceChange = (String, Option<String>, (i64, u64, i64));
 
-fn price(event: Event) -> Option<PriceChange> {
-    match event.payload {
+pub(crate) fn price(event: &Event) -> Option<PriceChange> {
+    match &event.payload {
         Payload::PriceChanged { sku, price_cents, fridge_id } => {
-            Some((sku, fridge_id, (event.event_time, event.seq, price_cents)))
+            Some((sku.clone(), fridge_id.clone(), (event.event_time, event.seq, *price_cents)))
         }
         _ => None,
     }
@@ -495,8 +495,19 @@ pub fn sessions_and_revenue<'s>(
     payment_wait_us: i64,
     hooks: &OperatorHooks,
 ) -> (Keyed<'s, SessionKey, SessionRow>, Keyed<'s, RevenueKey, Totals>) {
-    let sightings = events.clone().flat_map(sighting);
-    let prices = events.flat_map(price);
+    let prices = events.clone().flat_map(|event| price(&event));
+    sessions_and_revenue_of(events.flat_map(sighting), prices, horizon_us, payment_wait_us, hooks)
+}
+
+/// [`sessions_and_revenue`] of the fridges' session events ([`sighting`])
+/// and the price changes ([`price`]).
+pub(crate) fn sessions_and_revenue_of<'s>(
+    sightings: Keyed<'s, String, Sighting>,
+    prices: VecCollection<'s, Time, PriceChange>,
+    horizon_us: i64,
+    payment_wait_us: i64,
+    hooks: &OperatorHooks,
+) -> (Keyed<'s, SessionKey, SessionRow>, Keyed<'s, RevenueKey, Totals>) {
     let new_state = move || FridgeSessions {
         horizon_us,
         payment_wait_us,
@@ -543,7 +554,7 @@ fn gather(events: &[Event]) -> BTreeMap<SessionKey, Gathered> {
 
 /// The batch reference of [`sessions_and_revenue`]'s sessions.
 pub fn sessions_reference(events: &[Event], config: &ViewConfig) -> BTreeMap<SessionKey, SessionRow> {
-    let prices: Vec<PriceChange> = events.iter().cloned().filter_map(price).collect();
+    let prices: Vec<PriceChange> = events.iter().filter_map(price).collect();
     // The fridge's own latest version at or before `at`, else the global one.
     let price_at = |fridge: &str, sku: &str, at: i64| -> Option<i64> {
         let mut best: Option<(bool, i64, u64, i64)> = None;
