@@ -302,10 +302,11 @@ fn at_time<D>(read: Option<D>, at: Time, diff: isize) -> Option<(D, Time, isize)
 
 /// Reads each event once and gives every view what it reads of it, in one
 /// operator: each view's projection of the event, and nothing of an event
-/// it does not read. The projections that borrow the event come first;
-/// the one that keeps its strings takes the event itself: the cold chain a
-/// reading, the sessions any other fridge event. So an event is never
-/// copied whole, only the fields a view keeps.
+/// it does not read. The projections that borrow the event, copying only
+/// the fields they keep, come first; then one takes the event itself and
+/// keeps its strings: the cold chain's reading of a telemetry event, or
+/// the sessions' reading of any other event (none for most of them). So
+/// an event is never copied whole.
 fn split<'s>(events: VecCollection<'s, Time, Event>) -> Inputs<'s> {
     use timely::dataflow::channels::pact::Pipeline;
     use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;

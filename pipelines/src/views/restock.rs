@@ -20,6 +20,7 @@ use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use crate::operators::{FridgeState, OperatorHooks, by_fridge_in_time_order};
+use crate::views::Keyed;
 use crate::views::inventory::{InventoryKey, inventory_reference};
 use crate::views::planogram::{Slot, planogram_reference};
 use crate::views::sales_7d::sales_7d_reference;
@@ -248,7 +249,7 @@ pub(crate) fn plan(event: &Event) -> Option<(String, Reading)> {
 
 /// [`restock_orders`] of the planograms' slots ([`plan`]).
 pub(crate) fn restock_orders_of<'s>(
-    plans: VecCollection<'s, Time, (String, Reading)>,
+    plans: Keyed<'s, String, Reading>,
     inventory: VecCollection<'s, Time, (InventoryKey, i64)>,
     sales_7d: VecCollection<'s, Time, (InventoryKey, i64)>,
     lead_time_days: i64,

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::DAY_US;
 use crate::operators::{FridgeState, OperatorHooks, by_fridge_in_time_order};
+use crate::views::Keyed;
 use crate::views::inventory::InventoryKey;
 use crate::{Event, Payload, Time};
 
@@ -249,7 +250,7 @@ pub fn sales_7d<'s>(
 
 /// [`sales_7d`] of the fridges' events as the window sees them ([`sighting`]).
 pub(crate) fn sales_7d_of<'s>(
-    sightings: VecCollection<'s, Time, (String, Sighting)>,
+    sightings: Keyed<'s, String, Sighting>,
     hooks: &OperatorHooks,
 ) -> VecCollection<'s, Time, (InventoryKey, i64)> {
     by_fridge_in_time_order(sightings, "sales_7d.window", Window::default, hooks)
