@@ -722,6 +722,12 @@ impl Server {
         }
     }
 
+    /// The one-line reason a component stopped in a way it cannot recover
+    /// from, if one has.
+    pub fn failure(&self) -> Option<String> {
+        self.failures.first()
+    }
+
     /// Waits until a component fails in a way it cannot recover from (the
     /// archiver or the view sink stopped); returns the one-line reason.
     pub async fn failed(&self) -> String {
@@ -778,6 +784,8 @@ impl Health {
     /// Publishes the state whenever it changes, until the server stops.
     async fn watch(self, serving: tokio::sync::watch::Sender<Result<(), String>>) {
         loop {
+            // Looked at before the state, so that a failure in between wakes the wait below.
+            let seen = self.failures.first().is_some();
             let state = self.state();
             serving.send_if_modified(|current| {
                 let changed = *current != state;
@@ -785,7 +793,7 @@ impl Health {
                 changed
             });
             tokio::select! {
-                _ = self.failures.failed() => {}
+                () = self.failures.unseen(seen) => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
             if serving.is_closed() {

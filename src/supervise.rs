@@ -37,6 +37,18 @@ impl Failures {
         self.0.first.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
+    /// Waits for a failure the caller has not seen: the first one, unless
+    /// `seen` says the caller already has it; then it never returns, since
+    /// only the first counts. A watcher that loops over this, passing
+    /// whether it had seen a failure before it last looked, is woken once
+    /// by the failure and does not spin after it.
+    pub async fn unseen(&self, seen: bool) {
+        if seen {
+            std::future::pending::<()>().await;
+        }
+        self.failed().await;
+    }
+
     /// Waits for the first failure.
     pub async fn failed(&self) -> String {
         loop {
@@ -77,4 +89,37 @@ pub fn supervised(
         }
         outcome
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::FutureExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watcher_is_woken_by_the_first_failure_and_not_again() {
+        let failures = Failures::default();
+        let watching = tokio::spawn({
+            let failures = failures.clone();
+            async move { failures.unseen(false).await }
+        });
+        failures.fail("archiver", "disk full");
+        tokio::time::timeout(Duration::from_secs(60), watching)
+            .await
+            .expect("the first failure wakes a watcher")
+            .expect("the watcher ran");
+        // A watcher that has not looked since the failure is told at once.
+        assert!(failures.unseen(false).now_or_never().is_some(), "a failure not seen yet waits");
+        // One that has seen it waits on: looping over it (the health
+        // service does) must not take a whole core.
+        assert!(failures.unseen(true).now_or_never().is_none(), "a seen failure woke a watcher again");
+        failures.fail("view sink", "later");
+        assert!(failures.unseen(true).now_or_never().is_none(), "a later failure woke a watcher");
+        assert_eq!(failures.first().as_deref(), Some("the archiver stopped: disk full"));
+        // Whoever waits for the reason still gets it at once.
+        assert_eq!(failures.failed().now_or_never().as_deref(), Some("the archiver stopped: disk full"));
+    }
 }

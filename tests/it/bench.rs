@@ -37,3 +37,45 @@ fn the_bench_reports_throughput_latency_cpu_and_memory_as_a_table_and_json() {
         assert!(stage["p99_ms"].as_u64().unwrap() <= all["max_ms"].as_u64().unwrap() + 1_000, "{stage}");
     }
 }
+
+/// A pipeline component that stops (here the view sink, whose folder is
+/// replaced by a file when it first rolls its files, 30 s in) ends the
+/// bench with the reason while the fleet still sends, instead of a wait
+/// for views that can no longer move.
+#[test]
+fn a_component_that_stops_ends_the_bench_with_the_reason() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut bench = binary()
+        .args(["bench", "--data", data.to_str().unwrap(), "--duration", "120"])
+        .args(["--rate", "2000", "--fridges", "10"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let views = data.join("views");
+    let deadline = Instant::now() + Duration::from_secs(100);
+    while !views.join("inventory").exists() {
+        assert!(Instant::now() < deadline, "the bench never wrote views/");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_dir_all(&views).unwrap();
+    std::fs::write(&views, b"not a folder").unwrap();
+    // Long before the fleet's 120 s are up.
+    let deadline = Instant::now() + Duration::from_secs(80);
+    let status = loop {
+        if let Some(status) = bench.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = bench.kill();
+            panic!("the bench went on after its view sink stopped");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = bench.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!status.success(), "a bench whose pipeline stopped succeeded: {stderr}");
+    assert!(stderr.contains("error: the pipeline stopped: the view sink stopped"), "{stderr}");
+}

@@ -326,6 +326,11 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
             }
             break;
         }
+        if let Some(failure) = server.failure() {
+            let _ = fleet.kill();
+            let _ = fleet.wait();
+            bail!("the pipeline stopped: {failure}");
+        }
         if Instant::now() >= deadline {
             let _ = fleet.kill();
             let _ = fleet.wait();
@@ -347,6 +352,9 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         }
         if status.caught_up() {
             break status;
+        }
+        if let Some(failure) = server.failure() {
+            bail!("the pipeline stopped: {failure}");
         }
         if started.elapsed() > spec.duration + Duration::from_secs(600) {
             bail!("the views did not catch up within 600 s: {status:?}");
