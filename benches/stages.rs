@@ -48,7 +48,7 @@ fn grpc_decode(c: &mut Criterion) {
         b.iter(|| {
             let message = FridgeMessage::decode(wire.as_slice()).expect("the batch decodes");
             let Some(fridge_message::Kind::Batch(batch)) = message.kind else { panic!("a batch") };
-            batch.events.iter().filter(|e| decode(e).is_ok()).count()
+            batch.events.into_iter().filter_map(|e| decode(e).ok()).count()
         })
     });
     group.finish();

@@ -586,7 +586,7 @@ fn log_source<'s>(
                 return;
             }
             records.clear();
-            let read = match reader.read(READ_BATCH, &mut records) {
+            let read = match reader.read_some(READ_BATCH, &|offset| offset % peers == index, &mut records) {
                 Ok(read) => read,
                 Err(error) => {
                     tracing::error!(%error, "reading the event log; retrying");

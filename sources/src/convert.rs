@@ -38,20 +38,21 @@ fn malformed(message: impl Into<String>) -> Rejection {
     Rejection::new(RejectReason::Malformed, message)
 }
 
-fn text(value: &str, field: &str) -> Result<String, Rejection> {
-    if value.trim().is_empty() { Err(malformed(format!("{field} is missing"))) } else { Ok(value.to_owned()) }
+fn text(value: String, field: &str) -> Result<String, Rejection> {
+    if value.trim().is_empty() { Err(malformed(format!("{field} is missing"))) } else { Ok(value) }
 }
 
 fn present<T: Copy>(value: Option<T>, field: &str) -> Result<T, Rejection> {
     value.ok_or_else(|| malformed(format!("{field} is missing")))
 }
 
-/// Checks the shape of an event and translates it to the domain model.
-pub fn decode(event: &proto::Event) -> Result<Event, Rejection> {
-    let Some(payload) = &event.payload else {
+/// Checks the shape of an event and translates it to the domain model,
+/// moving its strings.
+pub fn decode(event: proto::Event) -> Result<Event, Rejection> {
+    let Some(payload) = event.payload else {
         return Err(Rejection::new(RejectReason::UnknownPayload, "the event has no payload this gateway knows"));
     };
-    let source_id = text(&event.source_id, "source_id")?;
+    let source_id = text(event.source_id, "source_id")?;
     if event.seq == 0 {
         return Err(malformed("seq is missing (seqs start at 1)"));
     }
@@ -69,51 +70,51 @@ pub fn decode(event: &proto::Event) -> Result<Event, Rejection> {
                 door_open: present(t.door_open, "door_open")?,
             }
         }
-        Wire::DoorOpened(p) => Payload::DoorOpened { session_id: text(&p.session_id, "session_id")? },
+        Wire::DoorOpened(p) => Payload::DoorOpened { session_id: text(p.session_id, "session_id")? },
         Wire::ItemTaken(p) => Payload::ItemTaken {
-            session_id: text(&p.session_id, "session_id")?,
-            sku: text(&p.sku, "sku")?,
+            session_id: text(p.session_id, "session_id")?,
+            sku: text(p.sku, "sku")?,
             qty: present(p.qty, "qty")?,
         },
         Wire::ItemReturned(p) => Payload::ItemReturned {
-            session_id: text(&p.session_id, "session_id")?,
-            sku: text(&p.sku, "sku")?,
+            session_id: text(p.session_id, "session_id")?,
+            sku: text(p.sku, "sku")?,
             qty: present(p.qty, "qty")?,
         },
-        Wire::DoorClosed(p) => Payload::DoorClosed { session_id: text(&p.session_id, "session_id")? },
+        Wire::DoorClosed(p) => Payload::DoorClosed { session_id: text(p.session_id, "session_id")? },
         Wire::PaymentAuthorized(p) => Payload::PaymentAuthorized {
-            session_id: text(&p.session_id, "session_id")?,
+            session_id: text(p.session_id, "session_id")?,
             amount_cents: present(p.amount_cents, "amount_cents")?,
         },
         Wire::PaymentCaptured(p) => Payload::PaymentCaptured {
-            session_id: text(&p.session_id, "session_id")?,
+            session_id: text(p.session_id, "session_id")?,
             amount_cents: present(p.amount_cents, "amount_cents")?,
         },
         Wire::PaymentDeclined(p) => {
-            Payload::PaymentDeclined { session_id: text(&p.session_id, "session_id")?, reason: p.reason.clone() }
+            Payload::PaymentDeclined { session_id: text(p.session_id, "session_id")?, reason: p.reason }
         }
         Wire::RestockDelivered(p) => Payload::RestockDelivered {
-            order_id: text(&p.order_id, "order_id")?,
-            sku: text(&p.sku, "sku")?,
+            order_id: text(p.order_id, "order_id")?,
+            sku: text(p.sku, "sku")?,
             qty: present(p.qty, "qty")?,
         },
-        Wire::StockCounted(p) => Payload::StockCounted { sku: text(&p.sku, "sku")?, qty: present(p.qty, "qty")? },
+        Wire::StockCounted(p) => Payload::StockCounted { sku: text(p.sku, "sku")?, qty: present(p.qty, "qty")? },
         Wire::PriceChanged(p) => Payload::PriceChanged {
-            sku: text(&p.sku, "sku")?,
+            sku: text(p.sku, "sku")?,
             price_cents: present(p.price_cents, "price_cents")?,
-            fridge_id: match &p.fridge_id {
+            fridge_id: match p.fridge_id {
                 Some(id) => Some(text(id, "fridge_id")?),
                 None => None,
             },
         },
         Wire::FridgeRegistered(p) => Payload::FridgeRegistered {
-            fridge_id: text(&p.fridge_id, "fridge_id")?,
-            region: text(&p.region, "region")?,
-            site: text(&p.site, "site")?,
+            fridge_id: text(p.fridge_id, "fridge_id")?,
+            region: text(p.region, "region")?,
+            site: text(p.site, "site")?,
         },
         Wire::PlanogramSet(p) => Payload::PlanogramSet {
-            fridge_id: text(&p.fridge_id, "fridge_id")?,
-            sku: text(&p.sku, "sku")?,
+            fridge_id: text(p.fridge_id, "fridge_id")?,
+            sku: text(p.sku, "sku")?,
             par: present(p.par, "par")?,
             min: present(p.min, "min")?,
             perishable: present(p.perishable, "perishable")?,
@@ -125,7 +126,7 @@ pub fn decode(event: &proto::Event) -> Result<Event, Rejection> {
 /// Applies every acceptance rule to an event received from `principal`
 /// when the gateway clock read `now_us`.
 pub fn accept(event: &proto::Event, principal: &Principal, now_us: i64) -> Result<Event, Rejection> {
-    let decoded = decode(event)?;
+    let decoded = decode(event.clone())?;
     check_ids(&decoded)?;
     if decoded.source_id != principal.source_id() {
         return Err(Rejection::new(
@@ -355,7 +356,7 @@ mod tests {
 
     #[test]
     fn encode_and_decode_round_trip() {
-        let event = decode(&taken(Some(4))).expect("valid");
-        assert_eq!(decode(&encode(&event)).expect("valid"), event);
+        let event = decode(taken(Some(4))).expect("valid");
+        assert_eq!(decode(encode(&event)).expect("valid"), event);
     }
 }

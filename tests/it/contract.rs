@@ -95,7 +95,7 @@ async fn messages_encoded_against_the_first_contract_still_decode_and_a_live_gat
 
     // A log written today is read by later versions: the record decodes to an event.
     let Some(proto::log_entry::Entry::Accepted(logged)) = entry.entry else { panic!("an accepted event") };
-    coldstream_sources::convert::decode(&logged).unwrap();
+    coldstream_sources::convert::decode(logged).unwrap();
 
     let Some(fridge_message::Kind::Hello(hello)) = hello.kind else { panic!("a Hello") };
     let Some(fridge_message::Kind::Batch(batch)) = batch.kind else { panic!("a Batch") };

@@ -33,6 +33,7 @@ pub const READ_CHECKS: &[(&str, ReadCheck)] = &[
     ("events_read_back_in_order_at_their_ingest_times", events_read_back_in_order),
     ("readers_open_at_any_offset_of_the_commits", readers_open_at_any_commit_offset),
     ("an_empty_log_has_nothing_to_read", an_empty_log_has_nothing_to_read),
+    ("a_reader_of_a_share_sees_every_offset_and_time", a_reader_of_a_share_sees_every_offset_and_time),
 ];
 
 /// Runs the read half, each check on a fresh log.
@@ -151,6 +152,29 @@ fn readers_open_at_any_commit_offset(factory: ReadFactory<'_>) {
         assert_eq!(records, whole[from as usize..], "reading from {from}: the same records at the same offsets");
     }
     assert!(readers.open(21).is_err(), "an offset past the end is refused");
+}
+
+/// A reader that wants every `peers`-th record (one worker's share) gets
+/// every offset and ingest time, the wanted records whole and the others
+/// without their bytes, whatever batch sizes it reads in.
+fn a_reader_of_a_share_sees_every_offset_and_time(factory: ReadFactory<'_>) {
+    let commits = commits(&[3, 1, 20, 5, 40]);
+    let readers = factory("read-share", &commits);
+    let whole = read_from(readers.as_ref(), 0);
+    for (peers, index, batch) in [(2u64, 0u64, 7usize), (2, 1, 5), (3, 2, 64), (1, 0, 1)] {
+        let mut reader = readers.open(0).expect("open a reader");
+        let mut out = Vec::new();
+        while reader.read_some(batch, &|offset| offset % peers == index, &mut out).expect("read") > 0 {}
+        assert_eq!(out.len(), whole.len(), "{peers} peers, worker {index}");
+        for ((offset, record), (whole_offset, whole_record)) in out.iter().zip(&whole) {
+            assert_eq!((offset, record.ingest_ms), (whole_offset, whole_record.ingest_ms));
+            if offset % peers == index {
+                assert_eq!(record, whole_record, "the record at {offset} is wanted");
+            } else {
+                assert_eq!(record.payload, Payload::Skipped, "the record at {offset} is not wanted");
+            }
+        }
+    }
 }
 
 fn an_empty_log_has_nothing_to_read(factory: ReadFactory<'_>) {

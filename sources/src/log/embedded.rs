@@ -142,13 +142,23 @@ enum Frame {
     Torn(String),
 }
 
-fn read_frame(reader: &mut impl Read) -> std::io::Result<Frame> {
+/// What [`read_frame_into`] found; a whole frame's payload is in the
+/// buffer it was given.
+enum Framed {
+    Whole { ingest_ms: u64, bytes: u64 },
+    End,
+    Torn(String),
+}
+
+/// Reads one frame into `payload` (its earlier content is replaced, its
+/// allocation kept) and checks its CRC.
+fn read_frame_into(reader: &mut impl Read, payload: &mut Vec<u8>) -> std::io::Result<Framed> {
     let mut header = [0u8; HEADER_BYTES];
     let mut filled = 0;
     while filled < HEADER_BYTES {
         let n = reader.read(&mut header[filled..])?;
         if n == 0 {
-            return Ok(if filled == 0 { Frame::End } else { Frame::Torn("header cut short".into()) });
+            return Ok(if filled == 0 { Framed::End } else { Framed::Torn("header cut short".into()) });
         }
         filled += n;
     }
@@ -156,22 +166,35 @@ fn read_frame(reader: &mut impl Read) -> std::io::Result<Frame> {
     let crc = u32::from_le_bytes(header[4..8].try_into().expect("4-byte slice"));
     let ingest_ms = u64::from_le_bytes(header[8..16].try_into().expect("8-byte slice"));
     if len > MAX_RECORD_BYTES {
-        return Ok(Frame::Torn(format!("length {len} over the limit")));
+        return Ok(Framed::Torn(format!("length {len} over the limit")));
     }
-    let mut payload = vec![0u8; len];
+    payload.clear();
+    payload.resize(len, 0);
     let mut got = 0;
     while got < len {
         let n = reader.read(&mut payload[got..])?;
         if n == 0 {
-            return Ok(Frame::Torn("payload cut short".into()));
+            return Ok(Framed::Torn("payload cut short".into()));
         }
         got += n;
     }
-    let actual = crc32c::crc32c_append(crc32c::crc32c(&header[8..16]), &payload);
+    let actual = crc32c::crc32c_append(crc32c::crc32c(&header[8..16]), payload);
     if actual != crc {
-        return Ok(Frame::Torn(format!("crc {actual:08x} does not match {crc:08x}")));
+        return Ok(Framed::Torn(format!("crc {actual:08x} does not match {crc:08x}")));
     }
-    Ok(Frame::Record(Record { ingest_ms, payload: Payload::Encoded(payload) }, (HEADER_BYTES + len) as u64))
+    Ok(Framed::Whole { ingest_ms, bytes: (HEADER_BYTES + len) as u64 })
+}
+
+/// Reads one frame into a record of its own.
+fn read_frame(reader: &mut impl Read) -> std::io::Result<Frame> {
+    let mut payload = Vec::new();
+    Ok(match read_frame_into(reader, &mut payload)? {
+        Framed::Whole { ingest_ms, bytes } => {
+            Frame::Record(Record { ingest_ms, payload: Payload::Encoded(payload) }, bytes)
+        }
+        Framed::End => Frame::End,
+        Framed::Torn(reason) => Frame::Torn(reason),
+    })
 }
 
 fn encode_frame(out: &mut impl Write, ingest_ms: u64, payload: &[u8]) -> std::io::Result<()> {
@@ -534,7 +557,12 @@ impl OpenReader for EmbeddedReaders {
         if self.0.follower && durable == 0 {
             // Nothing written yet (perhaps not even the folder): the first
             // segment is opened once records are durable.
-            return Ok(Box::new(EmbeddedReader { shared: Arc::clone(&self.0), file: None, position: 0 }));
+            return Ok(Box::new(EmbeddedReader {
+                shared: Arc::clone(&self.0),
+                file: None,
+                position: 0,
+                scratch: Vec::new(),
+            }));
         }
         let bases = segments(&self.0.dir)?;
         let first = bases.first().copied().unwrap_or(0);
@@ -542,7 +570,8 @@ impl OpenReader for EmbeddedReaders {
             return Err(LogError::Trimmed { requested: offset, first });
         }
         let base = bases.iter().copied().filter(|&b| b <= offset).max().unwrap_or(0);
-        let mut reader = EmbeddedReader { shared: Arc::clone(&self.0), file: None, position: base };
+        let mut reader =
+            EmbeddedReader { shared: Arc::clone(&self.0), file: None, position: base, scratch: Vec::new() };
         reader.open_segment(base)?;
         let mut skipped = Vec::new();
         while reader.position < offset {
@@ -586,6 +615,8 @@ struct EmbeddedReader {
     shared: Arc<Shared>,
     file: Option<(PathBuf, BufReader<File>)>,
     position: u64,
+    /// Where the records a reader does not want are read and checked.
+    scratch: Vec<u8>,
 }
 
 impl EmbeddedReader {
@@ -597,8 +628,16 @@ impl EmbeddedReader {
     }
 }
 
-impl LogReader for EmbeddedReader {
-    fn read(&mut self, max: usize, out: &mut Vec<(u64, Record)>) -> Result<usize, LogError> {
+impl EmbeddedReader {
+    /// Reads up to `max` records; those `wanted` turns down are read into
+    /// the reader's scratch buffer, checked and handed over without their
+    /// bytes.
+    fn read_frames(
+        &mut self,
+        max: usize,
+        wanted: &dyn Fn(u64) -> bool,
+        out: &mut Vec<(u64, Record)>,
+    ) -> Result<usize, LogError> {
         let durable = self.shared.durable.offset();
         let mut read = 0;
         while read < max && self.position < durable {
@@ -606,7 +645,18 @@ impl LogReader for EmbeddedReader {
                 self.open_segment(self.position)?;
                 continue;
             };
-            let frame = read_frame(file).map_err(|e| LogError::io(format!("reading {}", path.display()), e))?;
+            let frame = if wanted(self.position) {
+                read_frame(file)
+            } else {
+                read_frame_into(file, &mut self.scratch).map(|framed| match framed {
+                    Framed::Whole { ingest_ms, bytes } => {
+                        Frame::Record(Record { ingest_ms, payload: Payload::Skipped }, bytes)
+                    }
+                    Framed::End => Frame::End,
+                    Framed::Torn(reason) => Frame::Torn(reason),
+                })
+            };
+            let frame = frame.map_err(|e| LogError::io(format!("reading {}", path.display()), e))?;
             match frame {
                 Frame::Record(record, _) => {
                     out.push((self.position, record));
@@ -646,6 +696,21 @@ impl LogReader for EmbeddedReader {
             file.seek(SeekFrom::Start(at)).map_err(io)?;
         }
         Ok(read)
+    }
+}
+
+impl LogReader for EmbeddedReader {
+    fn read(&mut self, max: usize, out: &mut Vec<(u64, Record)>) -> Result<usize, LogError> {
+        self.read_frames(max, &|_| true, out)
+    }
+
+    fn read_some(
+        &mut self,
+        max: usize,
+        wanted: &dyn Fn(u64) -> bool,
+        out: &mut Vec<(u64, Record)>,
+    ) -> Result<usize, LogError> {
+        self.read_frames(max, wanted, out)
     }
 
     fn position(&self) -> u64 {

@@ -86,7 +86,7 @@ impl Record {
             Payload::Encoded(bytes) => {
                 let LogEntry { entry, incarnation } = LogEntry::decode(bytes.as_slice())?;
                 match entry {
-                    Some(log_entry::Entry::Accepted(wire)) => crate::convert::decode(&wire)
+                    Some(log_entry::Entry::Accepted(wire)) => crate::convert::decode(wire)
                         .map(|event| Entry::Accepted(Event { incarnation, ..event }))
                         .map_err(|r| DecodeError::Event(r.message)),
                     Some(log_entry::Entry::Rejected(rejected)) => Ok(Entry::Rejected(rejected)),
@@ -354,6 +354,26 @@ pub trait LogReader: Send {
     /// Appends up to `max` durable records to `out`, each with its offset;
     /// returns how many. Returns 0 when the reader is at the durable end.
     fn read(&mut self, max: usize, out: &mut Vec<(u64, Record)>) -> Result<usize, LogError>;
+    /// Like [`LogReader::read`], for a reader that decodes only the
+    /// records at the offsets `wanted` accepts (one worker of several): the
+    /// others come with their offset and ingest time and a
+    /// [`Payload::Skipped`], so a log may check them without keeping a copy
+    /// of their bytes.
+    fn read_some(
+        &mut self,
+        max: usize,
+        wanted: &dyn Fn(u64) -> bool,
+        out: &mut Vec<(u64, Record)>,
+    ) -> Result<usize, LogError> {
+        let from = out.len();
+        let read = self.read(max, out)?;
+        for (offset, record) in &mut out[from..] {
+            if !wanted(*offset) {
+                record.payload = Payload::Skipped;
+            }
+        }
+        Ok(read)
+    }
     /// The offset of the next record this reader returns.
     fn position(&self) -> u64;
     /// At the durable end, the least time a later record can have where
