@@ -142,23 +142,16 @@ enum Frame {
     Torn(String),
 }
 
-/// What [`read_frame_into`] found; a whole frame's payload is in the
-/// buffer it was given.
-enum Framed {
-    Whole { ingest_ms: u64, bytes: u64 },
-    End,
-    Torn(String),
-}
-
 /// Reads one frame into `payload` (its earlier content is replaced, its
-/// allocation kept) and checks its CRC.
-fn read_frame_into(reader: &mut impl Read, payload: &mut Vec<u8>) -> std::io::Result<Framed> {
+/// allocation kept) and checks its CRC; a whole frame comes back as a
+/// record without its bytes, which stay in `payload`.
+fn read_frame_into(reader: &mut impl Read, payload: &mut Vec<u8>) -> std::io::Result<Frame> {
     let mut header = [0u8; HEADER_BYTES];
     let mut filled = 0;
     while filled < HEADER_BYTES {
         let n = reader.read(&mut header[filled..])?;
         if n == 0 {
-            return Ok(if filled == 0 { Framed::End } else { Framed::Torn("header cut short".into()) });
+            return Ok(if filled == 0 { Frame::End } else { Frame::Torn("header cut short".into()) });
         }
         filled += n;
     }
@@ -166,7 +159,7 @@ fn read_frame_into(reader: &mut impl Read, payload: &mut Vec<u8>) -> std::io::Re
     let crc = u32::from_le_bytes(header[4..8].try_into().expect("4-byte slice"));
     let ingest_ms = u64::from_le_bytes(header[8..16].try_into().expect("8-byte slice"));
     if len > MAX_RECORD_BYTES {
-        return Ok(Framed::Torn(format!("length {len} over the limit")));
+        return Ok(Frame::Torn(format!("length {len} over the limit")));
     }
     payload.clear();
     payload.resize(len, 0);
@@ -174,27 +167,25 @@ fn read_frame_into(reader: &mut impl Read, payload: &mut Vec<u8>) -> std::io::Re
     while got < len {
         let n = reader.read(&mut payload[got..])?;
         if n == 0 {
-            return Ok(Framed::Torn("payload cut short".into()));
+            return Ok(Frame::Torn("payload cut short".into()));
         }
         got += n;
     }
     let actual = crc32c::crc32c_append(crc32c::crc32c(&header[8..16]), payload);
     if actual != crc {
-        return Ok(Framed::Torn(format!("crc {actual:08x} does not match {crc:08x}")));
+        return Ok(Frame::Torn(format!("crc {actual:08x} does not match {crc:08x}")));
     }
-    Ok(Framed::Whole { ingest_ms, bytes: (HEADER_BYTES + len) as u64 })
+    Ok(Frame::Record(Record { ingest_ms, payload: Payload::Skipped }, (HEADER_BYTES + len) as u64))
 }
 
 /// Reads one frame into a record of its own.
 fn read_frame(reader: &mut impl Read) -> std::io::Result<Frame> {
-    let mut payload = Vec::new();
-    Ok(match read_frame_into(reader, &mut payload)? {
-        Framed::Whole { ingest_ms, bytes } => {
-            Frame::Record(Record { ingest_ms, payload: Payload::Encoded(payload) }, bytes)
-        }
-        Framed::End => Frame::End,
-        Framed::Torn(reason) => Frame::Torn(reason),
-    })
+    let mut bytes = Vec::new();
+    let mut frame = read_frame_into(reader, &mut bytes)?;
+    if let Frame::Record(record, _) = &mut frame {
+        record.payload = Payload::Encoded(bytes);
+    }
+    Ok(frame)
 }
 
 fn encode_frame(out: &mut impl Write, ingest_ms: u64, payload: &[u8]) -> std::io::Result<()> {
@@ -577,7 +568,8 @@ impl OpenReader for EmbeddedReaders {
         while reader.position < offset {
             skipped.clear();
             let want = (offset - reader.position).min(4096) as usize;
-            if reader.read(want, &mut skipped)? == 0 {
+            // Read and checked, without a copy of each record's bytes.
+            if reader.read_some(want, &|_| false, &mut skipped)? == 0 {
                 return Err(LogError::OutOfRange { requested: offset, end: reader.position });
             }
         }
@@ -628,11 +620,14 @@ impl EmbeddedReader {
     }
 }
 
-impl EmbeddedReader {
-    /// Reads up to `max` records; those `wanted` turns down are read into
-    /// the reader's scratch buffer, checked and handed over without their
-    /// bytes.
-    fn read_frames(
+impl LogReader for EmbeddedReader {
+    fn read(&mut self, max: usize, out: &mut Vec<(u64, Record)>) -> Result<usize, LogError> {
+        self.read_some(max, &|_| true, out)
+    }
+
+    /// The records `wanted` turns down are read into the reader's scratch
+    /// buffer, checked and handed over without their bytes.
+    fn read_some(
         &mut self,
         max: usize,
         wanted: &dyn Fn(u64) -> bool,
@@ -645,17 +640,7 @@ impl EmbeddedReader {
                 self.open_segment(self.position)?;
                 continue;
             };
-            let frame = if wanted(self.position) {
-                read_frame(file)
-            } else {
-                read_frame_into(file, &mut self.scratch).map(|framed| match framed {
-                    Framed::Whole { ingest_ms, bytes } => {
-                        Frame::Record(Record { ingest_ms, payload: Payload::Skipped }, bytes)
-                    }
-                    Framed::End => Frame::End,
-                    Framed::Torn(reason) => Frame::Torn(reason),
-                })
-            };
+            let frame = if wanted(self.position) { read_frame(file) } else { read_frame_into(file, &mut self.scratch) };
             let frame = frame.map_err(|e| LogError::io(format!("reading {}", path.display()), e))?;
             match frame {
                 Frame::Record(record, _) => {
@@ -696,21 +681,6 @@ impl EmbeddedReader {
             file.seek(SeekFrom::Start(at)).map_err(io)?;
         }
         Ok(read)
-    }
-}
-
-impl LogReader for EmbeddedReader {
-    fn read(&mut self, max: usize, out: &mut Vec<(u64, Record)>) -> Result<usize, LogError> {
-        self.read_frames(max, &|_| true, out)
-    }
-
-    fn read_some(
-        &mut self,
-        max: usize,
-        wanted: &dyn Fn(u64) -> bool,
-        out: &mut Vec<(u64, Record)>,
-    ) -> Result<usize, LogError> {
-        self.read_frames(max, wanted, out)
     }
 
     fn position(&self) -> u64 {
