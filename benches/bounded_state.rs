@@ -8,14 +8,16 @@
 //!
 //! `cargo bench --bench bounded_state -- [days] [fridges] [skus]` (default
 //! 30 days, 20 fridges carrying 6 to 10 SKUs each; about 3,960 events per
-//! fridge per simulated day). Each hour of event time arrives as one
-//! logical time, fridges in order. The last two columns divide the
+//! fridge per simulated day). Each five minutes of event time arrive as
+//! one logical time, fridges in order: a batch of the size the pipeline's
+//! own reads make, so that what is measured is the state and not one
+//! hour of the whole fleet's events in flight. The last two columns divide the
 //! resident memory and the operators' records by the (fridge, SKU) pairs
 //! on the planograms.
 
 use std::time::Instant;
 
-use coldstream_pipelines::event::{DAY_US, HOUR_US};
+use coldstream_pipelines::event::{DAY_US, MINUTE_US};
 use coldstream_pipelines::fleet::{Fleet, FleetSpec};
 use coldstream_pipelines::operators::{HeldRecords, OperatorHooks};
 use coldstream_pipelines::views::{ViewConfig, all};
@@ -73,12 +75,13 @@ fn main() {
                 input.insert(event.clone());
             }
         }
-        for hour in 0..days * 24 {
-            let time = hour as Time + 1;
+        const STEP_US: i64 = 5 * MINUTE_US;
+        for step in 0..days * DAY_US / STEP_US {
+            let time = step as Time + 1;
             input.advance_to(time);
             if let Some(fleet) = &mut fleet {
                 for fridge in &mut fleet.fridges {
-                    for event in fridge.events_until(start_us + (hour + 1) * HOUR_US) {
+                    for event in fridge.events_until(start_us + (step + 1) * STEP_US) {
                         input.insert(event);
                         fed += 1;
                     }
@@ -87,12 +90,12 @@ fn main() {
             input.advance_to(time + 1);
             input.flush();
             worker.step_while(|| probe.less_than(&(time + 1)));
-            if leader && (hour + 1) % 24 == 0 {
+            if leader && (step + 1) * STEP_US % DAY_US == 0 {
                 let rss = coldstream::machine::rss_mib().unwrap_or(f64::NAN);
                 let held = operators.get();
                 println!(
                     "{:>4} {:>11} {:>16} {:>16} {:>9.0} {:>8.1} {:>9.1} {:>12.0}",
-                    (hour + 1) * HOUR_US / DAY_US,
+                    (step + 1) * STEP_US / DAY_US,
                     fed,
                     arranged.get(),
                     held,

@@ -83,6 +83,16 @@ impl<K: Ord, V> VecMap<K, V> {
     }
 }
 
+impl<K: Ord, V> FromIterator<(K, V)> for VecMap<K, V> {
+    /// A map of the entries, which must have distinct keys.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(entries: I) -> Self {
+        let mut entries: Vec<(K, V)> = entries.into_iter().collect();
+        entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+        debug_assert!(entries.windows(2).all(|pair| pair[0].0 != pair[1].0), "a key twice");
+        VecMap(entries)
+    }
+}
+
 impl<K: Serialize, V: Serialize> Serialize for VecMap<K, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))

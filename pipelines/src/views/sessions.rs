@@ -23,13 +23,18 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use differential_dataflow::collection::VecCollection;
-use serde::{Deserialize, Serialize};
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::event::HOUR_US;
 use crate::operators::{FridgeState, OperatorHooks, Shared, beyond_horizon, by_fridge_in_time_order_with};
 use crate::vec_map::VecMap;
 use crate::views::{Keyed, ViewConfig};
 use crate::{Event, Payload, Time};
+
+mod cold;
+
+use cold::ColdSessions;
 
 /// `(fridge_id, session_id)`.
 pub type SessionKey = (String, String);
@@ -231,7 +236,7 @@ fn decide(
 }
 
 /// One session's facts, as multisets so that any change can be undone.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Session {
     /// Events naming the session: it exists while this is positive.
     events: isize,
@@ -273,11 +278,6 @@ impl Session {
         self.closes.keys().next_back().map(|&(at, _)| at)
     }
 
-    /// Whether a payment result at `at` still counts for this session.
-    fn awaits_result_at(&self, at: i64, wait: i64) -> bool {
-        self.closed_at().is_some_and(|closed| at <= closed.saturating_add(wait))
-    }
-
     /// The row and revenue share the facts give, at today's prices.
     fn decide(&self, fridge: &str, prices: &PriceList, wait: i64) -> Option<(SessionRow, Option<Earned>)> {
         if self.events <= 0 {
@@ -312,20 +312,87 @@ pub enum SessionChange {
 
 /// One fridge's sessions within the horizon, and the revenue hours they
 /// can still change.
-#[derive(Serialize, Deserialize)]
+///
+/// Sessions whose latest event is behind the horizon are packed
+/// ([`ColdSessions`]) and unpacked when an event or a price change reaches
+/// them. A checkpoint holds every session unpacked, in the layout of
+/// [`Stored`], whichever form it had in memory.
+#[derive(Deserialize)]
+#[serde(from = "Stored")]
 struct FridgeSessions {
     horizon_us: i64,
     payment_wait_us: i64,
     latest: i64,
     /// Events before this time are beyond the horizon and not applied.
     floor: i64,
+    /// Sessions with an event at or after the floor.
     sessions: HashMap<String, Session>,
+    /// The others.
+    cold: ColdSessions,
     /// `hour → (captured_cents, sessions, units)` as in the output.
     revenue: BTreeMap<i64, (i64, i64, i64)>,
-    /// The records the sessions hold, kept as they change: summing them
+    /// The records `sessions` hold, kept as they change: summing them
     /// for every update would visit every session of the fridge.
-    #[serde(skip)]
     held: usize,
+}
+
+/// A fridge's sessions as a checkpoint holds them.
+#[derive(Deserialize)]
+struct Stored {
+    horizon_us: i64,
+    payment_wait_us: i64,
+    latest: i64,
+    floor: i64,
+    sessions: HashMap<String, Session>,
+    revenue: BTreeMap<i64, (i64, i64, i64)>,
+}
+
+impl From<Stored> for FridgeSessions {
+    fn from(stored: Stored) -> FridgeSessions {
+        let Stored { horizon_us, payment_wait_us, latest, floor, sessions, revenue } = stored;
+        let held = sessions.values().map(Session::held).sum();
+        let mut state = FridgeSessions {
+            horizon_us,
+            payment_wait_us,
+            latest,
+            floor,
+            sessions,
+            cold: ColdSessions::default(),
+            revenue,
+            held,
+        };
+        state.pack();
+        state.sessions.shrink_to_fit();
+        state
+    }
+}
+
+impl Serialize for FridgeSessions {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// Every session, unpacked or not, as one map.
+        struct AllSessions<'a>(&'a FridgeSessions);
+        impl Serialize for AllSessions<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let FridgeSessions { sessions, cold, .. } = self.0;
+                let mut map = serializer.serialize_map(Some(sessions.len() + cold.len()))?;
+                for (id, session) in sessions {
+                    map.serialize_entry(id, session)?;
+                }
+                for (id, session) in cold.sessions() {
+                    map.serialize_entry(id, &session)?;
+                }
+                map.end()
+            }
+        }
+        let mut stored = serializer.serialize_struct("Stored", 6)?;
+        stored.serialize_field("horizon_us", &self.horizon_us)?;
+        stored.serialize_field("payment_wait_us", &self.payment_wait_us)?;
+        stored.serialize_field("latest", &self.latest)?;
+        stored.serialize_field("floor", &self.floor)?;
+        stored.serialize_field("sessions", &AllSessions(self))?;
+        stored.serialize_field("revenue", &self.revenue)?;
+        stored.end()
+    }
 }
 
 impl FridgeSessions {
@@ -389,26 +456,56 @@ impl FridgeSessions {
     }
 
     /// Forgets sessions whose latest event is more than twice the horizon
-    /// behind, and revenue hours that no session held can change.
+    /// behind (closed ones once their payment wait has passed the floor
+    /// too), packs those behind the floor, and forgets revenue hours that
+    /// no session held can change.
     fn retire(&mut self) {
         let floor = self.latest.saturating_sub(self.horizon_us);
         if floor < self.floor.saturating_add(self.horizon_us / 8) {
             return;
         }
         self.floor = floor;
+        self.pack();
+        let held: BTreeSet<i64> = self.sessions.values().filter_map(|s| s.earned.map(|(hour, _, _)| hour)).collect();
+        let cold = &self.cold;
+        self.revenue.retain(|hour, _| hour + HOUR_US > floor || held.contains(hour) || cold.earns_in(*hour));
+    }
+
+    /// Packs the sessions whose latest event is behind the floor, and
+    /// forgets those that nothing can change any more.
+    fn pack(&mut self) {
+        let floor = self.floor;
         let retired = floor.saturating_sub(self.horizon_us);
         let wait = self.payment_wait_us;
-        let count = &mut self.held;
-        self.sessions.retain(|_, session| {
-            let keep = session.last >= retired
-                || session.closed_at().is_some_and(|closed| closed.saturating_add(wait) >= floor);
-            if !keep {
-                *count -= session.held();
+        let keep = |last: i64, closed: Option<i64>| {
+            last >= retired || closed.is_some_and(|closed| closed.saturating_add(wait) >= floor)
+        };
+        let (count, cold) = (&mut self.held, &mut self.cold);
+        self.sessions.retain(|id, session| {
+            if session.last >= floor {
+                return true;
             }
-            keep
+            *count -= session.held();
+            if keep(session.last, session.closed_at()) {
+                cold.put(id, session);
+            }
+            false
         });
-        let held: BTreeSet<i64> = self.sessions.values().filter_map(|s| s.earned.map(|(hour, _, _)| hour)).collect();
-        self.revenue.retain(|hour, _| hour + HOUR_US > floor || held.contains(hour));
+        self.cold.retain(keep);
+        if self.sessions.capacity() > 4 * self.sessions.len().max(64) {
+            self.sessions.shrink_to(2 * self.sessions.len());
+        }
+    }
+
+    /// Moves session `id` into the map if it is packed.
+    fn unpack(&mut self, id: &str) {
+        if !self.cold.is_empty()
+            && !self.sessions.contains_key(id)
+            && let Some(session) = self.cold.take(id)
+        {
+            self.held += session.held();
+            self.sessions.insert(id.to_owned(), session);
+        }
     }
 }
 
@@ -431,13 +528,18 @@ impl FridgeState for FridgeSessions {
             if *at < self.floor || beyond_horizon(*at, newest_before, self.horizon_us) {
                 // Beyond the horizon, unless it is a payment result its
                 // closed session still waits for.
+                let closed_at = match self.sessions.get(id) {
+                    Some(session) => session.closed_at(),
+                    None => self.cold.closed_at(id),
+                };
                 let awaited = matches!(fact, Fact::Payment(..))
-                    && self.sessions.get(id).is_some_and(|session| session.awaits_result_at(*at, self.payment_wait_us));
+                    && closed_at.is_some_and(|closed| *at <= closed.saturating_add(self.payment_wait_us));
                 if !awaited {
                     continue;
                 }
             }
             self.latest = self.latest.max(*at);
+            self.unpack(id);
             // The id is copied only for a new session.
             let (session, before) = match self.sessions.get_mut(id.as_str()) {
                 Some(session) => {
@@ -468,13 +570,18 @@ impl FridgeState for FridgeSessions {
                 *at <= closed_at && owner.as_deref().is_none_or(|o| o == fridge) && session.basket.contains_key(sku)
             })
         };
-        let ids: Vec<String> =
+        let mut ids: Vec<String> =
             self.sessions.iter().filter(|(_, session)| reached(session)).map(|(id, _)| id.clone()).collect();
+        for (id, session) in self.cold.take_if(reached) {
+            self.held += session.held();
+            ids.push(id.clone());
+            self.sessions.insert(id, session);
+        }
         self.refresh(fridge, &ids, prices, out);
     }
 
     fn held(&self) -> usize {
-        self.held + self.revenue.len()
+        self.held + self.cold.held() + self.revenue.len()
     }
 
     fn restored(&mut self, _fresh: &Self) {
@@ -514,6 +621,7 @@ pub(crate) fn sessions_and_revenue_of<'s>(
         latest: i64::MIN,
         floor: i64::MIN,
         sessions: HashMap::new(),
+        cold: ColdSessions::default(),
         revenue: BTreeMap::new(),
         held: 0,
     };
@@ -854,6 +962,7 @@ mod tests {
                 latest: i64::MIN,
                 floor: i64::MIN,
                 sessions: HashMap::new(),
+                cold: ColdSessions::default(),
                 revenue: BTreeMap::new(),
                 held: 0,
             };
@@ -869,7 +978,9 @@ mod tests {
                     let retracted: Vec<(Sighting, isize)> = inputs.iter().map(|(seen, _)| (seen.clone(), -1)).collect();
                     for batch in [&inputs, &retracted, &inputs] {
                         state.apply(&fridge, time, batch, &prices, &mut out);
-                        prop_assert_eq!(state.held, state.sessions.values().map(Session::held).sum::<usize>());
+                        let counted = state.sessions.values().map(Session::held).sum::<usize>()
+                            + state.cold.sessions().map(|(_, session)| session.held()).sum::<usize>();
+                        prop_assert_eq!(state.held + state.cold.held(), counted);
                     }
                 }
             }
