@@ -43,9 +43,9 @@ pub(crate) fn sighting(event: &Event) -> Option<(String, Sighting)> {
 
 /// One fridge's sales window.
 ///
-/// Each SKU keeps its movements in event-time order, one entry of three
-/// integers per distinct time, so a movement costs 24 bytes rather than a
-/// map entry with its own copy of the SKU's name. A checkpoint stores the
+/// Each SKU keeps its movements in event-time order, one 16-byte entry per
+/// distinct time ([`Moved`]) rather than a map entry with its own copy of
+/// the SKU's name. A checkpoint stores the
 /// window as `(event_time, sku) → (units, movements)` and `sku → totals`
 /// ([`Stored`]), the layout it has always had.
 #[derive(Default, Deserialize)]
@@ -58,11 +58,22 @@ struct Window {
     oldest: Option<i64>,
 }
 
+/// The movements of one SKU at one event time: the units taken minus
+/// returned, and how many takes and returns.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Moved {
+    at: i64,
+    units: i32,
+    movements: i32,
+}
+
 /// One SKU's movements inside the window.
 #[derive(Default)]
 struct Movements {
-    /// `(event_time, units, movements)`, in event-time order, one per time.
-    at: std::collections::VecDeque<(i64, i64, i64)>,
+    /// In event-time order, one per time; two when one time's sums no
+    /// longer fit an entry's 32 bits (two million movements of one SKU in
+    /// one microsecond).
+    at: std::collections::VecDeque<Moved>,
     units: i64,
     movements: i64,
 }
@@ -76,35 +87,59 @@ impl Movements {
     fn add(&mut self, at: i64, units: i64, movements: i64) {
         self.units += units;
         self.movements += movements;
-        let index = self.at.partition_point(|(time, _, _)| *time < at);
-        match self.at.get_mut(index) {
-            Some(entry) if entry.0 == at => {
-                entry.1 += units;
-                entry.2 += movements;
-                if entry.1 == 0 && entry.2 == 0 {
-                    self.at.remove(index);
-                }
+        let index = self.at.partition_point(|moved| moved.at < at);
+        if let Some(entry) = self.at.get_mut(index)
+            && entry.at == at
+            && let Some(units) = i32::try_from(i64::from(entry.units) + units).ok()
+            && let Some(movements) = i32::try_from(i64::from(entry.movements) + movements).ok()
+        {
+            (entry.units, entry.movements) = (units, movements);
+            if units == 0 && movements == 0 {
+                self.at.remove(index);
             }
-            _ => self.at.insert(index, (at, units, movements)),
+            return;
+        }
+        // A new time, or sums too large for the entry: split into entries
+        // that fit, all at this time.
+        let (mut units, mut movements) = (units, movements);
+        while units != 0 || movements != 0 {
+            let part = |n: i64| n.clamp(i64::from(i32::MIN), i64::from(i32::MAX));
+            let (u, m) = (part(units), part(movements));
+            self.at.insert(index, Moved { at, units: u as i32, movements: m as i32 });
+            (units, movements) = (units - u, movements - m);
         }
     }
 
     /// Forgets the movements at or before `opens`.
     fn leave(&mut self, opens: i64) {
-        while let Some(&(time, units, movements)) = self.at.front()
-            && time <= opens
+        while let Some(&Moved { at, units, movements }) = self.at.front()
+            && at <= opens
         {
-            self.units -= units;
-            self.movements -= movements;
+            self.units -= i64::from(units);
+            self.movements -= i64::from(movements);
             self.at.pop_front();
         }
+    }
+
+    /// `(event_time, units, movements)` per distinct time, in time order.
+    fn by_time(&self) -> impl Iterator<Item = (i64, i64, i64)> + '_ {
+        let mut entries = self.at.iter().peekable();
+        std::iter::from_fn(move || {
+            let first = entries.next()?;
+            let (mut units, mut movements) = (i64::from(first.units), i64::from(first.movements));
+            while let Some(next) = entries.next_if(|next| next.at == first.at) {
+                units += i64::from(next.units);
+                movements += i64::from(next.movements);
+            }
+            Some((first.at, units, movements))
+        })
     }
 }
 
 impl Window {
     /// The earliest event time any SKU holds.
     fn oldest_held(&self) -> Option<i64> {
-        self.skus.values().filter_map(|sku| sku.at.front()).map(|(time, _, _)| *time).min()
+        self.skus.values().filter_map(|sku| sku.at.front()).map(|moved| moved.at).min()
     }
 }
 
@@ -146,10 +181,11 @@ impl Serialize for Window {
         impl Serialize for AllMovements<'_> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 use serde::ser::SerializeMap;
-                let mut map = serializer.serialize_map(Some(self.0.values().map(|sku| sku.at.len()).sum()))?;
+                let times = self.0.values().map(|sku| sku.by_time().count()).sum();
+                let mut map = serializer.serialize_map(Some(times))?;
                 for (sku, movements) in self.0 {
-                    for (at, units, count) in &movements.at {
-                        map.serialize_entry(&(*at, sku), &(*units, *count))?;
+                    for (at, units, count) in movements.by_time() {
+                        map.serialize_entry(&(at, sku), &(units, count))?;
                     }
                 }
                 map.end()
@@ -210,7 +246,7 @@ impl FridgeState for Window {
         // Movements that the advancing window has left behind.
         if self.oldest.is_some_and(|oldest| oldest <= opens) {
             for (sku, movements) in &mut self.skus {
-                if movements.at.front().is_some_and(|(time, _, _)| *time <= opens) {
+                if movements.at.front().is_some_and(|moved| moved.at <= opens) {
                     note_before(&mut changed, sku, movements);
                     movements.leave(opens);
                 }
@@ -325,7 +361,7 @@ mod tests {
         let window: Window = bincode::deserialize(&bytes).unwrap();
         assert_eq!(window.latest, Some(200));
         assert_eq!(window.oldest, Some(50));
-        assert_eq!(window.skus["cola"].at, [(50, 3, 2), (70, 1, 1)]);
+        assert_eq!(window.skus["cola"].by_time().collect::<Vec<_>>(), [(50, 3, 2), (70, 1, 1)]);
         assert_eq!((window.skus["cola"].units, window.skus["cola"].movements), (4, 3));
         assert_eq!(window.skus["salad"].row(), Some(-1));
         assert!(!window.skus.contains_key("water"));
@@ -343,7 +379,7 @@ mod tests {
         let mut out = Vec::new();
         let take = |at: i64, sku: &str, qty: i64| ((at, Some((sku.to_owned(), qty))), 1isize);
         window.apply("FR-1", 1, &[take(10, "cola", 2), take(10, "cola", 1), take(20, "salad", 1)], &(), &mut out);
-        assert_eq!(window.skus["cola"].at, [(10, 3, 2)]);
+        assert_eq!(window.skus["cola"].at, [Moved { at: 10, units: 3, movements: 2 }]);
         out.clear();
         // The window now opens after 10: cola's movements leave it, salad's stay.
         window.apply("FR-1", 2, &[((10 + SALES_WINDOW_US, None), 1)], &(), &mut out);
@@ -351,6 +387,26 @@ mod tests {
         assert_eq!(window.oldest, Some(20));
         assert_eq!(out, vec![((("FR-1".to_owned(), "cola".to_owned()), 3), -1)]);
         assert_eq!(window.held(), 2);
+    }
+
+    /// Sums of one time beyond an entry's 32 bits are split over entries
+    /// of that time, and still add up, leave and are written as one.
+    #[test]
+    fn one_time_s_sums_beyond_32_bits_split_and_still_add_up() {
+        let mut cola = Movements::default();
+        let big = i64::from(i32::MAX);
+        cola.add(10, big, 1);
+        cola.add(10, big, 1);
+        cola.add(10, 5, 1);
+        cola.add(20, -3, 1);
+        assert!(cola.at.len() >= 3, "{:?}", cola.at);
+        assert_eq!(cola.by_time().collect::<Vec<_>>(), [(10, 2 * big + 5, 3), (20, -3, 1)]);
+        assert_eq!((cola.units, cola.movements), (2 * big + 2, 4));
+        cola.add(10, -big, -1);
+        assert_eq!(cola.by_time().next(), Some((10, big + 5, 2)));
+        cola.leave(10);
+        assert_eq!(cola.at, [Moved { at: 20, units: -3, movements: 1 }]);
+        assert_eq!((cola.units, cola.movements), (-3, 1));
     }
 
     #[test]

@@ -325,8 +325,9 @@ struct FridgeSessions {
     latest: i64,
     /// Events before this time are beyond the horizon and not applied.
     floor: i64,
-    /// Sessions with an event at or after the floor.
-    sessions: HashMap<String, Session>,
+    /// Sessions with an event at or after the floor, each boxed so that
+    /// the map's slots stay small.
+    sessions: HashMap<String, Box<Session>>,
     /// The others.
     cold: ColdSessions,
     /// `hour → (captured_cents, sessions, units)` as in the output.
@@ -343,14 +344,14 @@ struct Stored {
     payment_wait_us: i64,
     latest: i64,
     floor: i64,
-    sessions: HashMap<String, Session>,
+    sessions: HashMap<String, Box<Session>>,
     revenue: BTreeMap<i64, (i64, i64, i64)>,
 }
 
 impl From<Stored> for FridgeSessions {
     fn from(stored: Stored) -> FridgeSessions {
         let Stored { horizon_us, payment_wait_us, latest, floor, sessions, revenue } = stored;
-        let held = sessions.values().map(Session::held).sum();
+        let held = sessions.values().map(|session| session.held()).sum();
         let mut state = FridgeSessions {
             horizon_us,
             payment_wait_us,
@@ -504,7 +505,7 @@ impl FridgeSessions {
             && let Some(session) = self.cold.take(id)
         {
             self.held += session.held();
-            self.sessions.insert(id.to_owned(), session);
+            self.sessions.insert(id.to_owned(), Box::new(session));
         }
     }
 }
@@ -575,7 +576,7 @@ impl FridgeState for FridgeSessions {
         for (id, session) in self.cold.take_if(reached) {
             self.held += session.held();
             ids.push(id.clone());
-            self.sessions.insert(id, session);
+            self.sessions.insert(id, Box::new(session));
         }
         self.refresh(fridge, &ids, prices, out);
     }
@@ -585,7 +586,7 @@ impl FridgeState for FridgeSessions {
     }
 
     fn restored(&mut self, _fresh: &Self) {
-        self.held = self.sessions.values().map(Session::held).sum();
+        self.held = self.sessions.values().map(|session| session.held()).sum();
     }
 }
 
@@ -978,7 +979,7 @@ mod tests {
                     let retracted: Vec<(Sighting, isize)> = inputs.iter().map(|(seen, _)| (seen.clone(), -1)).collect();
                     for batch in [&inputs, &retracted, &inputs] {
                         state.apply(&fridge, time, batch, &prices, &mut out);
-                        let counted = state.sessions.values().map(Session::held).sum::<usize>()
+                        let counted = state.sessions.values().map(|session| session.held()).sum::<usize>()
                             + state.cold.sessions().map(|(_, session)| session.held()).sum::<usize>();
                         prop_assert_eq!(state.held + state.cold.held(), counted);
                     }
