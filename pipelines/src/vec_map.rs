@@ -57,6 +57,40 @@ impl<K: Ord, V> VecMap<K, V> {
         self.find(key).is_ok()
     }
 
+    /// Removes the entry of `key`, returning its value.
+    pub fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        let index = self.find(key).ok()?;
+        Some(self.0.remove(index).1)
+    }
+
+    /// The entries with a key below `bound`, in key order.
+    pub fn below(&self, bound: &K) -> impl DoubleEndedIterator<Item = (&K, &V)> {
+        let end = self.0.partition_point(|(k, _)| k < bound);
+        self.0[..end].iter().map(|(k, v)| (k, v))
+    }
+
+    /// The entries with a key at or below `bound`, in key order.
+    pub fn up_to(&self, bound: &K) -> impl DoubleEndedIterator<Item = (&K, &V)> {
+        let end = self.0.partition_point(|(k, _)| k <= bound);
+        self.0[..end].iter().map(|(k, v)| (k, v))
+    }
+
+    /// Splits off the entries with a key at or above `from`.
+    pub fn split_off(&mut self, from: &K) -> VecMap<K, V> {
+        let start = self.0.partition_point(|(k, _)| k < from);
+        let rest = VecMap(self.0.split_off(start));
+        self.0.shrink_to_fit();
+        rest
+    }
+
+    /// Removes the entry of the largest key.
+    pub fn pop_last(&mut self) -> Option<(K, V)> {
+        self.0.pop()
+    }
+
     /// Keeps the entries for which `keep` holds.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
         self.0.retain(|(k, v)| keep(k, v));
@@ -126,5 +160,23 @@ mod tests {
         let back: VecMap<String, i64> = bincode::deserialize(&bytes).unwrap();
         assert_eq!(back, map);
         assert_eq!(back.len(), 2);
+    }
+
+    #[test]
+    fn ranges_splits_and_removals_match_a_btree_map() {
+        let entries = [(1i64, 'a'), (3, 'b'), (5, 'c'), (7, 'd')];
+        let mut map: VecMap<i64, char> = entries.into_iter().collect();
+        let btree: BTreeMap<i64, char> = entries.into_iter().collect();
+        for bound in 0..9 {
+            assert!(map.below(&bound).eq(btree.range(..bound)), "below {bound}");
+            assert!(map.up_to(&bound).eq(btree.range(..=bound)), "up to {bound}");
+        }
+        assert_eq!(map.remove(&3), Some('b'));
+        assert_eq!(map.remove(&3), None);
+        let rest = map.split_off(&5);
+        assert_eq!(rest.keys().collect::<Vec<_>>(), [&5, &7]);
+        assert_eq!(map.keys().collect::<Vec<_>>(), [&1]);
+        assert_eq!(map.pop_last(), Some((1, 'a')));
+        assert!(map.is_empty());
     }
 }

@@ -23,6 +23,7 @@ use differential_dataflow::collection::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use crate::operators::{FridgeState, OperatorHooks, beyond_horizon, by_fridge_in_time_order};
+use crate::vec_map::VecMap;
 use crate::views::Keyed;
 use crate::views::cold_chain::{EXCURSION_AFTER_US, Excursion, ExcursionKey};
 use crate::{Event, Payload, Time};
@@ -94,41 +95,43 @@ pub(crate) fn stock(event: &Event) -> Option<(String, Heard)> {
 }
 
 /// Adds `diff` to a multiset entry, removing it at zero.
-fn bump<K: Ord>(set: &mut BTreeMap<K, isize>, key: K, diff: isize) {
-    let n = set.entry(key).or_insert(0);
+fn bump<K: Ord + Clone>(set: &mut VecMap<K, isize>, key: K, diff: isize) {
+    let n = set.value_mut(&key);
     *n += diff;
     if *n == 0 {
-        set.retain(|_, n| *n != 0);
+        set.remove(&key);
     }
 }
 
 /// One SKU of a fridge: what lies behind the fold point as one value, and
-/// the events since.
+/// the events since, each set a sorted vector of exactly its entries (a
+/// handful each; a `BTreeMap` would allocate a node of hundreds of bytes
+/// for the first).
 #[derive(Default, Serialize, Deserialize)]
 struct Shelf {
     /// On-hand from everything folded; `None` if nothing was.
     base: Option<i64>,
-    counts: BTreeMap<Count, isize>,
+    counts: VecMap<Count, isize>,
     /// `event_time → (Σ quantity, records)`.
-    movements: BTreeMap<i64, (i64, isize)>,
+    movements: VecMap<i64, (i64, isize)>,
     /// Planogram versions since the fold point, and the last one before it.
-    plan: BTreeMap<Perishable, isize>,
+    plan: VecMap<Perishable, isize>,
     /// The on-hand currently in the output.
     shown: Option<i64>,
 }
 
 impl Shelf {
     fn perishable_at(&self, at: i64) -> bool {
-        self.plan.range(..=(at, u64::MAX, true)).next_back().is_some_and(|((_, _, flag), _)| *flag)
+        self.plan.up_to(&(at, u64::MAX, true)).next_back().is_some_and(|((_, _, flag), _)| *flag)
     }
 
     /// On-hand from the events before `until`, or `None` if there are none.
-    fn on_hand(&self, write_offs: &BTreeMap<i64, isize>, until: i64) -> Option<i64> {
-        let counted = self.counts.range(..(until, 0, i64::MIN)).next_back().map(|(count, _)| *count);
-        let written_off = write_offs.range(..until).rev().find(|(at, _)| self.perishable_at(**at));
+    fn on_hand(&self, write_offs: &VecMap<i64, isize>, until: i64) -> Option<i64> {
+        let counted = self.counts.below(&(until, 0, i64::MIN)).next_back().map(|(count, _)| *count);
+        let written_off = write_offs.below(&until).rev().find(|(at, _)| self.perishable_at(**at));
         let latest = counted.max(written_off.map(|(at, _)| (*at, 0, 0)));
         let moved = |from: Option<i64>| -> (i64, bool) {
-            let range = self.movements.range(..until).filter(|(at, _)| from.is_none_or(|f| **at > f));
+            let range = self.movements.below(&until).filter(|(at, _)| from.is_none_or(|f| **at > f));
             range.fold((0, false), |(sum, _), (_, (delta, _))| (sum + delta, true))
         };
         match latest {
@@ -141,13 +144,13 @@ impl Shelf {
     }
 
     /// Folds the events before `floor` into the base.
-    fn fold(&mut self, write_offs: &BTreeMap<i64, isize>, floor: i64) {
+    fn fold(&mut self, write_offs: &VecMap<i64, isize>, floor: i64) {
         self.base = self.on_hand(write_offs, floor);
         self.counts = self.counts.split_off(&(floor, 0, i64::MIN));
         self.movements = self.movements.split_off(&floor);
         let mut kept = self.plan.split_off(&(floor, 0, false));
         if let Some((last, n)) = self.plan.pop_last() {
-            kept.insert(last, n);
+            *kept.value_mut(&last) = n;
         }
         self.plan = kept;
     }
@@ -166,11 +169,11 @@ struct Fridge {
     floor: i64,
     shelves: BTreeMap<String, Shelf>,
     /// Write-off times since the fold point.
-    write_offs: BTreeMap<i64, isize>,
+    write_offs: VecMap<i64, isize>,
     /// Whether the fridge ever had an excursion.
     warmed: bool,
     /// Before this time the fridge's excursions are final (from the cold chain).
-    settled: BTreeMap<i64, isize>,
+    settled: VecMap<i64, isize>,
 }
 
 /// Stock events a fridge whose excursions do not settle may hold before
@@ -237,7 +240,7 @@ impl FridgeState for Fridge {
             }
             match stock {
                 Stock::Moved(sku, delta) => {
-                    let moved = self.shelves.entry(sku.clone()).or_default().movements.entry(*at).or_insert((0, 0));
+                    let moved = self.shelves.entry(sku.clone()).or_default().movements.value_mut(at);
                     moved.0 += delta * *diff as i64;
                     moved.1 += diff;
                     if moved.1 == 0 {
@@ -330,9 +333,9 @@ pub(crate) fn inventory_of<'s>(
         latest: i64::MIN,
         floor: i64::MIN,
         shelves: BTreeMap::new(),
-        write_offs: BTreeMap::new(),
+        write_offs: VecMap::default(),
         warmed: false,
-        settled: BTreeMap::new(),
+        settled: VecMap::default(),
     };
     by_fridge_in_time_order(stock, "inventory.stock", new_state, hooks)
 }
