@@ -16,6 +16,7 @@ pub mod harness;
 pub mod metrics;
 pub mod operators;
 pub mod traces;
+pub(crate) mod varint;
 pub mod vec_map;
 pub mod views;
 

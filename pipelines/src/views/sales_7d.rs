@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::DAY_US;
 use crate::operators::{FridgeState, OperatorHooks, by_fridge_in_time_order};
+use crate::varint::{Reader, put_signed, reserve};
 use crate::views::Keyed;
 use crate::views::inventory::InventoryKey;
 use crate::{Event, Payload, Time};
@@ -43,9 +44,9 @@ pub(crate) fn sighting(event: &Event) -> Option<(String, Sighting)> {
 
 /// One fridge's sales window.
 ///
-/// Each SKU keeps its movements in event-time order, one 16-byte entry per
-/// distinct time ([`Moved`]) rather than a map entry with its own copy of
-/// the SKU's name. A checkpoint stores the
+/// Each SKU keeps its movements in event-time order, packed
+/// ([`Movements`]), rather than a map entry per movement with its own copy
+/// of the SKU's name. A checkpoint stores the
 /// window as `(event_time, sku) → (units, movements)` and `sku → totals`
 /// ([`Stored`]), the layout it has always had.
 #[derive(Default, Deserialize)]
@@ -58,22 +59,26 @@ struct Window {
     oldest: Option<i64>,
 }
 
-/// The movements of one SKU at one event time: the units taken minus
-/// returned, and how many takes and returns.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Moved {
-    at: i64,
-    units: i32,
-    movements: i32,
-}
-
-/// One SKU's movements inside the window.
+/// One SKU's movements inside the window, one entry per distinct event
+/// time, in time order: `(time − the previous entry's time, units,
+/// movements)` as variable-length numbers, about 7 bytes where a
+/// `(time, units, movements)` triple would take 24. Movements mostly
+/// arrive in time order and leave from the front, so adding is an append
+/// and leaving a move of `head`; a late movement rewrites the SKU's
+/// entries (a few dozen).
 #[derive(Default)]
 struct Movements {
-    /// In event-time order, one per time; two when one time's sums no
-    /// longer fit an entry's 32 bits (two million movements of one SKU in
-    /// one microsecond).
-    at: std::collections::VecDeque<Moved>,
+    bytes: Vec<u8>,
+    /// The offset of the first entry inside the window.
+    head: usize,
+    /// The time the first entry's difference is taken from.
+    origin: i64,
+    /// The last entry's time and offset.
+    last_at: i64,
+    last_offset: usize,
+    /// Entries from `head` on.
+    entries: usize,
+    /// Units and movements summed over the entries.
     units: i64,
     movements: i64,
 }
@@ -84,54 +89,100 @@ impl Movements {
         (self.movements > 0).then_some(self.units)
     }
 
+    fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// The time of the first entry.
+    fn front(&self) -> Option<i64> {
+        (!self.is_empty()).then(|| self.origin.wrapping_add(Reader { bytes: &self.bytes, at: self.head }.signed()))
+    }
+
     fn add(&mut self, at: i64, units: i64, movements: i64) {
-        self.units += units;
-        self.movements += movements;
-        let index = self.at.partition_point(|moved| moved.at < at);
-        if let Some(entry) = self.at.get_mut(index)
-            && entry.at == at
-            && let Some(units) = i32::try_from(i64::from(entry.units) + units).ok()
-            && let Some(movements) = i32::try_from(i64::from(entry.movements) + movements).ok()
-        {
-            (entry.units, entry.movements) = (units, movements);
-            if units == 0 && movements == 0 {
-                self.at.remove(index);
-            }
+        if self.is_empty() {
+            *self = Movements { origin: at, last_at: at, entries: 1, units, movements, ..Movements::default() };
+            self.push(0, units, movements);
             return;
         }
-        // A new time, or sums too large for the entry: split into entries
-        // that fit, all at this time.
-        let (mut units, mut movements) = (units, movements);
-        while units != 0 || movements != 0 {
-            let part = |n: i64| n.clamp(i64::from(i32::MIN), i64::from(i32::MAX));
-            let (u, m) = (part(units), part(movements));
-            self.at.insert(index, Moved { at, units: u as i32, movements: m as i32 });
-            (units, movements) = (units - u, movements - m);
+        if at > self.last_at {
+            self.units += units;
+            self.movements += movements;
+            self.last_offset = self.bytes.len();
+            self.push(at.wrapping_sub(self.last_at), units, movements);
+            self.last_at = at;
+            self.entries += 1;
+            return;
         }
+        if at == self.last_at {
+            let mut reader = Reader { bytes: &self.bytes, at: self.last_offset };
+            let (gap, was_units, was_movements) = (reader.signed(), reader.signed(), reader.signed());
+            let sums = (was_units + units, was_movements + movements);
+            if sums != (0, 0) {
+                self.units += units;
+                self.movements += movements;
+                self.bytes.truncate(self.last_offset);
+                self.push(gap, sums.0, sums.1);
+                return;
+            }
+        }
+        // A late movement, or one that empties the last time: rewrite.
+        let mut all: Vec<(i64, i64, i64)> = self.by_time().collect();
+        let index = all.partition_point(|(time, _, _)| *time < at);
+        match all.get_mut(index) {
+            Some(entry) if entry.0 == at => {
+                entry.1 += units;
+                entry.2 += movements;
+                if (entry.1, entry.2) == (0, 0) {
+                    all.remove(index);
+                }
+            }
+            _ => all.insert(index, (at, units, movements)),
+        }
+        *self = Movements::default();
+        for (at, units, movements) in all {
+            self.add(at, units, movements);
+        }
+    }
+
+    /// Appends an entry.
+    fn push(&mut self, gap: i64, units: i64, movements: i64) {
+        reserve(&mut self.bytes, 30);
+        put_signed(&mut self.bytes, gap);
+        put_signed(&mut self.bytes, units);
+        put_signed(&mut self.bytes, movements);
     }
 
     /// Forgets the movements at or before `opens`.
     fn leave(&mut self, opens: i64) {
-        while let Some(&Moved { at, units, movements }) = self.at.front()
+        while let Some(at) = self.front()
             && at <= opens
         {
-            self.units -= i64::from(units);
-            self.movements -= i64::from(movements);
-            self.at.pop_front();
+            let mut reader = Reader { bytes: &self.bytes, at: self.head };
+            reader.signed();
+            self.units -= reader.signed();
+            self.movements -= reader.signed();
+            (self.origin, self.head) = (at, reader.at);
+            self.entries -= 1;
+        }
+        if self.is_empty() {
+            *self = Movements::default();
+        } else if self.head * 2 > self.bytes.len() {
+            self.bytes.drain(..self.head);
+            self.last_offset -= self.head;
+            self.head = 0;
+            if self.bytes.capacity() > 2 * self.bytes.len() + 32 {
+                self.bytes.shrink_to(self.bytes.len() + self.bytes.len() / 4);
+            }
         }
     }
 
-    /// `(event_time, units, movements)` per distinct time, in time order.
+    /// `(event_time, units, movements)` per entry, in time order.
     fn by_time(&self) -> impl Iterator<Item = (i64, i64, i64)> + '_ {
-        let mut entries = self.at.iter().peekable();
-        std::iter::from_fn(move || {
-            let first = entries.next()?;
-            let (mut units, mut movements) = (i64::from(first.units), i64::from(first.movements));
-            while let Some(next) = entries.next_if(|next| next.at == first.at) {
-                units += i64::from(next.units);
-                movements += i64::from(next.movements);
-            }
-            Some((first.at, units, movements))
+        let mut reader = Reader { bytes: &self.bytes, at: self.head };
+        let mut time = self.origin;
+        (0..self.entries).map(move |_| {
+            time = time.wrapping_add(reader.signed());
+            (time, reader.signed(), reader.signed())
         })
     }
 }
@@ -139,7 +190,7 @@ impl Movements {
 impl Window {
     /// The earliest event time any SKU holds.
     fn oldest_held(&self) -> Option<i64> {
-        self.skus.values().filter_map(|sku| sku.at.front()).map(|moved| moved.at).min()
+        self.skus.values().filter_map(Movements::front).min()
     }
 }
 
@@ -181,7 +232,7 @@ impl Serialize for Window {
         impl Serialize for AllMovements<'_> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 use serde::ser::SerializeMap;
-                let times = self.0.values().map(|sku| sku.by_time().count()).sum();
+                let times = self.0.values().map(|sku| sku.entries).sum();
                 let mut map = serializer.serialize_map(Some(times))?;
                 for (sku, movements) in self.0 {
                     for (at, units, count) in movements.by_time() {
@@ -246,7 +297,7 @@ impl FridgeState for Window {
         // Movements that the advancing window has left behind.
         if self.oldest.is_some_and(|oldest| oldest <= opens) {
             for (sku, movements) in &mut self.skus {
-                if movements.at.front().is_some_and(|moved| moved.at <= opens) {
+                if movements.front().is_some_and(|at| at <= opens) {
                     note_before(&mut changed, sku, movements);
                     movements.leave(opens);
                 }
@@ -255,7 +306,7 @@ impl FridgeState for Window {
         }
         // Every SKU touched above is in `changed`: those left empty go.
         for (sku, before) in changed {
-            if self.skus.get(&sku).is_some_and(|movements| movements.at.is_empty()) {
+            if self.skus.get(&sku).is_some_and(Movements::is_empty) {
                 self.skus.remove(&sku);
             }
             let after = self.skus.get(&sku).and_then(Movements::row);
@@ -272,7 +323,7 @@ impl FridgeState for Window {
     }
 
     fn held(&self) -> usize {
-        self.skus.values().map(|sku| sku.at.len() + usize::from(sku.movements != 0)).sum()
+        self.skus.values().map(|sku| sku.entries + usize::from(sku.movements != 0)).sum()
     }
 }
 
@@ -379,7 +430,7 @@ mod tests {
         let mut out = Vec::new();
         let take = |at: i64, sku: &str, qty: i64| ((at, Some((sku.to_owned(), qty))), 1isize);
         window.apply("FR-1", 1, &[take(10, "cola", 2), take(10, "cola", 1), take(20, "salad", 1)], &(), &mut out);
-        assert_eq!(window.skus["cola"].at, [Moved { at: 10, units: 3, movements: 2 }]);
+        assert_eq!(window.skus["cola"].by_time().collect::<Vec<_>>(), [(10, 3, 2)]);
         out.clear();
         // The window now opens after 10: cola's movements leave it, salad's stay.
         window.apply("FR-1", 2, &[((10 + SALES_WINDOW_US, None), 1)], &(), &mut out);
@@ -389,24 +440,49 @@ mod tests {
         assert_eq!(window.held(), 2);
     }
 
-    /// Sums of one time beyond an entry's 32 bits are split over entries
-    /// of that time, and still add up, leave and are written as one.
+    /// Appends, merges at the last time, late insertions, retractions to
+    /// nothing and leaving from the front all keep the entries and their
+    /// sums what a plain list of them would be.
     #[test]
-    fn one_time_s_sums_beyond_32_bits_split_and_still_add_up() {
-        let mut cola = Movements::default();
-        let big = i64::from(i32::MAX);
-        cola.add(10, big, 1);
-        cola.add(10, big, 1);
-        cola.add(10, 5, 1);
-        cola.add(20, -3, 1);
-        assert!(cola.at.len() >= 3, "{:?}", cola.at);
-        assert_eq!(cola.by_time().collect::<Vec<_>>(), [(10, 2 * big + 5, 3), (20, -3, 1)]);
-        assert_eq!((cola.units, cola.movements), (2 * big + 2, 4));
-        cola.add(10, -big, -1);
-        assert_eq!(cola.by_time().next(), Some((10, big + 5, 2)));
-        cola.leave(10);
-        assert_eq!(cola.at, [Moved { at: 20, units: -3, movements: 1 }]);
-        assert_eq!((cola.units, cola.movements), (-3, 1));
+    fn packed_movements_follow_a_plain_list_of_them() {
+        let mut packed = Movements::default();
+        let mut plain: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        let hour = 3_600_000_000i64;
+        let steps: Vec<(i64, i64, i64)> = vec![
+            (10 * hour, 2, 1),
+            (10 * hour, 1, 1),
+            (12 * hour, -1, 1),
+            (11 * hour, 5, 1),
+            (12 * hour, 1, -1),
+            (9 * hour, i64::MAX / 4, 1),
+            (14 * hour, 3, 1),
+            (14 * hour, -3, -1),
+            (13 * hour, 0, 2),
+            (11 * hour, -5, -1),
+        ];
+        for (at, units, movements) in steps {
+            packed.add(at, units, movements);
+            let entry = plain.entry(at).or_insert((0, 0));
+            (entry.0, entry.1) = (entry.0 + units, entry.1 + movements);
+            if *entry == (0, 0) {
+                plain.remove(&at);
+            }
+            let expected: Vec<(i64, i64, i64)> = plain.iter().map(|(at, (u, m))| (*at, *u, *m)).collect();
+            assert_eq!(packed.by_time().collect::<Vec<_>>(), expected, "after {at} {units} {movements}");
+            assert_eq!(packed.entries, expected.len());
+            let sums = expected.iter().fold((0, 0), |(u, m), (_, du, dm)| (u + du, m + dm));
+            assert_eq!((packed.units, packed.movements), sums);
+        }
+        packed.leave(10 * hour);
+        assert_eq!(packed.by_time().collect::<Vec<_>>(), [(13 * hour, 0, 2)]);
+        assert_eq!((packed.units, packed.movements), (0, 2));
+        assert_eq!(packed.front(), Some(13 * hour));
+        packed.add(15 * hour, 4, 1);
+        packed.leave(13 * hour);
+        assert_eq!(packed.by_time().collect::<Vec<_>>(), [(15 * hour, 4, 1)]);
+        packed.leave(15 * hour);
+        assert!(packed.is_empty() && packed.front().is_none());
+        assert_eq!((packed.units, packed.movements), (0, 0));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::hash::BuildHasher;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::{Session, SessionRow, SessionStatus};
+use crate::varint::{Reader, put, put_option, put_signed, put_str, reserve};
 
 /// The fixed part of an entry.
 const HEADER: usize = 24;
@@ -111,11 +112,7 @@ impl ColdSessions {
     /// Packs `session`, which must not be held here already.
     pub(super) fn put(&mut self, id: &str, session: &Session) {
         let start = self.bytes.len();
-        if self.bytes.capacity() - start < HEADER + 64 {
-            // Grow by a quarter rather than double: this buffer is most of
-            // the fridge's sessions.
-            self.bytes.reserve_exact(self.bytes.capacity() / 4 + HEADER + 64);
-        }
+        reserve(&mut self.bytes, HEADER + 64);
         self.bytes.extend_from_slice(&[0; HEADER]);
         let last = session.last;
         put_str(&mut self.bytes, id);
@@ -349,71 +346,6 @@ impl ColdSessions {
             }),
         };
         (id, Session { events, closes, payments, basket, last, row, earned })
-    }
-}
-
-fn put(bytes: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        bytes.push(value as u8 | 0x80);
-        value >>= 7;
-    }
-    bytes.push(value as u8);
-}
-
-fn put_signed(bytes: &mut Vec<u8>, value: i64) {
-    put(bytes, ((value << 1) ^ (value >> 63)) as u64);
-}
-
-fn put_option(bytes: &mut Vec<u8>, value: Option<i64>) {
-    match value {
-        None => put(bytes, 0),
-        Some(value) => {
-            put(bytes, 1);
-            put_signed(bytes, value);
-        }
-    }
-}
-
-fn put_str(bytes: &mut Vec<u8>, text: &str) {
-    put(bytes, text.len() as u64);
-    bytes.extend_from_slice(text.as_bytes());
-}
-
-/// Reads what the `put` functions wrote, in the same order.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn next(&mut self) -> u64 {
-        let mut value = 0u64;
-        let mut shift = 0;
-        loop {
-            let byte = self.bytes[self.at];
-            self.at += 1;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return value;
-            }
-            shift += 7;
-        }
-    }
-
-    fn signed(&mut self) -> i64 {
-        let value = self.next();
-        ((value >> 1) as i64) ^ -((value & 1) as i64)
-    }
-
-    fn option(&mut self) -> Option<i64> {
-        (self.next() == 1).then(|| self.signed())
-    }
-
-    fn str(&mut self) -> &'a str {
-        let length = self.next() as usize;
-        let text = &self.bytes[self.at..self.at + length];
-        self.at += length;
-        std::str::from_utf8(text).expect("ids are written from strings")
     }
 }
 
