@@ -360,16 +360,16 @@ mod tests {
         session.add(at, &Fact::Named, 1);
         session.add(at + 1_000, &Fact::Item(format!("sku-{}", id % 7), 2), 1);
         session.add(at + 2_000, &Fact::Item("cola-330".into(), -1), 1);
-        if id % 3 != 0 {
+        if !id.is_multiple_of(3) {
             session.add(at + 9_000, &Fact::Closed(id * 10), 1);
         }
         if id % 4 == 1 {
             session.add(at - 5_000, &Fact::Payment(id * 10 + 1, Some(-450)), 1);
             session.add(at + 90_000_000_000, &Fact::Payment(id * 10 + 2, None), 2);
         }
-        session.row = (id % 5 != 0).then(|| SessionRow {
+        session.row = (!id.is_multiple_of(5)).then(|| SessionRow {
             status: SessionStatus::ALL[id as usize % 8],
-            expected_cents: (id % 2 == 0).then_some(i64::MAX - id as i64),
+            expected_cents: id.is_multiple_of(2).then_some(i64::MAX - id as i64),
             captured_cents: Some(i64::MIN + 1),
             units: 1,
             closed_at: session.closed_at(),
