@@ -41,7 +41,11 @@ pub(crate) fn reserve(bytes: &mut Vec<u8>, more: usize) {
     }
 }
 
-/// Reads what the `put` functions wrote, in the same order.
+/// Reads what the `put` functions wrote, in the same order. It never
+/// panics: reading past the end gives zeros and empty strings and leaves
+/// `at` beyond the end, so that one check of `at` after reading a whole
+/// entry tells whether the bytes held one (as when restoring a
+/// checkpoint).
 pub(crate) struct Reader<'a> {
     pub(crate) bytes: &'a [u8],
     /// The offset of the next byte to read.
@@ -54,9 +58,12 @@ impl<'a> Reader<'a> {
         let mut value = 0u64;
         let mut shift = 0;
         loop {
-            let byte = self.bytes[self.at];
+            let Some(&byte) = self.bytes.get(self.at) else {
+                self.at = self.bytes.len() + 1;
+                return 0;
+            };
             self.at += 1;
-            value |= u64::from(byte & 0x7f) << shift;
+            value |= u64::from(byte & 0x7f).checked_shl(shift).unwrap_or(0);
             if byte < 0x80 {
                 return value;
             }
@@ -78,9 +85,49 @@ impl<'a> Reader<'a> {
     /// A string written by [`put_str`].
     pub(crate) fn str(&mut self) -> &'a str {
         let length = self.next() as usize;
-        let text = &self.bytes[self.at..self.at + length];
-        self.at += length;
-        std::str::from_utf8(text).expect("ids are written from strings")
+        let text = self.at.checked_add(length).and_then(|end| self.bytes.get(self.at..end));
+        match text.map(std::str::from_utf8) {
+            Some(Ok(text)) => {
+                self.at += length;
+                text
+            }
+            _ => {
+                self.at = self.bytes.len() + 1;
+                ""
+            }
+        }
+    }
+}
+
+/// Bytes a checkpoint holds as one run (a length and the bytes), not a
+/// sequence of numbers.
+pub(crate) struct Bytes<'a>(pub(crate) &'a [u8]);
+
+impl serde::Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+/// What [`Bytes`] wrote, read back in one piece.
+pub(crate) struct ByteBuf(pub(crate) Vec<u8>);
+
+impl<'de> serde::Deserialize<'de> for ByteBuf {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Run;
+        impl serde::de::Visitor<'_> for Run {
+            type Value = ByteBuf;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(bytes.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(bytes))
+            }
+        }
+        deserializer.deserialize_byte_buf(Run)
     }
 }
 
@@ -106,6 +153,11 @@ mod tests {
         }
         assert_eq!(reader.str(), "S0000042");
         assert_eq!(reader.at, bytes.len());
+        assert_eq!((reader.next(), reader.str()), (0, ""), "past the end");
+        assert!(reader.at > bytes.len());
+        let mut bad = Reader { bytes: &[3, b'a', 0xff, b'c'], at: 0 };
+        assert_eq!(bad.str(), "", "not UTF-8");
+        assert!(bad.at > 4);
         let mut small = Vec::new();
         put_signed(&mut small, -64);
         assert_eq!(small.len(), 1, "small magnitudes of either sign take one byte");

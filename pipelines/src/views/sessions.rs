@@ -23,8 +23,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use differential_dataflow::collection::VecCollection;
-use serde::ser::{SerializeMap, SerializeStruct};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::de::{self, SeqAccess, Visitor};
+use serde::ser::SerializeTuple;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::event::HOUR_US;
 use crate::operators::{FridgeState, OperatorHooks, Shared, beyond_horizon, by_fridge_in_time_order_with};
@@ -35,6 +36,8 @@ use crate::{Event, Payload, Time};
 mod cold;
 
 use cold::ColdSessions;
+
+use crate::varint::ByteBuf;
 
 /// `(fridge_id, session_id)`.
 pub type SessionKey = (String, String);
@@ -315,10 +318,9 @@ pub enum SessionChange {
 ///
 /// Sessions whose latest event is behind the horizon are packed
 /// ([`ColdSessions`]) and unpacked when an event or a price change reaches
-/// them. A checkpoint holds every session unpacked, in the layout of
-/// [`Stored`], whichever form it had in memory.
-#[derive(Deserialize)]
-#[serde(from = "Stored")]
+/// them. A checkpoint holds them packed, their bytes as they are (see
+/// [`PACKED`]); one taken before they were holds every session unpacked
+/// ([`Stored`]) and restores as well.
 struct FridgeSessions {
     horizon_us: i64,
     payment_wait_us: i64,
@@ -337,8 +339,14 @@ struct FridgeSessions {
     held: usize,
 }
 
-/// A fridge's sessions as a checkpoint holds them.
-#[derive(Deserialize)]
+/// The first field of a checkpointed fridge's sessions in the packed
+/// layout: `(PACKED, horizon_us, payment_wait_us, latest, floor, sessions
+/// within the horizon, packed sessions, revenue)`. The earlier layout
+/// ([`Stored`]) starts with the horizon, which is never this.
+const PACKED: i64 = i64::MIN;
+
+/// A fridge's sessions as checkpoints held them before sessions were
+/// packed.
 struct Stored {
     horizon_us: i64,
     payment_wait_us: i64,
@@ -370,29 +378,56 @@ impl From<Stored> for FridgeSessions {
 
 impl Serialize for FridgeSessions {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        /// Every session, unpacked or not, as one map.
-        struct AllSessions<'a>(&'a FridgeSessions);
-        impl Serialize for AllSessions<'_> {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let FridgeSessions { sessions, cold, .. } = self.0;
-                let mut map = serializer.serialize_map(Some(sessions.len() + cold.len()))?;
-                for (id, session) in sessions {
-                    map.serialize_entry(id, session)?;
+        let mut layout = serializer.serialize_tuple(8)?;
+        layout.serialize_element(&PACKED)?;
+        layout.serialize_element(&self.horizon_us)?;
+        layout.serialize_element(&self.payment_wait_us)?;
+        layout.serialize_element(&self.latest)?;
+        layout.serialize_element(&self.floor)?;
+        layout.serialize_element(&self.sessions)?;
+        layout.serialize_element(&self.cold.stored())?;
+        layout.serialize_element(&self.revenue)?;
+        layout.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for FridgeSessions {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Layout;
+        impl<'de> Visitor<'de> for Layout {
+            type Value = FridgeSessions;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a fridge's sessions")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FridgeSessions, A::Error> {
+                fn field<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(seq: &mut A) -> Result<T, A::Error> {
+                    seq.next_element()?.ok_or_else(|| de::Error::custom("a fridge's sessions end early"))
                 }
-                for (id, session) in cold.sessions() {
-                    map.serialize_entry(id, &session)?;
+                let first: i64 = field(&mut seq)?;
+                if first != PACKED {
+                    let stored = Stored {
+                        horizon_us: first,
+                        payment_wait_us: field(&mut seq)?,
+                        latest: field(&mut seq)?,
+                        floor: field(&mut seq)?,
+                        sessions: field(&mut seq)?,
+                        revenue: field(&mut seq)?,
+                    };
+                    return Ok(FridgeSessions::from(stored));
                 }
-                map.end()
+                let (horizon_us, payment_wait_us, latest, floor) =
+                    (field(&mut seq)?, field(&mut seq)?, field(&mut seq)?, field(&mut seq)?);
+                let sessions: HashMap<String, Box<Session>> = field(&mut seq)?;
+                let (bytes, skus): (ByteBuf, Vec<String>) = field(&mut seq)?;
+                let cold = ColdSessions::restore(bytes.0, skus).map_err(de::Error::custom)?;
+                let revenue = field(&mut seq)?;
+                let held = sessions.values().map(|session| session.held()).sum();
+                Ok(FridgeSessions { horizon_us, payment_wait_us, latest, floor, sessions, cold, revenue, held })
             }
         }
-        let mut stored = serializer.serialize_struct("Stored", 6)?;
-        stored.serialize_field("horizon_us", &self.horizon_us)?;
-        stored.serialize_field("payment_wait_us", &self.payment_wait_us)?;
-        stored.serialize_field("latest", &self.latest)?;
-        stored.serialize_field("floor", &self.floor)?;
-        stored.serialize_field("sessions", &AllSessions(self))?;
-        stored.serialize_field("revenue", &self.revenue)?;
-        stored.end()
+        deserializer.deserialize_tuple(8, Layout)
     }
 }
 
@@ -942,6 +977,95 @@ mod tests {
         }));
         assert_eq!(revenue, BTreeMap::from([(("FR-1".into(), 24 * HOUR_US), (300, 1, 3))]));
         assert_eq!(revenue, revenue_reference(&all, &ViewConfig::default()));
+    }
+
+    /// A fridge's sessions over two days through a 1-hour horizon and a
+    /// 10-hour payment wait: some within the horizon, most packed.
+    fn two_days_of_sessions() -> FridgeSessions {
+        let mut state = FridgeSessions {
+            horizon_us: HOUR_US,
+            payment_wait_us: 10 * HOUR_US,
+            latest: i64::MIN,
+            floor: i64::MIN,
+            sessions: HashMap::new(),
+            cold: ColdSessions::default(),
+            revenue: BTreeMap::new(),
+            held: 0,
+        };
+        let (prices, mut out) = (PriceList::default(), Vec::new());
+        for n in 0..2 * 24 * 6i64 {
+            let (id, minute) = (format!("s{n}"), n * 10);
+            let facts = [
+                (minute, Fact::Named),
+                (minute + 1, Fact::Item(["cola", "salad", "water"][n as usize % 3].into(), 1 + n % 2)),
+                (minute + 2, Fact::Closed(n as u64)),
+                (minute + 30, Fact::Payment(n as u64, (n % 4 != 0).then_some(180))),
+            ];
+            let inputs: Vec<(Sighting, isize)> =
+                facts.into_iter().map(|(at, fact)| ((id.clone(), at * MINUTE_US, fact), 1)).collect();
+            state.apply("FR-1", n as Time, &inputs, &prices, &mut out);
+        }
+        state
+    }
+
+    fn every_session(state: &FridgeSessions) -> BTreeMap<String, &Session> {
+        state.sessions.iter().map(|(id, session)| (id.clone(), &**session)).collect()
+    }
+
+    /// A checkpoint holds the packed sessions as their bytes: it restores
+    /// to the same sessions, packed and not, and is far smaller than the
+    /// same sessions unpacked (the layout before).
+    #[test]
+    fn packed_sessions_are_checkpointed_as_they_are_and_restore() {
+        let state = two_days_of_sessions();
+        let packed_count = state.cold.sessions().count();
+        assert!(packed_count > 4 * state.sessions.len(), "{packed_count} packed, {} not", state.sessions.len());
+        let bytes = crate::checkpoint::encode(&state);
+        let back: FridgeSessions = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(every_session(&back), every_session(&state));
+        let packed =
+            |s: &FridgeSessions| s.cold.sessions().map(|(id, s)| (id.to_owned(), s)).collect::<BTreeMap<_, _>>();
+        assert_eq!(packed(&back), packed(&state));
+        assert_eq!((back.held(), back.revenue.clone()), (state.held(), state.revenue.clone()));
+        assert_eq!((back.latest, back.floor), (state.latest, state.floor));
+        // The earlier layout of the same sessions.
+        let unpacked = {
+            let mut sessions: HashMap<String, Box<Session>> =
+                state.sessions.iter().map(|(id, s)| (id.clone(), Box::new(copy(s)))).collect();
+            sessions.extend(state.cold.sessions().map(|(id, s)| (id.to_owned(), Box::new(s))));
+            let earlier =
+                (state.horizon_us, state.payment_wait_us, state.latest, state.floor, sessions, &state.revenue);
+            crate::checkpoint::encode(&earlier)
+        };
+        assert!(bytes.len() * 2 < unpacked.len(), "{} bytes packed, {} unpacked", bytes.len(), unpacked.len());
+        // A checkpoint in the earlier layout restores to the same state.
+        let earlier: FridgeSessions = bincode::deserialize(&unpacked).unwrap();
+        assert_eq!(packed(&earlier), packed(&state));
+        assert_eq!(every_session(&earlier), every_session(&state));
+        assert_eq!(earlier.held(), state.held());
+    }
+
+    /// Bytes that do not hold packed sessions are refused with a reason,
+    /// never a panic.
+    #[test]
+    fn damaged_packed_sessions_are_refused() {
+        let state = two_days_of_sessions();
+        let bytes = crate::checkpoint::encode(&state);
+        let mut refused = 0;
+        for cut in (bytes.len() / 2..bytes.len()).step_by(7) {
+            refused += usize::from(bincode::deserialize::<FridgeSessions>(&bytes[..cut]).is_err());
+        }
+        assert!(refused > 0);
+        for flip in (0..bytes.len()).step_by(13) {
+            let mut damaged = bytes.clone();
+            damaged[flip] ^= 0x5a;
+            // Either refused or read as something: never a panic.
+            let _ = bincode::deserialize::<FridgeSessions>(&damaged);
+        }
+    }
+
+    fn copy(session: &Session) -> Session {
+        bincode::deserialize(&bincode::serialize(session).unwrap()).unwrap()
     }
 
     proptest! {

@@ -22,9 +22,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
+use serde::{Serialize, Serializer};
 
 use super::{Session, SessionRow, SessionStatus};
-use crate::varint::{Reader, put, put_option, put_signed, put_str, reserve};
+use crate::varint::{Bytes, Reader, put, put_option, put_signed, put_str, reserve};
 
 /// The fixed part of an entry.
 const HEADER: usize = 24;
@@ -79,11 +80,6 @@ fn id_at(bytes: &[u8], at: usize) -> &str {
 }
 
 impl ColdSessions {
-    /// Sessions held.
-    pub(super) fn len(&self) -> usize {
-        self.live
-    }
-
     /// Whether no session is held.
     pub(super) fn is_empty(&self) -> bool {
         self.live == 0
@@ -318,34 +314,108 @@ impl ColdSessions {
 
     /// The entry at `at`.
     fn decode(&self, at: usize) -> (&str, Session) {
+        self.decode_checked(at).expect("entries are written by `put`")
+    }
+
+    /// The entry at `at`, or `None` if the bytes there are not one.
+    fn decode_checked(&self, at: usize) -> Option<(&str, Session)> {
         let entry = header(&self.bytes, at);
-        let last = entry.last;
-        let mut reader = Reader { bytes: &self.bytes, at: at + HEADER };
+        let (last, end) = (entry.last, at + entry.length);
+        let mut reader = Reader { bytes: self.bytes.get(..end)?, at: at + HEADER };
+        // A count of items is at most the bytes left, one or more each.
+        let count = |reader: &mut Reader| {
+            let n = reader.next();
+            (n <= (end.saturating_sub(reader.at)) as u64).then_some(n)
+        };
         let id = reader.str();
         let earned = match reader.next() {
             0 => None,
             _ => Some((reader.signed().wrapping_add(last), reader.signed(), reader.signed())),
         };
         let events = reader.signed() as isize;
-        let closes = (0..reader.next())
+        let closes = (0..count(&mut reader)?)
             .map(|_| ((reader.signed().wrapping_add(last), reader.next()), reader.signed() as isize))
             .collect();
-        let payments = (0..reader.next())
+        let payments = (0..count(&mut reader)?)
             .map(|_| ((reader.signed().wrapping_add(last), reader.next(), reader.option()), reader.signed() as isize))
             .collect();
-        let basket =
-            (0..reader.next()).map(|_| (self.skus[reader.next() as usize].to_string(), reader.signed())).collect();
+        let basket = (0..count(&mut reader)?)
+            .map(|_| Some((self.skus.get(reader.next() as usize)?.to_string(), reader.signed())))
+            .collect::<Option<_>>()?;
         let row = match reader.next() {
             0 => None,
             status => Some(SessionRow {
-                status: SessionStatus::ALL[status as usize - 1],
+                status: *SessionStatus::ALL.get(status as usize - 1)?,
                 expected_cents: reader.option(),
                 captured_cents: reader.option(),
                 units: reader.signed(),
                 closed_at: reader.option().map(|at| at.wrapping_add(last)),
             }),
         };
-        (id, Session { events, closes, payments, basket, last, row, earned })
+        (reader.at == end).then_some((id, Session { events, closes, payments, basket, last, row, earned }))
+    }
+
+    /// The buffer's live entries and the SKU names they number, as a
+    /// checkpoint holds them: a copy of the bytes, not a session at a time.
+    pub(super) fn stored(&self) -> StoredCold<'_> {
+        StoredCold(self)
+    }
+
+    /// The sessions a checkpoint held ([`ColdSessions::stored`]), or why
+    /// the bytes are not such.
+    pub(super) fn restore(bytes: Vec<u8>, skus: Vec<String>) -> Result<ColdSessions, String> {
+        let mut cold = ColdSessions { bytes, ..ColdSessions::default() };
+        for (number, sku) in skus.into_iter().enumerate() {
+            cold.numbers.insert(sku.as_str().into(), number as u32);
+            cold.skus.push(sku.into());
+        }
+        let mut at = 0;
+        while at < cold.bytes.len() {
+            let entry = (cold.bytes.len() - at >= HEADER).then(|| header(&cold.bytes, at));
+            let Some(entry) = entry.filter(|e| e.length > HEADER && e.length <= cold.bytes.len() - at) else {
+                return Err(format!("a packed session at byte {at} is cut short"));
+            };
+            let Some((id, session)) = cold.decode_checked(at) else {
+                return Err(format!("the packed session at byte {at} does not decode"));
+            };
+            if entry.held != session.held() as u32 || entry.closed != session.closed_at() {
+                return Err(format!("the packed session {id} disagrees with its header"));
+            }
+            let (hash, earned) = (cold.hasher.hash_one(id), session.earned.map(|(hour, _, _)| hour));
+            let Self { bytes, index, hasher, .. } = &mut cold;
+            if index.find(hash, |&other| id_at(bytes, other) == id_at(bytes, at)).is_some() {
+                return Err(format!("session {} is packed twice", id_at(bytes, at)));
+            }
+            index.insert_unique(hash, at, |&at| hasher.hash_one(id_at(bytes, at)));
+            cold.live += 1;
+            cold.held += entry.held as usize;
+            if let Some(hour) = earned {
+                *cold.earned.entry(hour).or_insert(0) += 1;
+            }
+            at += entry.length;
+        }
+        Ok(cold)
+    }
+}
+
+/// A fridge's packed sessions as a checkpoint holds them: `(bytes, SKU
+/// names)`, the bytes the live entries back to back.
+pub(super) struct StoredCold<'a>(&'a ColdSessions);
+
+impl Serialize for StoredCold<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let cold = self.0;
+        let live: std::borrow::Cow<'_, [u8]> = if cold.taken_bytes == 0 {
+            std::borrow::Cow::Borrowed(&cold.bytes)
+        } else {
+            let mut live = Vec::with_capacity(cold.bytes.len() - cold.taken_bytes);
+            for at in cold.offsets() {
+                live.extend_from_slice(&cold.bytes[at..at + header(&cold.bytes, at).length]);
+            }
+            std::borrow::Cow::Owned(live)
+        };
+        let skus: Vec<&str> = cold.skus.iter().map(|sku| &**sku).collect();
+        (Bytes(&live), skus).serialize(serializer)
     }
 }
 
@@ -384,7 +454,7 @@ mod tests {
         for id in 0..200 {
             cold.put(&format!("S{id:07}"), &session(id));
         }
-        assert_eq!((cold.len(), cold.held()), (200, (0..200).map(|id| session(id).held()).sum()));
+        assert_eq!((cold.live, cold.held()), (200, (0..200).map(|id| session(id).held()).sum()));
         assert_eq!(cold.closed_at("S0000001"), session(1).closed_at());
         assert_eq!(cold.closed_at("S0000003"), None, "held but open");
         assert_eq!(cold.closed_at("nope"), None);
@@ -407,12 +477,12 @@ mod tests {
         cold.retain(|_, closed| closed.is_some());
         assert!(cold.sessions().all(|(_, s)| s.closed_at().is_some()));
         assert_eq!(cold.held(), cold.sessions().map(|(_, s)| s.held()).sum::<usize>());
-        let left = cold.len();
+        let left = cold.live;
         assert_eq!(left, (0..200).filter(|id| id % 2 == 1 && id % 4 != 1 && id % 3 != 0).count());
         for id in (0..200).filter(|id| id % 2 == 1 && id % 4 != 1 && id % 3 != 0) {
             assert_eq!(cold.take(&format!("S{id:07}")), Some(session(id)));
         }
-        assert_eq!((cold.len(), cold.held()), (0, 0));
+        assert_eq!((cold.live, cold.held()), (0, 0));
         assert!(cold.earned.is_empty());
     }
 
