@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::DAY_US;
 use crate::operators::{FridgeState, OperatorHooks, by_fridge_in_time_order};
-use crate::varint::{Reader, put_signed, reserve};
+use crate::varint::{ByteBuf, Bytes, Reader, put_signed, reserve};
 use crate::views::Keyed;
 use crate::views::inventory::InventoryKey;
 use crate::{Event, Payload, Time};
@@ -46,11 +46,11 @@ pub(crate) fn sighting(event: &Event) -> Option<(String, Sighting)> {
 ///
 /// Each SKU keeps its movements in event-time order, packed
 /// ([`Movements`]), rather than a map entry per movement with its own copy
-/// of the SKU's name. A checkpoint stores the
-/// window as `(event_time, sku) → (units, movements)` and `sku → totals`
-/// ([`Stored`]), the layout it has always had.
-#[derive(Default, Deserialize)]
-#[serde(from = "Stored")]
+/// of the SKU's name. A checkpoint holds each SKU's packed bytes as they
+/// are (see [`PACKED`]); one taken before the window was packed holds
+/// `(event_time, sku) → (units, movements)` and `sku → totals`
+/// ([`Stored`]) and restores as well.
+#[derive(Default)]
 struct Window {
     latest: Option<i64>,
     skus: BTreeMap<String, Movements>,
@@ -176,6 +176,27 @@ impl Movements {
         }
     }
 
+    /// The movements a checkpoint held: entries packed as [`Movements::push`]
+    /// writes them, the first one's difference taken from `origin`.
+    fn restore(origin: i64, bytes: Vec<u8>) -> Result<Movements, String> {
+        let mut movements = Movements { origin, last_at: origin, ..Movements::default() };
+        let mut reader = Reader { bytes: &bytes, at: 0 };
+        while reader.at < bytes.len() {
+            let offset = reader.at;
+            let (gap, units, moved) = (reader.signed(), reader.signed(), reader.signed());
+            if reader.at > bytes.len() {
+                return Err(format!("an entry at byte {offset} is cut short"));
+            }
+            movements.last_at = movements.last_at.wrapping_add(gap);
+            movements.last_offset = offset;
+            movements.entries += 1;
+            movements.units += units;
+            movements.movements += moved;
+        }
+        movements.bytes = bytes;
+        Ok(movements)
+    }
+
     /// `(event_time, units, movements)` per entry, in time order.
     fn by_time(&self) -> impl Iterator<Item = (i64, i64, i64)> + '_ {
         let mut reader = Reader { bytes: &self.bytes, at: self.head };
@@ -201,8 +222,13 @@ fn note_before(changed: &mut BTreeMap<String, Option<i64>>, sku: &str, movements
     }
 }
 
-/// A window as a checkpoint holds it.
-#[derive(Deserialize)]
+/// The first field of a checkpointed window in the packed layout: `(PACKED,
+/// latest, [(sku, origin, packed bytes)])`. The earlier layout ([`Stored`])
+/// starts with `latest`, an option, whose tag in a checkpoint's encoding
+/// (bincode) is a byte of 0 or 1.
+const PACKED: u8 = 2;
+
+/// A window as checkpoints held it before its movements were packed.
 struct Stored {
     latest: Option<i64>,
     /// `(event_time, sku) → (units, movements)` inside the window.
@@ -227,38 +253,57 @@ impl From<Stored> for Window {
 
 impl Serialize for Window {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        struct AllMovements<'a>(&'a BTreeMap<String, Movements>);
-        impl Serialize for AllMovements<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                use serde::ser::SerializeMap;
-                let times = self.0.values().map(|sku| sku.entries).sum();
-                let mut map = serializer.serialize_map(Some(times))?;
-                for (sku, movements) in self.0 {
-                    for (at, units, count) in movements.by_time() {
-                        map.serialize_entry(&(at, sku), &(units, count))?;
+        use serde::ser::SerializeTuple;
+        let skus: Vec<(&str, i64, Bytes)> = self
+            .skus
+            .iter()
+            .map(|(sku, movements)| (sku.as_str(), movements.origin, Bytes(&movements.bytes[movements.head..])))
+            .collect();
+        let mut layout = serializer.serialize_tuple(3)?;
+        layout.serialize_element(&PACKED)?;
+        layout.serialize_element(&self.latest)?;
+        layout.serialize_element(&skus)?;
+        layout.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Window {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, SeqAccess, Visitor};
+        struct Layout;
+        impl<'de> Visitor<'de> for Layout {
+            type Value = Window;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a fridge's sales window")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Window, A::Error> {
+                fn field<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(seq: &mut A) -> Result<T, A::Error> {
+                    seq.next_element()?.ok_or_else(|| A::Error::custom("a sales window ends early"))
+                }
+                let tag: u8 = field(&mut seq)?;
+                if tag == PACKED {
+                    let mut window = Window { latest: field(&mut seq)?, ..Window::default() };
+                    let skus: Vec<(String, i64, ByteBuf)> = field(&mut seq)?;
+                    for (sku, origin, bytes) in skus {
+                        let movements = Movements::restore(origin, bytes.0)
+                            .map_err(|reason| A::Error::custom(format!("the sales of {sku}: {reason}")))?;
+                        window.skus.insert(sku, movements);
                     }
+                    window.oldest = window.oldest_held();
+                    return Ok(window);
                 }
-                map.end()
+                let latest = match tag {
+                    0 => None,
+                    1 => Some(field(&mut seq)?),
+                    other => return Err(A::Error::custom(format!("a sales window in an unknown layout ({other})"))),
+                };
+                let stored = Stored { latest, movements: field(&mut seq)?, totals: field(&mut seq)? };
+                Ok(Window::from(stored))
             }
         }
-        struct Totals<'a>(&'a BTreeMap<String, Movements>);
-        impl Serialize for Totals<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                use serde::ser::SerializeMap;
-                let held = self.0.values().filter(|movements| movements.movements != 0).count();
-                let mut map = serializer.serialize_map(Some(held))?;
-                for (sku, movements) in self.0.iter().filter(|(_, movements)| movements.movements != 0) {
-                    map.serialize_entry(sku, &(movements.units, movements.movements))?;
-                }
-                map.end()
-            }
-        }
-        let mut stored = serializer.serialize_struct("Window", 3)?;
-        stored.serialize_field("latest", &self.latest)?;
-        stored.serialize_field("movements", &AllMovements(&self.skus))?;
-        stored.serialize_field("totals", &Totals(&self.skus))?;
-        stored.end()
+        deserializer.deserialize_tuple(4, Layout)
     }
 }
 
@@ -396,7 +441,7 @@ mod tests {
     }
 
     #[test]
-    fn a_window_is_checkpointed_in_the_layout_it_always_had_and_restores_from_it() {
+    fn a_window_checkpointed_in_the_earlier_layout_restores_and_is_written_packed() {
         let earlier = Earlier {
             latest: Some(200),
             movements: BTreeMap::from([
@@ -417,11 +462,42 @@ mod tests {
         assert_eq!(window.skus["salad"].row(), Some(-1));
         assert!(!window.skus.contains_key("water"));
         assert_eq!(window.held(), 5);
-        // Written back, it is the earlier layout without the empty entry.
-        let again: Earlier = bincode::deserialize(&crate::checkpoint::encode(&window)).unwrap();
-        let mut expected = earlier;
-        expected.movements.remove(&(80, "water".to_owned()));
-        assert_eq!(again, expected);
+        // Written back, it is packed, smaller, and restores to the same.
+        let packed = crate::checkpoint::encode(&window);
+        assert!(packed.len() < bytes.len(), "{} bytes packed, {} before", packed.len(), bytes.len());
+        let again: Window = bincode::deserialize(&packed).unwrap();
+        assert_eq!((again.latest, again.oldest, again.held()), (Some(200), Some(50), 5));
+        for sku in ["cola", "salad"] {
+            let (was, is) = (&window.skus[sku], &again.skus[sku]);
+            assert_eq!(is.by_time().collect::<Vec<_>>(), was.by_time().collect::<Vec<_>>());
+            assert_eq!((is.units, is.movements, is.last_at), (was.units, was.movements, was.last_at));
+        }
+        assert!(bincode::deserialize::<Window>(&packed[..packed.len() - 1]).is_err(), "cut short");
+    }
+
+    /// A window that movements have left from the front, and that later
+    /// took one late, is written from its first live entry and restores to
+    /// the same entries, which then take appends and leave as before.
+    #[test]
+    fn a_window_with_movements_gone_restores_from_its_first_live_one() {
+        let mut cola = Movements::default();
+        for hour in 1..=10 {
+            cola.add(hour * 3_600_000_000, hour, 1);
+        }
+        cola.leave(4 * 3_600_000_000);
+        cola.add(5 * 3_600_000_000 + 1, -1, 1);
+        let window = Window { latest: Some(20), skus: BTreeMap::from([("cola".to_owned(), cola)]), oldest: None };
+        let mut again: Window = bincode::deserialize(&crate::checkpoint::encode(&window)).unwrap();
+        let was: Vec<_> = window.skus["cola"].by_time().collect();
+        assert_eq!(again.skus["cola"].by_time().collect::<Vec<_>>(), was);
+        assert_eq!(again.oldest, Some(5 * 3_600_000_000));
+        let cola = again.skus.get_mut("cola").unwrap();
+        cola.add(11 * 3_600_000_000, 11, 1);
+        cola.add(11 * 3_600_000_000, 1, 1);
+        cola.leave(6 * 3_600_000_000);
+        assert_eq!(cola.by_time().next(), Some((7 * 3_600_000_000, 7, 1)));
+        assert_eq!(cola.by_time().last(), Some((11 * 3_600_000_000, 12, 2)));
+        assert_eq!((cola.units, cola.movements), (7 + 8 + 9 + 10 + 12, 6));
     }
 
     #[test]
