@@ -131,6 +131,15 @@ impl<'de> serde::Deserialize<'de> for ByteBuf {
     }
 }
 
+/// The next field of a layout read as a sequence, or an error saying that
+/// `what` ends early.
+pub(crate) fn field<'de, T: serde::Deserialize<'de>, A: serde::de::SeqAccess<'de>>(
+    seq: &mut A,
+    what: &str,
+) -> Result<T, A::Error> {
+    seq.next_element()?.ok_or_else(|| serde::de::Error::custom(format!("{what} ends early")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

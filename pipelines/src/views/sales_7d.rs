@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::DAY_US;
 use crate::operators::{FridgeState, OperatorHooks, by_fridge_in_time_order};
-use crate::varint::{ByteBuf, Bytes, Reader, put_signed, reserve};
+use crate::varint::{ByteBuf, Bytes, Reader, field, put_signed, reserve};
 use crate::views::Keyed;
 use crate::views::inventory::InventoryKey;
 use crate::{Event, Payload, Time};
@@ -279,13 +279,11 @@ impl<'de> Deserialize<'de> for Window {
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Window, A::Error> {
-                fn field<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(seq: &mut A) -> Result<T, A::Error> {
-                    seq.next_element()?.ok_or_else(|| A::Error::custom("a sales window ends early"))
-                }
-                let tag: u8 = field(&mut seq)?;
+                const WHAT: &str = "a sales window";
+                let tag: u8 = field(&mut seq, WHAT)?;
                 if tag == PACKED {
-                    let mut window = Window { latest: field(&mut seq)?, ..Window::default() };
-                    let skus: Vec<(String, i64, ByteBuf)> = field(&mut seq)?;
+                    let mut window = Window { latest: field(&mut seq, WHAT)?, ..Window::default() };
+                    let skus: Vec<(String, i64, ByteBuf)> = field(&mut seq, WHAT)?;
                     for (sku, origin, bytes) in skus {
                         let movements = Movements::restore(origin, bytes.0)
                             .map_err(|reason| A::Error::custom(format!("the sales of {sku}: {reason}")))?;
@@ -296,10 +294,10 @@ impl<'de> Deserialize<'de> for Window {
                 }
                 let latest = match tag {
                     0 => None,
-                    1 => Some(field(&mut seq)?),
+                    1 => Some(field(&mut seq, WHAT)?),
                     other => return Err(A::Error::custom(format!("a sales window in an unknown layout ({other})"))),
                 };
-                let stored = Stored { latest, movements: field(&mut seq)?, totals: field(&mut seq)? };
+                let stored = Stored { latest, movements: field(&mut seq, WHAT)?, totals: field(&mut seq, WHAT)? };
                 Ok(Window::from(stored))
             }
         }

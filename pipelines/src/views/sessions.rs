@@ -37,7 +37,7 @@ mod cold;
 
 use cold::ColdSessions;
 
-use crate::varint::ByteBuf;
+use crate::varint::{ByteBuf, field};
 
 /// `(fridge_id, session_id)`.
 pub type SessionKey = (String, String);
@@ -402,27 +402,25 @@ impl<'de> Deserialize<'de> for FridgeSessions {
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FridgeSessions, A::Error> {
-                fn field<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(seq: &mut A) -> Result<T, A::Error> {
-                    seq.next_element()?.ok_or_else(|| de::Error::custom("a fridge's sessions end early"))
-                }
-                let first: i64 = field(&mut seq)?;
+                const WHAT: &str = "a fridge's sessions";
+                let first: i64 = field(&mut seq, WHAT)?;
                 if first != PACKED {
                     let stored = Stored {
                         horizon_us: first,
-                        payment_wait_us: field(&mut seq)?,
-                        latest: field(&mut seq)?,
-                        floor: field(&mut seq)?,
-                        sessions: field(&mut seq)?,
-                        revenue: field(&mut seq)?,
+                        payment_wait_us: field(&mut seq, WHAT)?,
+                        latest: field(&mut seq, WHAT)?,
+                        floor: field(&mut seq, WHAT)?,
+                        sessions: field(&mut seq, WHAT)?,
+                        revenue: field(&mut seq, WHAT)?,
                     };
                     return Ok(FridgeSessions::from(stored));
                 }
                 let (horizon_us, payment_wait_us, latest, floor) =
-                    (field(&mut seq)?, field(&mut seq)?, field(&mut seq)?, field(&mut seq)?);
-                let sessions: HashMap<String, Box<Session>> = field(&mut seq)?;
-                let (bytes, skus): (ByteBuf, Vec<String>) = field(&mut seq)?;
+                    (field(&mut seq, WHAT)?, field(&mut seq, WHAT)?, field(&mut seq, WHAT)?, field(&mut seq, WHAT)?);
+                let sessions: HashMap<String, Box<Session>> = field(&mut seq, WHAT)?;
+                let (bytes, skus): (ByteBuf, Vec<String>) = field(&mut seq, WHAT)?;
                 let cold = ColdSessions::restore(bytes.0, skus).map_err(de::Error::custom)?;
-                let revenue = field(&mut seq)?;
+                let revenue = field(&mut seq, WHAT)?;
                 let held = sessions.values().map(|session| session.held()).sum();
                 Ok(FridgeSessions { horizon_us, payment_wait_us, latest, floor, sessions, cold, revenue, held })
             }
