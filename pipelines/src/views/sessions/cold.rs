@@ -15,8 +15,9 @@
 //! An entry is `length u32 | records held u32 | latest event time i64 |
 //! latest close i64 (i64::MIN for none)`, then the id, the revenue share,
 //! and the session's facts and row. Taking an entry out marks it; once
-//! marked entries fill half the buffer, the live ones are copied into a
-//! new one.
+//! marked entries fill a quarter of the buffer, the live ones are copied
+//! into a new one. A checkpoint holds the live entries as they are
+//! ([`StoredCold`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
