@@ -430,6 +430,20 @@ impl<'de> Deserialize<'de> for FridgeSessions {
 }
 
 impl FridgeSessions {
+    /// A fridge with no sessions yet.
+    fn new(horizon_us: i64, payment_wait_us: i64) -> FridgeSessions {
+        FridgeSessions {
+            horizon_us,
+            payment_wait_us,
+            latest: i64::MIN,
+            floor: i64::MIN,
+            sessions: HashMap::new(),
+            cold: ColdSessions::default(),
+            revenue: BTreeMap::new(),
+            held: 0,
+        }
+    }
+
     /// Re-decides `ids` and pushes the changes of their rows and hours.
     fn refresh<'a>(
         &mut self,
@@ -530,17 +544,6 @@ impl FridgeSessions {
             self.sessions.shrink_to(2 * self.sessions.len());
         }
     }
-
-    /// Moves session `id` into the map if it is packed.
-    fn unpack(&mut self, id: &str) {
-        if !self.cold.is_empty()
-            && !self.sessions.contains_key(id)
-            && let Some(session) = self.cold.take(id)
-        {
-            self.held += session.held();
-            self.sessions.insert(id.to_owned(), Box::new(session));
-        }
-    }
 }
 
 impl FridgeState for FridgeSessions {
@@ -573,14 +576,19 @@ impl FridgeState for FridgeSessions {
                 }
             }
             self.latest = self.latest.max(*at);
-            self.unpack(id);
-            // The id is copied only for a new session.
+            // The id is copied only for a session new to the map: a new
+            // one, or one unpacked.
             let (session, before) = match self.sessions.get_mut(id.as_str()) {
                 Some(session) => {
                     let before = session.held();
                     (session, before)
                 }
-                None => (self.sessions.entry(id.clone()).or_default(), 0),
+                None => {
+                    let unpacked = self.cold.take(id);
+                    let before = unpacked.as_ref().map_or(0, Session::held);
+                    self.held += before;
+                    (self.sessions.entry(id.clone()).or_insert(Box::new(unpacked.unwrap_or_default())), before)
+                }
             };
             session.add(*at, fact, *diff);
             self.held = self.held + session.held() - before;
@@ -617,10 +625,6 @@ impl FridgeState for FridgeSessions {
     fn held(&self) -> usize {
         self.held + self.cold.held() + self.revenue.len()
     }
-
-    fn restored(&mut self, _fresh: &Self) {
-        self.held = self.sessions.values().map(|session| session.held()).sum();
-    }
 }
 
 /// Every session and the revenue of every fridge-hour, maintained
@@ -649,16 +653,7 @@ pub(crate) fn sessions_and_revenue_of<'s>(
     payment_wait_us: i64,
     hooks: &OperatorHooks,
 ) -> (Keyed<'s, SessionKey, SessionRow>, Keyed<'s, RevenueKey, Totals>) {
-    let new_state = move || FridgeSessions {
-        horizon_us,
-        payment_wait_us,
-        latest: i64::MIN,
-        floor: i64::MIN,
-        sessions: HashMap::new(),
-        cold: ColdSessions::default(),
-        revenue: BTreeMap::new(),
-        held: 0,
-    };
+    let new_state = move || FridgeSessions::new(horizon_us, payment_wait_us);
     let changes = by_fridge_in_time_order_with(sightings, prices, "sessions.sessions", new_state, hooks);
     let sessions = changes.clone().flat_map(|change| match change {
         SessionChange::Session(key, row) => Some((key, row)),
@@ -980,16 +975,7 @@ mod tests {
     /// A fridge's sessions over two days through a 1-hour horizon and a
     /// 10-hour payment wait: some within the horizon, most packed.
     fn two_days_of_sessions() -> FridgeSessions {
-        let mut state = FridgeSessions {
-            horizon_us: HOUR_US,
-            payment_wait_us: 10 * HOUR_US,
-            latest: i64::MIN,
-            floor: i64::MIN,
-            sessions: HashMap::new(),
-            cold: ColdSessions::default(),
-            revenue: BTreeMap::new(),
-            held: 0,
-        };
+        let mut state = FridgeSessions::new(HOUR_US, 10 * HOUR_US);
         let (prices, mut out) = (PriceList::default(), Vec::new());
         for n in 0..2 * 24 * 6i64 {
             let (id, minute) = (format!("s{n}"), n * 10);
@@ -1079,16 +1065,7 @@ mod tests {
         /// one and sessions retired behind the horizon.
         #[test]
         fn the_held_count_follows_every_change((_, arrivals) in fleet_gen::shuffled(fleet_gen::commerce(50))) {
-            let new_state = || FridgeSessions {
-                horizon_us: 5 * MINUTE_US,
-                payment_wait_us: 10 * MINUTE_US,
-                latest: i64::MIN,
-                floor: i64::MIN,
-                sessions: HashMap::new(),
-                cold: ColdSessions::default(),
-                revenue: BTreeMap::new(),
-                held: 0,
-            };
+            let new_state = || FridgeSessions::new(5 * MINUTE_US, 10 * MINUTE_US);
             let (prices, mut out) = (PriceList::default(), Vec::new());
             let mut fridges: BTreeMap<String, FridgeSessions> = BTreeMap::new();
             for (time, events) in arrivals {

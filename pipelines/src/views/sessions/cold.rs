@@ -81,11 +81,6 @@ fn id_at(bytes: &[u8], at: usize) -> &str {
 }
 
 impl ColdSessions {
-    /// Whether no session is held.
-    pub(super) fn is_empty(&self) -> bool {
-        self.live == 0
-    }
-
     /// Records the sessions hold, as [`Session::held`] counts them.
     pub(super) fn held(&self) -> usize {
         self.held
