@@ -181,7 +181,7 @@ pub(crate) fn webhook_ids(dirs: &[PathBuf], receiver: &Receiver) -> BTreeSet<Str
         receiver.received().into_iter().filter(|d| d.kind != "restock.updated").map(|d| d.id).collect();
     for dir in dirs {
         let outbox = Outbox::open(&dir.join("webhooks")).unwrap();
-        ids.extend(outbox.pending().filter(|m| !m.may_be_superseded()).map(|m| m.id.clone()));
+        ids.extend(outbox.pending().filter(|m| !m.may_be_superseded()).map(|m| m.id().to_owned()));
     }
     ids
 }

@@ -24,7 +24,7 @@ use coldstream_pipelines::metrics::{Counter, Gauge, Histogram, Registry};
 use super::Outgoing;
 use super::dead_letter::{DeadLetter, FailedDelivery};
 use super::events::{Endpoint, Message};
-use super::outbox::Outbox;
+use super::outbox::{Bodies, Outbox, Pending};
 use super::sign::Secret;
 
 /// Where and how one endpoint is reached.
@@ -219,7 +219,7 @@ enum Outcome {
 /// Messages of one key, delivered one after the other.
 #[derive(Default)]
 struct Lane {
-    queue: VecDeque<Arc<Message>>,
+    queue: VecDeque<Arc<Pending>>,
     attempts: u32,
 }
 
@@ -275,8 +275,8 @@ struct Lanes {
 }
 
 impl Lanes {
-    fn add(&mut self, message: Arc<Message>) {
-        let key = message.key.clone();
+    fn add(&mut self, message: Arc<Pending>) {
+        let key = message.key().to_owned();
         let lane = self.lanes.entry(key.clone()).or_default();
         lane.queue.push_back(message);
         if lane.queue.len() == 1 {
@@ -288,18 +288,18 @@ impl Lanes {
     /// head that a later state of the same order supersedes taken off
     /// first (`DOMAIN.md`: procurement acts on the latest state); the ids
     /// of those go to `superseded`.
-    fn next_ready(&mut self, superseded: Option<&mut Vec<String>>) -> Option<String> {
+    fn next_ready(&mut self, superseded: Option<&mut Vec<Arc<Pending>>>) -> Option<String> {
         let key = self.ready.pop_front()?;
         if let (Some(superseded), Some(lane)) = (superseded, self.lanes.get_mut(&key)) {
             while lane.queue.len() > 1 && lane.queue.front().is_some_and(|m| m.may_be_superseded()) {
-                superseded.extend(lane.queue.pop_front().map(|m| m.id.clone()));
+                superseded.extend(lane.queue.pop_front());
                 lane.attempts = 0;
             }
         }
         Some(key)
     }
 
-    fn head(&self, key: &str) -> Option<&Arc<Message>> {
+    fn head(&self, key: &str) -> Option<&Arc<Pending>> {
         self.lanes.get(key).and_then(|lane| lane.queue.front())
     }
 
@@ -366,9 +366,9 @@ pub async fn dispatch(
         }
     };
     let mut lanes = Lanes::default();
-    let seeded: Vec<Arc<Message>> = {
+    let (seeded, bodies): (Vec<Arc<Pending>>, Arc<Bodies>) = {
         let outbox = outbox.lock().expect("outbox lock");
-        outbox.pending().filter(|m| m.endpoint == endpoint).cloned().collect()
+        (outbox.pending().filter(|m| m.endpoint == endpoint).cloned().collect(), outbox.bodies())
     };
     for message in seeded {
         lanes.add(message);
@@ -381,7 +381,7 @@ pub async fn dispatch(
     // Done marks are fsynced in batches by their own task, so that sending
     // never waits for the disk; after a crash, a delivery whose mark was not
     // yet durable is sent again, with the same id.
-    let (done, marks) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (done, marks) = tokio::sync::mpsc::unbounded_channel::<Arc<Pending>>();
     let marker = tokio::spawn(mark_done(name, Arc::clone(&outbox), marks));
     let mut open = true;
     loop {
@@ -394,22 +394,22 @@ pub async fn dispatch(
         {
             tracing::info!(endpoint = name, "circuit half-open: probing with one delivery");
             breaker = Breaker::Probing;
-            launch(&mut in_flight, &client, &config, &lanes, key, &metrics, &spans);
+            launch(&mut in_flight, &client, &config, &bodies, &lanes, key, &metrics, &spans);
         }
         while matches!(breaker, Breaker::Closed { .. }) && in_flight.len() < config.max_in_flight {
             let Some(key) = lanes.next_ready((!config.every_update).then_some(&mut superseded)) else { break };
-            launch(&mut in_flight, &client, &config, &lanes, key, &metrics, &spans);
+            launch(&mut in_flight, &client, &config, &bodies, &lanes, key, &metrics, &spans);
         }
         metrics.in_flight.set(in_flight.len() as f64);
         metrics.breaker(&breaker);
         if !superseded.is_empty() {
             metrics.superseded.add(superseded.len() as u64);
             outbox.lock().expect("outbox lock").count_superseded(superseded.len() as u64);
-            for id in superseded {
-                if let Some(span) = spans.remove(&id) {
+            for message in superseded {
+                if let Some(span) = spans.remove(message.id()) {
                     span.record("outcome", "superseded");
                 }
-                let _ = done.send(id);
+                let _ = done.send(message);
             }
         }
         if !open && lanes.is_empty() && in_flight.is_empty() {
@@ -426,7 +426,7 @@ pub async fn dispatch(
             received = incoming.recv(), if open => match received {
                 Some((message, span)) => {
                     if let Some(span) = span {
-                        spans.insert(message.id.clone(), span);
+                        spans.insert(message.id().to_owned(), span);
                     }
                     lanes.add(message);
                 }
@@ -441,29 +441,33 @@ pub async fn dispatch(
                             tracing::info!(endpoint = name, "endpoint answers again: circuit closed");
                         }
                         metrics.delivered.inc();
-                        if let Some(span) = spans.remove(&message.id) {
+                        if let Some(span) = spans.remove(message.id()) {
                             span.record("outcome", "delivered");
                         }
-                        let _ = done.send(message.id.clone());
+                        let _ = done.send(Arc::clone(&message));
                         lanes.finish(&key);
                     }
                     Outcome::Permanent(status, answer) => {
                         breaker.answered();
-                        tracing::error!(endpoint = name, id = %message.id, kind = %message.kind, status,
+                        tracing::error!(endpoint = name, id = %message.id(), kind = %message.kind(), status,
                             "permanent failure: moved to webhooks_failed/");
-                        let failed = FailedDelivery { message: Message::clone(&message), status, answer };
-                        let dead_letter = Arc::clone(&dead_letter);
-                        match tokio::task::spawn_blocking(move || dead_letter.write(&failed)).await {
+                        let (dead_letter, bodies, pending) =
+                            (Arc::clone(&dead_letter), Arc::clone(&bodies), Arc::clone(&message));
+                        let written = tokio::task::spawn_blocking(move || {
+                            let message = bodies.read(&pending).map_err(|e| e.to_string())?;
+                            dead_letter.write(&FailedDelivery { message, status, answer }).map_err(|e| e.to_string())
+                        });
+                        match written.await {
                             Ok(Ok(())) => {
                                 metrics.dead_lettered.inc();
-                                if let Some(span) = spans.remove(&message.id) {
+                                if let Some(span) = spans.remove(message.id()) {
                                     span.record("outcome", "dead_lettered");
                                 }
-                                let _ = done.send(message.id.clone());
+                                let _ = done.send(Arc::clone(&message));
                                 lanes.finish(&key);
                             }
                             _ => {
-                                tracing::error!(id = %message.id, "could not write the dead letter; retrying the delivery");
+                                tracing::error!(id = %message.id(), "could not write the dead letter; retrying the delivery");
                                 lanes.retry_later(key, &retry);
                             }
                         }
@@ -471,7 +475,7 @@ pub async fn dispatch(
                     Outcome::Retry(reason) => {
                         metrics.retried.inc();
                         let (attempt, delay) = lanes.retry_later(key, &retry);
-                        tracing::warn!(endpoint = name, id = %message.id, attempt, %reason,
+                        tracing::warn!(endpoint = name, id = %message.id(), attempt, %reason,
                             retry_in_ms = delay.as_millis() as u64, "delivery failed");
                         if breaker.failed(&retry, Instant::now()) {
                             tracing::warn!(endpoint = name, open_for_ms = retry.breaker_open.as_millis() as u64,
@@ -486,7 +490,7 @@ pub async fn dispatch(
 }
 
 /// Marks delivered ids done in the outbox, as many per fsync as are waiting.
-async fn mark_done(name: &'static str, outbox: Arc<Mutex<Outbox>>, mut marks: UnboundedReceiver<String>) {
+async fn mark_done(name: &'static str, outbox: Arc<Mutex<Outbox>>, mut marks: UnboundedReceiver<Arc<Pending>>) {
     let mut ids = Vec::new();
     while marks.recv_many(&mut ids, 8_192).await > 0 {
         let batch = std::mem::take(&mut ids);
@@ -505,24 +509,27 @@ async fn sleep_until(wake: Option<Instant>) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn launch(
     in_flight: &mut JoinSet<(String, Outcome)>,
     client: &HttpClient,
     config: &EndpointConfig,
+    bodies: &Arc<Bodies>,
     lanes: &Lanes,
     key: String,
     metrics: &EndpointMetrics,
     spans: &HashMap<String, tracing::Span>,
 ) {
     use tracing::Instrument;
-    let Some(message) = lanes.head(&key).cloned() else { return };
+    let Some(pending) = lanes.head(&key).cloned() else { return };
     let (client, config, latency) = (client.clone(), config.clone(), metrics.attempt_seconds.clone());
-    let span = match spans.get(&message.id) {
-        Some(pending) => tracing::info_span!(
+    let bodies = Arc::clone(bodies);
+    let span = match spans.get(pending.id()) {
+        Some(waiting) => tracing::info_span!(
             target: coldstream_pipelines::traces::TARGET,
-            parent: pending,
+            parent: waiting,
             "webhook.attempt",
-            webhook_id = %message.id,
+            webhook_id = %pending.id(),
             url = %config.url,
             outcome = tracing::field::Empty,
         ),
@@ -531,7 +538,12 @@ fn launch(
     in_flight.spawn(
         async move {
             let started = Instant::now();
-            let outcome = attempt(&client, &config, &message).await;
+            // The body is read back from the outbox's file (the page cache,
+            // since it was written moments before) only now.
+            let outcome = match bodies.read(&pending) {
+                Ok(message) => attempt(&client, &config, message).await,
+                Err(error) => Outcome::Retry(error.to_string()),
+            };
             latency.observe_duration(started.elapsed());
             let said = match &outcome {
                 Outcome::Delivered => "delivered".to_owned(),
@@ -549,7 +561,7 @@ fn launch(
 const ANSWER_BYTES: usize = 4096;
 
 /// One signed attempt.
-async fn attempt(client: &HttpClient, config: &EndpointConfig, message: &Message) -> Outcome {
+async fn attempt(client: &HttpClient, config: &EndpointConfig, message: Message) -> Outcome {
     let timestamp = chrono::Utc::now().timestamp();
     let signature = config.secret.sign(&message.id, timestamp, message.body.as_bytes());
     let request = hyper::Request::post(config.url.clone())
@@ -558,7 +570,7 @@ async fn attempt(client: &HttpClient, config: &EndpointConfig, message: &Message
         .header("webhook-id", &message.id)
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature)
-        .body(Full::new(Bytes::from(message.body.clone())));
+        .body(Full::new(Bytes::from(message.body)));
     let request = match request {
         Ok(request) => request,
         Err(error) => return Outcome::Permanent(0, format!("cannot build the request: {error}")),
@@ -600,15 +612,20 @@ async fn attempt(client: &HttpClient, config: &EndpointConfig, message: &Message
 mod tests {
     use super::*;
 
-    fn message(id: &str, key: &str) -> Arc<Message> {
-        Arc::new(Message {
+    fn order(id: &str, key: &str, kind: &str) -> Arc<Pending> {
+        let message = Message {
             id: id.into(),
             endpoint: Endpoint::Procurement,
             key: key.into(),
-            kind: "restock.opened".into(),
+            kind: kind.into(),
             time: 1,
             body: "{}".into(),
-        })
+        };
+        Arc::new(Pending::new(&message, 0, 0))
+    }
+
+    fn message(id: &str, key: &str) -> Arc<Pending> {
+        order(id, key, "restock.opened")
     }
 
     #[test]
@@ -618,11 +635,11 @@ mod tests {
             lanes.add(message(id, key));
         }
         assert_eq!(lanes.ready, ["FR-1", "FR-2"], "one entry per key, however many messages it holds");
-        assert_eq!(lanes.head("FR-1").map(|m| m.id.as_str()), Some("m1"));
+        assert_eq!(lanes.head("FR-1").map(|m| m.id()), Some("m1"));
         lanes.ready.clear();
         lanes.finish("FR-1");
         assert_eq!(lanes.ready, ["FR-1"]);
-        assert_eq!(lanes.head("FR-1").map(|m| m.id.as_str()), Some("m2"));
+        assert_eq!(lanes.head("FR-1").map(|m| m.id()), Some("m2"));
         lanes.finish("FR-1");
         lanes.finish("FR-2");
         assert!(lanes.is_empty());
@@ -631,8 +648,7 @@ mod tests {
     #[test]
     fn an_update_superseded_before_it_was_sent_is_skipped_and_opened_and_closed_never_are() {
         let mut lanes = Lanes::default();
-        let order =
-            |id: &str, kind: &str| Arc::new(Message { kind: kind.into(), ..Message::clone(&message(id, "FR-1/o1")) });
+        let order = |id: &str, kind: &str| order(id, "FR-1/o1", kind);
         lanes.add(order("opened", "restock.opened"));
         for (id, kind) in [("u1", "restock.updated"), ("u2", "restock.updated"), ("closed", "restock.closed")] {
             lanes.add(order(id, kind));
@@ -646,14 +662,14 @@ mod tests {
         let mut superseded = Vec::new();
         let mut sent = Vec::new();
         while let Some(key) = lanes.next_ready(Some(&mut superseded)) {
-            sent.push(lanes.head(&key).unwrap().id.clone());
+            sent.push(lanes.head(&key).unwrap().id().to_owned());
             lanes.finish(&key);
         }
         assert_eq!(sent, ["opened", "closed", "reopened", "u3"], "the last state of each order, in order");
-        assert_eq!(superseded, ["u1", "u2"]);
+        assert_eq!(superseded.iter().map(|m| m.id()).collect::<Vec<_>>(), ["u1", "u2"]);
         sent.clear();
         while let Some(key) = every.next_ready(None) {
-            sent.push(every.head(&key).unwrap().id.clone());
+            sent.push(every.head(&key).unwrap().id().to_owned());
             every.finish(&key);
         }
         assert_eq!(sent, ["opened", "u1", "u2", "closed", "reopened", "u3"], "every_update sends them all");
@@ -673,7 +689,7 @@ mod tests {
         assert!(lanes.next_wake().is_some());
         lanes.wake(Instant::now() + Duration::from_secs(61));
         assert_eq!(lanes.ready, ["FR-1"]);
-        assert_eq!(lanes.head("FR-1").map(|m| m.id.as_str()), Some("m1"), "the same message is tried again");
+        assert_eq!(lanes.head("FR-1").map(|m| m.id()), Some("m1"), "the same message is tried again");
     }
 
     #[test]

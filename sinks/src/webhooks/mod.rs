@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 pub use dead_letter::{DeadLetter, FailedDelivery};
 pub use deliver::{EndpointConfig, RetryPolicy, tls_roots};
 pub use events::{Derive, Endpoint, Message};
-pub use outbox::{Outbox, OutboxError};
+pub use outbox::{Bodies, Outbox, OutboxError, Pending};
 pub use sign::{EXAMPLE_SECRET, Secret, SignatureError};
 
 use crate::parquet::ParquetConfig;
@@ -51,8 +51,9 @@ pub struct WebhookConfig {
 
 /// A message on its way to its endpoint's dispatcher, with its
 /// `webhook.pending` span when its batch is followed. The outbox and the
-/// dispatcher share each pending message.
-pub type Outgoing = (Arc<Message>, Option<tracing::Span>);
+/// dispatcher share each pending message; its body stays in the outbox's
+/// file until it is sent.
+pub type Outgoing = (Arc<Pending>, Option<tracing::Span>);
 
 impl Default for WebhookConfig {
     fn default() -> Self {
@@ -102,20 +103,19 @@ impl Webhooks {
         let dead_letter = DeadLetter::open(root, parquet).map_err(dead_letter_error)?;
         // Messages for an endpoint the config no longer has would wait (and
         // hold ingestion) forever: they go to the dead letter instead.
-        let orphans: Vec<Arc<Message>> =
+        let orphans: Vec<Arc<Pending>> =
             outbox.pending().filter(|m| !config.endpoints.iter().any(|(e, _)| *e == m.endpoint)).cloned().collect();
         if !orphans.is_empty() {
-            for message in &orphans {
+            let bodies = outbox.bodies();
+            for pending in &orphans {
                 let answer = format!(
                     "not sent: webhooks.{} is no longer in the config (add it back to deliver such messages)",
-                    message.endpoint.as_str()
+                    pending.endpoint.as_str()
                 );
-                dead_letter
-                    .write(&FailedDelivery { message: Message::clone(message), status: 0, answer })
-                    .map_err(dead_letter_error)?;
+                let message = bodies.read(pending)?;
+                dead_letter.write(&FailedDelivery { message, status: 0, answer }).map_err(dead_letter_error)?;
             }
-            let ids: Vec<String> = orphans.iter().map(|m| m.id.clone()).collect();
-            outbox.done(&ids)?;
+            outbox.done(&orphans)?;
             tracing::warn!(
                 messages = orphans.len(),
                 "pending webhooks for endpoints no longer in the config went to webhooks_failed/"
@@ -236,21 +236,22 @@ impl Webhooks {
         }
         let messages: Vec<Arc<Message>> = messages.into_iter().map(Arc::new).collect();
         self.recent.lock().expect("recent lock").note(&messages);
-        self.outbox.lock().expect("outbox lock").enqueue(&messages, frontier)?;
-        for message in messages {
-            let span = self.traces.waiting_at(message.time).first().map(|waiting| {
+        let enqueued = self.outbox.lock().expect("outbox lock").enqueue(&messages, frontier)?;
+        drop(messages);
+        for pending in enqueued {
+            let span = self.traces.waiting_at(pending.time).first().map(|waiting| {
                 tracing::info_span!(
                     target: traces::TARGET,
                     parent: waiting,
                     "webhook.pending",
-                    webhook_id = %message.id,
-                    endpoint = message.endpoint.as_str(),
-                    kind = %message.kind,
+                    webhook_id = %pending.id(),
+                    endpoint = pending.endpoint.as_str(),
+                    kind = %pending.kind(),
                     outcome = tracing::field::Empty,
                 )
             });
-            if let Some(sender) = self.senders.get(&message.endpoint) {
-                let _ = sender.send((message, span));
+            if let Some(sender) = self.senders.get(&pending.endpoint) {
+                let _ = sender.send((pending, span));
             }
         }
         Ok(())
@@ -442,7 +443,10 @@ mod tests {
         let more = webhooks.within_alert_quota(vec![alert("FR-1", 99_999), alert("FR-2", 1), alert("FR-2", 2)]);
         assert_eq!(more.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), ["FR-2/sku-1", "FR-2/sku-2"]);
         // Delivered alerts make room again.
-        webhooks.outbox.lock().expect("outbox").done(&["msg_FR-1_0".to_owned()]).expect("marks");
+        let mut outbox = webhooks.outbox.lock().expect("outbox");
+        let first = outbox.pending().find(|m| m.id() == "msg_FR-1_0").cloned().expect("pending");
+        outbox.done(&[first]).expect("marks");
+        drop(outbox);
         assert_eq!(webhooks.within_alert_quota(vec![alert("FR-1", 100_000)]).len(), 1);
     }
 

@@ -7,14 +7,21 @@
 //! messages. On open, the file is replayed (a torn or corrupt tail, left by
 //! a crash mid-write, is cut off), and what was enqueued and not done is
 //! pending again, in its original order. Once most of the file is done it
-//! is rewritten with only the pending messages (written aside, fsynced,
-//! renamed over).
+//! is rewritten with only the pending messages' frames, copied as they are
+//! (written aside, fsynced, renamed over).
+//!
+//! Memory holds a [`Pending`] per message: its id, key, type, time and
+//! where its frame is in the file, about 200 bytes; the body stays on disk
+//! and is read back ([`Bodies::read`]) when the message is sent, so a full
+//! outbox costs a fraction of the bodies it holds.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use coldstream_pipelines::Time;
 use serde::{Deserialize, Serialize};
@@ -48,17 +55,124 @@ pub struct OutboxError {
     pub(crate) source: std::io::Error,
 }
 
+/// A message in the outbox, without its body: what the outbox and its
+/// endpoint's dispatcher hold while it waits. Shared between the two;
+/// the outbox marks it done.
+#[derive(Debug)]
+pub struct Pending {
+    /// The id, the key and the type, one after the other.
+    text: Box<str>,
+    key_at: u32,
+    kind_at: u32,
+    /// Who receives it.
+    pub endpoint: Endpoint,
+    /// The logical time of the change.
+    pub time: Time,
+    /// Where its frame starts in the file (a compaction moves it; read and
+    /// written under the [`Bodies`] lock, with the file it points into).
+    at: AtomicU64,
+    /// The frame's JSON length.
+    len: u32,
+    /// Delivered or dead-lettered, durably.
+    done: AtomicBool,
+}
+
+impl Pending {
+    pub(crate) fn new(message: &Message, at: u64, len: u32) -> Pending {
+        let text = format!("{}{}{}", message.id, message.key, message.kind).into_boxed_str();
+        Pending {
+            key_at: message.id.len() as u32,
+            kind_at: (message.id.len() + message.key.len()) as u32,
+            text,
+            endpoint: message.endpoint,
+            time: message.time,
+            at: AtomicU64::new(at),
+            len,
+            done: AtomicBool::new(false),
+        }
+    }
+
+    /// `webhook-id`.
+    pub fn id(&self) -> &str {
+        &self.text[..self.key_at as usize]
+    }
+
+    /// Messages with the same key are delivered in order.
+    pub fn key(&self) -> &str {
+        &self.text[self.key_at as usize..self.kind_at as usize]
+    }
+
+    /// The event type, e.g. `restock.opened`.
+    pub fn kind(&self) -> &str {
+        &self.text[self.kind_at as usize..]
+    }
+
+    /// See [`Message::may_be_superseded`].
+    pub fn may_be_superseded(&self) -> bool {
+        self.kind() == "restock.updated"
+    }
+
+    /// Whether it is done (delivered or dead-lettered, durably).
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+}
+
+/// Reads pending messages' bodies back from the outbox file; shared by the
+/// dispatchers, which read each message as they send it.
+#[derive(Debug)]
+pub struct Bodies {
+    path: PathBuf,
+    /// The file the messages' offsets point into: replaced, with every
+    /// offset, when the outbox is rewritten.
+    file: Mutex<Arc<File>>,
+}
+
+impl Bodies {
+    /// The whole message, read from its frame in the file.
+    pub fn read(&self, pending: &Pending) -> Result<Message, OutboxError> {
+        let frame = self.frame(pending)?;
+        let invalid = |what: &str| OutboxError {
+            path: self.path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("message {}: {what}", pending.id())),
+        };
+        let (head, json) = frame.split_at(8);
+        if u32::from_le_bytes([head[0], head[1], head[2], head[3]]) != pending.len
+            || u32::from_le_bytes([head[4], head[5], head[6], head[7]]) != crc32c::crc32c(json)
+        {
+            return Err(invalid("its frame in the file does not check"));
+        }
+        match serde_json::from_slice(json) {
+            Ok(Record::Enqueued(message)) if message.id == pending.id() => Ok(message),
+            _ => Err(invalid("its frame in the file holds another record")),
+        }
+    }
+
+    /// The message's frame as it is in the file, header included.
+    fn frame(&self, pending: &Pending) -> Result<Vec<u8>, OutboxError> {
+        let (file, at) = {
+            let file = self.file.lock().expect("outbox file lock");
+            (Arc::clone(&file), pending.at.load(Ordering::Relaxed))
+        };
+        let mut frame = vec![0; 8 + pending.len as usize];
+        file.read_exact_at(&mut frame, at)
+            .map_err(|source| OutboxError { path: self.path.display().to_string(), source })?;
+        Ok(frame)
+    }
+}
+
 /// The outbox of one data directory.
 pub struct Outbox {
     path: PathBuf,
     file: BufWriter<File>,
-    /// Enqueued, in order; those in `done` are done but not yet at the front.
-    /// Each is shared with its endpoint's dispatcher.
-    pending: VecDeque<Arc<Message>>,
-    /// The ids in `pending`, with the endpoint and fridge of each.
-    ids: HashMap<String, (Endpoint, String)>,
-    /// Ids in `pending` that are done: always a subset of `ids`.
-    done: HashSet<String>,
+    /// The file's length, where the next frame goes.
+    end: u64,
+    bodies: Arc<Bodies>,
+    /// Enqueued, in order, each shared with its endpoint's dispatcher;
+    /// those marked done are not yet at the front.
+    pending: VecDeque<Arc<Pending>>,
+    /// How many in `pending` are done.
+    done_in_queue: usize,
     /// Messages pending (not done) per endpoint and fridge.
     per_fridge: HashMap<(Endpoint, String), usize>,
     /// Records in the file that are done (what a rewrite would drop).
@@ -78,37 +192,43 @@ impl Outbox {
         if path.exists() {
             File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(error)?;
         }
+        let total = bytes.len() as u64;
         let (records, valid) = frames(&bytes);
-        if valid < bytes.len() {
-            tracing::warn!(path = %path.display(), cut = bytes.len() - valid, "cutting a torn tail off the webhook outbox");
+        drop(bytes);
+        if valid < total {
+            tracing::warn!(path = %path.display(), cut = total - valid, "cutting a torn tail off the webhook outbox");
             let file = OpenOptions::new().write(true).open(&path).map_err(error)?;
-            file.set_len(valid as u64).and_then(|_| file.sync_all()).map_err(error)?;
+            file.set_len(valid).and_then(|_| file.sync_all()).map_err(error)?;
         }
-        let mut pending = Vec::new();
+        let mut enqueued = Vec::new();
         let mut done = HashSet::new();
         let mut covered = 0;
-        for record in records {
+        for (record, at, len) in records {
             match record {
-                Record::Enqueued(message) => pending.push(Arc::new(message)),
+                Record::Enqueued(message) => enqueued.push(Pending::new(&message, at, len)),
                 Record::Done(id) => {
                     done.insert(id);
                 }
                 Record::Covered(time) => covered = covered.max(time),
             }
         }
-        let dead_records = pending.iter().filter(|m| done.contains(&m.id)).count() + done.len();
-        let pending: VecDeque<Arc<Message>> = pending.into_iter().filter(|m| !done.contains(&m.id)).collect();
-        // From here on `done` holds only ids still in `pending`.
-        let done = HashSet::new();
-        let ids = pending.iter().map(|m| (m.id.clone(), (m.endpoint, fridge_of(&m.key).to_owned()))).collect();
-        let per_fridge = count_per_fridge(&pending);
+        let dead_records = enqueued.iter().filter(|p| done.contains(p.id())).count() + done.len();
+        let pending: VecDeque<Arc<Pending>> =
+            enqueued.into_iter().filter(|p| !done.contains(p.id())).map(Arc::new).collect();
+        let mut per_fridge = HashMap::new();
+        for message in &pending {
+            *per_fridge.entry((message.endpoint, fridge_of(message.key()).to_owned())).or_insert(0) += 1;
+        }
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(error)?;
+        let reader = File::open(&path).map_err(error)?;
+        let bodies = Arc::new(Bodies { path: path.clone(), file: Mutex::new(Arc::new(reader)) });
         let mut outbox = Outbox {
             path,
             file: BufWriter::new(file),
+            end: valid,
+            bodies,
             pending,
-            ids,
-            done,
+            done_in_queue: 0,
             per_fridge,
             dead_records,
             covered,
@@ -125,8 +245,19 @@ impl Outbox {
     }
 
     /// Messages enqueued and not yet done, oldest first.
-    pub fn pending(&self) -> impl Iterator<Item = &Arc<Message>> {
-        self.pending.iter().filter(|m| !self.done.contains(&m.id))
+    pub fn pending(&self) -> impl Iterator<Item = &Arc<Pending>> {
+        self.pending.iter().filter(|m| !m.is_done())
+    }
+
+    /// The pending messages in full, oldest first (their bodies read from
+    /// the file).
+    pub fn messages(&self) -> Result<Vec<Message>, OutboxError> {
+        self.pending().map(|pending| self.bodies.read(pending)).collect()
+    }
+
+    /// Where the dispatchers read the bodies of the messages they send.
+    pub fn bodies(&self) -> Arc<Bodies> {
+        Arc::clone(&self.bodies)
     }
 
     /// Counts `n` messages done without being sent: a later message of
@@ -142,7 +273,7 @@ impl Outbox {
 
     /// How many messages are pending.
     pub fn pending_len(&self) -> usize {
-        self.pending.len() - self.done.len()
+        self.pending.len() - self.done_in_queue
     }
 
     /// How many messages for `endpoint` are pending.
@@ -156,64 +287,69 @@ impl Outbox {
     }
 
     /// Durably enqueues `messages` and records that changes before
-    /// `covered` are all in.
-    pub fn enqueue(&mut self, messages: &[Arc<Message>], covered: Time) -> Result<(), OutboxError> {
+    /// `covered` are all in; returns them as they now wait, for their
+    /// dispatchers.
+    pub fn enqueue(&mut self, messages: &[Arc<Message>], covered: Time) -> Result<Vec<Arc<Pending>>, OutboxError> {
+        let mut enqueued = Vec::with_capacity(messages.len());
         for message in messages {
-            self.write(&RecordRef::Enqueued(message))?;
+            let at = self.end;
+            let len = self.write(&RecordRef::Enqueued(message))?;
+            enqueued.push(Arc::new(Pending::new(message, at, len)));
         }
         if covered > self.covered {
             self.write(&RecordRef::Covered(covered))?;
             self.covered = covered;
         }
         self.sync()?;
-        for message in messages {
-            let key = (message.endpoint, fridge_of(&message.key).to_owned());
-            *self.per_fridge.entry(key.clone()).or_insert(0) += 1;
-            self.ids.insert(message.id.clone(), key);
-            self.pending.push_back(Arc::clone(message));
+        for pending in &enqueued {
+            *self.per_fridge.entry((pending.endpoint, fridge_of(pending.key()).to_owned())).or_insert(0) += 1;
+            self.pending.push_back(Arc::clone(pending));
         }
-        Ok(())
+        Ok(enqueued)
     }
 
-    /// Durably marks messages done (delivered or dead-lettered). An id that
-    /// is not pending (done already: a dispatcher that was seeded from the
-    /// outbox and also handed the message may report it twice) is no change.
-    pub fn done(&mut self, ids: &[String]) -> Result<(), OutboxError> {
+    /// Durably marks messages done (delivered or dead-lettered). One that
+    /// is done already (a dispatcher that was seeded from the outbox and
+    /// also handed the message may report it twice) is no change.
+    pub fn done(&mut self, messages: &[Arc<Pending>]) -> Result<(), OutboxError> {
         let mut marked = 0;
-        for id in ids {
-            if !self.ids.contains_key(id) || self.done.contains(id) {
+        for message in messages {
+            if message.done.swap(true, Ordering::AcqRel) {
                 continue;
             }
-            self.write(&RecordRef::Done(id))?;
-            self.done.insert(id.clone());
+            if let Err(error) = self.write(&RecordRef::Done(message.id())) {
+                message.done.store(false, Ordering::Release);
+                return Err(error);
+            }
             marked += 1;
-            if let Some(key) = self.ids.get(id)
-                && let Some(count) = self.per_fridge.get_mut(key)
-            {
+            let key = (message.endpoint, fridge_of(message.key()).to_owned());
+            if let Some(count) = self.per_fridge.get_mut(&key) {
                 *count -= 1;
                 if *count == 0 {
-                    self.per_fridge.remove(key);
+                    self.per_fridge.remove(&key);
                 }
             }
         }
         self.sync()?;
+        self.done_in_queue += marked;
         self.dead_records += 2 * marked;
-        while self.pending.front().is_some_and(|m| self.done.contains(&m.id)) {
-            if let Some(message) = self.pending.pop_front() {
-                self.done.remove(&message.id);
-                self.ids.remove(&message.id);
-            }
+        while self.pending.front().is_some_and(|m| m.is_done()) {
+            self.pending.pop_front();
+            self.done_in_queue -= 1;
         }
         self.compact_if_worth_it()
     }
 
-    fn write(&mut self, record: &RecordRef<'_>) -> Result<(), OutboxError> {
+    /// Appends one record; returns its JSON length.
+    fn write(&mut self, record: &RecordRef<'_>) -> Result<u32, OutboxError> {
         let json = serde_json::to_vec(record).expect("outbox records serialize");
         let mut frame = Vec::with_capacity(json.len() + 8);
         frame.extend_from_slice(&(json.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
         frame.extend_from_slice(&json);
-        self.file.write_all(&frame).map_err(|source| self.error(source))
+        self.file.write_all(&frame).map_err(|source| self.error(source))?;
+        self.end += frame.len() as u64;
+        Ok(json.len() as u32)
     }
 
     fn sync(&mut self) -> Result<(), OutboxError> {
@@ -224,7 +360,8 @@ impl Outbox {
         OutboxError { path: self.path.display().to_string(), source }
     }
 
-    /// Rewrites the file with only what is pending once most of it is done.
+    /// Rewrites the file with only what is pending once most of it is done:
+    /// each pending message's frame is copied as it is, one at a time.
     fn compact_if_worth_it(&mut self) -> Result<(), OutboxError> {
         if self.dead_records < 10_000 || self.dead_records < 4 * self.pending_len() {
             return Ok(());
@@ -232,26 +369,39 @@ impl Outbox {
         let aside = self.path.with_extension("log.tmp");
         let error = |source| OutboxError { path: aside.display().to_string(), source };
         let mut out = BufWriter::new(File::create(&aside).map_err(error)?);
-        let live: Vec<Arc<Message>> = self.pending().cloned().collect();
-        let mut frames = Vec::new();
-        for record in live.iter().map(|m| RecordRef::Enqueued(m)).chain([RecordRef::Covered(self.covered)]) {
-            let json = serde_json::to_vec(&record).expect("outbox records serialize");
-            frames.extend_from_slice(&(json.len() as u32).to_le_bytes());
-            frames.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
-            frames.extend_from_slice(&json);
+        self.pending.retain(|m| !m.is_done());
+        self.done_in_queue = 0;
+        let mut moved = Vec::with_capacity(self.pending.len());
+        let mut end = 0;
+        for pending in &self.pending {
+            let frame = self.bodies.frame(pending)?;
+            out.write_all(&frame).map_err(error)?;
+            moved.push(end);
+            end += frame.len() as u64;
         }
-        out.write_all(&frames).and_then(|_| out.flush()).map_err(error)?;
+        let covered = serde_json::to_vec(&RecordRef::Covered(self.covered)).expect("outbox records serialize");
+        out.write_all(&(covered.len() as u32).to_le_bytes())
+            .and_then(|_| out.write_all(&crc32c::crc32c(&covered).to_le_bytes()))
+            .and_then(|_| out.write_all(&covered))
+            .and_then(|_| out.flush())
+            .map_err(error)?;
+        end += 8 + covered.len() as u64;
         out.get_ref().sync_all().map_err(error)?;
         std::fs::rename(&aside, &self.path).map_err(error)?;
         if let Some(dir) = self.path.parent() {
             File::open(dir).and_then(|d| d.sync_all()).map_err(error)?;
         }
         let file = OpenOptions::new().append(true).open(&self.path).map_err(|source| self.error(source))?;
+        let reader = File::open(&self.path).map_err(|source| self.error(source))?;
+        {
+            let mut current = self.bodies.file.lock().expect("outbox file lock");
+            for (pending, at) in self.pending.iter().zip(moved) {
+                pending.at.store(at, Ordering::Relaxed);
+            }
+            *current = Arc::new(reader);
+        }
         self.file = BufWriter::new(file);
-        self.ids = live.iter().map(|m| (m.id.clone(), (m.endpoint, fridge_of(&m.key).to_owned()))).collect();
-        self.pending = live.into();
-        self.per_fridge = count_per_fridge(&self.pending);
-        self.done.clear();
+        self.end = end;
         self.dead_records = 0;
         Ok(())
     }
@@ -262,16 +412,9 @@ pub fn fridge_of(key: &str) -> &str {
     key.split_once('/').map_or(key, |(fridge, _)| fridge)
 }
 
-fn count_per_fridge(pending: &VecDeque<Arc<Message>>) -> HashMap<(Endpoint, String), usize> {
-    let mut counts = HashMap::new();
-    for message in pending {
-        *counts.entry((message.endpoint, fridge_of(&message.key).to_owned())).or_insert(0) += 1;
-    }
-    counts
-}
-
-/// The records of a file and the length of its valid prefix.
-fn frames(bytes: &[u8]) -> (Vec<Record>, usize) {
+/// The records of a file, each with where its frame starts and its JSON
+/// length, and the length of the file's valid prefix.
+fn frames(bytes: &[u8]) -> (Vec<(Record, u64, u32)>, u64) {
     let mut records = Vec::new();
     let mut at = 0;
     while bytes.len() >= at + 8 {
@@ -282,10 +425,10 @@ fn frames(bytes: &[u8]) -> (Vec<Record>, usize) {
             break;
         }
         let Ok(record) = serde_json::from_slice(body) else { break };
-        records.push(record);
+        records.push((record, at as u64, len as u32));
         at += 8 + len;
     }
-    (records, at)
+    (records, at as u64)
 }
 
 #[cfg(test)]
@@ -304,12 +447,16 @@ mod tests {
         })
     }
 
+    fn ids(outbox: &Outbox) -> Vec<&str> {
+        outbox.pending().map(|m| m.id()).collect()
+    }
+
     #[test]
     fn pending_messages_survive_a_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = Outbox::open(dir.path()).unwrap();
-        outbox.enqueue(&(1..=5).map(message).collect::<Vec<_>>(), 10).unwrap();
-        outbox.done(&["msg_1".into(), "msg_3".into()]).unwrap();
+        let enqueued = outbox.enqueue(&(1..=5).map(message).collect::<Vec<_>>(), 10).unwrap();
+        outbox.done(&[Arc::clone(&enqueued[0]), Arc::clone(&enqueued[2])]).unwrap();
         drop(outbox);
         // A crash in the middle of the next append leaves half a frame.
         let path = dir.path().join("outbox.log");
@@ -317,39 +464,79 @@ mod tests {
         file.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
         drop(file);
 
-        let outbox = Outbox::open(dir.path()).unwrap();
-        let ids: Vec<&str> = outbox.pending().map(|m| m.id.as_str()).collect();
-        assert_eq!(ids, ["msg_2", "msg_4", "msg_5"]);
+        let mut outbox = Outbox::open(dir.path()).unwrap();
+        assert_eq!(ids(&outbox), ["msg_2", "msg_4", "msg_5"]);
         assert_eq!(outbox.covered(), 10);
         assert_eq!(outbox.pending_len(), 3);
+        assert_eq!(outbox.messages().unwrap(), [2, 4, 5].map(|n| Message::clone(&message(n))));
+        // Appends after the cut land where the torn frame was.
+        outbox.enqueue(&[message(6)], 11).unwrap();
+        let sixth = outbox.pending().last().cloned().unwrap();
+        assert_eq!(outbox.bodies().read(&sixth).unwrap(), *message(6));
+        drop(outbox);
+        assert_eq!(ids(&Outbox::open(dir.path()).unwrap()), ["msg_2", "msg_4", "msg_5", "msg_6"]);
     }
 
     #[test]
-    fn marking_a_message_done_twice_or_one_never_enqueued_changes_nothing() {
+    fn marking_a_message_done_twice_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = Outbox::open(dir.path()).unwrap();
-        outbox.enqueue(&(1..=3).map(message).collect::<Vec<_>>(), 3).unwrap();
-        outbox.done(&["msg_1".into(), "msg_1".into()]).unwrap();
-        outbox.done(&["msg_1".into(), "msg_9".into()]).unwrap();
+        let enqueued = outbox.enqueue(&(1..=3).map(message).collect::<Vec<_>>(), 3).unwrap();
+        let [first, _, third] = [0, 1, 2].map(|i| Arc::clone(&enqueued[i]));
+        outbox.done(&[Arc::clone(&first), Arc::clone(&first)]).unwrap();
+        outbox.done(std::slice::from_ref(&first)).unwrap();
         assert_eq!(outbox.pending_len(), 2);
-        outbox.done(&["msg_3".into()]).unwrap();
-        outbox.done(&["msg_3".into()]).unwrap();
+        outbox.done(std::slice::from_ref(&third)).unwrap();
+        outbox.done(&[third]).unwrap();
         assert_eq!(outbox.pending_len(), 1);
-        assert_eq!(outbox.pending().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["msg_2"]);
+        assert_eq!(ids(&outbox), ["msg_2"]);
+        assert_eq!(outbox.pending_of(Endpoint::Alerts, "k2"), 1);
+        assert_eq!(outbox.pending_of(Endpoint::Alerts, "k1"), 0);
+        drop(outbox);
+        assert_eq!(ids(&Outbox::open(dir.path()).unwrap()), ["msg_2"]);
     }
 
     #[test]
-    fn a_mostly_done_file_is_rewritten_with_what_is_pending() {
+    fn a_mostly_done_file_is_rewritten_with_what_is_pending_and_bodies_still_read() {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = Outbox::open(dir.path()).unwrap();
-        outbox.enqueue(&(0..12_000).map(message).collect::<Vec<_>>(), 12_000).unwrap();
-        let ids: Vec<String> = (0..11_990).map(|n| format!("msg_{n}")).collect();
-        outbox.done(&ids).unwrap();
+        let enqueued = outbox.enqueue(&(0..12_000).map(message).collect::<Vec<_>>(), 12_000).unwrap();
+        let bodies = outbox.bodies();
+        // Every other one of the first 11,980 is done, then the rest of them.
+        let (evens, odds): (Vec<_>, Vec<_>) = enqueued[..11_980].iter().cloned().partition(|m| m.time % 2 == 0);
+        outbox.done(&evens).unwrap();
+        let before = std::fs::metadata(dir.path().join("outbox.log")).unwrap().len();
+        outbox.done(&odds).unwrap();
         let size = std::fs::metadata(dir.path().join("outbox.log")).unwrap().len();
-        assert!(size < 10_000, "{size} bytes after compaction");
+        assert!(size < 10_000 && size < before / 50, "{size} bytes after compaction, {before} before");
+        // The dispatchers' copies follow the rewrite.
+        for (n, pending) in (11_980..12_000).zip(&enqueued[11_980..]) {
+            assert_eq!(bodies.read(pending).unwrap(), *message(n));
+        }
+        outbox.enqueue(&[message(12_000)], 12_001).unwrap();
+        assert_eq!(outbox.messages().unwrap().len(), 21);
         drop(outbox);
         let outbox = Outbox::open(dir.path()).unwrap();
-        assert_eq!(outbox.pending_len(), 10);
-        assert_eq!(outbox.covered(), 12_000);
+        assert_eq!(outbox.pending_len(), 21);
+        assert_eq!(outbox.covered(), 12_001);
+        assert_eq!(
+            outbox.messages().unwrap(),
+            (11_980..=12_000).map(|n| Message::clone(&message(n))).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_body_damaged_on_disk_is_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::open(dir.path()).unwrap();
+        let enqueued = outbox.enqueue(&(1..=2).map(message).collect::<Vec<_>>(), 2).unwrap();
+        let path = dir.path().join("outbox.log");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = enqueued[1].at.load(Ordering::Relaxed) as usize;
+        bytes[second + 20] ^= 0x55;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(outbox.bodies().read(&enqueued[0]).unwrap(), *message(1));
+        let error = outbox.bodies().read(&enqueued[1]).unwrap_err().to_string();
+        assert!(error.contains("msg_2") && error.contains("does not check"), "{error}");
     }
 }

@@ -622,7 +622,7 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
         let (live, again) = (net_changes(&ctx, view, several).await?, net_changes(&recomputed, view, false).await?);
         report.changelog_differences += live.symmetric_difference(&again).count();
     }
-    let messages: Vec<_> = Outbox::open(&scratch.join("webhooks"))?.pending().cloned().collect();
+    let messages = Outbox::open(&scratch.join("webhooks"))?.messages()?;
     let derived: BTreeMap<String, String> =
         messages.iter().map(|message| (message.id.clone(), message.body.clone())).collect();
     // A `restock.updated` with a later message of its order may be skipped.
