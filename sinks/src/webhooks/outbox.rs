@@ -11,9 +11,9 @@
 //! (written aside, fsynced, renamed over).
 //!
 //! Memory holds a [`Pending`] per message: its id, key, type, time and
-//! where its frame is in the file, about 200 bytes; the body stays on disk
-//! and is read back ([`Bodies::read`]) when the message is sent, so a full
-//! outbox costs a fraction of the bodies it holds.
+//! where its frame is in the file (48 bytes and one string); the body
+//! stays on disk and is read back ([`Bodies::read`]) when the message is
+//! sent, so a full outbox does not hold the bodies it keeps.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
