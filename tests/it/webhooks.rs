@@ -9,8 +9,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use coldstream_pipelines::metrics::Registry;
 use coldstream_sinks::ParquetConfig;
-use coldstream_sinks::webhooks::deliver::dispatch;
+use coldstream_sinks::webhooks::deliver::{EndpointMetrics, dispatch};
 use coldstream_sinks::webhooks::{
     DeadLetter, EXAMPLE_SECRET, Endpoint, EndpointConfig, Message, Outbox, RetryPolicy, Secret,
 };
@@ -225,6 +226,60 @@ async fn deliver_all(dir: &Path, url: hyper::Uri, messages: Vec<Message>, retry:
     let run = dispatch(Endpoint::Alerts, config, retry, Arc::clone(&outbox), dead_letter, receive, Default::default());
     tokio::time::timeout(Duration::from_secs(60), run).await.expect("every delivery ends within 60 s");
     Arc::try_unwrap(outbox).ok().unwrap().into_inner().unwrap()
+}
+
+/// A message whose record in the outbox file was damaged after it was
+/// enqueued is not sent and stays pending; it is a local fault, so it does
+/// not count against the endpoint's circuit breaker, and every other key
+/// is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_unreadable_from_the_outbox_waits_and_the_endpoint_stays_open() {
+    let receiver = Receiver::start(|_, _| Behaviour::Answer(204)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut outbox = Outbox::open(&dir.path().join("webhooks")).unwrap();
+    let messages: Vec<Arc<Message>> =
+        [("a", 1), ("a", 2), ("b", 1), ("b", 2), ("b", 3)].map(|(k, n)| Arc::new(message(k, n))).into();
+    outbox.enqueue(&messages, 1).unwrap();
+    // a1's record is the file's first: damage a byte of its JSON.
+    let path = dir.path().join("webhooks/outbox.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[20] ^= 0x55;
+    std::fs::write(&path, &bytes).unwrap();
+    let outbox = Arc::new(Mutex::new(outbox));
+    let config = EndpointConfig {
+        url: receiver.url(),
+        secret: Secret::parse(EXAMPLE_SECRET).unwrap(),
+        timeout: Duration::from_secs(5),
+        max_in_flight: 1,
+        ca: None,
+        every_update: false,
+    };
+    // Three failures in a row would open the circuit for a minute.
+    let retry = RetryPolicy { breaker_open: Duration::from_secs(60), ..fast_retries(3) };
+    let registry = Registry::default();
+    let metrics = EndpointMetrics::register(&registry, Endpoint::Alerts);
+    let dead_letter = Arc::new(DeadLetter::new(dir.path(), ParquetConfig::default()));
+    let (_send, receive) = tokio::sync::mpsc::unbounded_channel();
+    let dispatcher =
+        tokio::spawn(dispatch(Endpoint::Alerts, config, retry, Arc::clone(&outbox), dead_letter, receive, metrics));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while receiver.delivered().len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // a1 is tried again and again meanwhile (backoff at most 200 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    dispatcher.abort();
+    let delivered: Vec<(String, u64)> = receiver.delivered().iter().map(key_and_n).collect();
+    assert_eq!(delivered, [("b".to_owned(), 1), ("b".to_owned(), 2), ("b".to_owned(), 3)]);
+    let value = |name: &str| -> f64 {
+        let rendered = registry.render();
+        let line = rendered.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {rendered}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("coldstream_webhook_retries_total") >= 3.0, "a1 was tried again");
+    assert_eq!(value("coldstream_webhook_breaker_state"), 0.0, "the circuit stayed closed");
+    let outbox = outbox.lock().unwrap();
+    assert_eq!(outbox.pending().map(|m| m.id()).collect::<Vec<_>>(), ["msg_a1", "msg_a2"]);
 }
 
 fn key_and_n(seen: &Seen) -> (String, u64) {

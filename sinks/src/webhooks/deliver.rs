@@ -214,6 +214,16 @@ enum Outcome {
     Retry(String),
     /// 4xx other than 408 and 429: the answer's status and body.
     Permanent(u16, String),
+    /// Not sent: its body could not be read back from the outbox file.
+    /// Retried later; it says nothing about the endpoint.
+    Unread(String),
+}
+
+/// What every attempt at one endpoint needs.
+struct Sender {
+    client: HttpClient,
+    config: EndpointConfig,
+    bodies: Arc<Bodies>,
 }
 
 /// Messages of one key, delivered one after the other.
@@ -383,6 +393,8 @@ pub async fn dispatch(
         let outbox = outbox.lock().expect("outbox lock");
         (outbox.pending().filter(|m| m.endpoint == endpoint).cloned().collect(), outbox.bodies())
     };
+    let sender = Sender { client, config, bodies };
+    let (config, bodies) = (&sender.config, &sender.bodies);
     for message in seeded {
         lanes.add(message);
     }
@@ -407,11 +419,11 @@ pub async fn dispatch(
         {
             tracing::info!(endpoint = name, "circuit half-open: probing with one delivery");
             breaker = Breaker::Probing;
-            launch(&mut in_flight, &client, &config, &bodies, &lanes, key, &metrics, &spans);
+            launch(&mut in_flight, &sender, &lanes, key, &metrics, &spans);
         }
         while matches!(breaker, Breaker::Closed { .. }) && in_flight.len() < config.max_in_flight {
             let Some(key) = lanes.next_ready((!config.every_update).then_some(&mut superseded)) else { break };
-            launch(&mut in_flight, &client, &config, &bodies, &lanes, key, &metrics, &spans);
+            launch(&mut in_flight, &sender, &lanes, key, &metrics, &spans);
         }
         metrics.in_flight.set(in_flight.len() as f64);
         metrics.breaker(&breaker);
@@ -465,7 +477,7 @@ pub async fn dispatch(
                         tracing::error!(endpoint = name, id = %message.id(), kind = %message.kind(), status,
                             "permanent failure: moved to webhooks_failed/");
                         let (dead_letter, bodies, pending) =
-                            (Arc::clone(&dead_letter), Arc::clone(&bodies), Arc::clone(&message));
+                            (Arc::clone(&dead_letter), Arc::clone(bodies), Arc::clone(&message));
                         let written = tokio::task::spawn_blocking(move || {
                             let message = bodies.read(&pending).map_err(|e| e.to_string())?;
                             dead_letter.write(&FailedDelivery { message, status, answer }).map_err(|e| e.to_string())
@@ -479,11 +491,21 @@ pub async fn dispatch(
                                 let _ = done.send(Arc::clone(&message));
                                 lanes.finish(&key);
                             }
-                            _ => {
-                                tracing::error!(id = %message.id(), "could not write the dead letter; retrying the delivery");
+                            failed => {
+                                let reason = match failed {
+                                    Ok(Err(reason)) => reason,
+                                    _ => "the writer stopped".to_owned(),
+                                };
+                                tracing::error!(id = %message.id(), %reason, "could not write the dead letter; retrying the delivery");
                                 lanes.retry_later(key, &retry);
                             }
                         }
+                    }
+                    Outcome::Unread(reason) => {
+                        metrics.retried.inc();
+                        let (attempt, delay) = lanes.retry_later(key, &retry);
+                        tracing::error!(endpoint = name, id = %message.id(), attempt, %reason,
+                            retry_in_ms = delay.as_millis() as u64, "could not read the message back from the outbox");
                     }
                     Outcome::Retry(reason) => {
                         metrics.retried.inc();
@@ -502,11 +524,11 @@ pub async fn dispatch(
     }
 }
 
-/// Marks delivered ids done in the outbox, as many per fsync as are waiting.
+/// Marks delivered messages done in the outbox, as many per fsync as are waiting.
 async fn mark_done(name: &'static str, outbox: Arc<Mutex<Outbox>>, mut marks: UnboundedReceiver<Arc<Pending>>) {
-    let mut ids = Vec::new();
-    while marks.recv_many(&mut ids, 8_192).await > 0 {
-        let batch = std::mem::take(&mut ids);
+    let mut waiting = Vec::new();
+    while marks.recv_many(&mut waiting, 8_192).await > 0 {
+        let batch = std::mem::take(&mut waiting);
         let outbox = Arc::clone(&outbox);
         let marked = tokio::task::spawn_blocking(move || outbox.lock().expect("outbox lock").done(&batch)).await;
         if !matches!(marked, Ok(Ok(()))) {
@@ -522,12 +544,9 @@ async fn sleep_until(wake: Option<Instant>) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn launch(
     in_flight: &mut JoinSet<(String, Outcome)>,
-    client: &HttpClient,
-    config: &EndpointConfig,
-    bodies: &Arc<Bodies>,
+    sender: &Sender,
     lanes: &Lanes,
     key: String,
     metrics: &EndpointMetrics,
@@ -535,8 +554,8 @@ fn launch(
 ) {
     use tracing::Instrument;
     let Some(pending) = lanes.head(&key).cloned() else { return };
-    let (client, config, latency) = (client.clone(), config.clone(), metrics.attempt_seconds.clone());
-    let bodies = Arc::clone(bodies);
+    let (client, config, latency) = (sender.client.clone(), sender.config.clone(), metrics.attempt_seconds.clone());
+    let bodies = Arc::clone(&sender.bodies);
     let span = match spans.get(pending.id()) {
         Some(waiting) => tracing::info_span!(
             target: coldstream_pipelines::traces::TARGET,
@@ -555,13 +574,14 @@ fn launch(
             // since it was written moments before) only now.
             let outcome = match bodies.read(&pending) {
                 Ok(message) => attempt(&client, &config, message).await,
-                Err(error) => Outcome::Retry(error.to_string()),
+                Err(error) => Outcome::Unread(error.to_string()),
             };
             latency.observe_duration(started.elapsed());
             let said = match &outcome {
                 Outcome::Delivered => "delivered".to_owned(),
                 Outcome::Retry(reason) => format!("retry: {reason}"),
                 Outcome::Permanent(status, _) => format!("refused: {status}"),
+                Outcome::Unread(reason) => format!("not sent: {reason}"),
             };
             tracing::Span::current().record("outcome", said.as_str());
             (key, outcome)
