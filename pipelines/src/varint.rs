@@ -140,6 +140,36 @@ pub(crate) fn field<'de, T: serde::Deserialize<'de>, A: serde::de::SeqAccess<'de
     seq.next_element()?.ok_or_else(|| serde::de::Error::custom(format!("{what} ends early")))
 }
 
+/// A state a checkpoint holds as a sequence of fields: what it is called
+/// in errors, and how its fields are read (each with [`field`]).
+pub(crate) trait Layout: Sized {
+    /// What it is, e.g. `a fridge's sessions`.
+    const WHAT: &'static str;
+
+    /// Reads the fields.
+    fn read<'de, A: serde::de::SeqAccess<'de>>(seq: A) -> Result<Self, A::Error>;
+}
+
+/// Deserializes a [`Layout`] of at most `fields` fields.
+pub(crate) fn read_layout<'de, T: Layout, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    fields: usize,
+) -> Result<T, D::Error> {
+    struct Fields<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Layout> serde::de::Visitor<'de> for Fields<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(T::WHAT)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
+            T::read(seq)
+        }
+    }
+    deserializer.deserialize_tuple(fields, Fields(std::marker::PhantomData))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

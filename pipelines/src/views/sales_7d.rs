@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::DAY_US;
 use crate::operators::{FridgeState, OperatorHooks, by_fridge_in_time_order};
-use crate::varint::{ByteBuf, Bytes, Reader, field, put_signed, reserve};
+use crate::varint::{ByteBuf, Bytes, Layout, Reader, field, put_signed, read_layout, reserve};
 use crate::views::Keyed;
 use crate::views::inventory::InventoryKey;
 use crate::{Event, Payload, Time};
@@ -269,39 +269,35 @@ impl Serialize for Window {
 
 impl<'de> Deserialize<'de> for Window {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::{Error, SeqAccess, Visitor};
-        struct Layout;
-        impl<'de> Visitor<'de> for Layout {
-            type Value = Window;
+        read_layout(deserializer, 4)
+    }
+}
 
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a fridge's sales window")
-            }
+impl Layout for Window {
+    const WHAT: &'static str = "a fridge's sales window";
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Window, A::Error> {
-                const WHAT: &str = "a sales window";
-                let tag: u8 = field(&mut seq, WHAT)?;
-                if tag == PACKED {
-                    let mut window = Window { latest: field(&mut seq, WHAT)?, ..Window::default() };
-                    let skus: Vec<(String, i64, ByteBuf)> = field(&mut seq, WHAT)?;
-                    for (sku, origin, bytes) in skus {
-                        let movements = Movements::restore(origin, bytes.0)
-                            .map_err(|reason| A::Error::custom(format!("the sales of {sku}: {reason}")))?;
-                        window.skus.insert(sku, movements);
-                    }
-                    window.oldest = window.oldest_held();
-                    return Ok(window);
-                }
-                let latest = match tag {
-                    0 => None,
-                    1 => Some(field(&mut seq, WHAT)?),
-                    other => return Err(A::Error::custom(format!("a sales window in an unknown layout ({other})"))),
-                };
-                let stored = Stored { latest, movements: field(&mut seq, WHAT)?, totals: field(&mut seq, WHAT)? };
-                Ok(Window::from(stored))
+    fn read<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<Window, A::Error> {
+        use serde::de::Error;
+        const WHAT: &str = "a sales window";
+        let tag: u8 = field(&mut seq, WHAT)?;
+        if tag == PACKED {
+            let mut window = Window { latest: field(&mut seq, WHAT)?, ..Window::default() };
+            let skus: Vec<(String, i64, ByteBuf)> = field(&mut seq, WHAT)?;
+            for (sku, origin, bytes) in skus {
+                let movements = Movements::restore(origin, bytes.0)
+                    .map_err(|reason| A::Error::custom(format!("the sales of {sku}: {reason}")))?;
+                window.skus.insert(sku, movements);
             }
+            window.oldest = window.oldest_held();
+            return Ok(window);
         }
-        deserializer.deserialize_tuple(4, Layout)
+        let latest = match tag {
+            0 => None,
+            1 => Some(field(&mut seq, WHAT)?),
+            other => return Err(A::Error::custom(format!("a sales window in an unknown layout ({other})"))),
+        };
+        let stored = Stored { latest, movements: field(&mut seq, WHAT)?, totals: field(&mut seq, WHAT)? };
+        Ok(Window::from(stored))
     }
 }
 

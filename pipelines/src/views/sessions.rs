@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use differential_dataflow::collection::VecCollection;
-use serde::de::{self, SeqAccess, Visitor};
+use serde::de::{self, SeqAccess};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -37,7 +37,7 @@ mod cold;
 
 use cold::ColdSessions;
 
-use crate::varint::{ByteBuf, field};
+use crate::varint::{ByteBuf, Layout, field, read_layout};
 
 /// `(fridge_id, session_id)`.
 pub type SessionKey = (String, String);
@@ -393,39 +393,35 @@ impl Serialize for FridgeSessions {
 
 impl<'de> Deserialize<'de> for FridgeSessions {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Layout;
-        impl<'de> Visitor<'de> for Layout {
-            type Value = FridgeSessions;
+        read_layout(deserializer, 8)
+    }
+}
 
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a fridge's sessions")
-            }
+impl Layout for FridgeSessions {
+    const WHAT: &'static str = "a fridge's sessions";
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FridgeSessions, A::Error> {
-                const WHAT: &str = "a fridge's sessions";
-                let first: i64 = field(&mut seq, WHAT)?;
-                if first != PACKED {
-                    let stored = Stored {
-                        horizon_us: first,
-                        payment_wait_us: field(&mut seq, WHAT)?,
-                        latest: field(&mut seq, WHAT)?,
-                        floor: field(&mut seq, WHAT)?,
-                        sessions: field(&mut seq, WHAT)?,
-                        revenue: field(&mut seq, WHAT)?,
-                    };
-                    return Ok(FridgeSessions::from(stored));
-                }
-                let (horizon_us, payment_wait_us, latest, floor) =
-                    (field(&mut seq, WHAT)?, field(&mut seq, WHAT)?, field(&mut seq, WHAT)?, field(&mut seq, WHAT)?);
-                let sessions: HashMap<String, Box<Session>> = field(&mut seq, WHAT)?;
-                let (bytes, skus): (ByteBuf, Vec<String>) = field(&mut seq, WHAT)?;
-                let cold = ColdSessions::restore(bytes.0, skus).map_err(de::Error::custom)?;
-                let revenue = field(&mut seq, WHAT)?;
-                let held = sessions.values().map(|session| session.held()).sum();
-                Ok(FridgeSessions { horizon_us, payment_wait_us, latest, floor, sessions, cold, revenue, held })
-            }
+    fn read<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<FridgeSessions, A::Error> {
+        const WHAT: &str = FridgeSessions::WHAT;
+        let first: i64 = field(&mut seq, WHAT)?;
+        if first != PACKED {
+            let stored = Stored {
+                horizon_us: first,
+                payment_wait_us: field(&mut seq, WHAT)?,
+                latest: field(&mut seq, WHAT)?,
+                floor: field(&mut seq, WHAT)?,
+                sessions: field(&mut seq, WHAT)?,
+                revenue: field(&mut seq, WHAT)?,
+            };
+            return Ok(FridgeSessions::from(stored));
         }
-        deserializer.deserialize_tuple(8, Layout)
+        let (horizon_us, payment_wait_us, latest, floor) =
+            (field(&mut seq, WHAT)?, field(&mut seq, WHAT)?, field(&mut seq, WHAT)?, field(&mut seq, WHAT)?);
+        let sessions: HashMap<String, Box<Session>> = field(&mut seq, WHAT)?;
+        let (bytes, skus): (ByteBuf, Vec<String>) = field(&mut seq, WHAT)?;
+        let cold = ColdSessions::restore(bytes.0, skus).map_err(de::Error::custom)?;
+        let revenue = field(&mut seq, WHAT)?;
+        let held = sessions.values().map(|session| session.held()).sum();
+        Ok(FridgeSessions { horizon_us, payment_wait_us, latest, floor, sessions, cold, revenue, held })
     }
 }
 
