@@ -273,21 +273,68 @@ impl Breaker {
     }
 }
 
+/// A lane's key, held as one of the lane's messages (each holds its key
+/// in its own text): a lane, its place in `ready` or `waiting` and an
+/// attempt in flight cost a pointer each, not a copy of the key.
+#[derive(Clone)]
+struct Key(Arc<Pending>);
+
+impl Key {
+    fn as_str(&self) -> &str {
+        self.0.key()
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::borrow::Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl PartialEq<&str> for Key {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// Lanes by key, and which of them may send now or later. Every lane is in
 /// exactly one place: `ready`, `waiting` (until its retry time), or in
 /// flight.
 #[derive(Default)]
 struct Lanes {
-    lanes: HashMap<String, Lane>,
-    ready: VecDeque<String>,
-    waiting: BTreeMap<(Instant, u64), String>,
+    lanes: HashMap<Key, Lane>,
+    ready: VecDeque<Key>,
+    waiting: BTreeMap<(Instant, u64), Key>,
     timers: u64,
 }
 
 impl Lanes {
     fn add(&mut self, message: Arc<Pending>) {
-        let key = message.key().to_owned();
-        let lane = self.lanes.entry(key.clone()).or_default();
+        let key = Key(Arc::clone(&message));
+        let lane = match self.lanes.get_mut(key.as_str()) {
+            Some(lane) => lane,
+            None => self.lanes.entry(key.clone()).or_default(),
+        };
         lane.queue.push_back(message);
         if lane.queue.len() == 1 {
             self.ready.push_back(key);
@@ -300,16 +347,16 @@ impl Lanes {
     /// to `superseded`. A message done already is dropped unsent: one
     /// handed to the dispatcher twice (seeded from the outbox as it
     /// started, and sent to it) is sent once.
-    fn next_ready(&mut self, mut superseded: Option<&mut Vec<Arc<Pending>>>) -> Option<String> {
+    fn next_ready(&mut self, mut superseded: Option<&mut Vec<Arc<Pending>>>) -> Option<Key> {
         loop {
             let key = self.ready.pop_front()?;
-            let Some(lane) = self.lanes.get_mut(&key) else { continue };
+            let Some(lane) = self.lanes.get_mut(key.as_str()) else { continue };
             while lane.queue.front().is_some_and(|m| m.is_done()) {
                 lane.queue.pop_front();
                 lane.attempts = 0;
             }
             if lane.queue.is_empty() {
-                self.lanes.remove(&key);
+                self.lanes.remove(key.as_str());
                 continue;
             }
             if let Some(superseded) = superseded.as_deref_mut() {
@@ -327,20 +374,20 @@ impl Lanes {
     }
 
     /// The head of `key`'s lane is done: the next one may go.
-    fn finish(&mut self, key: &str) {
-        let Some(lane) = self.lanes.get_mut(key) else { return };
+    fn finish(&mut self, key: Key) {
+        let Some(lane) = self.lanes.get_mut(key.as_str()) else { return };
         lane.queue.pop_front();
         lane.attempts = 0;
         if lane.queue.is_empty() {
-            self.lanes.remove(key);
+            self.lanes.remove(key.as_str());
         } else {
-            self.ready.push_back(key.to_owned());
+            self.ready.push_back(key);
         }
     }
 
     /// The head of `key`'s lane failed: it waits before its next attempt.
-    fn retry_later(&mut self, key: String, retry: &RetryPolicy) -> (u32, Duration) {
-        let Some(lane) = self.lanes.get_mut(&key) else { return (0, Duration::ZERO) };
+    fn retry_later(&mut self, key: Key, retry: &RetryPolicy) -> (u32, Duration) {
+        let Some(lane) = self.lanes.get_mut(key.as_str()) else { return (0, Duration::ZERO) };
         let delay = retry.backoff(lane.attempts);
         lane.attempts += 1;
         self.timers += 1;
@@ -399,7 +446,7 @@ pub async fn dispatch(
         lanes.add(message);
     }
     let mut breaker = Breaker::Closed { failures: 0 };
-    let mut in_flight: JoinSet<(String, Outcome)> = JoinSet::new();
+    let mut in_flight: JoinSet<(Key, Outcome)> = JoinSet::new();
     // The `webhook.pending` spans of followed messages, by id: each ends
     // when its message is done.
     let mut spans: HashMap<String, tracing::Span> = HashMap::new();
@@ -459,7 +506,7 @@ pub async fn dispatch(
             },
             Some(joined) = in_flight.join_next() => {
                 let Ok((key, outcome)) = joined else { continue };
-                let Some(message) = lanes.head(&key).cloned() else { continue };
+                let Some(message) = lanes.head(key.as_str()).cloned() else { continue };
                 match outcome {
                     Outcome::Delivered => {
                         if breaker.answered() {
@@ -470,7 +517,7 @@ pub async fn dispatch(
                             span.record("outcome", "delivered");
                         }
                         let _ = done.send(Arc::clone(&message));
-                        lanes.finish(&key);
+                        lanes.finish(key);
                     }
                     Outcome::Permanent(status, answer) => {
                         breaker.answered();
@@ -489,7 +536,7 @@ pub async fn dispatch(
                                     span.record("outcome", "dead_lettered");
                                 }
                                 let _ = done.send(Arc::clone(&message));
-                                lanes.finish(&key);
+                                lanes.finish(key);
                             }
                             failed => {
                                 let reason = match failed {
@@ -545,15 +592,15 @@ async fn sleep_until(wake: Option<Instant>) {
 }
 
 fn launch(
-    in_flight: &mut JoinSet<(String, Outcome)>,
+    in_flight: &mut JoinSet<(Key, Outcome)>,
     sender: &Sender,
     lanes: &Lanes,
-    key: String,
+    key: Key,
     metrics: &EndpointMetrics,
     spans: &HashMap<String, tracing::Span>,
 ) {
     use tracing::Instrument;
-    let Some(pending) = lanes.head(&key).cloned() else { return };
+    let Some(pending) = lanes.head(key.as_str()).cloned() else { return };
     let (client, config, latency) = (sender.client.clone(), sender.config.clone(), metrics.attempt_seconds.clone());
     let bodies = Arc::clone(&sender.bodies);
     let span = match spans.get(pending.id()) {
@@ -661,6 +708,11 @@ mod tests {
         order(id, key, "restock.opened")
     }
 
+    /// The key of the lane `key`.
+    fn key(lanes: &Lanes, key: &str) -> Key {
+        lanes.lanes.get_key_value(key).expect("a lane").0.clone()
+    }
+
     #[test]
     fn a_lane_sends_its_messages_one_at_a_time_in_order_and_keys_do_not_wait_for_each_other() {
         let mut lanes = Lanes::default();
@@ -670,11 +722,11 @@ mod tests {
         assert_eq!(lanes.ready, ["FR-1", "FR-2"], "one entry per key, however many messages it holds");
         assert_eq!(lanes.head("FR-1").map(|m| m.id()), Some("m1"));
         lanes.ready.clear();
-        lanes.finish("FR-1");
+        lanes.finish(key(&lanes, "FR-1"));
         assert_eq!(lanes.ready, ["FR-1"]);
         assert_eq!(lanes.head("FR-1").map(|m| m.id()), Some("m2"));
-        lanes.finish("FR-1");
-        lanes.finish("FR-2");
+        lanes.finish(key(&lanes, "FR-1"));
+        lanes.finish(key(&lanes, "FR-2"));
         assert!(lanes.is_empty());
     }
 
@@ -695,15 +747,15 @@ mod tests {
         let mut superseded = Vec::new();
         let mut sent = Vec::new();
         while let Some(key) = lanes.next_ready(Some(&mut superseded)) {
-            sent.push(lanes.head(&key).unwrap().id().to_owned());
-            lanes.finish(&key);
+            sent.push(lanes.head(key.as_str()).unwrap().id().to_owned());
+            lanes.finish(key);
         }
         assert_eq!(sent, ["opened", "closed", "reopened", "u3"], "the last state of each order, in order");
         assert_eq!(superseded.iter().map(|m| m.id()).collect::<Vec<_>>(), ["u1", "u2"]);
         sent.clear();
         while let Some(key) = every.next_ready(None) {
-            sent.push(every.head(&key).unwrap().id().to_owned());
-            every.finish(&key);
+            sent.push(every.head(key.as_str()).unwrap().id().to_owned());
+            every.finish(key);
         }
         assert_eq!(sent, ["opened", "u1", "u2", "closed", "reopened", "u3"], "every_update sends them all");
     }
@@ -732,10 +784,10 @@ mod tests {
         }
         let mut sent = Vec::new();
         while let Some(key) = lanes.next_ready(None) {
-            let head = Arc::clone(lanes.head(&key).expect("a head"));
+            let head = Arc::clone(lanes.head(key.as_str()).expect("a head"));
             outbox.done(std::slice::from_ref(&head)).expect("marks");
             sent.push(head.id().to_owned());
-            lanes.finish(&key);
+            lanes.finish(key);
         }
         assert_eq!(sent, ["m1", "m2"]);
         assert!(lanes.is_empty());
@@ -747,7 +799,7 @@ mod tests {
         let mut lanes = Lanes::default();
         lanes.add(message("m1", "FR-1"));
         lanes.ready.clear();
-        let (attempts, delay) = lanes.retry_later("FR-1".into(), &retry);
+        let (attempts, delay) = lanes.retry_later(key(&lanes, "FR-1"), &retry);
         assert_eq!(attempts, 1);
         assert!(delay >= Duration::from_secs(30) && delay <= Duration::from_secs(60), "{delay:?}");
         lanes.wake(Instant::now());
