@@ -311,6 +311,7 @@ impl std::fmt::Debug for Key {
     }
 }
 
+#[cfg(test)]
 impl PartialEq<&str> for Key {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
