@@ -219,7 +219,7 @@ enum Outcome {
     Unread(String),
 }
 
-/// What every attempt at one endpoint needs.
+/// What every attempt at one endpoint needs, shared by them all.
 struct Sender {
     client: HttpClient,
     config: EndpointConfig,
@@ -441,7 +441,7 @@ pub async fn dispatch(
         let outbox = outbox.lock().expect("outbox lock");
         (outbox.pending().filter(|m| m.endpoint == endpoint).cloned().collect(), outbox.bodies())
     };
-    let sender = Sender { client, config, bodies };
+    let sender = Arc::new(Sender { client, config, bodies });
     let (config, bodies) = (&sender.config, &sender.bodies);
     for message in seeded {
         lanes.add(message);
@@ -594,7 +594,7 @@ async fn sleep_until(wake: Option<Instant>) {
 
 fn launch(
     in_flight: &mut JoinSet<(Key, Outcome)>,
-    sender: &Sender,
+    sender: &Arc<Sender>,
     lanes: &Lanes,
     key: Key,
     metrics: &EndpointMetrics,
@@ -602,15 +602,14 @@ fn launch(
 ) {
     use tracing::Instrument;
     let Some(pending) = lanes.head(key.as_str()).cloned() else { return };
-    let (client, config, latency) = (sender.client.clone(), sender.config.clone(), metrics.attempt_seconds.clone());
-    let bodies = Arc::clone(&sender.bodies);
+    let (sender, latency) = (Arc::clone(sender), metrics.attempt_seconds.clone());
     let span = match spans.get(pending.id()) {
         Some(waiting) => tracing::info_span!(
             target: coldstream_pipelines::traces::TARGET,
             parent: waiting,
             "webhook.attempt",
             webhook_id = %pending.id(),
-            url = %config.url,
+            url = %sender.config.url,
             outcome = tracing::field::Empty,
         ),
         None => tracing::Span::none(),
@@ -620,8 +619,8 @@ fn launch(
             let started = Instant::now();
             // The body is read back from the outbox's file (the page cache,
             // since it was written moments before) only now.
-            let outcome = match bodies.read(&pending) {
-                Ok(message) => attempt(&client, &config, message).await,
+            let outcome = match sender.bodies.read(&pending) {
+                Ok(message) => attempt(&sender.client, &sender.config, message).await,
                 Err(error) => Outcome::Unread(error.to_string()),
             };
             latency.observe_duration(started.elapsed());

@@ -136,12 +136,9 @@ impl Bodies {
             path: self.path.display().to_string(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("message {}: {what}", pending.id())),
         };
-        let (head, json) = frame.split_at(8);
-        if u32::from_le_bytes([head[0], head[1], head[2], head[3]]) != pending.len
-            || u32::from_le_bytes([head[4], head[5], head[6], head[7]]) != crc32c::crc32c(json)
-        {
+        let Some(json) = checked(&frame).filter(|json| json.len() == pending.len as usize) else {
             return Err(invalid("its frame in the file does not check"));
-        }
+        };
         match serde_json::from_slice(json) {
             Ok(Record::Enqueued(message)) if message.id == pending.id() => Ok(message),
             _ => Err(invalid("its frame in the file holds another record")),
@@ -342,14 +339,10 @@ impl Outbox {
 
     /// Appends one record; returns its JSON length.
     fn write(&mut self, record: &RecordRef<'_>) -> Result<u32, OutboxError> {
-        let json = serde_json::to_vec(record).expect("outbox records serialize");
-        let mut frame = Vec::with_capacity(json.len() + 8);
-        frame.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
-        frame.extend_from_slice(&json);
+        let frame = encode(record);
         self.file.write_all(&frame).map_err(|source| self.error(source))?;
         self.end += frame.len() as u64;
-        Ok(json.len() as u32)
+        Ok((frame.len() - 8) as u32)
     }
 
     fn sync(&mut self) -> Result<(), OutboxError> {
@@ -379,13 +372,9 @@ impl Outbox {
             moved.push(end);
             end += frame.len() as u64;
         }
-        let covered = serde_json::to_vec(&RecordRef::Covered(self.covered)).expect("outbox records serialize");
-        out.write_all(&(covered.len() as u32).to_le_bytes())
-            .and_then(|_| out.write_all(&crc32c::crc32c(&covered).to_le_bytes()))
-            .and_then(|_| out.write_all(&covered))
-            .and_then(|_| out.flush())
-            .map_err(error)?;
-        end += 8 + covered.len() as u64;
+        let covered = encode(&RecordRef::Covered(self.covered));
+        out.write_all(&covered).and_then(|_| out.flush()).map_err(error)?;
+        end += covered.len() as u64;
         out.get_ref().sync_all().map_err(error)?;
         std::fs::rename(&aside, &self.path).map_err(error)?;
         if let Some(dir) = self.path.parent() {
@@ -417,18 +406,32 @@ pub fn fridge_of(key: &str) -> &str {
 fn frames(bytes: &[u8]) -> (Vec<(Record, u64, u32)>, u64) {
     let mut records = Vec::new();
     let mut at = 0;
-    while bytes.len() >= at + 8 {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        let Some(body) = bytes.get(at + 8..at + 8 + len) else { break };
-        if crc32c::crc32c(body) != crc {
-            break;
-        }
-        let Ok(record) = serde_json::from_slice(body) else { break };
-        records.push((record, at as u64, len as u32));
-        at += 8 + len;
+    while let Some(json) = checked(&bytes[at..]) {
+        let Ok(record) = serde_json::from_slice(json) else { break };
+        records.push((record, at as u64, json.len() as u32));
+        at += 8 + json.len();
     }
     (records, at as u64)
+}
+
+/// A record's frame: its JSON's length and CRC-32C (little-endian u32
+/// each), then the JSON.
+fn encode(record: &RecordRef<'_>) -> Vec<u8> {
+    let json = serde_json::to_vec(record).expect("outbox records serialize");
+    let mut frame = Vec::with_capacity(json.len() + 8);
+    frame.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
+    frame.extend_from_slice(&json);
+    frame
+}
+
+/// The JSON of the frame `bytes` start with, if it is whole and its CRC
+/// checks.
+fn checked(bytes: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+    let json = bytes.get(8..8 + len)?;
+    (crc32c::crc32c(json) == crc).then_some(json)
 }
 
 #[cfg(test)]
