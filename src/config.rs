@@ -21,6 +21,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Timely worker threads; 0 means one per core.
     pub workers: usize,
+    /// Threads of the async runtime that runs the gateway, webhook
+    /// delivery and the HTTP endpoints; 0 means one per core.
+    pub async_threads: usize,
     /// What this process runs.
     pub role: Role,
     /// The timely cluster the pipeline runs on.
@@ -831,6 +834,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./coldstream-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             workers: 0,
+            async_threads: 0,
             role: Role::default(),
             cluster: ClusterSection::default(),
             region: RegionSection::default(),
@@ -1087,8 +1091,9 @@ impl Config {
         // Every number has an upper bound too: none may wrap when scaled to
         // bytes or milliseconds, or overflow a deadline.
         let f = &self.flight_sql;
-        let ranges: [(&str, u128, u128, u128); 21] = [
+        let ranges: [(&str, u128, u128, u128); 22] = [
             ("workers", self.workers as u128, 0, 1024),
+            ("async_threads", self.async_threads as u128, 0, 1024),
             ("gateway.max_batch_events", g.max_batch_events as u128, 1, 1_000_000),
             ("gateway.max_in_flight_batches", g.max_in_flight_batches as u128, 1, 1024),
             ("gateway.queue_batches", g.queue_batches as u128, 1, 1_000_000),
@@ -1292,6 +1297,10 @@ data_dir = "./coldstream-data"
 listen = "127.0.0.1:50051"
 # Timely worker threads; 0 means one per core.
 workers = 0
+# Threads of the async runtime (gateway, webhook delivery, HTTP endpoints);
+# 0 means one per core. On a machine the timely workers already fill, fewer
+# leave them more of it: fresher views, slower webhooks (see the README).
+async_threads = 0
 # What this process runs: "all" (gateway, log and pipeline), "gateway"
 # (takes fridges' calls and writes the log, computes nothing) or "pipeline"
 # (one process of the pipeline, following the log the gateway writes).
@@ -1513,6 +1522,7 @@ mod tests {
         assert_eq!(parsed.data_dir, defaults.data_dir);
         assert_eq!(parsed.listen, defaults.listen);
         assert_eq!(parsed.workers, defaults.workers);
+        assert_eq!(parsed.async_threads, defaults.async_threads);
         assert_eq!(parsed.auth, defaults.auth);
         assert_eq!(parsed.gateway, defaults.gateway);
         assert_eq!(parsed.log, defaults.log);
@@ -1581,8 +1591,9 @@ mod tests {
 
     #[test]
     fn a_snippet_overrides_only_what_it_names() {
-        let config = Config::parse("workers = 3\n[parquet]\nroll_seconds = 5\n", "snippet").expect("valid");
-        assert_eq!(config.workers, 3);
+        let config =
+            Config::parse("workers = 3\nasync_threads = 1\n[parquet]\nroll_seconds = 5\n", "snippet").expect("valid");
+        assert_eq!((config.workers, config.async_threads), (3, 1));
         assert_eq!(config.parquet.roll_seconds, 5);
         assert_eq!(config.parquet.zstd_level, 3);
     }
@@ -1596,6 +1607,7 @@ mod tests {
             ("[webhooks]\nretry_max_ms = 9223372036854775807\n", "webhooks.retry_max_ms"),
             ("[parquet]\nroll_mb = 9223372036854775807\n", "parquet.roll_mb"),
             ("[log]\nsegment_mb = 9223372036854775807\n", "log.segment_mb"),
+            ("async_threads = 100000\n", "async_threads"),
         ] {
             let error = Config::parse(snippet, "c.toml").expect_err(name);
             assert!(error.to_string().contains(name), "{error}");

@@ -217,7 +217,16 @@ pub fn init_logging_with(default: &str, exporter: Option<&coldstream::otlp::Expo
 
 /// The async runtime a command runs on.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    runtime_with(0)
+}
+
+/// The async runtime, with `threads` worker threads (0: one per core).
+pub fn runtime_with(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().build().context("starting the async runtime")
 }
 
 /// Starts a receiver on a free loopback port for every webhook endpoint,
@@ -259,4 +268,17 @@ pub fn fresh_dir(dir: &std::path::Path, marker: &str, command: &str) -> std::io:
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join(marker), format!("made by coldstream {command}; deleted by the next {command}\n"))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_async_runtime_has_the_threads_asked_for() {
+        for threads in [1, 3] {
+            let runtime = super::runtime_with(threads).expect("a runtime");
+            assert_eq!(runtime.metrics().num_workers(), threads);
+        }
+        let per_core = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(super::runtime_with(0).expect("a runtime").metrics().num_workers(), per_core);
+    }
 }

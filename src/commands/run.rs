@@ -6,7 +6,7 @@ use anyhow::Context;
 use coldstream::config::{LogSection, Role};
 use coldstream::server::Server;
 
-use super::{ConfigArgs, init_logging_with, runtime};
+use super::{ConfigArgs, init_logging_with, runtime_with};
 
 /// The server's configuration and its overrides.
 #[derive(clap::Args)]
@@ -98,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cluster = config.cluster.cluster()?;
     // Every secret is checked before anything is opened.
     config.auth.tokens()?;
-    let runtime = runtime()?;
+    let runtime = runtime_with(config.async_threads)?;
     let exporter = if config.tracing.otlp_endpoint.is_empty() {
         None
     } else {

@@ -400,6 +400,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
             "duration_s": spec.duration.as_secs_f64(),
             "fridges": spec.fridges,
             "workers": config.worker_threads(),
+            "async_threads": tokio::runtime::Handle::current().metrics().num_workers(),
             "seed": spec.seed,
             "webhook_endpoints": 3,
             "config": "defaults (fsync per group commit, 10 s checkpoints, 30 s Parquet rolls)",

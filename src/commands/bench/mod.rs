@@ -10,7 +10,7 @@ mod harness;
 
 use harness::BenchSpec;
 
-use super::{init_logging, runtime};
+use super::{init_logging, runtime_with};
 
 /// The workload and where the report goes.
 #[derive(clap::Args)]
@@ -33,6 +33,10 @@ pub struct Args {
     /// Timely worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Threads of the async runtime that runs the gateway, webhook delivery
+    /// and the three receivers (0: one per core); `async_threads` in the config.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub async_threads: u16,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -60,12 +64,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         fleet_binary: None,
     };
     if let Some(path) = args.curve {
-        let points = runtime()?.block_on(curve::run_and_draw(&spec, &path))?;
+        let points = runtime_with(args.async_threads.into())?.block_on(curve::run_and_draw(&spec, &path))?;
         print!("{}", curve::table(&points));
         println!("curve: {} and {}", path.display(), path.with_extension("json").display());
         return Ok(());
     }
-    let report = runtime()?.block_on(harness::run(&spec))?;
+    let report = runtime_with(args.async_threads.into())?.block_on(harness::run(&spec))?;
     print!("{report}");
     if let Some(path) = args.json {
         let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
