@@ -417,12 +417,27 @@ fn frames(bytes: &[u8]) -> (Vec<(Record, u64, u32)>, u64) {
 /// A record's frame: its JSON's length and CRC-32C (little-endian u32
 /// each), then the JSON.
 fn encode(record: &RecordRef<'_>) -> Vec<u8> {
-    let json = serde_json::to_vec(record).expect("outbox records serialize");
-    let mut frame = Vec::with_capacity(json.len() + 8);
-    frame.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
-    frame.extend_from_slice(&json);
+    // The JSON is written in place after room for the header, into a
+    // buffer sized for it: no growth copies, no second copy.
+    let mut frame = Vec::with_capacity(8 + record.json_len_hint());
+    frame.extend_from_slice(&[0; 8]);
+    serde_json::to_writer(&mut frame, record).expect("outbox records serialize");
+    let (header, json) = frame.split_at_mut(8);
+    header[..4].copy_from_slice(&(json.len() as u32).to_le_bytes());
+    header[4..].copy_from_slice(&crc32c::crc32c(json).to_le_bytes());
     frame
+}
+
+impl RecordRef<'_> {
+    /// About the length of the record's JSON: its strings, a quarter more
+    /// for the body's escaped quotes, and the field names.
+    fn json_len_hint(&self) -> usize {
+        match self {
+            RecordRef::Enqueued(m) => 128 + m.id.len() + m.key.len() + m.kind.len() + m.body.len() * 5 / 4,
+            RecordRef::Done(id) => 16 + id.len(),
+            RecordRef::Covered(_) => 32,
+        }
+    }
 }
 
 /// The JSON of the frame `bytes` start with, if it is whole and its CRC
@@ -452,6 +467,24 @@ mod tests {
 
     fn ids(outbox: &Outbox) -> Vec<&str> {
         outbox.pending().map(|m| m.id()).collect()
+    }
+
+    /// A frame is the record's JSON behind its length and CRC, and the
+    /// buffer it is written into is large enough from the start.
+    #[test]
+    fn a_frame_is_length_crc_and_json_in_one_buffer_sized_for_it() {
+        let mut order = (*message(7)).clone();
+        order.body = format!(
+            "{{\"type\":\"restock.opened\",\"data\":{{\"lines\":[{}]}}}}",
+            "{\"sku\":\"SKU-1\",\"qty\":3},".repeat(40)
+        );
+        for record in [RecordRef::Enqueued(&order), RecordRef::Done("msg_7"), RecordRef::Covered(u64::MAX)] {
+            let frame = encode(&record);
+            let json = serde_json::to_vec(&record).unwrap();
+            assert_eq!(checked(&frame), Some(json.as_slice()));
+            assert_eq!(frame.len(), 8 + json.len());
+            assert!(json.len() <= record.json_len_hint(), "{} > {}", json.len(), record.json_len_hint());
+        }
     }
 
     #[test]
