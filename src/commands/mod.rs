@@ -222,11 +222,15 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The async runtime, with `threads` worker threads (0: one per core).
 pub fn runtime_with(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if threads > 0 {
-        builder.worker_threads(threads);
-    }
-    builder.enable_all().build().context("starting the async runtime")
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        threads => threads,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Starts a receiver on a free loopback port for every webhook endpoint,
