@@ -451,9 +451,9 @@ pub async fn dispatch(
     // The `webhook.pending` spans of followed messages, by id: each ends
     // when its message is done.
     let mut spans: HashMap<String, tracing::Span> = HashMap::new();
-    // Done marks are fsynced in batches by their own task, so that sending
-    // never waits for the disk; after a crash, a delivery whose mark was not
-    // yet durable is sent again, with the same id.
+    // Done marks are written in batches by their own task, so that sending
+    // never waits for the outbox; after a power loss, a delivery whose mark
+    // had not reached the disk is sent again, with the same id.
     let (done, marks) = tokio::sync::mpsc::unbounded_channel::<Arc<Pending>>();
     let marker = tokio::spawn(mark_done(name, Arc::clone(&outbox), marks));
     let mut open = true;
@@ -572,7 +572,7 @@ pub async fn dispatch(
     }
 }
 
-/// Marks delivered messages done in the outbox, as many per fsync as are waiting.
+/// Marks delivered messages done in the outbox, as many per write as are waiting.
 async fn mark_done(name: &'static str, outbox: Arc<Mutex<Outbox>>, mut marks: UnboundedReceiver<Arc<Pending>>) {
     let mut waiting = Vec::new();
     while marks.recv_many(&mut waiting, 8_192).await > 0 {
