@@ -332,10 +332,7 @@ struct Lanes {
 impl Lanes {
     fn add(&mut self, message: Arc<Pending>) {
         let key = Key(Arc::clone(&message));
-        let lane = match self.lanes.get_mut(key.as_str()) {
-            Some(lane) => lane,
-            None => self.lanes.entry(key.clone()).or_default(),
-        };
+        let lane = self.lanes.entry(key.clone()).or_default();
         lane.queue.push_back(message);
         if lane.queue.len() == 1 {
             self.ready.push_back(key);

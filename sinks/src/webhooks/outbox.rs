@@ -335,7 +335,7 @@ impl Outbox {
         // An fsync here would hold the outbox, and the view sink enqueuing
         // into it, for a disk write that only spares redeliveries after a
         // power loss.
-        self.file.flush().map_err(|source| self.error(source))?;
+        self.flush()?;
         self.done_in_queue += marked;
         self.dead_records += 2 * marked;
         while self.pending.front().is_some_and(|m| m.is_done()) {
@@ -353,8 +353,15 @@ impl Outbox {
         Ok((frame.len() - 8) as u32)
     }
 
+    /// Hands what is buffered to the OS.
+    fn flush(&mut self) -> Result<(), OutboxError> {
+        self.file.flush().map_err(|source| self.error(source))
+    }
+
+    /// Hands what is buffered to the OS and waits for the disk.
     fn sync(&mut self) -> Result<(), OutboxError> {
-        self.file.flush().and_then(|_| self.file.get_ref().sync_data()).map_err(|source| self.error(source))
+        self.flush()?;
+        self.file.get_ref().sync_data().map_err(|source| self.error(source))
     }
 
     fn error(&self, source: std::io::Error) -> OutboxError {
