@@ -59,6 +59,7 @@ async fn sustained(count: usize, keys: usize) -> f64 {
         max_in_flight: 16,
         ca: None,
         every_update: false,
+        protocol: coldstream_sinks::webhooks::Protocol::Auto,
     };
     let dead_letter = Arc::new(DeadLetter::new(dir.path(), ParquetConfig::default()));
     let (send, receive) = tokio::sync::mpsc::unbounded_channel();
@@ -91,6 +92,7 @@ async fn outage(fridges: usize) {
             max_in_flight: 16,
             ca_file: None,
             every_update: false,
+            protocol: coldstream_sinks::webhooks::Protocol::Auto,
         };
         *config.webhooks.endpoint_mut(endpoint) = Some(section);
     }

@@ -380,6 +380,10 @@ pub struct EndpointSection {
     /// superseded before it was sent (by default such an update is skipped).
     #[serde(default)]
     pub every_update: bool,
+    /// `auto` (HTTP/1.1 to `http://`, HTTP/2 to `https://` when the
+    /// receiver offers it), `http1` or `http2`.
+    #[serde(default)]
+    pub protocol: coldstream_sinks::webhooks::Protocol,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -1226,6 +1230,7 @@ impl Config {
                     max_in_flight: section.max_in_flight,
                     ca,
                     every_update: section.every_update,
+                    protocol: section.protocol,
                 },
             ));
         }
@@ -1507,6 +1512,10 @@ breaker_open_ms = 30000
 # max_in_flight = 16          # concurrent deliveries (different keys)
 # every_update = false        # true: also send a restock.updated that a later
 #                             # state of its order superseded before it was sent
+# protocol = "auto"           # auto: HTTP/1.1 to http://, HTTP/2 to https:// when
+#                             # the receiver offers it; "http1"; "http2": every
+#                             # delivery a stream of one connection (to http://,
+#                             # the receiver must speak cleartext HTTP/2)
 "#;
 
 #[cfg(test)]
@@ -1651,5 +1660,28 @@ mod tests {
         let ok = Config::parse("[webhooks.alerts]\nurl = \"http://127.0.0.1:9/hooks\"\nsecret = \"whsec_Y29sZHN0cmVhbS1kZW1vLXNlY3JldC0wMQ==\"\n", "c.toml")
             .expect("valid");
         assert_eq!(ok.webhooks().expect("valid").endpoints.len(), 1);
+    }
+
+    #[test]
+    fn an_endpoints_protocol_defaults_to_auto_and_is_one_of_three() {
+        use coldstream_sinks::webhooks::Protocol;
+        let endpoint = |extra: &str| {
+            Config::parse(
+                &format!(
+                    "[webhooks.accounting]\nurl = \"http://127.0.0.1:9/hooks\"\nsecret = \"whsec_Y29sZHN0cmVhbS1kZW1vLXNlY3JldC0wMQ==\"\n{extra}"
+                ),
+                "c.toml",
+            )
+            .and_then(|config| config.webhooks())
+            .map(|webhooks| webhooks.endpoints[0].1.protocol)
+        };
+        assert_eq!(endpoint("").expect("valid"), Protocol::Auto);
+        for protocol in Protocol::ALL {
+            assert_eq!(endpoint(&format!("protocol = \"{}\"\n", protocol.as_str())).expect("valid"), protocol);
+            assert_eq!(protocol.as_str().parse::<Protocol>(), Ok(protocol));
+        }
+        let bad = endpoint("protocol = \"spdy\"\n").expect_err("not a protocol");
+        assert!(bad.to_string().contains("spdy") && !bad.to_string().contains('\n'), "{bad}");
+        assert!("h2".parse::<Protocol>().expect_err("not a name").contains("auto, http1, http2"));
     }
 }

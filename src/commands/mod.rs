@@ -253,6 +253,7 @@ pub async fn local_receivers(
             max_in_flight: 16,
             ca_file: None,
             every_update: false,
+            protocol: coldstream_sinks::webhooks::Protocol::Auto,
         });
         receivers.push((endpoint, receiver));
     }

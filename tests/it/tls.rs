@@ -131,10 +131,15 @@ async fn plaintext_on_an_address_other_than_loopback_is_refused_unless_the_confi
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhooks_are_delivered_over_https_to_a_receiver_whose_ca_is_configured() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let ca = Authority::new();
+/// An HTTPS receiver on a free loopback port with a certificate for
+/// `localhost` signed by `ca`, offering `alpn` in the handshake and
+/// speaking whichever HTTP the client chose: each request's version and
+/// body go to the channel, and each is answered 204.
+async fn https_receiver(
+    ca: &Authority,
+    alpn: &[&[u8]],
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<(hyper::Version, String)>, tokio::task::JoinHandle<()>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     let (cert, key) = ca.issue(&["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
     let certs: Vec<_> = rustls::pki_types::pem::PemObject::pem_slice_iter(cert.as_bytes())
         .collect::<Result<Vec<rustls::pki_types::CertificateDer<'static>>, _>>()
@@ -143,69 +148,74 @@ async fn webhooks_are_delivered_over_https_to_a_receiver_whose_ca_is_configured(
         key.as_bytes(),
     )
     .unwrap();
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let (seen, mut bodies) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let receiver = tokio::spawn(async move {
+    let (seen, requests) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let (acceptor, seen) = (acceptor.clone(), seen.clone());
             tokio::spawn(async move {
-                let Ok(mut stream) = acceptor.accept(stream).await else { return };
-                let mut request = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = stream.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
+                let Ok(stream) = acceptor.accept(stream).await else { return };
+                let answer = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let version = request.version();
+                        let body = axum::body::to_bytes(axum::body::Body::new(request.into_body()), 1 << 20).await?;
+                        let _ = seen.send((version, String::from_utf8_lossy(&body).into_owned()));
+                        hyper::Response::builder().status(204).body(axum::body::Body::empty()).map_err(axum::Error::new)
                     }
-                    request.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&request).into_owned();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let length = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
-                            })
-                            .and_then(|v| v.parse::<usize>().ok())
-                            .unwrap_or(0);
-                        if body.len() >= length {
-                            let _ = seen.send(body[..length].to_owned());
-                            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n").await;
-                            request.clear();
-                        }
-                    }
-                }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), answer)
+                    .await;
             });
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("receiver-ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let toml = format!(
-        "[webhooks.alerts]\nurl = \"https://localhost:{port}/hooks\"\nsecret = \"{}\"\nca_file = {:?}\n",
-        coldstream_sinks::webhooks::EXAMPLE_SECRET,
-        ca_file.display().to_string()
-    );
-    let parsed = coldstream::config::Config::parse(&toml, "test").unwrap();
-    let mut config = crate::support::config(&dir.path().join("data"));
-    config.webhooks = parsed.webhooks;
-    let server = Server::start(&config).await.unwrap();
-    let addr = format!("http://{}", server.addr());
-    let mut fridge = crate::support::session(&addr, "FR-000001").await;
-    // A negative on-hand raises an alert.
-    fridge.send(1, vec![taken("FR-000001", 1)]).await.unwrap();
-    fridge.ack().await.unwrap();
-    let body = tokio::time::timeout(Duration::from_secs(60), bodies.recv()).await.expect("delivered").unwrap();
-    assert!(body.contains("inventory.negative"), "{body}");
-    server.shutdown().await.unwrap();
-    receiver.abort();
+    (port, requests, task)
+}
+
+/// Webhooks reach an `https://` receiver whose CA is configured, in the
+/// HTTP it offers in the TLS handshake: HTTP/1.1 when it offers nothing,
+/// HTTP/2 when it offers `h2` (`protocol = "auto"`, the default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_delivered_over_https_to_a_receiver_whose_ca_is_configured() {
+    let offers: [(&[&[u8]], hyper::Version); 2] =
+        [(&[], hyper::Version::HTTP_11), (&[b"h2", b"http/1.1"], hyper::Version::HTTP_2)];
+    for (alpn, version) in offers {
+        let ca = Authority::new();
+        let (port, mut requests, receiver) = https_receiver(&ca, alpn).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("receiver-ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let toml = format!(
+            "[webhooks.alerts]\nurl = \"https://localhost:{port}/hooks\"\nsecret = \"{}\"\nca_file = {:?}\n",
+            coldstream_sinks::webhooks::EXAMPLE_SECRET,
+            ca_file.display().to_string()
+        );
+        let parsed = coldstream::config::Config::parse(&toml, "test").unwrap();
+        let mut config = crate::support::config(&dir.path().join("data"));
+        config.webhooks = parsed.webhooks;
+        let server = Server::start(&config).await.unwrap();
+        let addr = format!("http://{}", server.addr());
+        let mut fridge = crate::support::session(&addr, "FR-000001").await;
+        // A negative on-hand raises an alert.
+        fridge.send(1, vec![taken("FR-000001", 1)]).await.unwrap();
+        fridge.ack().await.unwrap();
+        let (spoken, body) =
+            tokio::time::timeout(Duration::from_secs(60), requests.recv()).await.expect("delivered").unwrap();
+        assert!(body.contains("inventory.negative"), "{body}");
+        assert_eq!(spoken, version, "offered {alpn:?}");
+        server.shutdown().await.unwrap();
+        receiver.abort();
+    }
 }
 
 /// The Flight SQL endpoint speaks TLS with the gateway's certificate: a

@@ -13,7 +13,7 @@ use coldstream_pipelines::metrics::Registry;
 use coldstream_sinks::ParquetConfig;
 use coldstream_sinks::webhooks::deliver::{EndpointMetrics, dispatch};
 use coldstream_sinks::webhooks::{
-    DeadLetter, EXAMPLE_SECRET, Endpoint, EndpointConfig, Message, Outbox, RetryPolicy, Secret,
+    DeadLetter, EXAMPLE_SECRET, Endpoint, EndpointConfig, Message, Outbox, Protocol, RetryPolicy, Secret,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -209,6 +209,17 @@ fn fast_retries(breaker_failures: u32) -> RetryPolicy {
 
 /// Delivers `messages` from a fresh outbox in `dir` until all are done.
 async fn deliver_all(dir: &Path, url: hyper::Uri, messages: Vec<Message>, retry: RetryPolicy) -> Outbox {
+    deliver_all_in(dir, url, messages, retry, Protocol::Auto).await
+}
+
+/// [`deliver_all`] in `protocol`.
+async fn deliver_all_in(
+    dir: &Path,
+    url: hyper::Uri,
+    messages: Vec<Message>,
+    retry: RetryPolicy,
+    protocol: Protocol,
+) -> Outbox {
     let mut outbox = Outbox::open(&dir.join("webhooks")).unwrap();
     outbox.enqueue(&messages.into_iter().map(Arc::new).collect::<Vec<_>>(), 1).unwrap();
     let outbox = Arc::new(Mutex::new(outbox));
@@ -219,6 +230,7 @@ async fn deliver_all(dir: &Path, url: hyper::Uri, messages: Vec<Message>, retry:
         max_in_flight: 4,
         ca: None,
         every_update: false,
+        protocol,
     };
     let dead_letter = Arc::new(DeadLetter::new(dir, ParquetConfig::default()));
     let (send, receive) = tokio::sync::mpsc::unbounded_channel();
@@ -226,6 +238,37 @@ async fn deliver_all(dir: &Path, url: hyper::Uri, messages: Vec<Message>, retry:
     let run = dispatch(Endpoint::Alerts, config, retry, Arc::clone(&outbox), dead_letter, receive, Default::default());
     tokio::time::timeout(Duration::from_secs(60), run).await.expect("every delivery ends within 60 s");
     Arc::try_unwrap(outbox).ok().unwrap().into_inner().unwrap()
+}
+
+/// `protocol = "http2"` sends every delivery as a stream of one cleartext
+/// HTTP/2 connection, in order per key; `auto` and `http1` speak HTTP/1.1
+/// to an `http://` URL. The receiver is `coldstream receive`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_sends_deliveries_as_streams_and_auto_speaks_http1_to_plain_http() {
+    use coldstream_sinks::webhooks::receiver::{Keep, Receiver as Ours};
+    let keys = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    for (protocol, version) in [
+        (Protocol::Http2, hyper::Version::HTTP_2),
+        (Protocol::Auto, hyper::Version::HTTP_11),
+        (Protocol::Http1, hyper::Version::HTTP_11),
+    ] {
+        let secret = Secret::parse(EXAMPLE_SECRET).unwrap();
+        let receiver = Ours::start(([127, 0, 0, 1], 0).into(), secret, Keep::Everything).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let messages = (1..=5).flat_map(|n| keys.map(|k| message(k, n))).collect();
+        let url = format!("http://{}/alerts", receiver.addr()).parse().unwrap();
+        let outbox = deliver_all_in(dir.path(), url, messages, fast_retries(3), protocol).await;
+        assert_eq!(outbox.pending().count(), 0, "{protocol:?}: every message done");
+        let received = receiver.received();
+        assert_eq!(received.len(), 40, "{protocol:?}");
+        assert!(received.iter().all(|d| d.version == version && !d.repeat), "{protocol:?}: all in {version:?}, once");
+        for key in keys {
+            let of_key: Vec<u64> =
+                received.iter().filter(|d| d.data["k"] == key).filter_map(|d| d.data["n"].as_u64()).collect();
+            assert_eq!(of_key, [1, 2, 3, 4, 5], "{protocol:?}: key {key} in order");
+        }
+        receiver.stop().await;
+    }
 }
 
 /// A message whose record in the outbox file was damaged after it was
@@ -253,6 +296,7 @@ async fn a_message_unreadable_from_the_outbox_waits_and_the_endpoint_stays_open(
         max_in_flight: 1,
         ca: None,
         every_update: false,
+        protocol: Protocol::Auto,
     };
     // Three failures in a row would open the circuit for a minute.
     let retry = RetryPolicy { breaker_open: Duration::from_secs(60), ..fast_retries(3) };
@@ -627,6 +671,7 @@ async fn the_bundled_receiver_accepts_signed_deliveries_and_refuses_a_wrong_sign
         max_in_flight: 1,
         ca: None,
         every_update: false,
+        protocol: Protocol::Auto,
     };
     let (send, receive) = tokio::sync::mpsc::unbounded_channel();
     drop(send);

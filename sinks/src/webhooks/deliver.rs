@@ -44,6 +44,51 @@ pub struct EndpointConfig {
     /// Send every message, even a `restock.updated` that a later one of its
     /// key superseded before it was sent.
     pub every_update: bool,
+    /// Which HTTP the endpoint is spoken to in.
+    pub protocol: Protocol,
+}
+
+/// Which HTTP an endpoint is spoken to in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 to an `http://` URL; to an `https://` one, HTTP/2 if the
+    /// receiver offers it in the TLS handshake (ALPN), else HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only: one request at a time on each connection, up to
+    /// `max_in_flight` connections.
+    Http1,
+    /// HTTP/2 only, all deliveries as streams of one connection: to an
+    /// `http://` URL without asking first (the receiver must speak
+    /// cleartext HTTP/2, "prior knowledge"); to an `https://` one, a
+    /// receiver that does not offer it in the handshake is not reached.
+    Http2,
+}
+
+impl Protocol {
+    /// Every protocol, in the order the configuration lists them.
+    pub const ALL: [Protocol; 3] = [Protocol::Auto, Protocol::Http1, Protocol::Http2];
+
+    /// The name the configuration uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Auto => "auto",
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+        }
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Protocol, String> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str() == name)
+            .ok_or_else(|| format!("{name:?} is not one of auto, http1, http2"))
+    }
 }
 
 /// The roots an `https://` endpoint's certificate is checked against: the
@@ -73,7 +118,8 @@ pub fn tls_roots(ca: Option<&[u8]>) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
-/// What delivers to one endpoint: HTTP/1.1, over TLS for `https://`.
+/// What delivers to one endpoint: HTTP/1.1 or HTTP/2 ([`Protocol`]), over
+/// TLS for `https://`.
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 fn http_client(config: &EndpointConfig) -> Result<HttpClient, String> {
@@ -87,14 +133,18 @@ fn http_client(config: &EndpointConfig) -> Result<HttpClient, String> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
+    // The versions offered in the TLS handshake; over `http://` there is no
+    // handshake, and `http2_only` below decides.
+    let versions = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let connector = match config.protocol {
+        Protocol::Auto => versions.enable_all_versions().wrap_connector(http),
+        Protocol::Http1 => versions.enable_http1().wrap_connector(http),
+        Protocol::Http2 => versions.enable_http2().wrap_connector(http),
+    };
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(config.max_in_flight)
+        .http2_only(config.protocol == Protocol::Http2)
         .build(connector))
 }
 

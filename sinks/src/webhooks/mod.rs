@@ -25,7 +25,7 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle;
 
 pub use dead_letter::{DeadLetter, FailedDelivery};
-pub use deliver::{EndpointConfig, RetryPolicy, tls_roots};
+pub use deliver::{EndpointConfig, Protocol, RetryPolicy, tls_roots};
 pub use events::{Derive, Endpoint, Message};
 pub use outbox::{Bodies, Outbox, OutboxError, Pending};
 pub use sign::{EXAMPLE_SECRET, Secret, SignatureError};
@@ -424,6 +424,7 @@ mod tests {
             max_in_flight: 1,
             ca: None,
             every_update: false,
+            protocol: deliver::Protocol::Auto,
         };
         let config = WebhookConfig { endpoints: vec![(Endpoint::Alerts, endpoint)], ..WebhookConfig::default() };
         let (mut webhooks, dispatchers) =

@@ -1,4 +1,5 @@
-//! A small webhook receiver: verifies each delivery's Standard Webhooks
+//! A small webhook receiver (HTTP/1.1, and HTTP/2 in cleartext to a client
+//! that starts with it): verifies each delivery's Standard Webhooks
 //! signature, answers 204 (or 401 with the reason), drops repeats by
 //! `webhook-id`, and keeps what it received ([`Keep`]). `coldstream
 //! receive` prints each delivery and keeps only the last
@@ -14,7 +15,7 @@ use super::Secret;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Version};
 use axum::routing::post;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -36,6 +37,8 @@ pub struct Delivery {
     pub repeat: bool,
     /// When it arrived, in ms since the Unix epoch.
     pub received_ms: u64,
+    /// The HTTP it came in.
+    pub version: axum::http::Version,
 }
 
 /// What a receiver does with a verified delivery.
@@ -182,7 +185,12 @@ impl Receiver {
     }
 }
 
-async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+async fn receive(
+    State(shared): State<Arc<Shared>>,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = chrono::Utc::now().timestamp();
     let (id, timestamp, signature) = (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
@@ -220,6 +228,7 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         timestamp_ms: json["timestamp"].as_str().and_then(epoch_ms),
         repeat,
         received_ms,
+        version,
     };
     shared.received.lock().expect("receiver lock").push(delivery);
     (StatusCode::NO_CONTENT, String::new())

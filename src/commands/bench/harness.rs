@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use coldstream_sinks::webhooks::Endpoint;
+use coldstream_sinks::webhooks::{Endpoint, Protocol};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
@@ -52,6 +52,10 @@ pub struct BenchSpec {
     pub seed: u64,
     /// The `coldstream` binary that runs the fleet (`None`: this program).
     pub fleet_binary: Option<PathBuf>,
+    /// How the three endpoints are spoken to.
+    pub webhook_protocol: Protocol,
+    /// Deliveries in flight at once to each endpoint.
+    pub webhook_in_flight: usize,
 }
 
 /// Latency percentiles of one kind of webhook, in ms.
@@ -279,6 +283,12 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     let mut config = Config::loopback(&spec.data_dir, spec.workers);
     let receivers =
         super::super::local_receivers(&mut config, Keep::Receipts).await.context("starting a webhook receiver")?;
+    for (endpoint, _) in &receivers {
+        if let Some(section) = config.webhooks.endpoint_mut(*endpoint) {
+            section.protocol = spec.webhook_protocol;
+            section.max_in_flight = spec.webhook_in_flight;
+        }
+    }
     let server = Server::start(&config).await?;
     let exe = match &spec.fleet_binary {
         Some(binary) => binary.clone(),
@@ -403,6 +413,8 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
             "async_threads": tokio::runtime::Handle::current().metrics().num_workers(),
             "seed": spec.seed,
             "webhook_endpoints": 3,
+            "webhook_protocol": spec.webhook_protocol.as_str(),
+            "webhook_in_flight": spec.webhook_in_flight,
             "config": "defaults (fsync per group commit, 10 s checkpoints, 30 s Parquet rolls)",
         }),
         events,

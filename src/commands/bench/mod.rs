@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use coldstream_sinks::webhooks::Protocol;
 
 mod curve;
 mod harness;
@@ -37,6 +38,15 @@ pub struct Args {
     /// and the three receivers (0: one per core); `async_threads` in the config.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub async_threads: u16,
+    /// How the three local receivers are spoken to: `auto` (HTTP/1.1 to
+    /// them), `http1` or `http2` (cleartext, every delivery a stream of one
+    /// connection); `protocol` of a `[webhooks.*]` table.
+    #[arg(long, default_value = "auto")]
+    pub webhook_protocol: Protocol,
+    /// Deliveries in flight at once to each receiver; `max_in_flight` of a
+    /// `[webhooks.*]` table.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub webhook_in_flight: u64,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -62,6 +72,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         workers: args.workers,
         seed: args.seed,
         fleet_binary: None,
+        webhook_protocol: args.webhook_protocol,
+        webhook_in_flight: args.webhook_in_flight as usize,
     };
     if let Some(path) = args.curve {
         let points = runtime_with(args.async_threads.into())?.block_on(curve::run_and_draw(&spec, &path))?;
