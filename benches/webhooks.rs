@@ -1,8 +1,9 @@
 //! Webhook delivery, measured on loopback:
 //!
 //! 1. how many deliveries per second one endpoint sustains, signed and
-//!    verified by a `coldstream receive` receiver, with many keys (16 in
-//!    flight) and with a single key (strictly one after the other);
+//!    verified by a `coldstream receive` receiver, with many keys (16, 64
+//!    and 256 in flight, over HTTP/1.1 and over cleartext HTTP/2) and with
+//!    a single key (strictly one after the other);
 //! 2. a one-hour receiver outage in accelerated time: a fleet sends an hour
 //!    of events as fast as it can while the receivers are down; then the
 //!    outbox on disk, the pending deliveries and the process memory are
@@ -21,7 +22,7 @@ use coldstream_sinks::ParquetConfig;
 use coldstream_sinks::webhooks::deliver::dispatch;
 use coldstream_sinks::webhooks::receiver::{Keep, Receiver};
 use coldstream_sinks::webhooks::{
-    DeadLetter, EXAMPLE_SECRET, Endpoint, EndpointConfig, Message, Outbox, RetryPolicy, Secret,
+    DeadLetter, EXAMPLE_SECRET, Endpoint, EndpointConfig, Message, Outbox, Protocol, RetryPolicy, Secret,
 };
 use coldstream_sources::simulator::{self as simulate, RunSpec};
 
@@ -29,8 +30,9 @@ fn secret() -> Secret {
     Secret::parse(EXAMPLE_SECRET).expect("the example secret parses")
 }
 
-/// Delivers `count` messages spread over `keys` keys; returns deliveries/s.
-async fn sustained(count: usize, keys: usize) -> f64 {
+/// Delivers `count` messages spread over `keys` keys, `in_flight` at once
+/// in `protocol`; returns deliveries/s.
+async fn sustained(count: usize, keys: usize, in_flight: usize, protocol: Protocol) -> f64 {
     let receiver =
         Receiver::start("127.0.0.1:0".parse().expect("address"), secret(), Keep::Everything).await.expect("receiver");
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -56,10 +58,10 @@ async fn sustained(count: usize, keys: usize) -> f64 {
         url: format!("http://{}/hooks", receiver.addr()).parse().expect("url"),
         secret: secret(),
         timeout: Duration::from_secs(10),
-        max_in_flight: 16,
+        max_in_flight: in_flight,
         ca: None,
         every_update: false,
-        protocol: coldstream_sinks::webhooks::Protocol::Auto,
+        protocol,
     };
     let dead_letter = Arc::new(DeadLetter::new(dir.path(), ParquetConfig::default()));
     let (send, receive) = tokio::sync::mpsc::unbounded_channel();
@@ -89,10 +91,10 @@ async fn outage(fridges: usize) {
             url: format!("http://{addr}/{}", endpoint.as_str()),
             secret: EXAMPLE_SECRET.into(),
             timeout_ms: 10_000,
-            max_in_flight: 16,
+            max_in_flight: EndpointConfig::DEFAULT_MAX_IN_FLIGHT,
             ca_file: None,
             every_update: false,
-            protocol: coldstream_sinks::webhooks::Protocol::Auto,
+            protocol: Protocol::Auto,
         };
         *config.webhooks.endpoint_mut(endpoint) = Some(section);
     }
@@ -162,9 +164,16 @@ fn main() {
     println!("machine: {}", coldstream::machine::describe());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let many = sustained(count, 1_000).await;
-        println!("one endpoint, {count} deliveries over 1000 keys, 16 in flight: {many:.0} deliveries/s");
-        let one = sustained(count / 10, 1).await;
+        for protocol in [Protocol::Http1, Protocol::Http2] {
+            for in_flight in [16, 64, 256] {
+                let many = sustained(count, 1_000, in_flight, protocol).await;
+                println!(
+                    "one endpoint, {count} deliveries over 1000 keys, {in_flight} in flight, {}: {many:.0} deliveries/s",
+                    protocol.as_str()
+                );
+            }
+        }
+        let one = sustained(count / 10, 1, 1, Protocol::Auto).await;
         println!(
             "one endpoint, {} deliveries of a single key (in order, one at a time): {one:.0} deliveries/s",
             count / 10

@@ -1509,7 +1509,7 @@ breaker_open_ms = 30000
 # url = "http://127.0.0.1:9001/hooks"
 # secret = "whsec_Y29sZHN0cmVhbS1kZW1vLXNlY3JldC0wMQ=="
 # timeout_ms = 10000          # one attempt, connection included
-# max_in_flight = 16          # concurrent deliveries (different keys)
+# max_in_flight = 64          # concurrent deliveries (different keys)
 # every_update = false        # true: also send a restock.updated that a later
 #                             # state of its order superseded before it was sent
 # protocol = "auto"           # auto: HTTP/1.1 to http://, HTTP/2 to https:// when

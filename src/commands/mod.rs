@@ -250,7 +250,7 @@ pub async fn local_receivers(
             url: format!("http://{}/{}", receiver.addr(), endpoint.as_str()),
             secret: EXAMPLE_SECRET.to_owned(),
             timeout_ms: 10_000,
-            max_in_flight: 16,
+            max_in_flight: coldstream_sinks::webhooks::EndpointConfig::DEFAULT_MAX_IN_FLIGHT,
             ca_file: None,
             every_update: false,
             protocol: coldstream_sinks::webhooks::Protocol::Auto,

@@ -152,7 +152,7 @@ impl EndpointConfig {
     /// The default of [`EndpointConfig::timeout`].
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
     /// The default of [`EndpointConfig::max_in_flight`].
-    pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 }
 
 /// Retries and the circuit breaker.

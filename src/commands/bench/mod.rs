@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use coldstream_sinks::webhooks::Protocol;
+use coldstream_sinks::webhooks::{EndpointConfig, Protocol};
 
 mod curve;
 mod harness;
@@ -45,7 +45,7 @@ pub struct Args {
     pub webhook_protocol: Protocol,
     /// Deliveries in flight at once to each receiver; `max_in_flight` of a
     /// `[webhooks.*]` table.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(long, default_value_t = EndpointConfig::DEFAULT_MAX_IN_FLIGHT as u64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub webhook_in_flight: u64,
     /// Also write the report as JSON to this file.
     #[arg(long)]
