@@ -84,10 +84,10 @@ impl std::str::FromStr for Protocol {
     type Err = String;
 
     fn from_str(name: &str) -> Result<Protocol, String> {
-        Protocol::ALL
-            .into_iter()
-            .find(|p| p.as_str() == name)
-            .ok_or_else(|| format!("{name:?} is not one of auto, http1, http2"))
+        Protocol::ALL.into_iter().find(|p| p.as_str() == name).ok_or_else(|| {
+            let names: Vec<&str> = Protocol::ALL.iter().map(|p| p.as_str()).collect();
+            format!("{name:?} is not one of {}", names.join(", "))
+        })
     }
 }
 

@@ -81,7 +81,15 @@ pub struct Webhooks {
     pressure: Arc<AtomicBool>,
     /// Set when the server stops: a full outbox no longer holds the views.
     stopping: Arc<AtomicBool>,
+    /// When a full outbox was last logged, and how many holds since: at a
+    /// sustained backlog it fills again every few batches, and one line
+    /// per [`FULL_WARNING_EVERY`] says so.
+    full_warned: Option<std::time::Instant>,
+    holds_unlogged: u64,
 }
+
+/// How often a full outbox is logged, at most.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 impl Webhooks {
     /// Opens `root/webhooks/outbox.log` and starts one dispatcher per
@@ -160,6 +168,8 @@ impl Webhooks {
             max_pending,
             pressure,
             stopping,
+            full_warned: None,
+            holds_unlogged: 0,
         };
         Ok((webhooks, tasks))
     }
@@ -221,17 +231,23 @@ impl Webhooks {
             && !self.stopping.load(Ordering::Acquire)
         {
             if !waited {
-                tracing::warn!(
-                    max_pending = self.max_pending,
-                    "webhook outbox full: holding the views and slowing ingestion"
-                );
+                self.holds_unlogged += 1;
+                if self.full_warned.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
+                    tracing::warn!(
+                        max_pending = self.max_pending,
+                        holds_since_last_line = self.holds_unlogged,
+                        "webhook outbox full: holding the views and slowing ingestion"
+                    );
+                    self.full_warned = Some(std::time::Instant::now());
+                    self.holds_unlogged = 0;
+                }
                 self.pressure.store(true, Ordering::Release);
                 waited = true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         if waited {
-            tracing::info!("webhook outbox below its bound again");
+            tracing::debug!("webhook outbox below its bound again");
             self.pressure.store(false, Ordering::Release);
         }
         let messages: Vec<Arc<Message>> = messages.into_iter().map(Arc::new).collect();
