@@ -81,15 +81,35 @@ pub struct Webhooks {
     pressure: Arc<AtomicBool>,
     /// Set when the server stops: a full outbox no longer holds the views.
     stopping: Arc<AtomicBool>,
-    /// When a full outbox was last logged, and how many holds since: at a
-    /// sustained backlog it fills again every few batches, and one line
-    /// per [`FULL_WARNING_EVERY`] says so.
-    full_warned: Option<std::time::Instant>,
-    holds_unlogged: u64,
+    /// Holds on a full outbox, and when they were last logged.
+    holds: Holds,
 }
 
 /// How often a full outbox is logged, at most.
 const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// The view sink's holds on a full outbox: at a sustained backlog it fills
+/// again every few batches, and one line per [`FULL_WARNING_EVERY`] says
+/// how many there were.
+#[derive(Default)]
+struct Holds {
+    logged_at: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl Holds {
+    /// Counts a hold at `now`; returns the holds a line is due for (this
+    /// one included), if the last line was at least
+    /// [`FULL_WARNING_EVERY`] ago or there was none.
+    fn hold(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.unlogged += 1;
+        if self.logged_at.is_some_and(|at| now.duration_since(at) < FULL_WARNING_EVERY) {
+            return None;
+        }
+        self.logged_at = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
 
 impl Webhooks {
     /// Opens `root/webhooks/outbox.log` and starts one dispatcher per
@@ -168,8 +188,7 @@ impl Webhooks {
             max_pending,
             pressure,
             stopping,
-            full_warned: None,
-            holds_unlogged: 0,
+            holds: Holds::default(),
         };
         Ok((webhooks, tasks))
     }
@@ -231,15 +250,12 @@ impl Webhooks {
             && !self.stopping.load(Ordering::Acquire)
         {
             if !waited {
-                self.holds_unlogged += 1;
-                if self.full_warned.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
+                if let Some(holds) = self.holds.hold(std::time::Instant::now()) {
                     tracing::warn!(
                         max_pending = self.max_pending,
-                        holds_since_last_line = self.holds_unlogged,
+                        holds_since_last_line = holds,
                         "webhook outbox full: holding the views and slowing ingestion"
                     );
-                    self.full_warned = Some(std::time::Instant::now());
-                    self.holds_unlogged = 0;
                 }
                 self.pressure.store(true, Ordering::Release);
                 waited = true;
@@ -428,6 +444,19 @@ mod tests {
             time: n as Time,
             body: "{}".into(),
         }
+    }
+
+    #[test]
+    fn a_full_outbox_is_logged_at_once_then_once_per_interval_with_the_holds_between() {
+        let start = std::time::Instant::now();
+        let mut holds = Holds::default();
+        assert_eq!(holds.hold(start), Some(1), "the first hold is logged");
+        for second in 1..10 {
+            assert_eq!(holds.hold(start + Duration::from_secs(second)), None, "{second} s: not yet");
+        }
+        assert_eq!(holds.hold(start + FULL_WARNING_EVERY), Some(10), "nine held back and this one");
+        assert_eq!(holds.hold(start + FULL_WARNING_EVERY + Duration::from_secs(1)), None);
+        assert_eq!(holds.hold(start + FULL_WARNING_EVERY * 5), Some(2), "a quiet spell, then a line at once");
     }
 
     #[tokio::test]
