@@ -50,7 +50,7 @@ pub struct EndpointConfig {
 
 /// Which HTTP an endpoint is spoken to in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum Protocol {
     /// HTTP/1.1 to an `http://` URL; to an `https://` one, HTTP/2 if the
     /// receiver offers it in the TLS handshake (ALPN), else HTTP/1.1.
@@ -77,6 +77,15 @@ impl Protocol {
             Protocol::Http1 => "http1",
             Protocol::Http2 => "http2",
         }
+    }
+}
+
+/// The configuration reads a protocol by the names [`Protocol::as_str`] gives.
+impl TryFrom<String> for Protocol {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Protocol, String> {
+        name.parse()
     }
 }
 

@@ -38,7 +38,7 @@ pub struct Delivery {
     /// When it arrived, in ms since the Unix epoch.
     pub received_ms: u64,
     /// The HTTP it came in.
-    pub version: axum::http::Version,
+    pub version: Version,
 }
 
 /// What a receiver does with a verified delivery.
