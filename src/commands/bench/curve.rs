@@ -174,7 +174,9 @@ mod tests {
                 latency("views → outbox", views_p99 / 2),
                 latency("outbox → receiver", webhook_p99 - views_p99),
             ],
+            views_by_second: Vec::new(),
             superseded_updates: 0,
+            repeated_deliveries: 0,
             cpu_seconds_per_million_events: 10.0,
             peak_rss_mib: 100.0,
         }

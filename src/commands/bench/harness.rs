@@ -75,6 +75,20 @@ pub struct Latency {
     pub max_ms: u64,
 }
 
+/// One second of the run as the views saw it: the sampled commits that
+/// became durable in it and how long each took to be in every view.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ViewsSecond {
+    /// Seconds from the first sampled commit.
+    pub second: u64,
+    /// Sampled commits that became durable in this second.
+    pub commits: u64,
+    /// Their commit → in every view latency, 99th percentile, ms.
+    pub p99_ms: u64,
+    /// The slowest of them, ms.
+    pub max_ms: u64,
+}
+
 /// What a run measured.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchReport {
@@ -100,9 +114,15 @@ pub struct BenchReport {
     /// The same, by stage: commit → views computed, views → outbox,
     /// outbox → receiver.
     pub stages: Vec<Latency>,
+    /// The views' latency second by second: whether a p99 comes from a
+    /// few slow moments (a stall) or from all of the run (a full machine).
+    pub views_by_second: Vec<ViewsSecond>,
     /// `restock.updated` deliveries skipped because a newer state of the
     /// same order superseded them before they were sent.
     pub superseded_updates: u64,
+    /// Deliveries of a webhook id the receivers had already received
+    /// (measured once, at the first).
+    pub repeated_deliveries: u64,
     /// CPU seconds of the pipeline process per million events.
     pub cpu_seconds_per_million_events: f64,
     /// Peak resident memory of the pipeline process, MiB.
@@ -130,11 +150,25 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "restock.updated skipped: {} (a newer state of the same order was pending)",
-            self.superseded_updates
+            "restock.updated skipped: {} (a newer state of the same order was pending); delivered again: {}",
+            self.superseded_updates, self.repeated_deliveries
         )?;
         latency_table(f, "latency, commit to webhook arrival (ms):", "webhook", 12, &self.latency)?;
-        latency_table(f, "latency by stage (ms):", "stage", 26, &self.stages)
+        latency_table(f, "latency by stage (ms):", "stage", 26, &self.stages)?;
+        let mut slowest: Vec<&ViewsSecond> = self.views_by_second.iter().collect();
+        slowest.sort_by_key(|s| std::cmp::Reverse((s.max_ms, s.second)));
+        let over = |ms: u64| self.views_by_second.iter().filter(|s| s.max_ms > ms).count();
+        write!(
+            f,
+            "views by second: {} s measured, {} with a commit over 100 ms, {} over 250 ms; slowest (second: p99 / max ms):",
+            self.views_by_second.len(),
+            over(100),
+            over(250)
+        )?;
+        for s in slowest.iter().take(5) {
+            write!(f, " {}: {} / {}", s.second, s.p99_ms, s.max_ms)?;
+        }
+        writeln!(f)
     }
 }
 
@@ -244,6 +278,31 @@ impl Samples {
             }
         }
         summary("in the views", &histogram)
+    }
+
+    /// [`Samples::views_latency`] second by second.
+    fn views_by_second(&self) -> Vec<ViewsSecond> {
+        let Some(&(_, first_ms)) = self.durable_at.first() else { return Vec::new() };
+        let mut seconds: Vec<(u64, Histogram<u64>)> = Vec::new();
+        for &(time, durable_ms) in &self.durable_at {
+            let Some(views_ms) = passed(&self.views_at, time) else { continue };
+            let second = (durable_ms - first_ms) / 1000;
+            if seconds.last().is_none_or(|(s, _)| *s != second) {
+                seconds.push((second, new_histogram()));
+            }
+            if let Some((_, histogram)) = seconds.last_mut() {
+                histogram.saturating_record(views_ms.saturating_sub(durable_ms));
+            }
+        }
+        seconds
+            .into_iter()
+            .map(|(second, h)| ViewsSecond {
+                second,
+                commits: h.len(),
+                p99_ms: h.value_at_quantile(0.99),
+                max_ms: h.max(),
+            })
+            .collect()
     }
 }
 
@@ -384,8 +443,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     let mut latencies = Vec::new();
     let mut all = Vec::new();
     for (endpoint, receiver) in &receivers {
-        let mut first = receiver.take_receipts();
-        first.retain(|receipt| !receipt.repeat);
+        let first = receiver.take_receipts();
         let name = match endpoint {
             Endpoint::Procurement => "restock",
             Endpoint::Accounting => "payment",
@@ -394,9 +452,11 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         latencies.push(latency(name, &first, durable_at));
         all.extend(first);
     }
+    let repeated_deliveries = receivers.iter().map(|(_, receiver)| receiver.repeats()).sum();
     latencies.push(latency("all", &all, durable_at));
     latencies.push(samples.views_latency());
     let stages = samples.stages(&all);
+    let views_by_second = samples.views_by_second();
     let superseded_updates = server.webhooks_superseded();
     server.shutdown().await?;
     for (_, receiver) in receivers {
@@ -425,8 +485,31 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         fleet_seconds,
         latency: latencies,
         stages,
+        views_by_second,
         superseded_updates,
+        repeated_deliveries,
         cpu_seconds_per_million_events: cpu / (events.max(1) as f64 / 1e6),
         peak_rss_mib: coldstream::machine::peak_rss_mib().unwrap_or(0.0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_views_latency_is_told_second_by_second_from_the_first_commit() {
+        // Commits durable at 1,000, 1,500, 2,100 and 3,900 ms wall time; the
+        // views pass them at 1,010, 1,700, 2,105 and 4,000.
+        let samples = Samples {
+            durable_at: vec![(10, 1_000), (20, 1_500), (30, 2_100), (40, 3_900)],
+            views_at: vec![(11, 1_010), (21, 1_700), (31, 2_105), (41, 4_000)],
+            computed_at: Vec::new(),
+        };
+        let seconds: Vec<(u64, u64, u64)> =
+            samples.views_by_second().iter().map(|s| (s.second, s.commits, s.max_ms)).collect();
+        // A second without a commit has no row.
+        assert_eq!(seconds, [(0, 2, 200), (1, 1, 5), (2, 1, 100)]);
+        assert!(Samples::default().views_by_second().is_empty());
+    }
 }
