@@ -49,9 +49,9 @@ pub enum Keep {
     Everything,
     /// Keeps a [`Receipt`] of each first delivery of an id, for
     /// [`Receiver::take_receipts`], and counts the repeats: what a latency
-    /// measurement needs, at 24 bytes a delivery and 17 an id (the bench
-    /// runs its receivers in the pipeline's process, whose memory it
-    /// measures).
+    /// measurement needs, at 24 bytes a delivery and 17 a slot of the set
+    /// of ids (the bench runs its receivers in the pipeline's process,
+    /// whose memory it measures).
     Receipts,
     /// Prints a line of it and keeps nothing.
     Print,
@@ -301,7 +301,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_receipt_keeps_the_timestamp_and_arrival_and_marks_repeats_of_any_id() {
+    async fn a_receipt_keeps_the_timestamp_and_arrival_and_repeats_of_any_id_are_counted() {
         let secret = Secret::parse(EXAMPLE_SECRET).expect("the example secret");
         let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), secret, Keep::Receipts).await.expect("listens");
         let upper = "msg_0123456789abcdef0123456789ABCDEF";

@@ -268,14 +268,20 @@ impl Samples {
         ]
     }
 
+    /// Each sampled commit's durable moment and how long until every view
+    /// had it (the frontier passed it), ms.
+    fn views_delays(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.durable_at.iter().filter_map(|&(time, durable_ms)| {
+            passed(&self.views_at, time).map(|views_ms| (durable_ms, views_ms.saturating_sub(durable_ms)))
+        })
+    }
+
     /// From each sampled commit's durable moment to the moment every view
-    /// had it (the frontier passed it).
+    /// had it.
     fn views_latency(&self) -> Latency {
         let mut histogram = new_histogram();
-        for &(time, durable_ms) in &self.durable_at {
-            if let Some(views_ms) = passed(&self.views_at, time) {
-                histogram.saturating_record(views_ms.saturating_sub(durable_ms));
-            }
+        for (_, delay) in self.views_delays() {
+            histogram.saturating_record(delay);
         }
         summary("in the views", &histogram)
     }
@@ -284,14 +290,13 @@ impl Samples {
     fn views_by_second(&self) -> Vec<ViewsSecond> {
         let Some(&(_, first_ms)) = self.durable_at.first() else { return Vec::new() };
         let mut seconds: Vec<(u64, Histogram<u64>)> = Vec::new();
-        for &(time, durable_ms) in &self.durable_at {
-            let Some(views_ms) = passed(&self.views_at, time) else { continue };
+        for (durable_ms, delay) in self.views_delays() {
             let second = (durable_ms - first_ms) / 1000;
             if seconds.last().is_none_or(|(s, _)| *s != second) {
                 seconds.push((second, new_histogram()));
             }
             if let Some((_, histogram)) = seconds.last_mut() {
-                histogram.saturating_record(views_ms.saturating_sub(durable_ms));
+                histogram.saturating_record(delay);
             }
         }
         seconds
