@@ -241,7 +241,7 @@ pub async fn local_receivers(
     keep: coldstream_sinks::webhooks::receiver::Keep,
 ) -> std::io::Result<Vec<(coldstream_sinks::webhooks::Endpoint, coldstream_sinks::webhooks::receiver::Receiver)>> {
     use coldstream_sinks::webhooks::receiver::Receiver;
-    use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint, Secret};
+    use coldstream_sinks::webhooks::{EXAMPLE_SECRET, Endpoint, EndpointConfig, Protocol, Secret};
     let mut receivers = Vec::new();
     for endpoint in Endpoint::ALL {
         let secret = Secret::parse(EXAMPLE_SECRET).expect("the example secret parses");
@@ -250,10 +250,10 @@ pub async fn local_receivers(
             url: format!("http://{}/{}", receiver.addr(), endpoint.as_str()),
             secret: EXAMPLE_SECRET.to_owned(),
             timeout_ms: 10_000,
-            max_in_flight: coldstream_sinks::webhooks::EndpointConfig::DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight: EndpointConfig::DEFAULT_MAX_IN_FLIGHT,
             ca_file: None,
             every_update: false,
-            protocol: coldstream_sinks::webhooks::Protocol::Auto,
+            protocol: Protocol::Auto,
         });
         receivers.push((endpoint, receiver));
     }

@@ -469,7 +469,7 @@ mod tests {
             max_in_flight: 1,
             ca: None,
             every_update: false,
-            protocol: deliver::Protocol::Auto,
+            protocol: Protocol::Auto,
         };
         let config = WebhookConfig { endpoints: vec![(Endpoint::Alerts, endpoint)], ..WebhookConfig::default() };
         let (mut webhooks, dispatchers) =

@@ -10,6 +10,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::Secret;
@@ -75,12 +76,12 @@ struct Shared {
     seen: Mutex<Seen>,
     received: Mutex<Vec<Delivery>>,
     receipts: Mutex<Vec<Receipt>>,
-    repeats: std::sync::atomic::AtomicU64,
+    repeats: AtomicU64,
 }
 
 /// The ids seen; bounded, oldest forgotten first, when the receiver prints.
 /// coldstream's own ids are kept apart as numbers: a set of them takes 17
-/// bytes an id where one of [`SeenId`]s takes 33.
+/// bytes a slot where one of [`SeenId`]s takes 33.
 #[derive(Default)]
 struct Seen {
     derived: HashSet<u128>,
@@ -188,7 +189,7 @@ impl Receiver {
     /// Deliveries of an id delivered before, counted by a
     /// [`Keep::Receipts`] receiver (which keeps no receipt of them).
     pub fn repeats(&self) -> u64 {
-        self.shared.repeats.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared.repeats.load(Ordering::Relaxed)
     }
 
     /// Stops listening.
@@ -225,7 +226,7 @@ async fn receive(
             let timestamp_ms = head.timestamp.as_deref().and_then(epoch_ms);
             shared.receipts.lock().expect("receiver lock").push(Receipt { timestamp_ms, received_ms });
         } else {
-            shared.repeats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.repeats.fetch_add(1, Ordering::Relaxed);
         }
         return (StatusCode::NO_CONTENT, String::new());
     }
